@@ -1,0 +1,3 @@
+"""netwarden: monitor and control network traffic per process."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Command-line front-end: parses arguments and calls the core."""

@@ -1,0 +1,295 @@
+"""`netwarden` command line."""
+
+from __future__ import annotations
+
+import enum
+import json
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from netwarden import __version__
+
+if TYPE_CHECKING:
+    from netwarden.monitor.filters import FlowFilter
+    from netwarden.platform.base import Sources
+
+app = typer.Typer(
+    help="Monitor and control network traffic per process.\n\n"
+    "Start with `netwarden doctor` to see what this machine supports, then "
+    "`netwarden monitor` for the live connection table.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class OutputFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"netwarden: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"netwarden {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Monitor and control network traffic per process."""
+
+
+def _parse_time(text: str | None, option: str) -> float | None:
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1] in units:
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        fail(f"{option} takes an ISO time (2026-11-26T10:00) or an age such as 15m, 2h, 7d")
+
+
+@app.command()
+def monitor(
+    netns: Annotated[
+        str | None, typer.Option(help="Watch this network namespace (/run/netns/NAME).")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Print the table once and exit.")] = False,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="With --once: table or json.")
+    ] = OutputFormat.table,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", help="Stream NDJSON events: opened, updated, closed (with totals)."
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (--watch, live view).")
+    ] = None,
+    filter_text: Annotated[
+        str,
+        typer.Option(
+            "--filter", help="Only matching flows, e.g. 'proc:curl port:443 state:listen'."
+        ),
+    ] = "",
+    history_path: Annotated[
+        Path | None, typer.Option("--history", help="History database (closed flows).")
+    ] = None,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="Do not record history.")
+    ] = False,
+    retention_days: Annotated[
+        float, typer.Option(help="Keep closed flows this many days.", min=0)
+    ] = 30.0,
+) -> None:
+    """Show every TCP and UDP connection with its process, bytes and rates.
+
+    Without options it opens the live table (sort with the column keys, filter with /).
+    Closed connections are recorded in the history database; see `netwarden history`.
+
+    Examples:\n
+      netwarden monitor\n
+      netwarden monitor --once --format json\n
+      netwarden monitor --watch --filter proc:curl\n
+      netwarden monitor --netns lab1 --once
+    """
+    from netwarden.monitor.filters import FlowFilter
+
+    try:
+        flow_filter = FlowFilter.parse(filter_text)
+    except ValueError as exc:
+        fail(str(exc))
+    if once and watch:
+        fail("--once and --watch exclude each other")
+    if not once and not watch and not sys.stdout.isatty():
+        fail("the live view needs a terminal: use --once or --watch when piping")
+    if once:
+        _monitor_once(netns, output, flow_filter)
+        return
+    _monitor_live(
+        netns, watch, interval, duration, flow_filter,
+        None if no_history else history_path, no_history, retention_days,
+    )  # fmt: skip
+
+
+def _open_sources(stack: ExitStack, netns: str | None, events: bool) -> Sources:
+    from netwarden.platform.linux.netns import NetnsError
+    from netwarden.platform.select import UnsupportedPlatform, current
+
+    try:
+        return stack.enter_context(current().open_sources(netns, events=events))
+    except (NetnsError, UnsupportedPlatform) as exc:
+        fail(str(exc))
+    except PermissionError as exc:
+        fail(f"permission denied opening kernel interfaces ({exc}); try as root")
+
+
+def _monitor_once(netns: str | None, output: OutputFormat, flow_filter: FlowFilter) -> None:
+    from netwarden.cli.render import table
+    from netwarden.monitor.service import Monitor
+    from netwarden.platform.select import is_privileged
+
+    with ExitStack() as stack:
+        sources = _open_sources(stack, netns, events=False)
+        flows = [f for f in Monitor(sources, is_root=is_privileged()).snapshot()]
+        flows = [f for f in flows if flow_filter.matches(f)]
+        flows.sort(key=lambda f: f.key)
+        if output is OutputFormat.json:
+            document = {"missing": list(sources.missing), "flows": [f.to_json() for f in flows]}
+            sys.stdout.write(json.dumps(document) + "\n")
+        else:
+            for line in sources.missing:
+                typer.echo(f"note: {line}", err=True)
+            sys.stdout.write(table(flows) + "\n")
+
+
+def _monitor_live(
+    netns: str | None,
+    watch: bool,
+    interval: float,
+    duration: float | None,
+    flow_filter: FlowFilter,
+    history_path: Path | None,
+    no_history: bool,
+    retention_days: float,
+) -> None:
+    from netwarden.model import FlowEvent
+    from netwarden.monitor.history import HistoryError, HistoryStore, default_path
+    from netwarden.monitor.service import Monitor
+    from netwarden.platform.select import is_privileged
+
+    stop = threading.Event()
+    with ExitStack() as stack:
+        history = None
+        if not no_history:
+            try:
+                history = HistoryStore(history_path or default_path(), retention_days)
+            except HistoryError as exc:
+                fail(f"{exc} (use --history PATH or --no-history)")
+            stack.callback(history.close)
+        sources = _open_sources(stack, netns, events=True)
+        mon = Monitor(sources, history=history, interval=interval, is_root=is_privileged())
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, lambda *_: stop.set())
+        if watch:
+            for line in sources.missing:
+                typer.echo(f"note: {line}", err=True)
+
+            def write(events: list[FlowEvent]) -> None:
+                lines = [json.dumps(e.to_json()) for e in events if flow_filter.matches(e.flow)]
+                if lines:
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    sys.stdout.flush()
+
+            try:
+                mon.run(write, stop, duration)
+            except KeyboardInterrupt:
+                stop.set()
+            except BrokenPipeError:
+                stop.set()
+            return
+        from netwarden.tui.app import MonitorApp
+
+        MonitorApp(mon, stop, flow_filter, duration).run()
+
+
+@app.command()
+def history(
+    process: Annotated[
+        str | None, typer.Option(help="Process name, executable path or pid.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time or age (15m, 2h, 7d).")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time or age.")] = None,
+    host: Annotated[str | None, typer.Option(help="Remote or local address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Remote or local port.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many flows, newest first.")] = 1000,
+    output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
+    db: Annotated[Path | None, typer.Option(help="History database.")] = None,
+) -> None:
+    """Query closed connections recorded by `netwarden monitor`.
+
+    Examples:\n
+      netwarden history --process curl --since 1h\n
+      netwarden history --host 192.0.2.7 --port 443 --format json
+    """
+    from netwarden.cli.render import table
+    from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore, default_path
+
+    path = db or default_path()
+    if not path.exists():
+        fail(f"no history at {path}: run `netwarden monitor` first, or pass --db")
+    query = HistoryQuery(
+        process=process, since=_parse_time(since, "--since"), until=_parse_time(until, "--until"),
+        host=host, port=port, limit=limit,
+    )  # fmt: skip
+    try:
+        store = HistoryStore(path)
+        flows = store.query(query)
+        store.close()
+    except HistoryError as exc:
+        fail(str(exc))
+    if output is OutputFormat.json:
+        sys.stdout.write(json.dumps([f.to_json() for f in flows]) + "\n")
+    else:
+        sys.stdout.write(table(flows, with_time=True) + "\n")
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Say which kernel mechanisms work here and which netwarden features they enable."""
+    from netwarden.platform.select import UnsupportedPlatform, current
+
+    try:
+        capabilities = current().capabilities()
+    except UnsupportedPlatform as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                [
+                    {
+                        "name": c.name,
+                        "available": c.available,
+                        "detail": c.detail,
+                        "enables": c.enables,
+                    }
+                    for c in capabilities
+                ]
+            )
+            + "\n"
+        )
+        return
+    for cap in capabilities:
+        mark = "ok  " if cap.available else "MISSING"
+        typer.echo(f"[{mark:7}] {cap.name}: {cap.detail}")
+        typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,44 @@
+"""Plain-text rendering of flows for --once and history (no terminal UI needed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from netwarden.model import Flow
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def process_label(flow: Flow) -> tuple[str, str]:
+    if flow.process is None:
+        return "-", "?"
+    return str(flow.process.pid), flow.process.name or "?"
+
+
+HEADER = ("PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS", "SENT", "RECV", "HOW")
+
+
+def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
+    rows: list[tuple[str, ...]] = [HEADER + (("LAST SEEN",) if with_time else ())]
+    for flow in flows:
+        pid, name = process_label(flow)
+        row: tuple[str, ...] = (
+            str(flow.key.transport), str(flow.key.local), str(flow.key.remote), flow.state,
+            pid, name, human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received),
+            str(flow.attribution.method),
+        )  # fmt: skip
+        if with_time:
+            row += (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(flow.last_seen)),)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

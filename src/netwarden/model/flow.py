@@ -1,0 +1,182 @@
+"""Flows as the monitor shows them: who talks to whom, how much, and which process."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Transport(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+    @property
+    def number(self) -> int:
+        return 6 if self is Transport.TCP else 17
+
+    @classmethod
+    def from_number(cls, number: int) -> Transport:
+        if number == 6:
+            return cls.TCP
+        if number == 17:
+            return cls.UDP
+        raise ValueError(f"IP protocol {number} is neither TCP nor UDP")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    """An IP address (normalised text form) and a port; port 0 means unset."""
+
+    address: str
+    port: int
+
+    @classmethod
+    def of(cls, address: str, port: int) -> Endpoint:
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
+        return cls(str(ip), port)
+
+    @property
+    def is_unspecified(self) -> bool:
+        return self.port == 0 and ipaddress.ip_address(self.address).is_unspecified
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    def __str__(self) -> str:
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FlowKey:
+    """One conversation seen from this host: transport, our end, their end."""
+
+    transport: Transport
+    local: Endpoint
+    remote: Endpoint
+
+    def __str__(self) -> str:
+        return f"{self.transport} {self.local} -> {self.remote}"
+
+
+class AttributionMethod(enum.StrEnum):
+    """How a flow's process was found; the monitor shows it so it can be trusted."""
+
+    FLOW_EVENT = "flow-event"  # kernel event at connect/accept time named the process
+    SOCKET_OWNER = "socket-owner"  # the socket's inode found among a process's open files
+    LOCAL_PORT = "local-port"  # a socket of that process is bound to the flow's local port
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    name: str = ""
+    exe: str = ""
+    cmdline: tuple[str, ...] = ()
+    uid: int | None = None
+    user: str = ""
+    cgroup: str = ""
+    unit: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "name": self.name,
+            "exe": self.exe,
+            "cmdline": list(self.cmdline),
+            "uid": self.uid,
+            "user": self.user,
+            "cgroup": self.cgroup,
+            "unit": self.unit,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessInfo:
+        return cls(
+            pid=int(data["pid"]),
+            name=str(data.get("name", "")),
+            exe=str(data.get("exe", "")),
+            cmdline=tuple(str(part) for part in data.get("cmdline", ())),
+            uid=None if data.get("uid") is None else int(data["uid"]),
+            user=str(data.get("user", "")),
+            cgroup=str(data.get("cgroup", "")),
+            unit=str(data.get("unit", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    method: AttributionMethod
+    reason: str = ""  # why the process is unknown, or a caveat
+
+    @classmethod
+    def unknown(cls, reason: str) -> Attribution:
+        return cls(AttributionMethod.UNKNOWN, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A snapshot of one flow. Byte counts are application payload bytes."""
+
+    key: FlowKey
+    state: str
+    process: ProcessInfo | None
+    attribution: Attribution
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    send_rate: float = 0.0  # bytes per second over the last refresh interval
+    receive_rate: float = 0.0
+    first_seen: float = 0.0  # unix time
+    last_seen: float = 0.0
+    closed: bool = False
+    uid: int | None = None
+    cgroup: str = ""
+    netns: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transport": str(self.key.transport),
+            "local_address": self.key.local.address,
+            "local_port": self.key.local.port,
+            "remote_address": self.key.remote.address,
+            "remote_port": self.key.remote.port,
+            "state": self.state,
+            "process": None if self.process is None else self.process.to_json(),
+            "attribution": str(self.attribution.method),
+            "attribution_reason": self.attribution.reason,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "send_rate": round(self.send_rate, 1),
+            "receive_rate": round(self.receive_rate, 1),
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "closed": self.closed,
+            "uid": self.uid,
+            "cgroup": self.cgroup,
+            "netns": self.netns,
+        }
+
+
+class FlowEventKind(enum.StrEnum):
+    OPENED = "opened"
+    UPDATED = "updated"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEvent:
+    kind: FlowEventKind
+    flow: Flow
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": str(self.kind), **self.flow.to_json()}

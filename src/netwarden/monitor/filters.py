@@ -1,0 +1,69 @@
+"""Filters over flows shared by the terminal UI, --once and --watch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netwarden.model import Flow
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFilter:
+    process: str | None = None  # substring of name or exe, or an exact pid
+    port: int | None = None  # local or remote
+    state: str | None = None  # e.g. ESTABLISHED, LISTEN (case-insensitive)
+    address: str | None = None  # substring of local or remote address
+    transport: str | None = None
+
+    def matches(self, flow: Flow) -> bool:
+        if self.process:
+            proc = flow.process
+            if proc is None:
+                return False
+            if self.process.isdigit():
+                if proc.pid != int(self.process):
+                    return False
+            elif self.process not in proc.name and self.process not in proc.exe:
+                return False
+        key = flow.key
+        if self.port is not None and self.port not in (key.local.port, key.remote.port):
+            return False
+        if self.state and flow.state.upper() != self.state.upper():
+            return False
+        if self.address and not (
+            self.address in key.local.address or self.address in key.remote.address
+        ):
+            return False
+        return not (self.transport and str(key.transport) != self.transport.lower())
+
+    @classmethod
+    def parse(cls, text: str) -> FlowFilter:
+        """'proc:curl port:443 state:established addr:10.0 tcp' or a bare word (process)."""
+        values: dict[str, str] = {}
+        for word in text.split():
+            name, sep, value = word.partition(":")
+            if not sep:
+                if word.lower() in ("tcp", "udp"):
+                    values["transport"] = word.lower()
+                elif word.isdigit():
+                    values["port"] = word
+                else:
+                    values["process"] = word
+            elif name in ("proc", "process", "pid"):
+                values["process"] = value
+            elif name in ("port", "state", "transport"):
+                values[name] = value
+            elif name in ("addr", "address", "host"):
+                values["address"] = value
+            else:
+                raise ValueError(f"unknown filter {name!r}: use proc:, port:, state:, addr:")
+        port = values.get("port")
+        if port is not None and not port.isdigit():
+            raise ValueError(f"port must be a number, not {port!r}")
+        return cls(
+            process=values.get("process"),
+            port=int(port) if port is not None else None,
+            state=values.get("state"),
+            address=values.get("address"),
+            transport=values.get("transport"),
+        )

@@ -1,0 +1,164 @@
+"""History of closed flows in SQLite (WAL), with retention and queries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from netwarden.model import Attribution, AttributionMethod, Endpoint, Flow, FlowKey, Transport
+from netwarden.model.flow import ProcessInfo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS flows (
+    id INTEGER PRIMARY KEY,
+    transport TEXT NOT NULL,
+    local_address TEXT NOT NULL,
+    local_port INTEGER NOT NULL,
+    remote_address TEXT NOT NULL,
+    remote_port INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    process_name TEXT,
+    exe TEXT,
+    process_json TEXT,
+    attribution TEXT NOT NULL,
+    attribution_reason TEXT NOT NULL,
+    bytes_sent INTEGER NOT NULL,
+    bytes_received INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    uid INTEGER,
+    cgroup TEXT NOT NULL,
+    netns TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_last_seen ON flows(last_seen);
+CREATE INDEX IF NOT EXISTS flows_process ON flows(process_name);
+CREATE INDEX IF NOT EXISTS flows_remote ON flows(remote_address, remote_port);
+"""
+
+COLUMNS = (
+    "transport, local_address, local_port, remote_address, remote_port, state, pid, "
+    "process_name, exe, process_json, attribution, attribution_reason, bytes_sent, "
+    "bytes_received, first_seen, last_seen, uid, cgroup, netns"
+)
+
+
+class HistoryError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    process: str | None = None  # name, exe path or pid
+    since: float | None = None
+    until: float | None = None
+    host: str | None = None  # remote or local address
+    port: int | None = None  # remote or local port
+    limit: int = 1000
+
+
+def default_path() -> Path:
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/var/lib/netwarden/history.sqlite")
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "netwarden" / "history.sqlite"
+
+
+class HistoryStore:
+    def __init__(self, path: Path, retention_days: float = 30.0) -> None:
+        self.path = path
+        self.retention_seconds = retention_days * 86400
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"cannot open history database {path}: {exc}") from exc
+
+    def record(self, flows: Iterable[Flow]) -> int:
+        rows = [_row(flow) for flow in flows]
+        if rows:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    f"INSERT INTO flows ({COLUMNS}) VALUES ({', '.join('?' * 19)})", rows
+                )
+        return len(rows)
+
+    def prune(self, now: float | None = None) -> int:
+        cutoff = (now if now is not None else time.time()) - self.retention_seconds
+        cursor = self._db.execute("DELETE FROM flows WHERE last_seen < ?", (cutoff,))
+        return cursor.rowcount
+
+    def query(self, q: HistoryQuery) -> list[Flow]:
+        where: list[str] = []
+        args: list[object] = []
+        if q.process:
+            if q.process.isdigit():
+                where.append("pid = ?")
+                args.append(int(q.process))
+            else:
+                where.append("(process_name = ? OR exe = ?)")
+                args.extend([q.process, q.process])
+        if q.since is not None:
+            where.append("last_seen >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("first_seen <= ?")
+            args.append(q.until)
+        if q.host:
+            where.append("(remote_address = ? OR local_address = ?)")
+            args.extend([q.host, q.host])
+        if q.port is not None:
+            where.append("(remote_port = ? OR local_port = ?)")
+            args.extend([q.port, q.port])
+        sql = f"SELECT {COLUMNS} FROM flows"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY last_seen DESC LIMIT ?"
+        args.append(q.limit)
+        return [_flow(row) for row in self._db.execute(sql, args)]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _row(flow: Flow) -> tuple[object, ...]:
+    process = flow.process
+    return (
+        str(flow.key.transport), flow.key.local.address, flow.key.local.port,
+        flow.key.remote.address, flow.key.remote.port, flow.state,
+        None if process is None else process.pid,
+        None if process is None else process.name,
+        None if process is None else process.exe,
+        None if process is None else json.dumps(process.to_json()),
+        str(flow.attribution.method), flow.attribution.reason,
+        flow.bytes_sent, flow.bytes_received, flow.first_seen, flow.last_seen,
+        flow.uid, flow.cgroup, flow.netns,
+    )  # fmt: skip
+
+
+def _flow(row: Sequence[object]) -> Flow:
+    (transport, laddr, lport, raddr, rport, state, _pid, _name, _exe, pjson, method, reason,
+     sent, received, first, last, uid, cgroup, netns) = row  # fmt: skip
+    process = None if pjson is None else ProcessInfo.from_json(json.loads(str(pjson)))
+    return Flow(
+        key=FlowKey(
+            Transport(str(transport)),
+            Endpoint(str(laddr), int(str(lport))),
+            Endpoint(str(raddr), int(str(rport))),
+        ),
+        state=str(state), process=process,
+        attribution=Attribution(AttributionMethod(str(method)), str(reason)),
+        bytes_sent=int(str(sent)), bytes_received=int(str(received)),
+        first_seen=float(str(first)), last_seen=float(str(last)), closed=True,
+        uid=None if uid is None else int(str(uid)), cgroup=str(cgroup), netns=str(netns),
+    )  # fmt: skip

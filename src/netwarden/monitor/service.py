@@ -1,0 +1,104 @@
+"""The monitor loop: waits on kernel event streams, takes periodic snapshots, and
+hands flow events to a consumer (terminal UI, NDJSON writer) and to history."""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+
+from netwarden.model import Flow, FlowEvent, FlowEventKind
+from netwarden.monitor.history import HistoryStore
+from netwarden.monitor.table import FlowTable
+from netwarden.platform.base import Sources
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[list[FlowEvent]], None]
+
+
+class Monitor:
+    def __init__(
+        self,
+        sources: Sources,
+        *,
+        history: HistoryStore | None = None,
+        interval: float = 1.0,
+        is_root: bool = True,
+    ) -> None:
+        self.sources = sources
+        self.history = history
+        self.interval = interval
+        self.table = FlowTable(sources.processes, netns=sources.netns, is_root=is_root)
+        self._last_prune = 0.0
+
+    def snapshot(self) -> list[Flow]:
+        """One dump, merged: the table as it is now."""
+        self._refresh(time.time())
+        return self.table.flows()
+
+    def _refresh(self, now: float) -> list[FlowEvent]:
+        conntrack = self.sources.conntrack.snapshot() if self.sources.conntrack else None
+        return self.table.apply_snapshot(self.sources.sockets.snapshot(), conntrack, now)
+
+    def _drain(self, now: float) -> None:
+        src = self.sources
+        if src.flow_stamps is not None:
+            self.table.add_stamps(src.flow_stamps.drain())
+        if src.socket_closes is not None:
+            self.table.add_socket_closes(src.socket_closes.drain(), now)
+        if src.conntrack_events is not None:
+            self.table.add_conntrack(src.conntrack_events.drain(), now)
+
+    def run(self, sink: EventSink, stop: threading.Event, duration: float | None = None) -> None:
+        """Feed sink until stop is set (or duration passes); closes flows at the end."""
+        streams = [
+            s
+            for s in (
+                self.sources.flow_stamps,
+                self.sources.socket_closes,
+                self.sources.conntrack_events,
+            )
+            if s is not None
+        ]
+        started = time.monotonic()
+        next_snapshot = started
+        while not stop.is_set():
+            mono = time.monotonic()
+            if duration is not None and mono - started >= duration:
+                break
+            if mono >= next_snapshot:
+                now = time.time()
+                self._drain(now)
+                self._emit(sink, self._refresh(now))
+                next_snapshot = mono + self.interval
+                continue
+            timeout = max(0.0, min(next_snapshot - mono, 0.25))
+            ready, _w, _x = select.select(streams, [], [], timeout) if streams else ([], [], [])
+            if not streams:
+                time.sleep(timeout)
+            now = time.time()
+            if ready:
+                self._drain(now)
+            self._emit(sink, self.table.tick(now))
+        now = time.time()
+        self._drain(now)
+        self._emit(sink, self._refresh(now))
+        self._emit(sink, self.table.close_all(now + 3600))
+
+    def _emit(self, sink: EventSink, events: list[FlowEvent]) -> None:
+        if not events:
+            return
+        if self.history is not None:
+            closed = [e.flow for e in events if e.kind is FlowEventKind.CLOSED]
+            try:
+                self.history.record(closed)
+                now = time.monotonic()
+                if now - self._last_prune > 3600:
+                    self._last_prune = now
+                    self.history.prune()
+            except Exception as exc:  # keep monitoring even when the disk is full
+                log.error("could not write history: %s", exc)
+        sink(events)

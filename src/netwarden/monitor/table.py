@@ -1,0 +1,296 @@
+"""FlowTable: merges socket dumps, destroy events, conntrack and flow events into flows.
+
+Everything here is pure bookkeeping over the records of :mod:`netwarden.platform.base`,
+so it is tested with made-up records. The caller feeds it in this order each tick:
+flow stamps, socket closes, conntrack events, then a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netwarden.model import (
+    Attribution,
+    AttributionMethod,
+    Endpoint,
+    Flow,
+    FlowEvent,
+    FlowEventKind,
+    FlowKey,
+    ProcessInfo,
+    Transport,
+)
+from netwarden.monitor.attribution import StampBook, by_owner, by_stamp
+from netwarden.platform.base import (
+    ConntrackEventType,
+    ConntrackRecord,
+    ProcessResolver,
+    ProcessStamp,
+    SocketRecord,
+)
+
+# A flow that disappeared waits this long for late news (its final counters, its
+# flow event) before it is reported closed.
+CLOSE_GRACE = 1.0
+
+
+@dataclass
+class _State:
+    key: FlowKey
+    state: str
+    first_seen: float
+    last_seen: float
+    process: ProcessInfo | None = None
+    attribution: Attribution = field(default_factory=lambda: Attribution.unknown("not yet seen"))
+    inode: int = 0
+    uid: int | None = None
+    cgroup: str = ""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rate_time: float = 0.0
+    rate_sent: int = 0
+    rate_received: int = 0
+    send_rate: float = 0.0
+    receive_rate: float = 0.0
+    closing_at: float | None = None  # when set: report closed at this time
+    from_conntrack: bool = False
+    dirty: bool = False
+
+    def snapshot(self, netns: str, closed: bool = False) -> Flow:
+        return Flow(
+            key=self.key, state="CLOSED" if closed else self.state, process=self.process,
+            attribution=self.attribution, bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received, send_rate=self.send_rate,
+            receive_rate=self.receive_rate, first_seen=self.first_seen,
+            last_seen=self.last_seen, closed=closed, uid=self.uid, cgroup=self.cgroup,
+            netns=netns,
+        )  # fmt: skip
+
+    def set_bytes(self, sent: int, received: int) -> None:
+        # Counters only grow; a late, smaller reading must not undo a larger one.
+        sent, received = max(sent, self.bytes_sent), max(received, self.bytes_received)
+        if (sent, received) != (self.bytes_sent, self.bytes_received):
+            self.bytes_sent, self.bytes_received = sent, received
+            self.dirty = True
+
+
+def _is_unconnected(record: SocketRecord) -> bool:
+    return record.remote.port == 0
+
+
+class FlowTable:
+    def __init__(self, resolver: ProcessResolver, *, netns: str = "", is_root: bool = True):
+        self._resolver = resolver
+        self._netns = netns
+        self._is_root = is_root
+        self._flows: dict[FlowKey, _State] = {}
+        self._stamps = StampBook()
+        self._udp_ports: dict[int, list[SocketRecord]] = {}
+        self._udp_pids: dict[int, int] = {}
+        self._events: list[FlowEvent] = []
+
+    # -- queries -----------------------------------------------------------------
+
+    def flows(self) -> list[Flow]:
+        return [s.snapshot(self._netns) for s in self._flows.values()]
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    # -- inputs ------------------------------------------------------------------
+
+    def add_stamps(self, stamps: Iterable[ProcessStamp]) -> None:
+        for stamp in stamps:
+            key = FlowKey(stamp.transport, stamp.local, stamp.remote)
+            if stamp.closed:
+                state = self._flows.get(key)
+                if state is not None and state.from_conntrack:
+                    self._close_later(state, stamp.timestamp)
+                continue
+            self._stamps.add(stamp)
+            state = self._flows.get(key)
+            if state is not None and state.attribution.method is not AttributionMethod.FLOW_EVENT:
+                state.process, state.attribution = by_stamp(stamp)
+                state.dirty = True
+
+    def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
+        for record in records:
+            if record.transport is Transport.UDP and _is_unconnected(record):
+                state = self._flows.get(FlowKey(record.transport, record.local, record.remote))
+                if state is not None:
+                    self._close_later(state, now)
+                continue
+            state = self._upsert_socket(record, now)
+            self._close_later(state, now)
+
+    def add_conntrack(self, records: Iterable[ConntrackRecord], now: float) -> None:
+        for record in records:
+            if record.transport is not Transport.UDP:
+                continue  # TCP bytes come from tcp_info, per socket
+            for key, sent, received in self._conntrack_views(record):
+                state = self._flows.get(key)
+                if state is None:
+                    if record.event is ConntrackEventType.DESTROY and not self._wanted(key):
+                        continue
+                    state = self._new_state(key, "ESTABLISHED", now)
+                    state.from_conntrack = True
+                    self._attribute_udp(state)
+                state.last_seen = now
+                state.set_bytes(sent, received)
+                if record.event is ConntrackEventType.DESTROY:
+                    self._close_later(state, now)
+
+    def apply_snapshot(
+        self,
+        sockets: list[SocketRecord],
+        conntrack: list[ConntrackRecord] | None,
+        now: float,
+    ) -> list[FlowEvent]:
+        """Bring the table in line with a full dump; return what happened since last time."""
+        self._index_udp(sockets)
+        seen: set[FlowKey] = set()
+        owners = self._resolver.owners_of({r.inode for r in sockets if self._needs_owner(r)})
+        for record in sockets:
+            key = FlowKey(record.transport, record.local, record.remote)
+            seen.add(key)
+            self._upsert_socket(record, now, owners.get(record.inode))
+        if conntrack is not None:
+            self.add_conntrack(conntrack, now)
+            seen.update(k for r in conntrack for k, _s, _r in self._conntrack_views(r))
+        for state in self._flows.values():
+            if state.key not in seen and state.closing_at is None:
+                self._close_later(state, now)
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[FlowEvent]:
+        """Finish closes whose grace has passed; compute rates; hand out the events."""
+        done = [s for s in self._flows.values() if s.closing_at is not None and s.closing_at <= now]
+        for state in done:
+            del self._flows[state.key]
+            self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
+            self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
+        for state in self._flows.values():
+            self._update_rate(state, now)
+            if state.dirty:
+                state.dirty = False
+                self._events.append(FlowEvent(FlowEventKind.UPDATED, state.snapshot(self._netns)))
+        self._stamps.expire(now)
+        events, self._events = self._events, []
+        return events
+
+    def close_all(self, now: float) -> list[FlowEvent]:
+        for state in self._flows.values():
+            if state.closing_at is None:
+                state.closing_at = now
+        return self.tick(now)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _needs_owner(self, record: SocketRecord) -> bool:
+        if not record.inode:
+            return False
+        state = self._flows.get(FlowKey(record.transport, record.local, record.remote))
+        return state is None or state.attribution.method is AttributionMethod.UNKNOWN
+
+    def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
+        state = _State(key=key, state=socket_state, first_seen=now, last_seen=now, rate_time=now)
+        stamp = self._stamps.get((key.transport, key.local, key.remote))
+        if stamp is not None:
+            state.process, state.attribution = by_stamp(stamp)
+            state.first_seen = min(now, stamp.timestamp)
+        self._flows[key] = state
+        self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
+        return state
+
+    def _upsert_socket(self, record: SocketRecord, now: float, owner: int | None = None) -> _State:
+        key = FlowKey(record.transport, record.local, record.remote)
+        state = self._flows.get(key)
+        if state is None:
+            state = self._new_state(key, record.state, now)
+        if state.attribution.method is AttributionMethod.UNKNOWN:
+            inode = 0 if record.destroyed else record.inode
+            state.process, state.attribution = by_owner(self._resolver, owner, inode, self._is_root)
+            state.dirty = True
+        if record.inode:
+            state.inode = record.inode
+        state.uid = record.uid
+        if record.cgroup_id and not state.cgroup:
+            state.cgroup = self._resolver.cgroup_path(record.cgroup_id)
+        if not record.destroyed and record.state != state.state:
+            state.state = record.state
+            state.dirty = True
+        state.last_seen = now
+        if record.transport is Transport.TCP:
+            state.set_bytes(record.bytes_sent, record.bytes_received)
+        if not record.destroyed:
+            state.closing_at = None
+        return state
+
+    def _close_later(self, state: _State, now: float) -> None:
+        if state.closing_at is None:
+            state.closing_at = now + CLOSE_GRACE
+
+    def _index_udp(self, sockets: list[SocketRecord]) -> None:
+        ports: dict[int, list[SocketRecord]] = {}
+        for record in sockets:
+            if record.transport is Transport.UDP:
+                ports.setdefault(record.local.port, []).append(record)
+        self._udp_ports = ports
+
+    def _udp_socket_for(self, local: Endpoint) -> SocketRecord | None:
+        for record in self._udp_ports.get(local.port, ()):
+            if record.local.address in (local.address, "0.0.0.0", "::"):
+                return record
+        return None
+
+    def _wanted(self, key: FlowKey) -> bool:
+        return (
+            key in self._flows
+            or self._stamps.get((key.transport, key.local, key.remote)) is not None
+            or self._udp_socket_for(key.local) is not None
+        )
+
+    def _conntrack_views(self, record: ConntrackRecord) -> list[tuple[FlowKey, int, int]]:
+        """The conversation as the initiator's side and as the responder's side sees it,
+        keeping the sides that belong to this host."""
+        client = FlowKey(record.transport, record.orig_src, record.orig_dst)
+        server = FlowKey(record.transport, record.reply_src, record.reply_dst)
+        views = [
+            (client, record.orig_payload, record.reply_payload),
+            (server, record.reply_payload, record.orig_payload),
+        ]
+        return [view for view in views if self._wanted(view[0])]
+
+    def _attribute_udp(self, state: _State) -> None:
+        if state.attribution.method is AttributionMethod.FLOW_EVENT:
+            return
+        record = self._udp_socket_for(state.key.local)
+        if record is None:
+            state.attribution = Attribution.unknown(
+                "no UDP socket is bound to the local port and no flow event named a process"
+            )
+            return
+        pid = self._resolver.owner_of(record.inode) if record.inode else None
+        info = self._resolver.info(pid) if pid is not None else None
+        if pid is None:
+            state.attribution = Attribution.unknown("the UDP socket on this port has no owner")
+            return
+        state.process = info or ProcessInfo(pid=pid)
+        state.attribution = Attribution(AttributionMethod.LOCAL_PORT)
+        state.uid = record.uid
+
+    def _update_rate(self, state: _State, now: float) -> None:
+        elapsed = now - state.rate_time
+        if elapsed < 0.2:
+            return
+        send_rate = (state.bytes_sent - state.rate_sent) / elapsed
+        receive_rate = (state.bytes_received - state.rate_received) / elapsed
+        if (send_rate, receive_rate) != (state.send_rate, state.receive_rate):
+            state.send_rate, state.receive_rate = send_rate, receive_rate
+            state.dirty = True
+        state.rate_time, state.rate_sent, state.rate_received = (
+            now,
+            state.bytes_sent,
+            state.bytes_received,
+        )

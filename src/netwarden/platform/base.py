@@ -1,0 +1,161 @@
+"""What the core needs from an operating system, as protocols and plain records.
+
+Records carry what the kernel said, unmerged; :mod:`netwarden.monitor` turns them
+into flows.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from netwarden.model import Endpoint, ProcessInfo, Transport
+
+
+@dataclass(frozen=True, slots=True)
+class SocketRecord:
+    """One socket from the socket table (or its last state when it was destroyed)."""
+
+    transport: Transport
+    local: Endpoint
+    remote: Endpoint
+    state: str
+    inode: int
+    uid: int
+    cookie: int
+    cgroup_id: int = 0
+    bytes_sent: int = 0  # payload bytes the peer acknowledged (TCP only)
+    bytes_received: int = 0  # payload bytes received (TCP only)
+    destroyed: bool = False
+
+
+class ConntrackEventType(enum.Enum):
+    SNAPSHOT = "snapshot"
+    NEW = "new"
+    UPDATE = "update"
+    DESTROY = "destroy"
+
+
+@dataclass(frozen=True, slots=True)
+class ConntrackRecord:
+    """A conntrack entry: the original direction is the one the initiator sent."""
+
+    event: ConntrackEventType
+    transport: Transport
+    orig_src: Endpoint
+    orig_dst: Endpoint
+    reply_src: Endpoint
+    reply_dst: Endpoint
+    orig_packets: int
+    orig_bytes: int  # IP bytes, headers included
+    reply_packets: int
+    reply_bytes: int
+    ct_id: int = 0
+
+    @property
+    def header_bytes(self) -> int:
+        """IP + transport header size of one packet of this flow (no options)."""
+        ip = 40 if self.orig_src.version == 6 else 20
+        return ip + (8 if self.transport is Transport.UDP else 20)
+
+    @property
+    def orig_payload(self) -> int:
+        return max(0, self.orig_bytes - self.orig_packets * self.header_bytes)
+
+    @property
+    def reply_payload(self) -> int:
+        return max(0, self.reply_bytes - self.reply_packets * self.header_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStamp:
+    """A kernel event that named the process of a flow as it was established."""
+
+    transport: Transport
+    local: Endpoint
+    remote: Endpoint
+    process: ProcessInfo
+    timestamp: float
+    closed: bool = False  # the flow-deleted event
+
+
+class SocketTable(Protocol):
+    def snapshot(self) -> list[SocketRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class EventSource(Protocol):
+    """A kernel event stream with a file descriptor to wait on."""
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class SocketCloseEvents(EventSource, Protocol):
+    def drain(self) -> list[SocketRecord]: ...
+
+
+class ConntrackTable(Protocol):
+    def snapshot(self) -> list[ConntrackRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class ConntrackEvents(EventSource, Protocol):
+    def drain(self) -> list[ConntrackRecord]: ...
+
+
+class FlowStamps(EventSource, Protocol):
+    def drain(self) -> list[ProcessStamp]: ...
+
+
+class ProcessResolver(Protocol):
+    denied: int  # processes whose open files could not be read in the last scan
+
+    def owner_of(self, inode: int) -> int | None: ...
+
+    def owners_of(self, inodes: set[int]) -> dict[int, int]: ...
+
+    def info(self, pid: int) -> ProcessInfo | None: ...
+
+    def cgroup_path(self, cgroup_id: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """One kernel mechanism and what netwarden can do with it."""
+
+    name: str
+    available: bool
+    detail: str
+    enables: str
+
+
+class Sources(Protocol):
+    """Everything the monitor reads, opened for one network namespace."""
+
+    sockets: SocketTable
+    processes: ProcessResolver
+    socket_closes: SocketCloseEvents | None
+    conntrack: ConntrackTable | None
+    conntrack_events: ConntrackEvents | None
+    flow_stamps: FlowStamps | None
+    missing: tuple[str, ...]  # what is unavailable, in words for the user
+    netns: str
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    def open_sources(
+        self, netns: str | None, *, events: bool
+    ) -> AbstractContextManager[Sources]: ...
+
+    def capabilities(self) -> list[Capability]: ...
+
+    def netns_names(self) -> Iterator[str]: ...

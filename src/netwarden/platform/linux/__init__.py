@@ -1,0 +1,1 @@
+"""Linux backend: netlink (sock_diag, conntrack), procfs, nftables, eBPF flow events."""

@@ -1,0 +1,132 @@
+"""The Linux backend: opens the monitor's sources inside one network namespace."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from netwarden.platform.base import (
+    Capability,
+    ConntrackEvents,
+    ConntrackTable,
+    FlowStamps,
+    ProcessResolver,
+    SocketCloseEvents,
+    SocketTable,
+)
+from netwarden.platform.linux import netns as netns_api
+from netwarden.platform.linux.conntrack import (
+    ConntrackActivation,
+    ConntrackDump,
+    ConntrackEventStream,
+)
+from netwarden.platform.linux.procfs import ProcResolver, read_process
+from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
+
+log = logging.getLogger(__name__)
+
+MONITOR_TABLE = "netwarden_monitor"
+
+
+@dataclass
+class LinuxSources:
+    sockets: SocketTable
+    processes: ProcessResolver
+    netns: str
+    socket_closes: SocketCloseEvents | None = None
+    conntrack: ConntrackTable | None = None
+    conntrack_events: ConntrackEvents | None = None
+    flow_stamps: FlowStamps | None = None
+    missing: tuple[str, ...] = ()
+    _closers: list[object] = field(default_factory=list)
+
+    def close(self) -> None:
+        for source in (self.flow_stamps, self.conntrack_events, self.socket_closes):
+            if source is not None:
+                source.close()
+        self.sockets.close()
+        if self.conntrack is not None:
+            self.conntrack.close()
+
+
+def _pid_in_namespace(inode: int) -> Callable[[int], bool]:
+    expected = f"net:[{inode}]"
+
+    def accept(pid: int) -> bool:
+        try:
+            return os.readlink(f"/proc/{pid}/ns/net") == expected
+        except OSError:
+            return True  # already gone: keep it, the 4-tuple still has to match a socket
+
+    return accept
+
+
+class LinuxBackend:
+    def __init__(self, monitor_table: str = MONITOR_TABLE) -> None:
+        self.monitor_table = monitor_table
+
+    @contextmanager
+    def open_sources(self, netns: str | None, *, events: bool) -> Iterator[LinuxSources]:
+        missing: list[str] = []
+        is_root = os.geteuid() == 0
+        activation = ConntrackActivation(self.monitor_table)
+        with netns_api.entered(netns):
+            sources = LinuxSources(
+                sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or ""
+            )
+            if not is_root:
+                missing.append(
+                    "not root: sockets of other users show no process, and UDP byte counts "
+                    "(conntrack) are unavailable"
+                )
+            try:
+                sources.conntrack = ConntrackDump()
+                if events:
+                    if is_root:
+                        activation.enable()
+                    sources.conntrack_events = ConntrackEventStream()
+            except (OSError, RuntimeError) as exc:
+                missing.append(f"conntrack unavailable ({exc}): UDP flows have no byte counts")
+            if events:
+                try:
+                    sources.socket_closes = SockDiagDestroyEvents()
+                except OSError as exc:
+                    missing.append(
+                        f"sock_diag destroy events unavailable ({exc}): short connections "
+                        "may be missed"
+                    )
+        if events:
+            sources.flow_stamps = self._flow_stamps(netns, missing)
+        sources.missing = tuple(missing)
+        try:
+            yield sources
+        finally:
+            sources.close()
+            if activation.created_table:
+                with netns_api.entered(netns):
+                    activation.disable()
+
+    @staticmethod
+    def _flow_stamps(netns: str | None, missing: list[str]) -> FlowStamps | None:
+        try:
+            from netwarden.platform.divert_flows import DivertFlowStamps
+
+            accept = _pid_in_namespace(netns_api.inode_of(netns))
+            return DivertFlowStamps(read_process, accept)
+        except (ImportError, OSError, NotImplementedError, RuntimeError) as exc:
+            missing.append(
+                f"flow events unavailable ({exc}): processes that exit within a second "
+                "may show as unknown"
+            )
+            return None
+
+    def capabilities(self) -> list[Capability]:
+        from netwarden.platform.linux.doctor import probe_all
+
+        return probe_all()
+
+    def netns_names(self) -> Iterator[str]:
+        return netns_api.list_names()

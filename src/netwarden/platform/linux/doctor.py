@@ -1,0 +1,179 @@
+"""Probes for the kernel mechanisms netwarden uses, without changing anything.
+
+nft probes run in check mode (`nft -c`): the kernel validates the batch and
+discards it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from netwarden.platform.base import Capability
+from netwarden.platform.linux import netlink
+from netwarden.platform.linux.conntrack import ACCT_SYSCTL, NETLINK_NETFILTER
+from netwarden.platform.linux.procfs import cgroup2_mount
+from netwarden.platform.linux.sockdiag import DESTROY_GROUPS, NETLINK_SOCK_DIAG
+
+CAP_NET_ADMIN = 12
+PROBE_TABLE = "netwarden_probe"
+
+
+def _has_cap_net_admin() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+def _nft_check(statement: dict[str, object]) -> tuple[bool, str]:
+    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if nft is None:
+        return False, "the nft command is missing (install the 'nftables' package)"
+    base = {"family": "inet", "table": PROBE_TABLE}
+    batch = {"nftables": [
+        {"add": {"table": {"family": "inet", "name": PROBE_TABLE}}},
+        {"add": {"chain": {**base, "name": "c", "type": "filter", "hook": "output", "prio": 0,
+                           "policy": "accept"}}},
+        {"add": {"rule": {**base, "chain": "c", "expr": [statement]}}},
+    ]}  # fmt: skip
+    try:
+        result = subprocess.run(
+            [nft, "-c", "-j", "-f", "-"],
+            input=json.dumps(batch),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    if result.returncode == 0:
+        return True, "accepted by the kernel (checked, not applied)"
+    return False, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"
+
+
+def _netlink_groups(protocol: int, groups: tuple[int, ...]) -> tuple[bool, str]:
+    try:
+        netlink.open_socket(protocol, groups).close()
+    except OSError as exc:
+        return False, exc.strerror or str(exc)
+    return True, "subscribed"
+
+
+def probe_privileges() -> Capability:
+    root = os.geteuid() == 0
+    admin = _has_cap_net_admin()
+    detail = f"euid {os.geteuid()}, CAP_NET_ADMIN {'yes' if admin else 'no'}"
+    return Capability(
+        "privileges", root and admin, detail,
+        "root with CAP_NET_ADMIN: every process's sockets, conntrack, nftables, flow events",
+    )  # fmt: skip
+
+
+def probe_nftables() -> Capability:
+    ok, detail = _nft_check({"accept": None})
+    return Capability("nftables", ok, detail, "policy filters, redirection, connection tracking")
+
+
+def probe_nft_queue() -> Capability:
+    ok, detail = _nft_check({"queue": {"num": 65000, "flags": ["bypass"]}})
+    return Capability(
+        "nft queue", ok, detail, "first-packet decisions in user space (NFQUEUE) through nftables"
+    )
+
+
+def probe_iptables_nfqueue() -> Capability:
+    binary = shutil.which("iptables")
+    try:
+        targets = Path("/proc/net/ip_tables_targets").read_text().split()
+    except OSError:
+        targets = []
+    ok = binary is not None and "NFQUEUE" in targets
+    if binary is None:
+        detail = "the iptables command is missing (install the 'iptables' package)"
+    else:
+        detail = "NFQUEUE target present" if ok else "the kernel has no NFQUEUE target"
+    return Capability(
+        "iptables NFQUEUE",
+        ok,
+        detail,
+        "fallback for user-space decisions where nft queue is missing",
+    )
+
+
+def probe_conntrack() -> Capability:
+    ok, detail = _netlink_groups(NETLINK_NETFILTER, (1, 2, 3))
+    acct = ACCT_SYSCTL.exists()
+    if ok:
+        detail = "events available; byte accounting " + (
+            "available" if acct else "missing (no nf_conntrack_acct)"
+        )
+    return Capability("conntrack events", ok and acct, detail, "UDP byte counts and UDP flow ends")
+
+
+def probe_sock_diag_destroy() -> Capability:
+    ok, detail = _netlink_groups(NETLINK_SOCK_DIAG, DESTROY_GROUPS)
+    return Capability(
+        "sock_diag destroy events", ok, detail,
+        "final byte counts of connections that close between two refreshes",
+    )  # fmt: skip
+
+
+def probe_cgroup2() -> Capability:
+    mount = cgroup2_mount()
+    return Capability(
+        "cgroup v2", mount is not None,
+        f"mounted at {mount}" if mount else "no cgroup2 mount found",
+        "per-application scopes (netwarden run) and systemd-unit attribution",
+    )  # fmt: skip
+
+
+def probe_btf() -> Capability:
+    ok = Path("/sys/kernel/btf/vmlinux").exists()
+    return Capability(
+        "BTF", ok, "/sys/kernel/btf/vmlinux present" if ok else "no kernel BTF",
+        "eBPF programs that follow kernel structures",
+    )  # fmt: skip
+
+
+def probe_flow_events() -> Capability:
+    try:
+        import pydivert
+
+        divert = pydivert.Divert(
+            "true", layer=pydivert.Layer.FLOW, flags=pydivert.Flag.SNIFF | pydivert.Flag.RECV_ONLY
+        )
+        divert.open()
+        divert.close()
+        ok, detail = True, f"eBPF flow layer (pydivert {pydivert.__version__}) opened"
+    except Exception as exc:  # any failure here only means the feature is unavailable
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return Capability(
+        "flow events", ok, detail,
+        "process attribution for connections of processes that exit within milliseconds",
+    )  # fmt: skip
+
+
+PROBES: tuple[Callable[[], Capability], ...] = (
+    probe_privileges,
+    probe_nftables,
+    probe_nft_queue,
+    probe_iptables_nfqueue,
+    probe_conntrack,
+    probe_sock_diag_destroy,
+    probe_cgroup2,
+    probe_btf,
+    probe_flow_events,
+)
+
+
+def probe_all() -> list[Capability]:
+    return [probe() for probe in PROBES]

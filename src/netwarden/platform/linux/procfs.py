@@ -1,0 +1,176 @@
+"""Processes behind sockets: /proc/*/fd inode map (cached), process details, cgroups."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from netwarden.model import ProcessInfo
+
+PROC = "/proc"
+# An inode the map does not know triggers a rescan at most this often.
+RESCAN_INTERVAL = 1.0
+
+
+def cgroup2_mount() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on hybrid hosts)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == "cgroup2":
+                    return Path(fields[1])
+    except OSError:
+        return None
+    return None
+
+
+def scan_socket_inodes() -> tuple[dict[int, int], int]:
+    """Map every socket inode to the pid holding it (the lowest pid when shared);
+    also count the processes whose open files could not be read."""
+    owners: dict[int, int] = {}
+    denied = 0
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        fd_dir = f"{PROC}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except PermissionError:
+            denied += 1
+            continue
+        except OSError:
+            continue  # exited
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except PermissionError:
+                denied += 1
+                break
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode not in owners or pid < owners[inode]:
+                    owners[inode] = pid
+    return owners, denied
+
+
+def unit_of(cgroup: str) -> str:
+    """The systemd unit a cgroup path belongs to, e.g. nginx.service, or ''."""
+    for part in reversed(cgroup.split("/")):
+        if part.endswith((".service", ".scope")):
+            return part
+    return ""
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """Details of a live process; None once it has exited."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            uid = proc.uids().real
+            try:
+                exe = proc.exe()
+                cmdline = tuple(proc.cmdline())
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                exe, cmdline = "", ()
+            try:
+                user = proc.username()
+            except (KeyError, psutil.Error):
+                user = str(uid)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return ProcessInfo(pid=pid)
+    cgroup = _cgroup_of(pid)
+    return ProcessInfo(
+        pid=pid, name=name, exe=exe, cmdline=cmdline, uid=uid, user=user,
+        cgroup=cgroup, unit=unit_of(cgroup),
+    )  # fmt: skip
+
+
+def _cgroup_of(pid: int) -> str:
+    try:
+        with open(f"{PROC}/{pid}/cgroup", encoding="utf-8") as lines:
+            for line in lines:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def start_time(pid: int) -> int | None:
+    """Clock ticks since boot at which pid started: tells a reused pid apart."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+class ProcResolver:
+    """Caches for socket owners, process details and cgroup names."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, int] = {}
+        self.denied = 0
+        self._last_scan = 0.0
+        self._infos: dict[int, tuple[int | None, ProcessInfo | None]] = {}
+        self._cgroups: dict[int, str] = {}
+        self._cgroups_scanned = 0.0
+        self._cgroup_root = cgroup2_mount()
+
+    def _rescan(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_scan >= RESCAN_INTERVAL:
+            self._owners, self.denied = scan_socket_inodes()
+            self._last_scan = now
+
+    def owner_of(self, inode: int) -> int | None:
+        return self.owners_of({inode}).get(inode)
+
+    def owners_of(self, inodes: set[int]) -> dict[int, int]:
+        inodes = {inode for inode in inodes if inode}
+        if not inodes <= self._owners.keys():
+            self._rescan()
+        return {inode: self._owners[inode] for inode in inodes if inode in self._owners}
+
+    def info(self, pid: int) -> ProcessInfo | None:
+        started = start_time(pid)
+        cached = self._infos.get(pid)
+        if cached is not None and cached[0] == started and started is not None:
+            return cached[1]
+        info = read_process(pid)
+        self._infos[pid] = (started, info)
+        if len(self._infos) > 65536:
+            self._infos.clear()
+        return info
+
+    def cgroup_path(self, cgroup_id: int) -> str:
+        if not cgroup_id or self._cgroup_root is None:
+            return ""
+        if cgroup_id not in self._cgroups:
+            now = time.monotonic()
+            if now - self._cgroups_scanned < RESCAN_INTERVAL:
+                return ""
+            self._cgroups_scanned = now
+            self._cgroups = self._scan_cgroups(self._cgroup_root)
+        return self._cgroups.get(cgroup_id, "")
+
+    @staticmethod
+    def _scan_cgroups(root: Path) -> dict[int, str]:
+        found = {root.stat().st_ino: "/"}
+        for dirpath, _dirs, _files in os.walk(root):
+            try:
+                found[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, root).lstrip(".")
+            except OSError:
+                continue
+        return found

@@ -1,0 +1,29 @@
+"""The one place that chooses the platform backend."""
+
+from __future__ import annotations
+
+import sys
+
+from netwarden.platform.base import Backend
+
+
+class UnsupportedPlatform(RuntimeError):
+    pass
+
+
+def current() -> Backend:
+    if sys.platform.startswith("linux"):
+        from netwarden.platform.linux.backend import LinuxBackend
+
+        return LinuxBackend()
+    raise UnsupportedPlatform(
+        f"netwarden has no backend for {sys.platform} yet (Linux works; Windows is planned)"
+    )
+
+
+def is_privileged() -> bool:
+    if sys.platform == "win32":
+        return False
+    import os
+
+    return os.geteuid() == 0
