@@ -195,6 +195,7 @@ def _monitor_live(
         if watch:
             for line in sources.missing:
                 typer.echo(f"note: {line}", err=True)
+            typer.echo(f"netwarden: watching {netns or 'this host'}", err=True)
 
             def write(events: list[FlowEvent]) -> None:
                 lines = [json.dumps(e.to_json()) for e in events if flow_filter.matches(e.flow)]

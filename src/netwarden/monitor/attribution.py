@@ -36,9 +36,21 @@ class StampBook:
         return len(self._stamps)
 
 
-def by_stamp(stamp: ProcessStamp) -> tuple[ProcessInfo, Attribution]:
-    if stamp.process.exe or stamp.process.name:
-        return stamp.process, Attribution(AttributionMethod.FLOW_EVENT)
+def by_stamp(
+    stamp: ProcessStamp, known: ProcessInfo | None = None
+) -> tuple[ProcessInfo, Attribution]:
+    """The stamp's process; details read earlier for the same pid fill what it lacks
+    (a process that exits right after connecting leaves little to read)."""
+    process = stamp.process
+    if known is not None and known.pid == process.pid and len(known.exe) > len(process.exe):
+        process = known
+    if process.exe:
+        return process, Attribution(AttributionMethod.FLOW_EVENT)
+    if process.name:
+        return process, Attribution(
+            AttributionMethod.FLOW_EVENT,
+            "the process exited before its executable path could be read",
+        )
     return stamp.process, Attribution(
         AttributionMethod.FLOW_EVENT,
         "the flow event named the pid, but the process exited before its details were read",

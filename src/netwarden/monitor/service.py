@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind
 from netwarden.monitor.history import HistoryStore
-from netwarden.monitor.table import FlowTable
+from netwarden.monitor.table import CLOSE_GRACE, FlowTable
 from netwarden.platform.base import Sources
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,10 @@ class Monitor:
             if ready:
                 self._drain(now)
             self._emit(sink, self.table.tick(now))
+        # Flows already closing are reported without waiting out their grace time.
         now = time.time()
         self._drain(now)
-        self._emit(sink, self._refresh(now))
-        self._emit(sink, self.table.close_all(now + 3600))
+        self._emit(sink, self._refresh(now) + self.table.tick(now + CLOSE_GRACE))
 
     def _emit(self, sink: EventSink, events: list[FlowEvent]) -> None:
         if not events:

@@ -33,6 +33,8 @@ from netwarden.platform.base import (
 # A flow that disappeared waits this long for late news (its final counters, its
 # flow event) before it is reported closed.
 CLOSE_GRACE = 1.0
+# Longer than conntrack keeps an assured UDP entry (nf_conntrack_udp_timeout_stream).
+TOMBSTONE_TTL = 300.0
 
 
 @dataclass
@@ -56,6 +58,7 @@ class _State:
     closing_at: float | None = None  # when set: report closed at this time
     from_conntrack: bool = False
     dirty: bool = False
+    announced: bool = False  # the OPENED event went out
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
         return Flow(
@@ -89,6 +92,9 @@ class FlowTable:
         self._udp_ports: dict[int, list[SocketRecord]] = {}
         self._udp_pids: dict[int, int] = {}
         self._events: list[FlowEvent] = []
+        # Conntrack keeps a UDP conversation for a while after its sockets close: the
+        # counters at close are remembered so the entry does not bring the flow back.
+        self._tombstones: dict[FlowKey, tuple[int, int, float]] = {}
 
     # -- queries -----------------------------------------------------------------
 
@@ -111,7 +117,7 @@ class FlowTable:
             self._stamps.add(stamp)
             state = self._flows.get(key)
             if state is not None and state.attribution.method is not AttributionMethod.FLOW_EVENT:
-                state.process, state.attribution = by_stamp(stamp)
+                state.process, state.attribution = by_stamp(stamp, state.process)
                 state.dirty = True
 
     def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
@@ -129,9 +135,13 @@ class FlowTable:
             if record.transport is not Transport.UDP:
                 continue  # TCP bytes come from tcp_info, per socket
             for key, sent, received in self._conntrack_views(record):
+                base_sent, base_received, _ = self._tombstones.get(key, (0, 0, 0.0))
+                if record.event is ConntrackEventType.DESTROY:
+                    self._tombstones.pop(key, None)
+                sent, received = sent - base_sent, received - base_received
                 state = self._flows.get(key)
                 if state is None:
-                    if record.event is ConntrackEventType.DESTROY and not self._wanted(key):
+                    if record.event is ConntrackEventType.DESTROY or sent + received <= 0:
                         continue
                     state = self._new_state(key, "ESTABLISHED", now)
                     state.from_conntrack = True
@@ -167,23 +177,26 @@ class FlowTable:
         """Finish closes whose grace has passed; compute rates; hand out the events."""
         done = [s for s in self._flows.values() if s.closing_at is not None and s.closing_at <= now]
         for state in done:
+            self._announce(state)
             del self._flows[state.key]
+            if state.from_conntrack:
+                self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
             self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
         for state in self._flows.values():
             self._update_rate(state, now)
-            if state.dirty:
+            if not state.announced:
+                self._announce(state)
+            elif state.dirty:
                 state.dirty = False
                 self._events.append(FlowEvent(FlowEventKind.UPDATED, state.snapshot(self._netns)))
         self._stamps.expire(now)
+        if self._tombstones:
+            self._tombstones = {
+                k: v for k, v in self._tombstones.items() if now - v[2] < TOMBSTONE_TTL
+            }
         events, self._events = self._events, []
         return events
-
-    def close_all(self, now: float) -> list[FlowEvent]:
-        for state in self._flows.values():
-            if state.closing_at is None:
-                state.closing_at = now
-        return self.tick(now)
 
     # -- internals ---------------------------------------------------------------
 
@@ -200,8 +213,13 @@ class FlowTable:
             state.process, state.attribution = by_stamp(stamp)
             state.first_seen = min(now, stamp.timestamp)
         self._flows[key] = state
-        self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
         return state
+
+    def _announce(self, state: _State) -> None:
+        if not state.announced:
+            state.announced = True
+            state.dirty = False
+            self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
 
     def _upsert_socket(self, record: SocketRecord, now: float, owner: int | None = None) -> _State:
         key = FlowKey(record.transport, record.local, record.remote)

@@ -83,7 +83,7 @@ class DivertFlowStamps:
         if event not in (FLOW_ESTABLISHED, FLOW_DELETED) or flow.Protocol not in (6, 17):
             return None
         pid = int(flow.ProcessId)
-        if not self._accept_pid(pid):
+        if pid == 0 or not self._accept_pid(pid):  # pid 0: raised in kernel context
             return None
         info = self._read_process(pid) if event == FLOW_ESTABLISHED else None
         return ProcessStamp(

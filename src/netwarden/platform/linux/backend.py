@@ -23,7 +23,7 @@ from netwarden.platform.linux.conntrack import (
     ConntrackDump,
     ConntrackEventStream,
 )
-from netwarden.platform.linux.procfs import ProcResolver, read_process
+from netwarden.platform.linux.procfs import ProcResolver, read_process_fast
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class LinuxBackend:
             from netwarden.platform.divert_flows import DivertFlowStamps
 
             accept = _pid_in_namespace(netns_api.inode_of(netns))
-            return DivertFlowStamps(read_process, accept)
+            return DivertFlowStamps(read_process_fast, accept)
         except (ImportError, OSError, NotImplementedError, RuntimeError) as exc:
             missing.append(
                 f"flow events unavailable ({exc}): processes that exit within a second "

@@ -160,11 +160,11 @@ class ConntrackEventStream:
 
 def tracking_table(name: str) -> list[dict[str, Any]]:
     """A chain whose only job is to make the kernel track connections in this namespace."""
-    chain = {"family": "inet", "table": name, "name": "track"}
+    where = {"family": "inet", "table": name}
     return [
-        {"add": {"chain": {**chain, "type": "filter", "hook": "output", "prio": -150,
-                           "policy": "accept"}}},
-        {"add": {"rule": {**chain, "expr": [
+        {"add": {"chain": {**where, "name": "track", "type": "filter", "hook": "output",
+                           "prio": -150, "policy": "accept"}}},
+        {"add": {"rule": {**where, "chain": "track", "expr": [
             {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid"]}},
         ]}}},
     ]  # fmt: skip

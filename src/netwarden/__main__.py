@@ -1,0 +1,3 @@
+from netwarden.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Test helpers shipped with netwarden: isolated hosts (netlab) and traffic tools."""
