@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FLOW_ESTABLISHED = 1
 FLOW_DELETED = 2
 MAX_PENDING = 1 << 18
+EARLY_TTL = 5.0
 
 
 def windivert_address(words: Any) -> str:
@@ -50,32 +51,59 @@ class DivertFlowStamps:
 
         self._read_process = read_process
         self._accept_pid = accept_pid
-        self._divert = pydivert.Divert(
-            "true", layer=pydivert.Layer.FLOW, flags=pydivert.Flag.SNIFF | pydivert.Flag.RECV_ONLY
-        )
-        self._divert.open()
+        flags = pydivert.Flag.SNIFF | pydivert.Flag.RECV_ONLY
+        self._flows = pydivert.Divert("true", layer=pydivert.Layer.FLOW, flags=flags)
+        self._sockets = pydivert.Divert("true", layer=pydivert.Layer.SOCKET, flags=flags)
+        self._flows.open()
+        try:
+            self._sockets.open()
+        except Exception:
+            self._flows.close()
+            raise
+        # Details read at connect()/bind() time, while the process is surely alive.
+        self._early: dict[int, tuple[float, ProcessInfo]] = {}
         self._pending: collections.deque[ProcessStamp] = collections.deque(maxlen=MAX_PENDING)
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="netwarden-flow-events", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(self._flows, self._on_flow), daemon=True,
+                             name="netwarden-flow-events"),
+            threading.Thread(target=self._loop, args=(self._sockets, self._on_socket),
+                             daemon=True, name="netwarden-socket-events"),
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def _loop(self, divert: Any, handle: Callable[[Any], None]) -> None:
         while not self._stop.is_set():
             try:
-                packet = self._divert.recv(timeout=0.2)
+                packet = divert.recv(timeout=0.2)
             except TimeoutError:
                 continue
             except OSError as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("flow events stopped: %s", exc)
+                if not self._stop.is_set():
+                    log.warning("kernel flow events stopped: %s", exc)
                 return
-            stamp = self._stamp(packet.wd_addr)
-            if stamp is not None:
-                self._pending.append(stamp)
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self._write_fd, b"x")
+            handle(packet.wd_addr)
+
+    def _on_socket(self, address: Any) -> None:
+        pid = int(address.u.Socket.ProcessId)
+        now = time.monotonic()
+        cached = self._early.get(pid)
+        if pid == 0 or (cached is not None and now - cached[0] < EARLY_TTL):
+            return
+        if len(self._early) > 4096:
+            self._early = {p: v for p, v in self._early.items() if now - v[0] < EARLY_TTL}
+        info = self._read_process(pid)
+        if info is not None:
+            self._early[pid] = (now, info)
+
+    def _on_flow(self, address: Any) -> None:
+        stamp = self._stamp(address)
+        if stamp is not None:
+            self._pending.append(stamp)
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write_fd, b"x")
 
     def _stamp(self, address: Any) -> ProcessStamp | None:
         event = int(address.Event)
@@ -86,6 +114,9 @@ class DivertFlowStamps:
         if pid == 0 or not self._accept_pid(pid):  # pid 0: raised in kernel context
             return None
         info = self._read_process(pid) if event == FLOW_ESTABLISHED else None
+        early = self._early.get(pid)
+        if early is not None and (info is None or not info.exe):
+            info = early[1]
         return ProcessStamp(
             transport=Transport.from_number(int(flow.Protocol)),
             local=Endpoint(windivert_address(flow.LocalAddr), int(flow.LocalPort)),
@@ -111,7 +142,9 @@ class DivertFlowStamps:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
-        self._divert.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._flows.close()
+        self._sockets.close()
         os.close(self._read_fd)
         os.close(self._write_fd)

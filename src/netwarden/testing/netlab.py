@@ -139,6 +139,9 @@ class Host:
     def stop_all(self, grace: float = 3.0) -> None:
         for proc in self._procs:
             _kill_group(proc, grace)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
         self._procs.clear()
 
 

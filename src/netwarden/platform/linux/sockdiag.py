@@ -78,8 +78,11 @@ def _tcp_payload_bytes(info: memoryview, state: int, destroyed: bool) -> tuple[i
     return sent, received
 
 
-def parse(payload: memoryview, *, destroyed: bool = False) -> SocketRecord | None:
-    """An inet_diag_msg with its attributes, or None for a family we do not handle."""
+def parse(
+    payload: memoryview, *, destroyed: bool = False, tcp: bool = False
+) -> SocketRecord | None:
+    """An inet_diag_msg with its attributes; None for a family we do not handle, or for
+    a TCP mini-socket (time-wait, reported with its sub-state) when tcp is set."""
     if len(payload) < _MSG.size:
         return None
     (family, state, _timer, _retrans, sport, dport, src, dst, _if, cookie, _expires,
@@ -88,6 +91,8 @@ def parse(payload: memoryview, *, destroyed: bool = False) -> SocketRecord | Non
         return None
     attrs = netlink.parse_attributes(payload, _MSG.size)
     info = attrs.get(INET_DIAG_INFO)
+    if tcp and info is None:
+        return None
     sent = received = 0
     transport = Transport.TCP
     if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
@@ -135,7 +140,7 @@ class SockDiagTable:
             for msg_type, _flags, payload in netlink.dump(self._sock, req):
                 if msg_type != SOCK_DIAG_BY_FAMILY:
                     continue
-                record = parse(payload)
+                record = parse(payload, tcp=transport is Transport.TCP)
                 if record is not None:
                     records.append(_with_transport(record, transport))
         return records

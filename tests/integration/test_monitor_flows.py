@@ -1,0 +1,151 @@
+"""The monitor against real traffic in netlab: bytes, processes, IPv4/IPv6, UDP, loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netwarden.testing.netlab import Host
+from tests.integration.conftest import start_server, traffic
+from tests.integration.monitor_process import MonitorProcess, within
+
+pytestmark = pytest.mark.root
+
+PYTHON_EXE = os.path.realpath(sys.executable)
+
+
+def _address(server: Host, family: int) -> str:
+    return server.ipv4 if family == 4 else server.ipv6
+
+
+def _is(port: int) -> Any:
+    return lambda e: e["local_port"] == port
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_tcp_transfer_has_the_right_process_and_bytes(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess, family: int
+) -> None:
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5000", "--send", "3000000")
+    report = traffic(
+        client, "tcp-client", "--host", _address(server, family), "--port", "5000",
+        "--send", "7000000", "--recv", "3000000",
+    )  # fmt: skip
+    [flow] = monitor_client.wait_closed(_is(report["local_port"]))
+    assert flow["transport"] == "tcp"
+    assert flow["remote_address"] == _address(server, family)
+    assert flow["process"]["pid"] == report["pid"]
+    assert flow["process"]["exe"] == PYTHON_EXE
+    assert "tcp-client" in flow["process"]["cmdline"]
+    assert within(flow["bytes_sent"], 7_000_000), flow["bytes_sent"]
+    assert within(flow["bytes_received"], 3_000_000), flow["bytes_received"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_udp_both_directions(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess, family: int
+) -> None:
+    client, server = pair
+    start_server(server, "udp-server", "--port", "5001", "--reply", "300")
+    report = traffic(
+        client, "udp-client", "--host", _address(server, family), "--port", "5001",
+        "--count", "40", "--size", "1200",
+    )  # fmt: skip
+    [flow] = monitor_client.wait_closed(_is(report["local_port"]))
+    assert flow["transport"] == "udp"
+    assert flow["process"]["pid"] == report["pid"]
+    assert within(flow["bytes_sent"], 48_000), flow["bytes_sent"]
+    assert within(flow["bytes_received"], 12_000), flow["bytes_received"]
+
+
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_loopback_shows_both_ends(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess, loopback: str
+) -> None:
+    client, _server = pair
+    srv = start_server(client, "tcp-server", "--bind", loopback, "--port", "5002",
+                       "--send", "200000")  # fmt: skip
+    report = traffic(
+        client, "tcp-client", "--host", loopback, "--port", "5002", "--send", "500000",
+        "--recv", "200000",
+    )  # fmt: skip
+    [mine] = monitor_client.wait_closed(_is(report["local_port"]))
+    [theirs] = monitor_client.wait_closed(
+        lambda e: e["local_port"] == 5002 and e["remote_port"] == report["local_port"]
+    )
+    assert mine["process"]["pid"] == report["pid"]
+    assert theirs["process"]["pid"] != report["pid"]
+    assert "tcp-server" in theirs["process"]["cmdline"]
+    assert srv.pid in (theirs["process"]["pid"], _parent(theirs["process"]["pid"]))
+    assert within(mine["bytes_sent"], 500_000)
+    assert within(theirs["bytes_received"], 500_000)
+    assert within(mine["bytes_received"], 200_000)
+    assert within(theirs["bytes_sent"], 200_000)
+
+
+def _parent(pid: int) -> int:
+    """The nsenter wrapper that Host.popen starts is the server's parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def test_process_that_lives_milliseconds_is_attributed(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess
+) -> None:
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5003")
+    report = traffic(client, "quick-exit", "--host", server.ipv4, "--port", "5003",
+                     "--send", "100000")  # fmt: skip
+    [flow] = monitor_client.wait_closed(_is(report["local_port"]))
+    assert flow["process"]["pid"] == report["pid"], flow
+    assert flow["process"]["exe"] == PYTHON_EXE
+    assert flow["attribution"] in ("flow-event", "socket-owner")
+    assert within(flow["bytes_sent"], 100_000), flow["bytes_sent"]
+    # The premise: the process lived for milliseconds from start to exit.
+    print(f"process lifetime after interpreter start: {report['seconds'] * 1000:.1f} ms")
+
+
+def test_200_short_connections_all_reach_history(
+    pair: tuple[Host, Host], history_db: Path, monitor_client: MonitorProcess
+) -> None:
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5004", "--send", "500")
+    started = time.monotonic()
+    report = traffic(client, "tcp-client", "--host", server.ipv4, "--port", "5004",
+                     "--send", "1000", "--recv", "500", "--count", "200", "--quiet")  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert report["connections"] == 200
+    monitor_client.wait_closed(lambda e: e["remote_port"] == 5004, count=200)
+    assert monitor_client.stop() == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "netwarden", "history", "--db", str(history_db),
+         "--port", "5004", "--format", "json", "--limit", "5000"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    flows = json.loads(result.stdout)
+    ports = {f["local_port"] for f in flows}
+    assert len(flows) == 200, f"{len(flows)} flows in {elapsed:.2f}s"
+    assert len(ports) == 200
+    for flow in flows:
+        assert flow["process"]["pid"] == report["pid"]
+        assert within(flow["bytes_sent"], 1000) and within(flow["bytes_received"], 500), flow
+
+
+def test_monitor_removes_its_table_when_stopped(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess
+) -> None:
+    client, _server = pair
+    assert "netwarden_monitor" in client.run(["nft", "list", "tables"]).stdout
+    assert monitor_client.stop() == 0
+    assert client.run(["nft", "list", "tables"]).stdout.strip() == ""
