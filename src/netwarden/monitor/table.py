@@ -171,10 +171,11 @@ class FlowTable:
         for state in self._flows.values():
             if state.key not in seen and state.closing_at is None:
                 self._close_later(state, now)
-        return self.tick(now)
+        return self.tick(now, rates=True)
 
-    def tick(self, now: float) -> list[FlowEvent]:
-        """Finish closes whose grace has passed; compute rates; hand out the events."""
+    def tick(self, now: float, *, rates: bool = False) -> list[FlowEvent]:
+        """Finish closes whose grace has passed; hand out the events. Rates are
+        computed on snapshots, when every counter has just been read."""
         done = [s for s in self._flows.values() if s.closing_at is not None and s.closing_at <= now]
         for state in done:
             self._announce(state)
@@ -184,7 +185,8 @@ class FlowTable:
             self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
         for state in self._flows.values():
-            self._update_rate(state, now)
+            if rates:
+                self._update_rate(state, now)
             if not state.announced:
                 self._announce(state)
             elif state.dirty:

@@ -1,0 +1,169 @@
+"""The live view's model: flows with their age, closed ones kept while they fade,
+sorting, filtering and per-process totals. Front-end neutral and pure."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from netwarden.model import Flow, FlowEvent, FlowEventKind, FlowKey
+from netwarden.monitor.filters import FlowFilter
+
+NEW_SECONDS = 3.0  # a flow is shown as new this long
+FADE_SECONDS = 5.0  # a closed flow stays visible this long
+
+
+class SortKey(enum.StrEnum):
+    PROCESS = "process"
+    PID = "pid"
+    LOCAL = "local"
+    REMOTE = "remote"
+    STATE = "state"
+    SENT = "sent"
+    RECEIVED = "received"
+    RATE = "rate"
+    AGE = "age"
+
+
+class RowStatus(enum.StrEnum):
+    NEW = "new"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    flow: Flow
+    status: RowStatus
+    fade: float  # 0 for live rows, rising to 1 as a closed row disappears
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessTotals:
+    pid: int | None
+    name: str
+    exe: str
+    flows: int
+    bytes_sent: int
+    bytes_received: int
+    send_rate: float
+    receive_rate: float
+
+
+def _sort_value(flow: Flow, key: SortKey) -> tuple[object, ...]:
+    proc = flow.process
+    match key:
+        case SortKey.PROCESS:
+            return (proc.name if proc else "~", proc.pid if proc else 0)
+        case SortKey.PID:
+            return (proc.pid if proc else -1,)
+        case SortKey.LOCAL:
+            return (flow.key.local.port, flow.key.local.address)
+        case SortKey.REMOTE:
+            return (flow.key.remote.address, flow.key.remote.port)
+        case SortKey.STATE:
+            return (flow.state,)
+        case SortKey.SENT:
+            return (flow.bytes_sent,)
+        case SortKey.RECEIVED:
+            return (flow.bytes_received,)
+        case SortKey.RATE:
+            return (flow.send_rate + flow.receive_rate,)
+        case SortKey.AGE:
+            return (flow.first_seen,)
+
+
+class LiveView:
+    def __init__(self) -> None:
+        self._live: dict[FlowKey, Flow] = {}
+        self._closed: dict[FlowKey, tuple[Flow, float]] = {}
+        self._opened_at: dict[FlowKey, float] = {}
+        self.sort_key = SortKey.RATE
+        self.descending = True
+        self.filter = FlowFilter()
+
+    def apply(self, events: Iterable[FlowEvent], now: float) -> None:
+        for event in events:
+            key = event.flow.key
+            if event.kind is FlowEventKind.CLOSED:
+                self._live.pop(key, None)
+                self._opened_at.pop(key, None)
+                self._closed[key] = (event.flow, now)
+                continue
+            if event.kind is FlowEventKind.OPENED:
+                self._opened_at[key] = now
+                self._closed.pop(key, None)
+            self._live[key] = event.flow
+
+    def load(self, flows: Iterable[Flow], now: float) -> None:
+        """Start from a snapshot: these flows are shown as already established."""
+        for flow in flows:
+            self._live[flow.key] = flow
+            self._opened_at[flow.key] = now - NEW_SECONDS
+
+    def expire(self, now: float) -> None:
+        gone = [k for k, (_f, t) in self._closed.items() if now - t >= FADE_SECONDS]
+        for key in gone:
+            del self._closed[key]
+
+    def sort_by(self, key: SortKey) -> None:
+        """Sort by key; choosing the same key again reverses the order."""
+        if key is self.sort_key:
+            self.descending = not self.descending
+        else:
+            self.sort_key = key
+            self.descending = key in (SortKey.SENT, SortKey.RECEIVED, SortKey.RATE)
+
+    def rows(self, now: float) -> list[Row]:
+        matches = self.filter.matches
+        rows = [
+            Row(
+                flow,
+                RowStatus.NEW
+                if now - self._opened_at.get(key, now - NEW_SECONDS) < NEW_SECONDS
+                else RowStatus.LIVE,
+                0.0,
+            )
+            for key, flow in self._live.items()
+            if matches(flow)
+        ]
+        rows.extend(
+            Row(flow, RowStatus.CLOSED, min(1.0, (now - closed_at) / FADE_SECONDS))
+            for flow, closed_at in self._closed.values()
+            if matches(flow)
+        )
+        sort_key = self.sort_key
+        rows.sort(key=lambda row: _sort_value(row.flow, sort_key), reverse=self.descending)
+        return rows
+
+    def totals(self) -> list[ProcessTotals]:
+        """Per process (live flows plus the closed ones still shown), busiest first."""
+        groups: dict[tuple[int | None, str], list[Flow]] = {}
+        flows = list(self._live.values()) + [f for f, _t in self._closed.values()]
+        for flow in flows:
+            if not self.filter.matches(flow):
+                continue
+            proc = flow.process
+            groups.setdefault((proc.pid if proc else None, proc.name if proc else "?"), []).append(
+                flow
+            )
+        totals = [
+            ProcessTotals(
+                pid=pid,
+                name=name,
+                exe=next((f.process.exe for f in group if f.process), ""),
+                flows=len(group),
+                bytes_sent=sum(f.bytes_sent for f in group),
+                bytes_received=sum(f.bytes_received for f in group),
+                send_rate=sum(f.send_rate for f in group if not f.closed),
+                receive_rate=sum(f.receive_rate for f in group if not f.closed),
+            )
+            for (pid, name), group in groups.items()
+        ]
+        totals.sort(key=lambda t: (t.send_rate + t.receive_rate, t.bytes_sent + t.bytes_received),
+                    reverse=True)  # fmt: skip
+        return totals
+
+    def __len__(self) -> int:
+        return len(self._live)

@@ -1,0 +1,1 @@
+"""Terminal user interface (textual)."""

@@ -1,0 +1,211 @@
+"""The live connection table, TCPView-style, on textual.
+
+The monitor runs in a worker thread and hands its events over through a deque;
+the UI applies them to a :class:`LiveView` on a timer and redraws.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Footer, Input, Static
+
+from netwarden.cli.render import human_bytes
+from netwarden.model import FlowEvent
+from netwarden.monitor.filters import FlowFilter
+from netwarden.monitor.live import LiveView, Row, RowStatus, SortKey
+from netwarden.monitor.service import Monitor
+
+FLOW_COLUMNS: tuple[tuple[str, SortKey | None], ...] = (
+    ("Process", SortKey.PROCESS),
+    ("PID", SortKey.PID),
+    ("Proto", None),
+    ("Local", SortKey.LOCAL),
+    ("Remote", SortKey.REMOTE),
+    ("State", SortKey.STATE),
+    ("Sent", SortKey.SENT),
+    ("Received", SortKey.RECEIVED),
+    ("Rate", SortKey.RATE),
+    ("How", None),
+)
+TOTAL_COLUMNS = ("Process", "PID", "Flows", "Sent", "Received", "Send/s", "Receive/s", "Path")
+STYLES = {RowStatus.NEW: "bold green", RowStatus.LIVE: "", RowStatus.CLOSED: "red"}
+
+
+def _cells(row: Row) -> tuple[Text, ...]:
+    flow = row.flow
+    proc = flow.process
+    style = STYLES[row.status] + (" dim" if row.fade > 0.5 else "")
+    values = (
+        proc.name if proc and proc.name else "?",
+        str(proc.pid) if proc else "-",
+        str(flow.key.transport),
+        str(flow.key.local),
+        str(flow.key.remote),
+        flow.state,
+        human_bytes(flow.bytes_sent),
+        human_bytes(flow.bytes_received),
+        f"{human_bytes(flow.send_rate + flow.receive_rate)}/s",
+        str(flow.attribution.method),
+    )
+    return tuple(Text(value, style=style) for value in values)
+
+
+class MonitorApp(App[None]):
+    TITLE = "netwarden monitor"
+    CSS = """
+    #status { height: 1; background: $boost; }
+    #filter { display: none; }
+    #filter.shown { display: block; }
+    #totals { display: none; }
+    .totals #totals { display: block; }
+    .totals #flows { display: none; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("slash", "filter", "Filter"),
+        Binding("t", "toggle_totals", "Per process"),
+        Binding("p", "sort('process')", "Sort process"),
+        Binding("r", "sort('rate')", "Sort rate"),
+        Binding("b", "sort('sent')", "Sort sent"),
+        Binding("s", "sort('state')", "Sort state"),
+        Binding("l", "sort('local')", "Sort local", show=False),
+        Binding("a", "sort('age')", "Sort age", show=False),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        stop: threading.Event,
+        flow_filter: FlowFilter | None = None,
+        duration: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.stop = stop
+        self.duration = duration
+        self.view = LiveView()
+        if flow_filter is not None:
+            self.view.filter = flow_filter
+        self._pending: collections.deque[list[FlowEvent]] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._error: str = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield Input(placeholder="proc:NAME port:N state:S addr:A tcp|udp  (Enter to apply)",
+                    id="filter")  # fmt: skip
+        yield DataTable(id="flows", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="totals", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        flows = self.query_one("#flows", DataTable)
+        for label, sort in FLOW_COLUMNS:
+            flows.add_column(label, key=sort.value if sort else label.lower())
+        self.query_one("#totals", DataTable).add_columns(*TOTAL_COLUMNS)
+        self._thread = threading.Thread(target=self._run_monitor, daemon=True)
+        self._thread.start()
+        self.set_interval(min(self.monitor.interval, 1.0), self.redraw)
+
+    def _run_monitor(self) -> None:
+        try:
+            self.monitor.run(self._pending.append, self.stop, self.duration)
+        except Exception as exc:  # shown in the status line instead of killing the UI
+            self._error = f"monitor stopped: {exc}"
+        if self.duration is not None and not self.stop.is_set():
+            self.call_from_thread(self.exit)
+
+    def redraw(self) -> None:
+        now = time.time()
+        while self._pending:
+            self.view.apply(self._pending.popleft(), now)
+        self.view.expire(now)
+        if self.has_class("totals"):
+            self._draw_totals()
+        else:
+            self._draw_flows(now)
+
+    def _draw_flows(self, now: float) -> None:
+        table = self.query_one("#flows", DataTable)
+        rows = self.view.rows(now)
+        table.clear()
+        table.add_rows(_cells(row) for row in rows)
+        missing = (
+            "  |  " + "; ".join(self.monitor.sources.missing)
+            if self.monitor.sources.missing
+            else ""
+        )
+        order = "desc" if self.view.descending else "asc"
+        self.query_one("#status", Static).update(
+            f"{len(self.view)} live flows, {len(rows)} shown  |  sort: {self.view.sort_key} "
+            f"{order}  |  filter: {self._filter_text() or 'none'}{missing}{self._error}"
+        )
+
+    def _draw_totals(self) -> None:
+        table = self.query_one("#totals", DataTable)
+        table.clear()
+        table.add_rows(
+            (t.name, str(t.pid) if t.pid is not None else "-", str(t.flows),
+             human_bytes(t.bytes_sent), human_bytes(t.bytes_received),
+             f"{human_bytes(t.send_rate)}/s", f"{human_bytes(t.receive_rate)}/s", t.exe)
+            for t in self.view.totals()
+        )  # fmt: skip
+        self.query_one("#status", Static).update("per-process totals (t: back to flows)")
+
+    def _filter_text(self) -> str:
+        f = self.view.filter
+        parts = [
+            f"proc:{f.process}" if f.process else "",
+            f"port:{f.port}" if f.port is not None else "",
+            f"state:{f.state}" if f.state else "",
+            f"addr:{f.address}" if f.address else "",
+            f.transport or "",
+        ]
+        return " ".join(p for p in parts if p)
+
+    def action_sort(self, key: str) -> None:
+        self.view.sort_by(SortKey(key))
+        self.redraw()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = event.column_key.value
+        if key in {k.value for k in SortKey}:
+            self.action_sort(str(key))
+
+    def action_toggle_totals(self) -> None:
+        self.toggle_class("totals")
+        self.redraw()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.value = self._filter_text()
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        self.view.filter = FlowFilter()
+        self.query_one("#filter", Input).remove_class("shown")
+        self.redraw()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            self.view.filter = FlowFilter.parse(event.value)
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        event.input.remove_class("shown")
+        self.query_one("#flows", DataTable).focus()
+        self.redraw()
+
+    def on_unmount(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
