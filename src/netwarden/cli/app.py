@@ -134,12 +134,12 @@ def monitor(
 
 
 def _open_sources(stack: ExitStack, netns: str | None, events: bool) -> Sources:
-    from netwarden.platform.linux.netns import NetnsError
-    from netwarden.platform.select import UnsupportedPlatform, current
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.select import current
 
     try:
         return stack.enter_context(current().open_sources(netns, events=events))
-    except (NetnsError, UnsupportedPlatform) as exc:
+    except PlatformError as exc:
         fail(str(exc))
     except PermissionError as exc:
         fail(f"permission denied opening kernel interfaces ({exc}); try as root")
@@ -184,14 +184,17 @@ def _monitor_live(
         history = None
         if not no_history:
             try:
-                history = HistoryStore(history_path or default_path(), retention_days)
+                history = HistoryStore(
+                    history_path or default_path(is_privileged()), retention_days
+                )
             except HistoryError as exc:
                 fail(f"{exc} (use --history PATH or --no-history)")
             stack.callback(history.close)
         sources = _open_sources(stack, netns, events=True)
         mon = Monitor(sources, history=history, interval=interval, is_root=is_privileged())
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        if sys.platform != "win32":
+            signal.signal(signal.SIGHUP, lambda *_: stop.set())
         if watch:
             for line in sources.missing:
                 typer.echo(f"note: {line}", err=True)
@@ -236,8 +239,9 @@ def history(
     """
     from netwarden.cli.render import table
     from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore, default_path
+    from netwarden.platform.select import is_privileged
 
-    path = db or default_path()
+    path = db or default_path(is_privileged())
     if not path.exists():
         fail(f"no history at {path}: run `netwarden monitor` first, or pass --db")
     query = HistoryQuery(
@@ -261,11 +265,12 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Say which kernel mechanisms work here and which netwarden features they enable."""
-    from netwarden.platform.select import UnsupportedPlatform, current
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.select import current
 
     try:
         capabilities = current().capabilities()
-    except UnsupportedPlatform as exc:
+    except PlatformError as exc:
         fail(str(exc))
     if as_json:
         sys.stdout.write(

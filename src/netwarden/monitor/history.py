@@ -61,10 +61,10 @@ class HistoryQuery:
     limit: int = 1000
 
 
-def default_path() -> Path:
+def default_path(privileged: bool) -> Path:
     import os
 
-    if os.geteuid() == 0:
+    if privileged:
         return Path("/var/lib/netwarden/history.sqlite")
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
     return base / "netwarden" / "history.sqlite"

@@ -15,6 +15,11 @@ from typing import Protocol
 from netwarden.model import Endpoint, ProcessInfo, Transport
 
 
+class PlatformError(RuntimeError):
+    """A problem the user can fix (a missing namespace, a missing privilege), said
+    in one sentence."""
+
+
 @dataclass(frozen=True, slots=True)
 class SocketRecord:
     """One socket from the socket table (or its last state when it was destroyed)."""

@@ -12,7 +12,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
-import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +63,10 @@ class DivertFlowStamps:
         # Details read at connect()/bind() time, while the process is surely alive.
         self._early: dict[int, tuple[float, ProcessInfo]] = {}
         self._pending: collections.deque[ProcessStamp] = collections.deque(maxlen=MAX_PENDING)
-        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # A socket pair, not a pipe: select() on Windows waits on sockets only.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, args=(self._flows, self._on_flow), daemon=True,
@@ -103,7 +106,7 @@ class DivertFlowStamps:
         if stamp is not None:
             self._pending.append(stamp)
             with contextlib.suppress(BlockingIOError):
-                os.write(self._write_fd, b"x")
+                self._wake_writer.send(b"x")
 
     def _stamp(self, address: Any) -> ProcessStamp | None:
         event = int(address.Event)
@@ -127,14 +130,12 @@ class DivertFlowStamps:
         )
 
     def fileno(self) -> int:
-        return self._read_fd
+        return self._wake_reader.fileno()
 
     def drain(self) -> list[ProcessStamp]:
-        try:
-            while os.read(self._read_fd, 65536):
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_reader.recv(65536):
                 pass
-        except BlockingIOError:
-            pass
         stamps = []
         while self._pending:
             stamps.append(self._pending.popleft())
@@ -146,5 +147,5 @@ class DivertFlowStamps:
             thread.join(timeout=2)
         self._flows.close()
         self._sockets.close()
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        self._wake_reader.close()
+        self._wake_writer.close()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from netwarden.platform.base import Backend
+from netwarden.platform.base import Backend, PlatformError
 
 
-class UnsupportedPlatform(RuntimeError):
+class UnsupportedPlatform(PlatformError):
     pass
 
 
@@ -23,7 +23,9 @@ def current() -> Backend:
 
 def is_privileged() -> bool:
     if sys.platform == "win32":
-        return False
+        import ctypes
+
+        return bool(ctypes.windll.shell32.IsUserAnAdmin())
     import os
 
     return os.geteuid() == 0
