@@ -40,8 +40,13 @@ class Monitor:
         return self.table.flows()
 
     def _refresh(self, now: float) -> list[FlowEvent]:
-        conntrack = self.sources.conntrack.snapshot() if self.sources.conntrack else None
-        return self.table.apply_snapshot(self.sources.sockets.snapshot(), conntrack, now)
+        try:
+            conntrack = self.sources.conntrack.snapshot() if self.sources.conntrack else None
+            sockets = self.sources.sockets.snapshot()
+        except OSError as exc:  # a failed read skips one refresh; the table stays as it was
+            log.warning("snapshot failed, keeping the last one: %s", exc)
+            return self.table.tick(now)
+        return self.table.apply_snapshot(sockets, conntrack, now)
 
     def _drain(self, now: float) -> None:
         src = self.sources

@@ -50,13 +50,12 @@ class _State:
     cgroup: str = ""
     bytes_sent: int = 0
     bytes_received: int = 0
-    rate_time: float = 0.0
+    rate_time: float | None = None  # None until the first reading sets the baseline
     rate_sent: int = 0
     rate_received: int = 0
     send_rate: float = 0.0
     receive_rate: float = 0.0
     closing_at: float | None = None  # when set: report closed at this time
-    from_conntrack: bool = False
     dirty: bool = False
     announced: bool = False  # the OPENED event went out
 
@@ -111,7 +110,7 @@ class FlowTable:
             key = FlowKey(stamp.transport, stamp.local, stamp.remote)
             if stamp.closed:
                 state = self._flows.get(key)
-                if state is not None and state.from_conntrack:
+                if state is not None and key.transport is Transport.UDP:
                     self._close_later(state, stamp.timestamp)
                 continue
             self._stamps.add(stamp)
@@ -144,7 +143,6 @@ class FlowTable:
                     if record.event is ConntrackEventType.DESTROY or sent + received <= 0:
                         continue
                     state = self._new_state(key, "ESTABLISHED", now)
-                    state.from_conntrack = True
                     self._attribute_udp(state)
                 state.last_seen = now
                 state.set_bytes(sent, received)
@@ -180,7 +178,7 @@ class FlowTable:
         for state in done:
             self._announce(state)
             del self._flows[state.key]
-            if state.from_conntrack:
+            if state.key.transport is Transport.UDP:
                 self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
             self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
@@ -209,7 +207,7 @@ class FlowTable:
         return state is None or state.attribution.method is AttributionMethod.UNKNOWN
 
     def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
-        state = _State(key=key, state=socket_state, first_seen=now, last_seen=now, rate_time=now)
+        state = _State(key=key, state=socket_state, first_seen=now, last_seen=now)
         stamp = self._stamps.get((key.transport, key.local, key.remote))
         if stamp is not None:
             state.process, state.attribution = by_stamp(stamp)
@@ -230,8 +228,10 @@ class FlowTable:
             state = self._new_state(key, record.state, now)
         if state.attribution.method is AttributionMethod.UNKNOWN:
             inode = 0 if record.destroyed else record.inode
-            state.process, state.attribution = by_owner(self._resolver, owner, inode, self._is_root)
-            state.dirty = True
+            found = by_owner(self._resolver, owner, inode, self._is_root)
+            if found != (state.process, state.attribution):
+                state.process, state.attribution = found
+                state.dirty = True
         if record.inode:
             state.inode = record.inode
         state.uid = record.uid
@@ -301,6 +301,13 @@ class FlowTable:
         state.uid = record.uid
 
     def _update_rate(self, state: _State, now: float) -> None:
+        if state.rate_time is None:
+            state.rate_time, state.rate_sent, state.rate_received = (
+                now,
+                state.bytes_sent,
+                state.bytes_received,
+            )
+            return
         elapsed = now - state.rate_time
         if elapsed < 0.2:
             return

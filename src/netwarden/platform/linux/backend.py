@@ -52,6 +52,12 @@ class LinuxSources:
             self.conntrack.close()
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
 def _pid_in_namespace(inode: int) -> Callable[[int], bool]:
     expected = f"net:[{inode}]"
 
@@ -83,13 +89,20 @@ class LinuxBackend:
                     "(conntrack) are unavailable"
                 )
             try:
-                sources.conntrack = ConntrackDump()
+                dump = ConntrackDump()
+                sources.conntrack = dump
+                dump.snapshot()  # reading it needs CAP_NET_ADMIN: find out now
                 if events:
                     if is_root:
                         activation.enable()
                     sources.conntrack_events = ConntrackEventStream()
             except (OSError, RuntimeError) as exc:
-                missing.append(f"conntrack unavailable ({exc}): UDP flows have no byte counts")
+                if sources.conntrack is not None:
+                    sources.conntrack.close()
+                    sources.conntrack = None
+                missing.append(
+                    f"conntrack unavailable ({_reason(exc)}): UDP flows have no byte counts"
+                )
             if events:
                 try:
                     sources.socket_closes = SockDiagDestroyEvents()

@@ -1,0 +1,63 @@
+"""In-memory stand-ins for the platform protocols, for unit tests of the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from netwarden.model import Endpoint, ProcessInfo, Transport
+from netwarden.platform.base import ConntrackEventType, ConntrackRecord, SocketRecord
+
+
+@dataclass
+class FakeResolver:
+    """Socket owners and processes as the test declares them."""
+
+    owners: dict[int, int] = field(default_factory=dict)
+    processes: dict[int, ProcessInfo] = field(default_factory=dict)
+    cgroups: dict[int, str] = field(default_factory=dict)
+    denied: int = 0
+    scans: int = 0
+
+    def owner_of(self, inode: int) -> int | None:
+        return self.owners_of({inode}).get(inode)
+
+    def owners_of(self, inodes: set[int]) -> dict[int, int]:
+        self.scans += 1
+        return {i: self.owners[i] for i in inodes if i in self.owners}
+
+    def info(self, pid: int) -> ProcessInfo | None:
+        return self.processes.get(pid)
+
+    def cgroup_path(self, cgroup_id: int) -> str:
+        return self.cgroups.get(cgroup_id, "")
+
+
+def tcp_socket(
+    local: str, remote: str, *, inode: int = 0, state: str = "ESTABLISHED",
+    sent: int = 0, received: int = 0, destroyed: bool = False, uid: int = 0,
+) -> SocketRecord:  # fmt: skip
+    """A TCP socket record from "addr:port" strings ("[v6]:port" for IPv6)."""
+    return SocketRecord(
+        Transport.TCP, endpoint(local), endpoint(remote), state, inode, uid, inode,
+        bytes_sent=sent, bytes_received=received, destroyed=destroyed,
+    )  # fmt: skip
+
+
+def udp_socket(local: str, remote: str = "0.0.0.0:0", *, inode: int = 0) -> SocketRecord:
+    state = "UNCONN" if remote.endswith(":0") else "ESTABLISHED"
+    return SocketRecord(Transport.UDP, endpoint(local), endpoint(remote), state, inode, 0, inode)
+
+
+def udp_conntrack(
+    client: str, server: str, up: int, down: int,
+    event: ConntrackEventType = ConntrackEventType.SNAPSHOT,
+) -> ConntrackRecord:  # fmt: skip
+    """A UDP conversation with `up` payload bytes from client and `down` back, 1 packet each way."""
+    c, s = endpoint(client), endpoint(server)
+    header = 28 if c.version == 4 else 48
+    return ConntrackRecord(event, Transport.UDP, c, s, s, c, 1, up + header, 1, down + header)
+
+
+def endpoint(text: str) -> Endpoint:
+    host, _, port = text.rpartition(":")
+    return Endpoint(host.strip("[]"), int(port))

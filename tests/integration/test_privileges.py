@@ -1,0 +1,47 @@
+"""Without root the monitor runs with less detail and says what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "pass"], capture_output=True,
+                           check=False)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("the interpreter is not readable by an unprivileged user here")
+
+
+def test_once_as_unprivileged_user_reports_what_is_missing() -> None:
+    result = subprocess.run(
+        [*NOBODY, sys.executable, "-m", "netwarden", "monitor", "--once", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert any("not root" in note for note in document["missing"])
+    assert any("conntrack" in note for note in document["missing"])
+
+
+def test_watch_as_unprivileged_user_runs_and_stops() -> None:
+    result = subprocess.run(
+        [*NOBODY, sys.executable, "-m", "netwarden", "monitor", "--watch", "--no-history",
+         "--duration", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "netwarden: watching this host" in result.stderr
+    assert "flow events unavailable" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from netwarden.cli.app import app
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("monitor", "--once", "--watch"), "exclude each other"),
+        (("monitor", "--once", "--filter", "colour:red"), "unknown filter"),
+        (("monitor", "--once", "--netns", "no-such-ns-here"), "does not exist"),
+        (("monitor", "--once", "--netns", "../etc"), "not a network namespace name"),
+        (("monitor",), "needs a terminal"),
+        (("history", "--db", "/nonexistent/h.sqlite"), "no history at"),
+    ],
+)
+def test_user_errors_exit_2_with_one_clear_sentence(args: tuple[str, ...], message: str) -> None:
+    code, output = _run(*args)
+    assert code == 2
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_history_rejects_a_bad_time(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite"
+    from netwarden.monitor.history import HistoryStore
+
+    HistoryStore(db).close()
+    code, output = _run("history", "--db", str(db), "--since", "yesterday")
+    assert code == 2
+    assert "--since takes an ISO time" in output
+    code, output = _run("history", "--db", str(db), "--since", "2h", "--format", "json")
+    assert code == 0
+    assert json.loads(output) == []
+
+
+def test_help_teaches_with_examples() -> None:
+    code, output = _run("monitor", "--help")
+    assert code == 0
+    assert "--once" in output
+    assert "netwarden monitor --watch" in output
+
+
+def test_once_json_lists_sockets_of_this_host() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code, output = _run("monitor", "--once", "--format", "json", "--filter", f"port:{port}")
+    assert code == 0
+    document = json.loads(output)
+    [flow] = document["flows"]
+    assert flow["state"] == "LISTEN"
+    import os
+
+    assert flow["process"]["pid"] == os.getpid()
+    assert flow["attribution"] == "socket-owner"
+
+
+def test_doctor_json_names_every_mechanism() -> None:
+    code, output = _run("doctor", "--json")
+    assert code == 0
+    names = {item["name"] for item in json.loads(output)}
+    assert {"nftables", "nft queue", "iptables NFQUEUE", "conntrack events",
+            "sock_diag destroy events", "cgroup v2", "BTF", "privileges",
+            "flow events"} <= names  # fmt: skip

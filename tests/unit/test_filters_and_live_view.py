@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import pytest
+
+from netwarden.model import (
+    Attribution,
+    Flow,
+    FlowEvent,
+    FlowEventKind,
+    FlowKey,
+    ProcessInfo,
+    Transport,
+)
+from netwarden.monitor.filters import FlowFilter
+from netwarden.monitor.live import FADE_SECONDS, NEW_SECONDS, LiveView, RowStatus, SortKey
+from netwarden.platform.divert_flows import windivert_address
+from netwarden.testing.fakes import endpoint
+
+
+def _flow(port: int, name: str = "curl", sent: int = 0, rate: float = 0.0,
+          state: str = "ESTABLISHED", transport: Transport = Transport.TCP) -> Flow:  # fmt: skip
+    return Flow(
+        key=FlowKey(transport, endpoint(f"10.0.0.1:{port}"), endpoint("192.0.2.7:443")),
+        state=state, process=ProcessInfo(pid=port, name=name, exe=f"/usr/bin/{name}"),
+        attribution=Attribution.unknown(""), bytes_sent=sent, send_rate=rate,
+    )  # fmt: skip
+
+
+def test_filter_words() -> None:
+    f = FlowFilter.parse("proc:curl port:443 state:established addr:192.0 tcp")
+    assert f.matches(_flow(1))
+    assert not f.matches(_flow(1, name="wget"))
+    assert not f.matches(_flow(1, state="LISTEN"))
+    assert not f.matches(_flow(1, transport=Transport.UDP))
+    assert FlowFilter.parse("5000").matches(_flow(5000))
+    assert FlowFilter.parse("pid:7").matches(_flow(7))
+    assert not FlowFilter.parse("pid:7").matches(_flow(8))
+    assert FlowFilter.parse("").matches(_flow(1))
+
+
+@pytest.mark.parametrize("text", ["colour:red", "port:http"])
+def test_bad_filter_words_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"filter|port"):
+        FlowFilter.parse(text)
+
+
+def test_live_view_marks_new_and_fades_closed_rows() -> None:
+    view = LiveView()
+    view.apply([FlowEvent(FlowEventKind.OPENED, _flow(1))], now=10.0)
+    [row] = view.rows(10.5)
+    assert row.status is RowStatus.NEW
+    [row] = view.rows(10.0 + NEW_SECONDS + 0.1)
+    assert row.status is RowStatus.LIVE
+    view.apply([FlowEvent(FlowEventKind.CLOSED, _flow(1))], now=20.0)
+    [row] = view.rows(20.0 + FADE_SECONDS / 2)
+    assert row.status is RowStatus.CLOSED
+    assert row.fade == pytest.approx(0.5)
+    view.expire(20.0 + FADE_SECONDS)
+    assert view.rows(30.0) == []
+
+
+def test_live_view_sorts_and_reverses() -> None:
+    view = LiveView()
+    view.load([_flow(1, sent=5, rate=1), _flow(2, sent=50, rate=3), _flow(3, sent=9, rate=2)], 0)
+    assert [r.flow.key.local.port for r in view.rows(100)] == [2, 3, 1]  # by rate, busiest first
+    view.sort_by(SortKey.SENT)
+    assert [r.flow.key.local.port for r in view.rows(100)] == [2, 3, 1]
+    view.sort_by(SortKey.SENT)
+    assert [r.flow.key.local.port for r in view.rows(100)] == [1, 3, 2]
+    view.sort_by(SortKey.LOCAL)
+    assert [r.flow.key.local.port for r in view.rows(100)] == [1, 2, 3]
+
+
+def test_per_process_totals() -> None:
+    view = LiveView()
+    view.load([_flow(1, "curl", sent=10, rate=1.0), _flow(1, "curl", sent=10)], 0)
+    flows = [_flow(5, "nginx", sent=100, rate=4.0), _flow(5, "nginx", sent=1, rate=1.0)]
+    view.load([Flow(**{**_asdict(f), "key": FlowKey(Transport.TCP, endpoint(f"10.0.0.{i}:80"),
+                                                    endpoint("1.2.3.4:5"))})
+               for i, f in enumerate(flows)], 0)  # fmt: skip
+    [nginx, curl] = view.totals()
+    assert (nginx.name, nginx.flows, nginx.bytes_sent, nginx.send_rate) == ("nginx", 2, 101, 5.0)
+    assert (curl.name, curl.flows) == ("curl", 1)
+
+
+def _asdict(flow: Flow) -> dict[str, object]:
+    return {name: getattr(flow, name) for name in Flow.__dataclass_fields__}
+
+
+def test_windivert_addresses() -> None:
+    assert windivert_address([0x0A000001, 0xFFFF, 0, 0]) == "10.0.0.1"
+    assert windivert_address([2, 0, 0, 0xFD000000]) == "fd00::2"
+    assert windivert_address([1, 0, 0, 0]) == "::1"

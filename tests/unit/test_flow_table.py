@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from netwarden.model import (
+    AttributionMethod,
+    FlowEvent,
+    FlowEventKind,
+    ProcessInfo,
+    Transport,
+)
+from netwarden.monitor.table import CLOSE_GRACE, FlowTable
+from netwarden.platform.base import ConntrackEventType, ProcessStamp
+from netwarden.testing.fakes import (
+    FakeResolver,
+    endpoint,
+    tcp_socket,
+    udp_conntrack,
+    udp_socket,
+)
+
+CURL = ProcessInfo(pid=42, name="curl", exe="/usr/bin/curl", uid=1000, user="alice")
+NGINX = ProcessInfo(pid=7, name="nginx", exe="/usr/sbin/nginx")
+
+
+def _kinds(events: list[FlowEvent]) -> list[tuple[FlowEventKind, int]]:
+    return [(e.kind, e.flow.key.local.port) for e in events]
+
+
+def _stamp(local: str, remote: str, process: ProcessInfo, transport: Transport = Transport.TCP,
+           closed: bool = False, at: float = 1.0) -> ProcessStamp:  # fmt: skip
+    return ProcessStamp(transport, endpoint(local), endpoint(remote), process, at, closed)
+
+
+def test_socket_owner_found_through_its_inode() -> None:
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    table = FlowTable(resolver)
+    events = table.apply_snapshot([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)], [], 1.0)
+    [opened] = events
+    assert opened.kind is FlowEventKind.OPENED
+    assert opened.flow.process == CURL
+    assert opened.flow.attribution.method is AttributionMethod.SOCKET_OWNER
+
+
+def test_unknown_process_says_why() -> None:
+    table = FlowTable(FakeResolver(denied=1))
+    [opened] = table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", inode=9)], [], 1.0)
+    assert opened.flow.process is None
+    assert opened.flow.attribution.method is AttributionMethod.UNKNOWN
+    assert "refused access" in opened.flow.attribution.reason
+    table = FlowTable(FakeResolver(), is_root=False)
+    [opened] = table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", inode=9)], [], 1.0)
+    assert "run as root" in opened.flow.attribution.reason
+
+
+def test_connection_that_lived_between_two_snapshots_is_reported_with_totals() -> None:
+    """Seen only through its flow event and its destroy record."""
+    table = FlowTable(FakeResolver())
+    table.apply_snapshot([], [], 1.0)
+    table.add_stamps([_stamp("10.0.0.1:5000", "10.0.0.2:80", CURL)])
+    destroyed = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", sent=7000, received=3000,
+                           destroyed=True, state="CLOSE")  # fmt: skip
+    table.add_socket_closes([destroyed], 1.2)
+    events = table.tick(1.2) + table.tick(1.2 + CLOSE_GRACE)
+    assert _kinds(events) == [(FlowEventKind.OPENED, 5000), (FlowEventKind.CLOSED, 5000)]
+    closed = events[-1].flow
+    assert closed.closed
+    assert closed.process == CURL
+    assert closed.attribution.method is AttributionMethod.FLOW_EVENT
+    assert (closed.bytes_sent, closed.bytes_received) == (7000, 3000)
+    assert len(table) == 0
+
+
+def test_late_flow_event_still_attributes_a_closing_flow() -> None:
+    table = FlowTable(FakeResolver())
+    table.add_socket_closes(
+        [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", sent=5, destroyed=True)], 1.0
+    )
+    table.add_stamps([_stamp("10.0.0.1:5000", "10.0.0.2:80", CURL)])
+    closed = table.tick(1.0 + CLOSE_GRACE)[-1].flow
+    assert closed.process == CURL
+
+
+def test_flow_event_keeps_details_read_earlier_for_the_same_pid() -> None:
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    table = FlowTable(resolver)
+    table.apply_snapshot([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)], [], 1.0)
+    exited = ProcessInfo(pid=42, name="curl")  # read as the process exited: no exe
+    table.add_stamps([_stamp("10.0.0.1:5000", "10.0.0.2:80", exited)])
+    [updated] = table.tick(1.1)
+    assert updated.flow.process == CURL
+    assert updated.flow.attribution.method is AttributionMethod.FLOW_EVENT
+
+
+def test_vanished_socket_closes_after_grace_with_last_counters() -> None:
+    table = FlowTable(FakeResolver())
+    sock = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", sent=100, received=50)
+    table.apply_snapshot([sock], [], 1.0)
+    assert table.apply_snapshot([], [], 2.0) == []
+    [closed] = table.apply_snapshot([], [], 2.0 + CLOSE_GRACE)
+    assert closed.kind is FlowEventKind.CLOSED
+    assert (closed.flow.bytes_sent, closed.flow.bytes_received) == (100, 50)
+
+
+def test_counters_never_go_backwards() -> None:
+    table = FlowTable(FakeResolver())
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=100)], [], 1.0)
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=90)], [], 2.0)
+    [flow] = table.flows()
+    assert flow.bytes_sent == 100
+
+
+def test_rates_come_from_snapshots_and_not_from_bytes_moved_before_the_first() -> None:
+    table = FlowTable(FakeResolver())
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=10**9)], [], 1.0)
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=10**9)], [], 2.0)
+    [flow] = table.flows()
+    assert flow.send_rate == 0.0
+    table = FlowTable(FakeResolver())
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=0)], [], 1.0)
+    table.apply_snapshot([tcp_socket("10.0.0.1:1", "10.0.0.2:2", sent=2000, received=500)], [], 3.0)
+    [flow] = table.flows()
+    assert (flow.send_rate, flow.receive_rate) == (1000.0, 250.0)
+
+
+def test_udp_conversation_takes_bytes_from_conntrack_and_owner_from_the_port() -> None:
+    resolver = FakeResolver(owners={5: 7}, processes={7: NGINX})
+    table = FlowTable(resolver)
+    sockets = [udp_socket("0.0.0.0:53", inode=5)]
+    conversation = udp_conntrack("10.0.0.9:40000", "10.0.0.1:53", up=100, down=300)
+    events = table.apply_snapshot(sockets, [conversation], 1.0)
+    flows = {e.flow.key.remote.port: e.flow for e in events}
+    server_side = flows[40000]
+    assert server_side.key.local == endpoint("10.0.0.1:53")
+    assert (server_side.bytes_sent, server_side.bytes_received) == (300, 100)
+    assert server_side.process == NGINX
+    assert server_side.attribution.method is AttributionMethod.LOCAL_PORT
+    assert 0 in flows  # the listening socket itself is a row too
+
+
+def test_closed_udp_conversation_is_not_revived_by_its_lingering_conntrack_entry() -> None:
+    table = FlowTable(FakeResolver())
+    table.add_stamps([_stamp("10.0.0.1:40000", "10.0.0.2:53", CURL, Transport.UDP)])
+    entry = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=100, down=300)
+    table.apply_snapshot([udp_socket("10.0.0.1:40000", "10.0.0.2:53")], [entry], 1.0)
+    table.add_stamps([_stamp("10.0.0.1:40000", "10.0.0.2:53", CURL, Transport.UDP, True, 1.0)])
+    events = table.apply_snapshot([], [entry], 1.0 + CLOSE_GRACE)
+    assert [e.kind for e in events if e.flow.key.remote.port == 53] == [FlowEventKind.CLOSED]
+    assert table.apply_snapshot([], [entry], 5.0) == []
+    more = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=150, down=300)
+    sock = udp_socket("10.0.0.1:40000", "10.0.0.2:53")
+    [reopened] = table.apply_snapshot([sock], [more], 6.0)
+    assert reopened.kind is FlowEventKind.OPENED
+    assert reopened.flow.bytes_sent == 50
+
+
+def test_conntrack_destroy_closes_a_udp_flow() -> None:
+    table = FlowTable(FakeResolver())
+    table.apply_snapshot(
+        [udp_socket("10.0.0.1:40000", "10.0.0.2:53")],
+        [udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=10, down=20)], 1.0,
+    )  # fmt: skip
+    gone = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", 10, 20, ConntrackEventType.DESTROY)
+    table.add_conntrack([gone], 2.0)
+    events = table.tick(2.0 + CLOSE_GRACE)
+    assert (FlowEventKind.CLOSED, 40000) in _kinds(events)
+
+
+def test_owner_scan_only_for_sockets_not_yet_attributed() -> None:
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    table = FlowTable(resolver)
+    sock = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)
+    table.apply_snapshot([sock], [], 1.0)
+    scans = resolver.scans
+    for step in range(5):
+        table.apply_snapshot([sock], [], 2.0 + step)
+    assert resolver.owners_of.__self__ is resolver
+    assert resolver.scans - scans <= 5
+    [flow] = table.flows()
+    assert flow.process == CURL
