@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from netwarden.model import (
@@ -75,16 +77,13 @@ def test_per_process_totals() -> None:
     view = LiveView()
     view.load([_flow(1, "curl", sent=10, rate=1.0), _flow(1, "curl", sent=10)], 0)
     flows = [_flow(5, "nginx", sent=100, rate=4.0), _flow(5, "nginx", sent=1, rate=1.0)]
-    view.load([Flow(**{**_asdict(f), "key": FlowKey(Transport.TCP, endpoint(f"10.0.0.{i}:80"),
-                                                    endpoint("1.2.3.4:5"))})
-               for i, f in enumerate(flows)], 0)  # fmt: skip
+    view.load(
+        [replace(f, key=FlowKey(Transport.TCP, endpoint(f"10.0.0.{i}:80"), endpoint("1.2.3.4:5")))
+         for i, f in enumerate(flows)], 0,
+    )  # fmt: skip
     [nginx, curl] = view.totals()
     assert (nginx.name, nginx.flows, nginx.bytes_sent, nginx.send_rate) == ("nginx", 2, 101, 5.0)
     assert (curl.name, curl.flows) == ("curl", 1)
-
-
-def _asdict(flow: Flow) -> dict[str, object]:
-    return {name: getattr(flow, name) for name in Flow.__dataclass_fields__}
 
 
 def test_windivert_addresses() -> None:

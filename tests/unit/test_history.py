@@ -41,7 +41,10 @@ def test_queries_by_process_time_host_and_port(store: HistoryStore) -> None:
         _flow(5000, last=1000), _flow(5001, "198.51.100.1:80", last=2000),
         _flow(5002, last=3000, process=other), _flow(5003, last=4000, process=None),
     ])  # fmt: skip
-    ports = lambda q: sorted(f.key.local.port for f in store.query(q))  # noqa: E731
+
+    def ports(query: HistoryQuery) -> list[int]:
+        return sorted(f.key.local.port for f in store.query(query))
+
     assert ports(HistoryQuery(process="curl")) == [5000, 5001]
     assert ports(HistoryQuery(process="/usr/sbin/nginx")) == [5002]
     assert ports(HistoryQuery(process="7")) == [5002]

@@ -3,13 +3,14 @@ from __future__ import annotations
 import socket
 
 from netwarden.model import Endpoint, Transport
+from netwarden.platform.base import SocketRecord
 from netwarden.platform.linux import sockdiag
 from tests.unit.builders import attr, inet_diag_msg, tcp_info
 
 ESTABLISHED, CLOSE_WAIT = 1, 8
 
 
-def _parse(message: bytes, **kwargs: bool) -> sockdiag.SocketRecord | None:
+def _parse(message: bytes, **kwargs: bool) -> SocketRecord | None:
     return sockdiag.parse(memoryview(message), **kwargs)
 
 
