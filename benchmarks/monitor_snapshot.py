@@ -1,0 +1,225 @@
+"""Monitor at scale, against `ss -tinp` in the same run.
+
+1. 10k established loopback TCP connections (20k sockets, held by two processes since
+   one may open at most 20k files) in a namespace of its own: a one-shot
+   `netwarden monitor --once --format json` against `ss -tinp`; goal <= 0.5x.
+2. One refresh of the live view's table at that size, caches warm (dump, merge,
+   sort and rows of the view model, and the terminal table redraw); goal <= 0.1x of ss.
+3. CPU of `netwarden monitor --watch` while 1k new connections per second are made;
+   goal < 10% of one core.
+
+Run as root: python benchmarks/monitor_snapshot.py [--connections 10000] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.common import cpu_seconds, machine, median_seconds, report, time_command
+from netwarden.monitor.live import LiveView
+from netwarden.testing.netlab import Host, Lab
+
+PORT = 7100
+CHURN_PORT = 7200
+
+
+def hold(role: str, count: int) -> None:
+    """Run inside the namespace: hold `count` connected sockets until stdin closes."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    held: list[socket.socket] = []
+    if role == "server":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", PORT))
+        listener.listen(4096)
+        print("ready", flush=True)
+        while len(held) < count:
+            conn, _ = listener.accept()
+            conn.send(b"hello")
+            held.append(conn)
+    else:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", PORT))
+            sock.send(b"x" * 100)
+            held.append(sock)
+    print("holding", flush=True)
+    sys.stdin.read()
+
+
+def churn(rate: int, seconds: float) -> None:
+    """Make `rate` short connections per second for `seconds` (server in-process)."""
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            writer.write(b"y" * 100)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", CHURN_PORT, backlog=4096)
+        made = 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            target = int((time.monotonic() - started) * rate)
+            while made < target:
+                reader, writer = await asyncio.open_connection("127.0.0.1", CHURN_PORT)
+                writer.write(b"x" * 100)
+                await reader.read(100)
+                writer.close()
+                made += 1
+            await asyncio.sleep(0.005)
+        server.close()
+        print(json.dumps({"connections": made, "seconds": time.monotonic() - started}))
+
+    asyncio.run(main())
+
+
+def _start_holders(host: Host, count: int) -> list[subprocess.Popen[str]]:
+    me = [sys.executable, "-m", "benchmarks.monitor_snapshot"]
+    server = host.popen([*me, "--hold", "server", "--connections", str(count)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    client = host.popen([*me, "--hold", "client", "--connections", str(count)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    for proc in (client, server):
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "holding"
+    return [server, client]
+
+
+def _refresh_seconds(netns: str) -> tuple[float, float, int]:
+    """Median time of one live-view refresh: (model only, model + table redraw), rows."""
+    from netwarden.monitor.service import Monitor
+    from netwarden.platform.select import current
+
+    with current().open_sources(netns, events=False) as sources:
+        monitor = Monitor(sources)
+        view = LiveView()
+
+        def refresh() -> int:
+            now = time.time()
+            view.apply(monitor._refresh(now), now)
+            return len(view.rows(now))
+
+        refresh()
+        refresh()
+        rows = refresh()
+        model = median_seconds(refresh)
+        with_table = _with_table_redraw(view, refresh)
+    return model, with_table, rows
+
+
+def _with_table_redraw(view: LiveView, refresh: Callable[[], int]) -> float:
+    """The same refresh plus the textual DataTable redraw, in a headless app."""
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from netwarden.tui.app import FLOW_COLUMNS, _cells
+
+    result: list[float] = []
+
+    class Bench(App[None]):
+        def compose(self) -> ComposeResult:
+            yield DataTable()
+
+        async def on_mount(self) -> None:
+            table = self.query_one(DataTable)
+            table.add_columns(*(label for label, _ in FLOW_COLUMNS))
+
+            def redraw() -> None:
+                refresh()
+                table.clear()
+                table.add_rows(_cells(row) for row in view.rows(time.time()))
+
+            redraw()
+            result.append(median_seconds(redraw))
+            self.exit()
+
+    async def run() -> None:
+        async with Bench().run_test(size=(160, 50)):
+            pass
+
+    asyncio.run(run())
+    return result[0]
+
+
+def _watch_cpu(host: Host, rate: int, seconds: float) -> tuple[float, dict[str, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        monitor = subprocess.Popen(
+            [sys.executable, "-m", "netwarden", "monitor", "--netns", host.netns, "--watch",
+             "--history", str(Path(tmp) / "h.sqlite")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert monitor.stderr is not None
+        while "watching" not in monitor.stderr.readline():
+            pass
+        time.sleep(1)
+        before, started = cpu_seconds(monitor.pid), time.monotonic()
+        result = host.run(
+            [sys.executable, "-m", "benchmarks.monitor_snapshot", "--churn", "--rate", str(rate),
+             "--seconds", str(seconds)], timeout=seconds + 60,
+        )  # fmt: skip
+        time.sleep(1.5)  # let the last closes through their grace time
+        used, elapsed = cpu_seconds(monitor.pid) - before, time.monotonic() - started
+        monitor.terminate()
+        monitor.wait(timeout=30)
+        monitor.stderr.close()
+    return used / elapsed, json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--hold", choices=["server", "client"])
+    parser.add_argument("--churn", action="store_true")
+    args = parser.parse_args()
+    if args.hold:
+        hold(args.hold, args.connections)
+        return
+    if args.churn:
+        churn(args.rate, args.seconds)
+        return
+
+    print(f"machine: {machine()}")
+    with Lab() as lab:
+        host = lab.host("bench")
+        _start_holders(host, args.connections)
+        ss = time_command(host.command(["ss", "-tinp"]))
+        once = time_command(host.command([sys.executable, "-m", "netwarden", "monitor",
+                                          "--once", "--format", "json"]))  # fmt: skip
+        check = host.run([sys.executable, "-m", "netwarden", "monitor", "--once", "--format",
+                          "json", "--filter", f"port:{PORT}"])  # fmt: skip
+        flows = json.loads(check.stdout)["flows"]
+        with_pid = sum(1 for f in flows if f["process"] and f["bytes_sent"] + f["bytes_received"])
+        print(f"{len(flows)} sockets on port {PORT}, {with_pid} with a process and bytes")
+        report(f"one-shot JSON, {args.connections} connections", "ss -tinp", ss, once, "<= 0.5x")
+        model, with_table, rows = _refresh_seconds(host.netns)
+        report(f"live view refresh, model ({rows} rows)", "ss -tinp", ss, model, "<= 0.1x")
+        report("live view refresh, model + table redraw", "ss -tinp", ss, with_table, "<= 0.1x")
+        for proc in host._procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        host.stop_all()
+        share, churned = _watch_cpu(host, args.rate, args.seconds)
+        made = churned["connections"] / churned["seconds"]
+        print(f"| --watch CPU at {made:.0f} new connections/s | {share * 100:.1f}% of one core "
+              f"| goal < 10% |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda hook: None
+    main()
