@@ -109,8 +109,12 @@ def test_process_that_lives_milliseconds_is_attributed(
                      "--send", "100000")  # fmt: skip
     [flow] = monitor_client.wait_closed(_is(report["local_port"]))
     assert flow["process"]["pid"] == report["pid"], flow
-    assert flow["process"]["exe"] == PYTHON_EXE
+    assert flow["process"]["name"].startswith("python")
     assert flow["attribution"] in ("flow-event", "socket-owner")
+    # Under heavy load the process can be gone before its executable is read; the
+    # flow then says so rather than showing an empty path without a reason.
+    if flow["process"]["exe"] != PYTHON_EXE:
+        assert "exited before" in flow["attribution_reason"], flow
     assert within(flow["bytes_sent"], 100_000), flow["bytes_sent"]
     # The premise: the process lived for milliseconds from start to exit.
     print(f"process lifetime after interpreter start: {report['seconds'] * 1000:.1f} ms")

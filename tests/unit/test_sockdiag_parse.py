@@ -10,13 +10,15 @@ from tests.unit.builders import attr, inet_diag_msg, tcp_info
 ESTABLISHED, CLOSE_WAIT = 1, 8
 
 
-def _parse(message: bytes, **kwargs: bool) -> SocketRecord | None:
-    return sockdiag.parse(memoryview(message), **kwargs)
+def _parse(
+    message: bytes, transport: Transport | None = Transport.TCP, destroyed: bool = False
+) -> SocketRecord | None:
+    return sockdiag.parse(memoryview(message), transport, destroyed=destroyed)
 
 
 def test_established_ipv4_socket_with_bytes() -> None:
     msg = inet_diag_msg(socket.AF_INET, ESTABLISHED, "10.0.0.1", 40000, "192.0.2.7", 443)
-    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, tcp_info(7001, 3000, 7000)), tcp=True)
+    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, tcp_info(7001, 3000, 7000)))
     assert record is not None
     assert record.local == Endpoint("10.0.0.1", 40000)
     assert record.remote == Endpoint("192.0.2.7", 443)
@@ -29,7 +31,7 @@ def test_established_ipv4_socket_with_bytes() -> None:
 
 def test_peer_fin_is_not_counted_as_payload() -> None:
     msg = inet_diag_msg(socket.AF_INET6, CLOSE_WAIT, "fd00::1", 1, "fd00::2", 2)
-    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, tcp_info(10, 501, 10)), tcp=True)
+    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, tcp_info(10, 501, 10)))
     assert record is not None
     assert record.bytes_received == 500
     assert record.local.address == "fd00::1"
@@ -45,8 +47,8 @@ def test_ipv4_mapped_ipv6_addresses_are_shown_as_ipv4() -> None:
 
 def test_time_wait_mini_sockets_are_left_out_of_tcp_dumps() -> None:
     msg = inet_diag_msg(socket.AF_INET, 5, "10.0.0.1", 1, "10.0.0.2", 2, inode=0)
-    assert _parse(msg, tcp=True) is None
-    assert _parse(msg) is not None
+    assert _parse(msg) is None
+    assert _parse(msg, Transport.UDP) is not None
 
 
 def test_short_or_foreign_messages_are_ignored() -> None:
@@ -58,6 +60,18 @@ def test_short_or_foreign_messages_are_ignored() -> None:
 
 def test_truncated_tcp_info_gives_zero_bytes_rather_than_garbage() -> None:
     msg = inet_diag_msg(socket.AF_INET, ESTABLISHED, "10.0.0.1", 1, "10.0.0.2", 2)
-    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, b"\xff" * 64), tcp=True)
+    record = _parse(msg + attr(sockdiag.INET_DIAG_INFO, b"\xff" * 64))
     assert record is not None
     assert (record.bytes_sent, record.bytes_received) == (0, 0)
+
+
+def test_destroy_broadcast_says_its_protocol() -> None:
+    msg = inet_diag_msg(socket.AF_INET, 7, "10.0.0.1", 1, "0.0.0.0", 0)
+    udp = _parse(msg + attr(sockdiag.INET_DIAG_PROTOCOL, b"\x11"), None, destroyed=True)
+    tcp = _parse(msg + attr(sockdiag.INET_DIAG_PROTOCOL, b"\x06"), None, destroyed=True)
+    assert udp is not None
+    assert udp.transport is Transport.UDP
+    assert udp.state == "UNCONN"
+    assert tcp is not None
+    assert tcp.transport is Transport.TCP
+    assert tcp.destroyed

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from netwarden import __version__
+from netwarden.cli.jsonout import dumps
 
 if TYPE_CHECKING:
+    from netwarden.model import Flow
     from netwarden.monitor.filters import FlowFilter
     from netwarden.platform.base import Sources
 
@@ -152,16 +154,22 @@ def _monitor_once(netns: str | None, output: OutputFormat, flow_filter: FlowFilt
 
     with ExitStack() as stack:
         sources = _open_sources(stack, netns, events=False)
-        flows = [f for f in Monitor(sources, is_root=is_privileged()).snapshot()]
-        flows = [f for f in flows if flow_filter.matches(f)]
-        flows.sort(key=lambda f: f.key)
+        monitor = Monitor(sources, is_root=is_privileged(), record_events=False)
+        flows = [f for f in monitor.snapshot() if flow_filter.matches(f)]
+        flows.sort(key=_flow_order)
         if output is OutputFormat.json:
             document = {"missing": list(sources.missing), "flows": [f.to_json() for f in flows]}
-            sys.stdout.write(json.dumps(document) + "\n")
+            sys.stdout.write(dumps(document) + "\n")
         else:
             for line in sources.missing:
                 typer.echo(f"note: {line}", err=True)
             sys.stdout.write(table(flows) + "\n")
+
+
+def _flow_order(flow: Flow) -> tuple[str, str, int, str, int]:
+    key = flow.key
+    return (key.transport, key.local.address, key.local.port, key.remote.address,
+            key.remote.port)  # fmt: skip
 
 
 def _monitor_live(
@@ -201,7 +209,7 @@ def _monitor_live(
             typer.echo(f"netwarden: watching {netns or 'this host'}", err=True)
 
             def write(events: list[FlowEvent]) -> None:
-                lines = [json.dumps(e.to_json()) for e in events if flow_filter.matches(e.flow)]
+                lines = [dumps(e.to_json()) for e in events if flow_filter.matches(e.flow)]
                 if lines:
                     sys.stdout.write("\n".join(lines) + "\n")
                     sys.stdout.flush()

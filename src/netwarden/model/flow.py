@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Transport(enum.StrEnum):
@@ -25,9 +25,12 @@ class Transport(enum.StrEnum):
         raise ValueError(f"IP protocol {number} is neither TCP nor UDP")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Endpoint:
-    """An IP address (normalised text form) and a port; port 0 means unset."""
+class Endpoint(NamedTuple):
+    """An IP address (normalised text form) and a port; port 0 means unset.
+
+    Endpoint and FlowKey are named tuples rather than dataclasses: they key every
+    dictionary of the flow table, and tuples hash in C.
+    """
 
     address: str
     port: int
@@ -55,8 +58,7 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class FlowKey:
+class FlowKey(NamedTuple):
     """One conversation seen from this host: transport, our end, their end."""
 
     transport: Transport

@@ -27,11 +27,14 @@ class Monitor:
         history: HistoryStore | None = None,
         interval: float = 1.0,
         is_root: bool = True,
+        record_events: bool = True,
     ) -> None:
         self.sources = sources
         self.history = history
         self.interval = interval
-        self.table = FlowTable(sources.processes, netns=sources.netns, is_root=is_root)
+        self.table = FlowTable(
+            sources.processes, netns=sources.netns, is_root=is_root, record_events=record_events
+        )
         self._last_prune = 0.0
 
     def snapshot(self) -> list[Flow]:

@@ -8,7 +8,7 @@ flow stamps, socket closes, conntrack events, then a snapshot.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netwarden.model import (
     Attribution,
@@ -30,6 +30,7 @@ from netwarden.platform.base import (
     SocketRecord,
 )
 
+NOT_YET_SEEN = Attribution.unknown("not yet seen")
 # A flow that disappeared waits this long for late news (its final counters, its
 # flow event) before it is reported closed.
 CLOSE_GRACE = 1.0
@@ -44,7 +45,7 @@ class _State:
     first_seen: float
     last_seen: float
     process: ProcessInfo | None = None
-    attribution: Attribution = field(default_factory=lambda: Attribution.unknown("not yet seen"))
+    attribution: Attribution = NOT_YET_SEEN
     inode: int = 0
     uid: int | None = None
     cgroup: str = ""
@@ -82,7 +83,15 @@ def _is_unconnected(record: SocketRecord) -> bool:
 
 
 class FlowTable:
-    def __init__(self, resolver: ProcessResolver, *, netns: str = "", is_root: bool = True):
+    def __init__(
+        self,
+        resolver: ProcessResolver,
+        *,
+        netns: str = "",
+        is_root: bool = True,
+        record_events: bool = True,
+    ):
+        self._record_events = record_events
         self._resolver = resolver
         self._netns = netns
         self._is_root = is_root
@@ -189,7 +198,10 @@ class FlowTable:
                 self._announce(state)
             elif state.dirty:
                 state.dirty = False
-                self._events.append(FlowEvent(FlowEventKind.UPDATED, state.snapshot(self._netns)))
+                if self._record_events:
+                    self._events.append(
+                        FlowEvent(FlowEventKind.UPDATED, state.snapshot(self._netns))
+                    )
         self._stamps.expire(now)
         if self._tombstones:
             self._tombstones = {
@@ -201,10 +213,14 @@ class FlowTable:
     # -- internals ---------------------------------------------------------------
 
     def _needs_owner(self, record: SocketRecord) -> bool:
+        """Whether only a scan of open files can name this socket's process."""
         if not record.inode:
             return False
-        state = self._flows.get(FlowKey(record.transport, record.local, record.remote))
-        return state is None or state.attribution.method is AttributionMethod.UNKNOWN
+        key = (record.transport, record.local, record.remote)
+        state = self._flows.get(FlowKey(*key))
+        if state is None:
+            return self._stamps.get(key) is None
+        return state.attribution.method is AttributionMethod.UNKNOWN
 
     def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
         state = _State(key=key, state=socket_state, first_seen=now, last_seen=now)
@@ -219,7 +235,8 @@ class FlowTable:
         if not state.announced:
             state.announced = True
             state.dirty = False
-            self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
+            if self._record_events:
+                self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
 
     def _upsert_socket(self, record: SocketRecord, now: float, owner: int | None = None) -> _State:
         key = FlowKey(record.transport, record.local, record.remote)

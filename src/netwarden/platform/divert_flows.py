@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 FLOW_ESTABLISHED = 1
 FLOW_DELETED = 2
 MAX_PENDING = 1 << 18
-EARLY_TTL = 5.0
+EARLY_TTL = 1.0
 
 
 def windivert_address(words: Any) -> str:
@@ -52,8 +52,13 @@ class DivertFlowStamps:
         self._read_process = read_process
         self._accept_pid = accept_pid
         flags = pydivert.Flag.SNIFF | pydivert.Flag.RECV_ONLY
-        self._flows = pydivert.Divert("true", layer=pydivert.Layer.FLOW, flags=flags)
-        self._sockets = pydivert.Divert("true", layer=pydivert.Layer.SOCKET, flags=flags)
+        # Only what is used: TCP flow ends come from socket destroy events instead.
+        self._flows = pydivert.Divert(
+            "event == ESTABLISHED or udp", layer=pydivert.Layer.FLOW, flags=flags
+        )
+        self._sockets = pydivert.Divert(
+            "event == CONNECT or event == BIND", layer=pydivert.Layer.SOCKET, flags=flags
+        )
         self._flows.open()
         try:
             self._sockets.open()
@@ -116,8 +121,14 @@ class DivertFlowStamps:
         pid = int(flow.ProcessId)
         if pid == 0 or not self._accept_pid(pid):  # pid 0: raised in kernel context
             return None
-        info = self._read_process(pid) if event == FLOW_ESTABLISHED else None
+        info = None
         early = self._early.get(pid)
+        if event == FLOW_ESTABLISHED:
+            # A process making many connections is read once a second, not per flow.
+            fresh = early is not None and time.monotonic() - early[0] < EARLY_TTL
+            info = early[1] if fresh and early is not None else self._read_process(pid)
+            if info is not None and info.exe:
+                self._early[pid] = (time.monotonic(), info)
         if early is not None and (info is None or not info.exe):
             info = early[1]
         return ProcessStamp(

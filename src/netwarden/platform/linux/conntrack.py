@@ -7,6 +7,8 @@ both with a table netwarden owns, and undoes them.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import socket
 import struct
 from pathlib import Path
@@ -27,6 +29,9 @@ GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
 CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 9, 10
 CTA_ID = 12
+CTA_FILTER = 25
+CTA_FILTER_ORIG_FLAGS = 1
+CTA_FILTER_F_CTA_PROTO_NUM = 1 << 3
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -113,21 +118,58 @@ def parse(
     )
 
 
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (netlink.align4(length) - length)
+
+
+def udp_dump_request(family: int) -> bytes:
+    """A dump of UDP entries only, filtered in the kernel (CTA_FILTER, Linux 5.8+):
+    TCP entries, which can number hundreds of thousands, never reach user space."""
+    nested = 0x8000
+    proto = _attr(CTA_TUPLE_PROTO | nested, _attr(CTA_PROTO_NUM, b"\x11"))
+    payload = (
+        _NFGEN.pack(family, 0, 0)
+        + _attr(CTA_TUPLE_ORIG | nested, proto)
+        + _attr(CTA_FILTER | nested, _attr(CTA_FILTER_ORIG_FLAGS,
+                                           struct.pack("=I", CTA_FILTER_F_CTA_PROTO_NUM)))
+    )  # fmt: skip
+    return netlink.pack_message(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+        payload,
+    )
+
+
+def full_dump_request() -> bytes:
+    return netlink.pack_message(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+        _NFGEN.pack(socket.AF_UNSPEC, 0, 0),
+    )
+
+
 class ConntrackDump:
     def __init__(self) -> None:
         self._sock = netlink.open_socket(NETLINK_NETFILTER)
-        self._request = netlink.pack_message(
-            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
-            netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
-            _NFGEN.pack(socket.AF_UNSPEC, 0, 0),
-        )
+        self._requests = [udp_dump_request(socket.AF_INET), udp_dump_request(socket.AF_INET6)]
 
     def snapshot(self) -> list[ConntrackRecord]:
+        try:
+            return self._dump(self._requests)
+        except netlink.NetlinkError as exc:
+            if exc.errno != errno.EINVAL or len(self._requests) == 1:
+                raise
+            self._requests = [full_dump_request()]  # a kernel without dump filters
+            return self._dump(self._requests)
+
+    def _dump(self, requests: list[bytes]) -> list[ConntrackRecord]:
         records = []
-        for msg_type, flags, payload in netlink.dump(self._sock, self._request):
-            record = parse(msg_type, flags, payload, snapshot=True)
-            if record is not None:
-                records.append(record)
+        for request in requests:
+            for msg_type, flags, payload in netlink.dump(self._sock, request):
+                record = parse(msg_type, flags, payload, snapshot=True)
+                if record is not None:
+                    records.append(record)
         return records
 
     def close(self) -> None:
@@ -140,6 +182,7 @@ class ConntrackEventStream:
             NETLINK_NETFILTER, (GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY), rcvbuf=32 << 20
         )
         self._sock.setblocking(False)
+        attach_udp_only_filter(self._sock)
         self._buffer = bytearray(netlink.RECV_BUFFER)
 
     def fileno(self) -> int:
@@ -156,6 +199,51 @@ class ConntrackEventStream:
 
     def close(self) -> None:
         self._sock.close()
+
+
+SO_ATTACH_FILTER = 26
+_BPF_LDB_ABS, _BPF_LDH_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x30, 0x28, 0x15, 0x06
+_ACCEPT, _DROP = 0xFFFF, 0
+
+
+def _udp_only_program() -> list[tuple[int, int, int, int]]:
+    """Classic BPF over each event message: drop it only when it is surely not UDP.
+
+    An event starts with its original tuple, so the protocol number sits at a fixed
+    offset for IPv4 (52) and IPv6 (76). The attribute types on the way are checked
+    (read big-endian by BPF: CTA_TUPLE_PROTO|NESTED is 0x0280, CTA_PROTO_NUM 0x0100),
+    and a message laid out otherwise is let through for Python to judge.
+    Each row: (code, jump-if-true, jump-if-false, k); jumps count the rows skipped.
+    """
+    ldb, ldh, jeq, ret = _BPF_LDB_ABS, _BPF_LDH_ABS, _BPF_JEQ_K, _BPF_RET_K
+    return [
+        (ldb, 0, 0, 16),  # 0: nfgenmsg family
+        (jeq, 1, 0, socket.AF_INET),  # 1: -> 3
+        (jeq, 6, 12, socket.AF_INET6),  # 2: -> 9, else accept
+        (ldh, 0, 0, 46),  # 3: IPv4
+        (jeq, 0, 10, 0x0280),
+        (ldh, 0, 0, 50),
+        (jeq, 0, 8, 0x0100),
+        (ldb, 0, 0, 52),
+        (jeq, 6, 7, 17),  # 8: UDP -> accept, else drop
+        (ldh, 0, 0, 70),  # 9: IPv6
+        (jeq, 0, 4, 0x0280),
+        (ldh, 0, 0, 74),
+        (jeq, 0, 2, 0x0100),
+        (ldb, 0, 0, 76),
+        (jeq, 0, 1, 17),  # 14
+        (ret, 0, 0, _ACCEPT),  # 15
+        (ret, 0, 0, _DROP),  # 16
+    ]
+
+
+def attach_udp_only_filter(sock: socket.socket) -> None:
+    program = _udp_only_program()
+    filters = (ctypes.c_ubyte * (8 * len(program)))()
+    for index, (code, jt, jf, k) in enumerate(program):
+        struct.pack_into("=HBBI", filters, index * 8, code, jt, jf, k)
+    fprog = struct.pack("HP", len(program), ctypes.addressof(filters))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def tracking_table(name: str) -> list[dict[str, Any]]:

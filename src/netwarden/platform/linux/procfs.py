@@ -129,7 +129,8 @@ class ProcResolver:
         self._owners: dict[int, int] = {}
         self.denied = 0
         self._last_scan = 0.0
-        self._infos: dict[int, tuple[int | None, ProcessInfo | None]] = {}
+        # pid -> (start time, details, when the start time was last checked)
+        self._infos: dict[int, tuple[int | None, ProcessInfo | None, float]] = {}
         self._cgroups: dict[int, str] = {}
         self._cgroups_scanned = 0.0
         self._cgroup_root = cgroup2_mount()
@@ -150,12 +151,16 @@ class ProcResolver:
         return {inode: self._owners[inode] for inode in inodes if inode in self._owners}
 
     def info(self, pid: int) -> ProcessInfo | None:
-        started = start_time(pid)
         cached = self._infos.get(pid)
+        now = time.monotonic()
+        if cached is not None and now - cached[2] < RESCAN_INTERVAL:
+            return cached[1]
+        started = start_time(pid)
         if cached is not None and cached[0] == started and started is not None:
+            self._infos[pid] = (started, cached[1], now)
             return cached[1]
         info = read_process_fast(pid)
-        self._infos[pid] = (started, info)
+        self._infos[pid] = (started, info, now)
         if len(self._infos) > 65536:
             self._infos.clear()
         return info

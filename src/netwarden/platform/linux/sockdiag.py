@@ -42,6 +42,7 @@ _TCP_INFO_SENT_OFFSET = 200  # tcpi_bytes_sent: payload only, retransmissions in
 # States in which the peer's FIN has been received (it counts one in bytes_received).
 _PEER_FIN_STATES = frozenset({8, 9, 11})
 _U64 = struct.Struct("=Q")
+_ATTR = struct.Struct("=HH")
 
 
 def request(family: int, transport: Transport) -> bytes:
@@ -52,12 +53,23 @@ def request(family: int, transport: Transport) -> bytes:
     )
 
 
+_ADDRESSES: dict[tuple[int, bytes], str] = {}
+
+
 def _address(family: int, raw: bytes) -> str:
+    """Text form of an address, cached: the same few addresses recur in every dump."""
+    text = _ADDRESSES.get((family, raw))
+    if text is not None:
+        return text
     if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    text = socket.inet_ntop(socket.AF_INET6, raw)
-    if text.startswith("::ffff:") and "." in text:
-        return text[7:]
+        text = socket.inet_ntop(socket.AF_INET, raw[:4])
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, raw)
+        if text.startswith("::ffff:") and "." in text:
+            text = text[7:]
+    if len(_ADDRESSES) > 65536:
+        _ADDRESSES.clear()
+    _ADDRESSES[(family, raw)] = text
     return text
 
 
@@ -79,48 +91,60 @@ def _tcp_payload_bytes(info: memoryview, state: int, destroyed: bool) -> tuple[i
 
 
 def parse(
-    payload: memoryview, *, destroyed: bool = False, tcp: bool = False
+    payload: memoryview, transport: Transport | None = Transport.TCP, *, destroyed: bool = False
 ) -> SocketRecord | None:
-    """An inet_diag_msg with its attributes; None for a family we do not handle, or for
-    a TCP mini-socket (time-wait, reported with its sub-state) when tcp is set."""
-    if len(payload) < _MSG.size:
+    """An inet_diag_msg with its attributes, as a record of the given transport (None:
+    as the message's protocol attribute says, which destroy broadcasts carry).
+
+    None for a family we do not handle, and for TCP mini-sockets (time-wait, reported
+    with their sub-state and without tcp_info) in dumps.
+    """
+    end = len(payload)
+    if end < _MSG.size:
         return None
     (family, state, _timer, _retrans, sport, dport, src, dst, _if, cookie, _expires,
      _rq, _wq, uid, inode) = _MSG.unpack_from(payload)  # fmt: skip
-    if family not in (socket.AF_INET, socket.AF_INET6):
+    if family != socket.AF_INET and family != socket.AF_INET6:  # noqa: PLR1714
         return None
-    attrs = netlink.parse_attributes(payload, _MSG.size)
-    info = attrs.get(INET_DIAG_INFO)
-    if tcp and info is None:
-        return None
+    info = cgroup = None
+    protocol = 0
+    offset = _MSG.size
+    while offset + 4 <= end:
+        length, kind = _ATTR.unpack_from(payload, offset)
+        if length < 4:
+            break
+        kind &= netlink.NLA_TYPE_MASK
+        if kind == INET_DIAG_INFO:
+            info = payload[offset + 4 : offset + length]
+        elif kind == INET_DIAG_CGROUP_ID and length >= 12:
+            cgroup = _U64.unpack_from(payload, offset + 4)[0]
+        elif kind == INET_DIAG_PROTOCOL and length >= 5:
+            protocol = payload[offset + 4]
+        offset += (length + 3) & ~3
+    if transport is None:
+        transport = Transport.UDP if protocol == 17 else Transport.TCP
     sent = received = 0
-    transport = Transport.TCP
-    if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
-        sent, received = _tcp_payload_bytes(info, state, destroyed)
-    cgroup = attrs.get(INET_DIAG_CGROUP_ID)
-    return SocketRecord(
-        transport=transport,
-        local=Endpoint(_address(family, src), int.from_bytes(sport, "big")),
-        remote=Endpoint(_address(family, dst), int.from_bytes(dport, "big")),
-        state=TCP_STATES.get(state, str(state)),
-        inode=inode,
-        uid=uid,
-        cookie=int.from_bytes(cookie, "little"),
-        cgroup_id=_U64.unpack_from(cgroup)[0] if cgroup is not None and len(cgroup) >= 8 else 0,
-        bytes_sent=sent,
-        bytes_received=received,
-        destroyed=destroyed,
-    )
-
-
-def _with_transport(record: SocketRecord, transport: Transport) -> SocketRecord:
     if transport is Transport.TCP:
-        return record
-    state = "UNCONN" if record.state == "CLOSE" else record.state
+        if info is None and not destroyed:
+            return None
+        if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
+            sent, received = _tcp_payload_bytes(info, state, destroyed)
+        state_name = TCP_STATES.get(state) or str(state)
+    else:
+        state_name = "UNCONN" if state == 7 else TCP_STATES.get(state) or str(state)
     return SocketRecord(
-        transport, record.local, record.remote, state, record.inode, record.uid,
-        record.cookie, record.cgroup_id, 0, 0, record.destroyed,
-    )  # fmt: skip
+        transport,
+        Endpoint(_address(family, src), int.from_bytes(sport, "big")),
+        Endpoint(_address(family, dst), int.from_bytes(dport, "big")),
+        state_name,
+        inode,
+        uid,
+        int.from_bytes(cookie, "little"),
+        cgroup or 0,
+        sent,
+        received,
+        destroyed,
+    )
 
 
 class SockDiagTable:
@@ -140,9 +164,9 @@ class SockDiagTable:
             for msg_type, _flags, payload in netlink.dump(self._sock, req):
                 if msg_type != SOCK_DIAG_BY_FAMILY:
                     continue
-                record = parse(payload, tcp=transport is Transport.TCP)
+                record = parse(payload, transport)
                 if record is not None:
-                    records.append(_with_transport(record, transport))
+                    records.append(record)
         return records
 
     def close(self) -> None:
@@ -166,12 +190,9 @@ class SockDiagDestroyEvents:
             for msg_type, _flags, payload in netlink.iter_messages(datagram):
                 if msg_type != SOCK_DIAG_BY_FAMILY or len(payload) < _MSG.size:
                     continue
-                record = parse(payload, destroyed=True)
-                if record is None:
-                    continue
-                proto = netlink.parse_attributes(payload, _MSG.size).get(INET_DIAG_PROTOCOL)
-                is_udp = proto is not None and len(proto) >= 1 and proto[0] == 17
-                records.append(_with_transport(record, Transport.UDP) if is_udp else record)
+                record = parse(payload, None, destroyed=True)
+                if record is not None:
+                    records.append(record)
         return records
 
     def close(self) -> None:
