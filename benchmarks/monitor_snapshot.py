@@ -126,7 +126,7 @@ def _with_table_redraw(view: LiveView, refresh: Callable[[], int]) -> float:
     from textual.app import App, ComposeResult
     from textual.widgets import DataTable
 
-    from netwarden.tui.app import FLOW_COLUMNS, _cells
+    from netwarden.tui.app import FLOW_COLUMNS, MAX_ROWS, _cells
 
     result: list[float] = []
 
@@ -141,7 +141,7 @@ def _with_table_redraw(view: LiveView, refresh: Callable[[], int]) -> float:
             def redraw() -> None:
                 refresh()
                 table.clear()
-                table.add_rows(_cells(row) for row in view.rows(time.time()))
+                table.add_rows(_cells(row) for row in view.rows(time.time(), MAX_ROWS))
 
             redraw()
             result.append(median_seconds(redraw))

@@ -90,3 +90,12 @@ def test_windivert_addresses() -> None:
     assert windivert_address([0x0A000001, 0xFFFF, 0, 0]) == "10.0.0.1"
     assert windivert_address([2, 0, 0, 0xFD000000]) == "fd00::2"
     assert windivert_address([1, 0, 0, 0]) == "::1"
+
+
+def test_live_view_limit_keeps_the_top_rows_in_order() -> None:
+    view = LiveView()
+    view.load([_flow(port, rate=float(port)) for port in range(1, 101)], 0)
+    assert [r.flow.key.local.port for r in view.rows(100, limit=3)] == [100, 99, 98]
+    view.sort_by(SortKey.RATE)  # ascending now
+    assert [r.flow.key.local.port for r in view.rows(100, limit=3)] == [1, 2, 3]
+    assert view.matching() == 100

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from netwarden import __version__
-from netwarden.cli.jsonout import dumps
+from netwarden.jsontext import dumps
 
 if TYPE_CHECKING:
     from netwarden.model import Flow

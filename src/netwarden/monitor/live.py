@@ -4,6 +4,7 @@ sorting, filtering and per-process totals. Front-end neutral and pure."""
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -115,27 +116,36 @@ class LiveView:
             self.sort_key = key
             self.descending = key in (SortKey.SENT, SortKey.RECEIVED, SortKey.RATE)
 
-    def rows(self, now: float) -> list[Row]:
+    def matching(self) -> int:
+        """How many flows (live and fading) pass the filter."""
         matches = self.filter.matches
-        rows = [
-            Row(
-                flow,
-                RowStatus.NEW
-                if now - self._opened_at.get(key, now - NEW_SECONDS) < NEW_SECONDS
-                else RowStatus.LIVE,
-                0.0,
-            )
-            for key, flow in self._live.items()
-            if matches(flow)
-        ]
-        rows.extend(
-            Row(flow, RowStatus.CLOSED, min(1.0, (now - closed_at) / FADE_SECONDS))
-            for flow, closed_at in self._closed.values()
-            if matches(flow)
+        return sum(1 for f in self._live.values() if matches(f)) + sum(
+            1 for f, _t in self._closed.values() if matches(f)
         )
+
+    def rows(self, now: float, limit: int | None = None) -> list[Row]:
+        """The rows to show, sorted; with a limit, only the first `limit` of them."""
+        matches = self.filter.matches
+        flows = [f for f in self._live.values() if matches(f)]
+        flows.extend(f for f, _t in self._closed.values() if matches(f))
         sort_key = self.sort_key
-        rows.sort(key=lambda row: _sort_value(row.flow, sort_key), reverse=self.descending)
-        return rows
+
+        def order(flow: Flow) -> tuple[object, ...]:
+            return _sort_value(flow, sort_key)
+
+        if limit is not None and limit < len(flows):
+            pick = heapq.nlargest if self.descending else heapq.nsmallest
+            flows = pick(limit, flows, key=order)
+        else:
+            flows.sort(key=order, reverse=self.descending)
+        return [self._row(flow, now) for flow in flows]
+
+    def _row(self, flow: Flow, now: float) -> Row:
+        closed = self._closed.get(flow.key)
+        if closed is not None and flow.key not in self._live:
+            return Row(flow, RowStatus.CLOSED, min(1.0, (now - closed[1]) / FADE_SECONDS))
+        opened = self._opened_at.get(flow.key, now - NEW_SECONDS)
+        return Row(flow, RowStatus.NEW if now - opened < NEW_SECONDS else RowStatus.LIVE, 0.0)
 
     def totals(self) -> list[ProcessTotals]:
         """Per process (live flows plus the closed ones still shown), busiest first."""

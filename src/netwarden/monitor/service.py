@@ -17,6 +17,7 @@ from netwarden.platform.base import Sources
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[FlowEvent]], None]
+BATCH_SECONDS = 0.05
 
 
 class Monitor:
@@ -91,6 +92,9 @@ class Monitor:
             if ready:
                 self._drain(now)
             self._emit(sink, self.table.tick(now))
+            if ready:
+                # Let events gather: one pass per batch costs far less than one per event.
+                stop.wait(BATCH_SECONDS)
         # Flows already closing are reported without waiting out their grace time.
         now = time.time()
         self._drain(now)

@@ -100,6 +100,10 @@ class FlowTable:
         self._udp_ports: dict[int, list[SocketRecord]] = {}
         self._udp_pids: dict[int, int] = {}
         self._events: list[FlowEvent] = []
+        # Flows changed by events since the last tick, and flows waiting to close:
+        # a tick between snapshots looks at these only.
+        self._touched: dict[FlowKey, _State] = {}
+        self._closing: dict[FlowKey, _State] = {}
         # Conntrack keeps a UDP conversation for a while after its sockets close: the
         # counters at close are remembered so the entry does not bring the flow back.
         self._tombstones: dict[FlowKey, tuple[int, int, float]] = {}
@@ -127,6 +131,7 @@ class FlowTable:
             if state is not None and state.attribution.method is not AttributionMethod.FLOW_EVENT:
                 state.process, state.attribution = by_stamp(stamp, state.process)
                 state.dirty = True
+                self._touched[key] = state
 
     def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
         for record in records:
@@ -155,6 +160,7 @@ class FlowTable:
                     self._attribute_udp(state)
                 state.last_seen = now
                 state.set_bytes(sent, received)
+                self._touched[key] = state
                 if record.event is ConntrackEventType.DESTROY:
                     self._close_later(state, now)
 
@@ -183,15 +189,19 @@ class FlowTable:
     def tick(self, now: float, *, rates: bool = False) -> list[FlowEvent]:
         """Finish closes whose grace has passed; hand out the events. Rates are
         computed on snapshots, when every counter has just been read."""
-        done = [s for s in self._flows.values() if s.closing_at is not None and s.closing_at <= now]
+        done = [
+            s for s in self._closing.values() if s.closing_at is not None and s.closing_at <= now
+        ]
         for state in done:
             self._announce(state)
             del self._flows[state.key]
+            del self._closing[state.key]
+            self._touched.pop(state.key, None)
             if state.key.transport is Transport.UDP:
                 self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
             self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
-        for state in self._flows.values():
+        for state in self._flows.values() if rates else self._touched.values():
             if rates:
                 self._update_rate(state, now)
             if not state.announced:
@@ -202,11 +212,13 @@ class FlowTable:
                     self._events.append(
                         FlowEvent(FlowEventKind.UPDATED, state.snapshot(self._netns))
                     )
-        self._stamps.expire(now)
-        if self._tombstones:
-            self._tombstones = {
-                k: v for k, v in self._tombstones.items() if now - v[2] < TOMBSTONE_TTL
-            }
+        self._touched.clear()
+        if rates:
+            self._stamps.expire(now)
+            if self._tombstones:
+                self._tombstones = {
+                    k: v for k, v in self._tombstones.items() if now - v[2] < TOMBSTONE_TTL
+                }
         events, self._events = self._events, []
         return events
 
@@ -229,6 +241,7 @@ class FlowTable:
             state.process, state.attribution = by_stamp(stamp)
             state.first_seen = min(now, stamp.timestamp)
         self._flows[key] = state
+        self._touched[key] = state
         return state
 
     def _announce(self, state: _State) -> None:
@@ -260,13 +273,16 @@ class FlowTable:
         state.last_seen = now
         if record.transport is Transport.TCP:
             state.set_bytes(record.bytes_sent, record.bytes_received)
-        if not record.destroyed:
+        if not record.destroyed and state.closing_at is not None:
             state.closing_at = None
+            del self._closing[key]
+        self._touched[key] = state
         return state
 
     def _close_later(self, state: _State, now: float) -> None:
         if state.closing_at is None:
             state.closing_at = now + CLOSE_GRACE
+            self._closing[state.key] = state
 
     def _index_udp(self, sockets: list[SocketRecord]) -> None:
         ports: dict[int, list[SocketRecord]] = {}

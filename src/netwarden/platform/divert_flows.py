@@ -67,6 +67,7 @@ class DivertFlowStamps:
             raise
         # Details read at connect()/bind() time, while the process is surely alive.
         self._early: dict[int, tuple[float, ProcessInfo]] = {}
+        self._pid_checks: dict[int, tuple[float, bool]] = {}
         self._pending: collections.deque[ProcessStamp] = collections.deque(maxlen=MAX_PENDING)
         # A socket pair, not a pipe: select() on Windows waits on sockets only.
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -106,12 +107,25 @@ class DivertFlowStamps:
         if info is not None:
             self._early[pid] = (now, info)
 
+    def _accepted(self, pid: int) -> bool:
+        now = time.monotonic()
+        cached = self._pid_checks.get(pid)
+        if cached is not None and now - cached[0] < EARLY_TTL:
+            return cached[1]
+        if len(self._pid_checks) > 4096:
+            self._pid_checks.clear()
+        accepted = self._accept_pid(pid)
+        self._pid_checks[pid] = (now, accepted)
+        return accepted
+
     def _on_flow(self, address: Any) -> None:
         stamp = self._stamp(address)
         if stamp is not None:
+            wake = not self._pending
             self._pending.append(stamp)
-            with contextlib.suppress(BlockingIOError):
-                self._wake_writer.send(b"x")
+            if wake:  # the reader drains everything, so one wake-up per batch will do
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_writer.send(b"x")
 
     def _stamp(self, address: Any) -> ProcessStamp | None:
         event = int(address.Event)
@@ -119,7 +133,7 @@ class DivertFlowStamps:
         if event not in (FLOW_ESTABLISHED, FLOW_DELETED) or flow.Protocol not in (6, 17):
             return None
         pid = int(flow.ProcessId)
-        if pid == 0 or not self._accept_pid(pid):  # pid 0: raised in kernel context
+        if pid == 0 or not self._accepted(pid):  # pid 0: raised in kernel context
             return None
         info = None
         early = self._early.get(pid)

@@ -35,6 +35,8 @@ FLOW_COLUMNS: tuple[tuple[str, SortKey | None], ...] = (
     ("How", None),
 )
 TOTAL_COLUMNS = ("Process", "PID", "Flows", "Sent", "Received", "Send/s", "Receive/s", "Path")
+# Rows drawn at most: a screen shows a few dozen, and drawing 20k costs seconds.
+MAX_ROWS = 1000
 STYLES = {RowStatus.NEW: "bold green", RowStatus.LIVE: "", RowStatus.CLOSED: "red"}
 
 
@@ -135,7 +137,10 @@ class MonitorApp(App[None]):
 
     def _draw_flows(self, now: float) -> None:
         table = self.query_one("#flows", DataTable)
-        rows = self.view.rows(now)
+        rows = self.view.rows(now, MAX_ROWS)
+        shown = f"{len(rows)} shown" if len(rows) < MAX_ROWS else (
+            f"first {MAX_ROWS} of {self.view.matching()} shown (filter with /)"
+        )  # fmt: skip
         table.clear()
         table.add_rows(_cells(row) for row in rows)
         missing = (
@@ -145,7 +150,7 @@ class MonitorApp(App[None]):
         )
         order = "desc" if self.view.descending else "asc"
         self.query_one("#status", Static).update(
-            f"{len(self.view)} live flows, {len(rows)} shown  |  sort: {self.view.sort_key} "
+            f"{len(self.view)} live flows, {shown}  |  sort: {self.view.sort_key} "
             f"{order}  |  filter: {self._filter_text() or 'none'}{missing}{self._error}"
         )
 
