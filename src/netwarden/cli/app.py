@@ -223,7 +223,16 @@ def _monitor_live(
             return
         from netwarden.tui.app import MonitorApp
 
-        MonitorApp(mon, stop, flow_filter, duration).run()
+        tui = MonitorApp(mon, stop, flow_filter, duration)
+
+        def quit_tui(*_: object) -> None:
+            stop.set()
+            tui.exit()
+
+        signal.signal(signal.SIGTERM, quit_tui)
+        if sys.platform != "win32":
+            signal.signal(signal.SIGHUP, quit_tui)
+        tui.run()
 
 
 @app.command()

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netwarden.model import Endpoint, ProcessInfo, Transport
-from netwarden.platform.base import ConntrackEventType, ConntrackRecord, SocketRecord
+from netwarden.platform.base import (
+    ConntrackEvents,
+    ConntrackEventType,
+    ConntrackRecord,
+    ConntrackTable,
+    FlowStamps,
+    ProcessResolver,
+    SocketCloseEvents,
+    SocketRecord,
+    SocketTable,
+)
 
 
 @dataclass
@@ -61,3 +71,33 @@ def udp_conntrack(
 def endpoint(text: str) -> Endpoint:
     host, _, port = text.rpartition(":")
     return Endpoint(host.strip("[]"), int(port))
+
+
+@dataclass
+class FakeSocketTable:
+    """A socket table whose contents the test sets between snapshots."""
+
+    records: list[SocketRecord] = field(default_factory=list)
+
+    def snapshot(self) -> list[SocketRecord]:
+        return list(self.records)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeSources:
+    """Monitor sources with no kernel behind them: sockets and processes as declared."""
+
+    sockets: SocketTable = field(default_factory=FakeSocketTable)
+    processes: ProcessResolver = field(default_factory=FakeResolver)
+    socket_closes: SocketCloseEvents | None = None
+    conntrack: ConntrackTable | None = None
+    conntrack_events: ConntrackEvents | None = None
+    flow_stamps: FlowStamps | None = None
+    missing: tuple[str, ...] = ()
+    netns: str = ""
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,36 @@
+"""The monitor owns one nft table per namespace and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from netwarden.testing.netlab import Host
+from tests.integration.monitor_process import MonitorProcess
+
+pytestmark = pytest.mark.root
+
+
+def _tables(host: Host) -> str:
+    return host.run(["nft", "list", "tables"]).stdout
+
+
+def test_table_left_by_a_killed_monitor_is_replaced_then_removed(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, _server = pair
+    client.run(["nft", "add", "table", "inet", "distro_firewall"])  # not ours: must stay
+    crashed = MonitorProcess(client.netns, tmp_path / "h.sqlite")
+    os.killpg(crashed.proc.pid, signal.SIGKILL)
+    crashed.stop()
+    assert "netwarden_monitor" in _tables(client)
+
+    again = MonitorProcess(client.netns, tmp_path / "h.sqlite")
+    assert _tables(client).count("netwarden_monitor") == 1
+    assert again.stop() == 0
+    tables = _tables(client)
+    assert "netwarden_monitor" not in tables
+    assert "distro_firewall" in tables
