@@ -103,6 +103,7 @@ def _refresh_seconds(netns: str) -> tuple[float, float, int]:
     """Median time of one live-view refresh: (model only, model + table redraw), rows."""
     from netwarden.monitor.service import Monitor
     from netwarden.platform.select import current
+    from netwarden.tui.app import MAX_ROWS
 
     with current().open_sources(netns, events=False) as sources:
         monitor = Monitor(sources)
@@ -111,7 +112,7 @@ def _refresh_seconds(netns: str) -> tuple[float, float, int]:
         def refresh() -> int:
             now = time.time()
             view.apply(monitor._refresh(now), now)
-            return len(view.rows(now))
+            return len(view.rows(now, MAX_ROWS))
 
         refresh()
         refresh()
@@ -208,7 +209,7 @@ def main() -> None:
         print(f"{len(flows)} sockets on port {PORT}, {with_pid} with a process and bytes")
         report(f"one-shot JSON, {args.connections} connections", "ss -tinp", ss, once, "<= 0.5x")
         model, with_table, rows = _refresh_seconds(host.netns)
-        report(f"live view refresh, model ({rows} rows)", "ss -tinp", ss, model, "<= 0.1x")
+        report(f"live view refresh, model (top {rows} rows)", "ss -tinp", ss, model, "<= 0.1x")
         report("live view refresh, model + table redraw", "ss -tinp", ss, with_table, "<= 0.1x")
         for proc in host._procs:
             assert proc.stdin is not None

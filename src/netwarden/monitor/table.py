@@ -59,6 +59,7 @@ class _State:
     closing_at: float | None = None  # when set: report closed at this time
     dirty: bool = False
     announced: bool = False  # the OPENED event went out
+    record: SocketRecord | None = None  # the socket record last applied
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
         return Flow(
@@ -136,7 +137,7 @@ class FlowTable:
     def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
         for record in records:
             if record.transport is Transport.UDP and _is_unconnected(record):
-                state = self._flows.get(FlowKey(record.transport, record.local, record.remote))
+                state = self._flows.get(record.key)
                 if state is not None:
                     self._close_later(state, now)
                 continue
@@ -173,11 +174,24 @@ class FlowTable:
         """Bring the table in line with a full dump; return what happened since last time."""
         self._index_udp(sockets)
         seen: set[FlowKey] = set()
-        owners = self._resolver.owners_of({r.inode for r in sockets if self._needs_owner(r)})
+        flows = self._flows
+        changed: list[SocketRecord] = []
         for record in sockets:
-            key = FlowKey(record.transport, record.local, record.remote)
+            key = record.key
             seen.add(key)
-            self._upsert_socket(record, now, owners.get(record.inode))
+            state = flows.get(key)
+            if (
+                state is not None
+                and state.record is record  # the dump handed back last time's record
+                and state.closing_at is None
+                and state.attribution.method is not AttributionMethod.UNKNOWN
+            ):
+                state.last_seen = now
+            else:
+                changed.append(record)
+        owners = self._resolver.owners_of({r.inode for r in changed if self._needs_owner(r)})
+        for record in changed:
+            self._upsert_socket(record, now, owners.get(record.inode)).record = record
         if conntrack is not None:
             self.add_conntrack(conntrack, now)
             seen.update(k for r in conntrack for k, _s, _r in self._conntrack_views(r))
@@ -228,10 +242,9 @@ class FlowTable:
         """Whether only a scan of open files can name this socket's process."""
         if not record.inode:
             return False
-        key = (record.transport, record.local, record.remote)
-        state = self._flows.get(FlowKey(*key))
+        state = self._flows.get(record.key)
         if state is None:
-            return self._stamps.get(key) is None
+            return self._stamps.get(record.key) is None
         return state.attribution.method is AttributionMethod.UNKNOWN
 
     def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
@@ -252,7 +265,7 @@ class FlowTable:
                 self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
 
     def _upsert_socket(self, record: SocketRecord, now: float, owner: int | None = None) -> _State:
-        key = FlowKey(record.transport, record.local, record.remote)
+        key = record.key
         state = self._flows.get(key)
         if state is None:
             state = self._new_state(key, record.state, now)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from netwarden.model import Endpoint, ProcessInfo, Transport
+from netwarden.model import Endpoint, FlowKey, ProcessInfo, Transport
 
 
 class PlatformError(RuntimeError):
@@ -35,6 +35,11 @@ class SocketRecord:
     bytes_sent: int = 0  # payload bytes the peer acknowledged (TCP only)
     bytes_received: int = 0  # payload bytes received (TCP only)
     destroyed: bool = False
+    key: FlowKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built once per record: unchanged sockets keep their record across dumps.
+        object.__setattr__(self, "key", FlowKey(self.transport, self.local, self.remote))
 
 
 class ConntrackEventType(enum.Enum):

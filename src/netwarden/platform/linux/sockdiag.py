@@ -43,6 +43,7 @@ _TCP_INFO_SENT_OFFSET = 200  # tcpi_bytes_sent: payload only, retransmissions in
 _PEER_FIN_STATES = frozenset({8, 9, 11})
 _U64 = struct.Struct("=Q")
 _ATTR = struct.Struct("=HH")
+_COOKIE = slice(44, 52)  # idiag_cookie inside inet_diag_msg
 
 
 def request(family: int, transport: Transport) -> bytes:
@@ -88,6 +89,18 @@ def _tcp_payload_bytes(info: memoryview, state: int, destroyed: bool) -> tuple[i
     if received and (state in _PEER_FIN_STATES or destroyed):
         received -= 1
     return sent, received
+
+
+def _find_attribute(payload: memoryview, kind: int) -> int:
+    offset, end = _MSG.size, len(payload)
+    while offset + 4 <= end:
+        length, found = _ATTR.unpack_from(payload, offset)
+        if length < 4:
+            break
+        if found & netlink.NLA_TYPE_MASK == kind:
+            return offset
+        offset += (length + 3) & ~3
+    return -1
 
 
 def parse(
@@ -158,16 +171,45 @@ class SockDiagTable:
             for family in (socket.AF_INET, socket.AF_INET6)
         ]
 
+        # Last dump's record per socket cookie, with the bytes that would change it.
+        self._previous: dict[bytes, tuple[bytes, SocketRecord]] = {}
+        self._info_offset = -1  # where tcp_info sat in the last TCP message
+
     def snapshot(self) -> list[SocketRecord]:
+        """Every socket; a socket whose state and counters did not move since the last
+        dump is handed back as the very same record object, unparsed."""
         records: list[SocketRecord] = []
+        previous, current = self._previous, {}
         for transport, req in self._requests:
+            tcp = transport is Transport.TCP
             for msg_type, _flags, payload in netlink.dump(self._sock, req):
-                if msg_type != SOCK_DIAG_BY_FAMILY:
+                if msg_type != SOCK_DIAG_BY_FAMILY or len(payload) < _MSG.size:
                     continue
-                record = parse(payload, transport)
+                signature = self._signature(payload) if tcp else bytes(payload[:2])
+                cookie = bytes(payload[_COOKIE])
+                known = previous.get(cookie)
+                if known is not None and known[0] == signature:
+                    record: SocketRecord | None = known[1]
+                else:
+                    record = parse(payload, transport)
                 if record is not None:
                     records.append(record)
+                    current[cookie] = (signature, record)
+        self._previous = current
         return records
+
+    def _signature(self, payload: memoryview) -> bytes:
+        """State plus the tcp_info byte counters: what parse() would read and change."""
+        at = self._info_offset
+        if not (0 < at <= len(payload) - 4 and _ATTR.unpack_from(payload, at)[1] == INET_DIAG_INFO):
+            at = _find_attribute(payload, INET_DIAG_INFO)
+            if at < 0:
+                return b""  # no tcp_info: parse() decides (a mini-socket)
+            self._info_offset = at
+        start = at + 4
+        return bytes(payload[1:2]) + bytes(
+            payload[start + _TCP_INFO_BYTES_OFFSET : start + _TCP_INFO_SENT_OFFSET + 8]
+        )
 
     def close(self) -> None:
         self._sock.close()
