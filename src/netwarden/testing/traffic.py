@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 CHUNK = 64 * 1024
 STARTED = time.monotonic()
@@ -117,6 +118,13 @@ def udp_client(args: argparse.Namespace) -> None:
     sock.close()
 
 
+def _client(sub: Any, name: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m netwarden.testing.traffic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,18 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--send", type=int, default=0)
     p.set_defaults(func=tcp_server)
-    p = sub.add_parser("tcp-client")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p = _client(sub, "tcp-client")
     p.add_argument("--send", type=int, default=0)
     p.add_argument("--recv", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--linger", type=float, default=0.0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=tcp_client)
-    p = sub.add_parser("quick-exit")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p = _client(sub, "quick-exit")
     p.add_argument("--send", type=int, default=100_000)
     p.set_defaults(func=quick_exit)
     p = sub.add_parser("udp-server")
@@ -144,9 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--reply", type=int, default=0)
     p.set_defaults(func=udp_server)
-    p = sub.add_parser("udp-client")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p = _client(sub, "udp-client")
     p.add_argument("--size", type=int, default=1000)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--linger", type=float, default=0.0)

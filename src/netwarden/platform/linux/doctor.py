@@ -6,15 +6,13 @@ discards it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from netwarden.platform.base import Capability
-from netwarden.platform.linux import netlink
+from netwarden.platform.linux import netlink, nftables
 from netwarden.platform.linux.conntrack import ACCT_SYSCTL, NETLINK_NETFILTER
 from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.platform.linux.sockdiag import DESTROY_GROUPS, NETLINK_SOCK_DIAG
@@ -34,30 +32,20 @@ def _has_cap_net_admin() -> bool:
 
 
 def _nft_check(statement: dict[str, object]) -> tuple[bool, str]:
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if nft is None:
-        return False, "the nft command is missing (install the 'nftables' package)"
+    """Whether the kernel accepts a rule with this statement (checked, never applied)."""
     base = {"family": "inet", "table": PROBE_TABLE}
-    batch = {"nftables": [
-        {"add": {"table": {"family": "inet", "name": PROBE_TABLE}}},
-        {"add": {"chain": {**base, "name": "c", "type": "filter", "hook": "output", "prio": 0,
-                           "policy": "accept"}}},
-        {"add": {"rule": {**base, "chain": "c", "expr": [statement]}}},
-    ]}  # fmt: skip
     try:
-        result = subprocess.run(
-            [nft, "-c", "-j", "-f", "-"],
-            input=json.dumps(batch),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        ok, output = nftables.check([
+            {"add": {"table": {"family": "inet", "name": PROBE_TABLE}}},
+            {"add": {"chain": {**base, "name": "c", "type": "filter", "hook": "output",
+                               "prio": 0, "policy": "accept"}}},
+            {"add": {"rule": {**base, "chain": "c", "expr": [statement]}}},
+        ])  # fmt: skip
+    except nftables.NftError as exc:
         return False, str(exc)
-    if result.returncode == 0:
+    if ok:
         return True, "accepted by the kernel (checked, not applied)"
-    return False, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "refused"
+    return False, output.splitlines()[-1]
 
 
 def _netlink_groups(protocol: int, groups: tuple[int, ...]) -> tuple[bool, str]:
@@ -85,6 +73,8 @@ def probe_nftables() -> Capability:
 
 def probe_nft_queue() -> Capability:
     ok, detail = _nft_check({"queue": {"num": 65000, "flags": ["bypass"]}})
+    if not ok:
+        detail = f"this kernel has no nftables queue statement ({detail})"
     return Capability(
         "nft queue", ok, detail, "first-packet decisions in user space (NFQUEUE) through nftables"
     )

@@ -24,32 +24,38 @@ def nft_binary() -> str:
     return path
 
 
+def _nft(args: list[str], commands: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
+    """Run nft -j with ARGS (and a JSON batch on stdin); (succeeded, output or error)."""
+    document = None if commands is None else json.dumps({"nftables": commands})
+    try:
+        result = subprocess.run(
+            [nft_binary(), "-j", *args], input=document, capture_output=True, text=True,
+            timeout=NFT_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    if result.returncode != 0:
+        return False, result.stderr.strip() or result.stdout.strip() or "refused"
+    return True, result.stdout
+
+
 def run(commands: list[dict[str, Any]]) -> None:
     """Apply a batch atomically: all of it or, on any error, none of it."""
-    document = json.dumps({"nftables": commands})
-    result = subprocess.run(
-        [nft_binary(), "-j", "-f", "-"],
-        input=document,
-        capture_output=True,
-        text=True,
-        timeout=NFT_TIMEOUT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise NftError(f"nft refused the change: {result.stderr.strip() or result.stdout.strip()}")
+    ok, output = _nft(["-f", "-"], commands)
+    if not ok:
+        raise NftError(f"nft refused the change: {output}")
+
+
+def check(commands: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Have the kernel validate a batch without applying it (nft -c)."""
+    return _nft(["-c", "-f", "-"], commands)
 
 
 def list_json(*what: str) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [nft_binary(), "-j", "list", *what],
-        capture_output=True,
-        text=True,
-        timeout=NFT_TIMEOUT,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise NftError(f"nft list {' '.join(what)} failed: {result.stderr.strip()}")
-    items: list[dict[str, Any]] = json.loads(result.stdout or '{"nftables": []}')["nftables"]
+    ok, output = _nft(["list", *what])
+    if not ok:
+        raise NftError(f"nft list {' '.join(what)} failed: {output}")
+    items: list[dict[str, Any]] = json.loads(output or '{"nftables": []}')["nftables"]
     return items
 
 
