@@ -1,0 +1,1 @@
+"""Policies: a TOML file -> validated Policy -> pure matcher and backend-neutral rules."""

@@ -1,0 +1,426 @@
+"""Policy file (TOML) -> validated Policy, or every problem with file:line.
+
+[settings]              # optional
+table = "netwarden"     # the one nftables table netwarden owns
+priority = 0            # hook priority of its chains
+
+[defaults]              # what happens when no rule decides
+out = "allow"           # allow | block | reject
+in = "allow"
+forward = "allow"
+
+[sets.blocklist]        # named address sets
+addresses = ["192.0.2.0/24", "2001:db8::/32"]
+file = "blocklist.txt"  # one address or network per line, relative to this file
+
+[[rule]]                # first matching rule decides; log rules log and go on
+name = "no-telnet"
+action = "block"        # allow | block | reject | log
+direction = "out"       # out | in | forward
+protocol = "tcp"        # tcp | udp | icmp | any
+from = ["10.0.0.0/8"]   # source addresses, networks or @sets
+to = ["@blocklist"]     # destination
+from_port = [1024]      # source ports or "low-high" ranges
+port = [23, "6000-6010"]  # destination ports
+interface = "eth0"      # outgoing interface for out, incoming for in and forward
+user = "alice"          # out only: the sending socket's owner (name or uid)
+group = "staff"         # out only
+scope = "browser"       # out only: processes started by `netwarden run --scope browser`
+service = "nginx.service"  # out only: a systemd service's processes
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from netwarden.policy.environment import Environment
+from netwarden.policy.errors import PolicyError, Problem
+from netwarden.policy.lines import LineFinder
+from netwarden.policy.model import (
+    Action,
+    Addresses,
+    AddressSet,
+    CgroupMatch,
+    Direction,
+    Network,
+    Policy,
+    PortRange,
+    Protocol,
+    Rule,
+    Settings,
+)
+
+Where = Callable[[str], int]  # key -> line number
+DEFAULT_SETTINGS = Settings()
+TOP_KEYS = {"settings", "defaults", "sets", "rule"}
+SETTINGS_KEYS = {"table", "priority"}
+SET_KEYS = {"addresses", "file"}
+RULE_KEYS = {
+    "name",
+    "action",
+    "direction",
+    "protocol",
+    "from",
+    "to",
+    "from_port",
+    "port",
+    "interface",
+    "user",
+    "group",
+    "scope",
+    "service",
+}
+OWNER_KEYS = ("user", "group", "scope", "service")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+INTERFACE = re.compile(r"^[A-Za-z0-9_.\-:@]{1,15}$")
+
+
+def load(path: Path, environment: Environment) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([Problem(str(path), 0, f"cannot read the policy: {exc}")]) from exc
+    return parse(text, str(path), environment, base=path.parent)
+
+
+def parse(text: str, filename: str, environment: Environment, base: Path | None = None) -> Policy:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise PolicyError(
+            [Problem(filename, int(line.group(1)) if line else 0, f"not valid TOML: {message}")]
+        ) from exc
+    return _Loader(filename, LineFinder(text), environment, base or Path(".")).load(document)
+
+
+def _nearest(word: str, choices: set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Loader:
+    def __init__(self, filename: str, lines: LineFinder, env: Environment, base: Path) -> None:
+        self.filename = filename
+        self.lines = lines
+        self.env = env
+        self.base = base
+        self.problems: list[Problem] = []
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(Problem(self.filename, line, message))
+
+    def load(self, document: dict[str, Any]) -> Policy:
+        for key in document:
+            if key not in TOP_KEYS:
+                self.problem(
+                    self.lines.key("", key) or self.lines.header(key),
+                    f"unknown section {key!r}{_nearest(key, TOP_KEYS)}",
+                )
+        settings = self._settings(document.get("settings", {}))
+        defaults = self._defaults(document.get("defaults", {}))
+        sets = self._sets(document.get("sets", {}))
+        raw_rules = document.get("rule", [])
+        if not isinstance(raw_rules, list):
+            self.problem(self.lines.key("", "rule"), "rules are written as [[rule]] tables")
+            raw_rules = []
+        rules = []
+        for index, raw in enumerate(raw_rules):
+            rule = self._rule(index, raw, sets)
+            if rule is not None:
+                rules.append(rule)
+        if self.problems:
+            raise PolicyError(
+                sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
+            )
+        return Policy(tuple(rules), defaults, sets, settings, self.filename)
+
+    # -- sections ----------------------------------------------------------------
+
+    def _settings(self, raw: Any) -> Settings:
+        if not isinstance(raw, dict):
+            self.problem(self.lines.key("", "settings"), "[settings] must be a table")
+            return Settings()
+
+        def at(key: str) -> int:
+            return self.lines.key("settings", key)
+
+        self._unknown_keys(raw, SETTINGS_KEYS, "settings", at)
+        table = raw.get("table", DEFAULT_SETTINGS.table)
+        if not isinstance(table, str) or not TABLE_NAME.match(table):
+            self.problem(
+                self.lines.key("settings", "table"),
+                "table must be a name of letters, digits and _ (at most 32)",
+            )
+            table = DEFAULT_SETTINGS.table
+        priority = raw.get("priority", DEFAULT_SETTINGS.priority)
+        if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1000:
+            self.problem(
+                self.lines.key("settings", "priority"),
+                "priority must be a whole number from -1000 to 1000",
+            )
+            priority = DEFAULT_SETTINGS.priority
+        return Settings(table, priority)
+
+    def _defaults(self, raw: Any) -> dict[Direction, Action]:
+        defaults = dict.fromkeys(Direction, Action.ALLOW)
+        if not isinstance(raw, dict):
+            self.problem(self.lines.key("", "defaults"), "[defaults] must be a table")
+            return defaults
+        names = {d.value for d in Direction}
+        for key, value in raw.items():
+            line = self.lines.key("defaults", key)
+            if key not in names:
+                self.problem(
+                    line, f"unknown direction {key!r}{_nearest(key, names)}: use out, in or forward"
+                )
+                continue
+            if value not in ("allow", "block", "reject"):
+                self.problem(
+                    line, f"default for {key} must be allow, block or reject, not {value!r}"
+                )
+                continue
+            defaults[Direction(key)] = Action(value)
+        return defaults
+
+    def _sets(self, raw: Any) -> dict[str, AddressSet]:
+        sets: dict[str, AddressSet] = {}
+        if not isinstance(raw, dict):
+            self.problem(self.lines.key("", "sets"), "sets are written as [sets.NAME] tables")
+            return sets
+        for name, body in raw.items():
+            header = self.lines.header(f"sets.{name}")
+            if not NAME.match(name):
+                self.problem(header, f"set name {name!r} must be letters, digits, _ . -")
+                continue
+            if not isinstance(body, dict):
+                self.problem(header, f"set {name!r} must be a table with addresses or file")
+                continue
+            section = f"sets.{name}"
+
+            def at(key: str, section: str = section) -> int:
+                return self.lines.key(section, key)
+
+            self._unknown_keys(body, SET_KEYS, section, at)
+            networks = self._networks(body.get("addresses", []), at("addresses"))
+            if "file" in body:
+                networks.extend(self._networks_file(body["file"], at("file")))
+            if not networks:
+                self.problem(header, f"set {name!r} is empty")
+            sets[name] = AddressSet(name, tuple(networks))
+        return sets
+
+    def _rule(self, index: int, raw: Any, sets: dict[str, AddressSet]) -> Rule | None:
+        header = self.lines.header("rule", index)
+
+        def at(key: str) -> int:
+            return self.lines.key("rule", key, index)
+
+        if not isinstance(raw, dict):
+            self.problem(header, "a rule must be a table")
+            return None
+        before = len(self.problems)
+        self._unknown_keys(raw, RULE_KEYS, "rule", at)
+        name = raw.get("name", f"rule-{index + 1}")
+        if not isinstance(name, str) or not NAME.match(name):
+            self.problem(at("name"), "name must be letters, digits, _ . - (at most 64)")
+        action = self._choice(raw, "action", Action, at, required=True)
+        direction = self._choice(raw, "direction", Direction, at, required=True)
+        protocol = self._choice(raw, "protocol", Protocol, at) or Protocol.ANY
+        source = self._addresses(raw.get("from", []), at("from"), sets)
+        destination = self._addresses(raw.get("to", []), at("to"), sets)
+        source_ports = self._ports(raw.get("from_port", []), at("from_port"))
+        destination_ports = self._ports(raw.get("port", []), at("port"))
+        if (source_ports or destination_ports) and protocol is Protocol.ICMP:
+            self.problem(
+                at("port") if destination_ports else at("from_port"),
+                "ports apply to tcp and udp, not icmp",
+            )
+        interface = raw.get("interface", "")
+        if not isinstance(interface, str) or (interface and not INTERFACE.match(interface)):
+            self.problem(at("interface"), f"{interface!r} is not an interface name")
+            interface = ""
+        uid, gid, cgroup = self._owner(raw, at, direction)
+        if len(self.problems) > before or action is None or direction is None:
+            return None
+        return Rule(
+            index=index,
+            name=str(name),
+            action=action,
+            direction=direction,
+            protocol=protocol,
+            source=source,
+            destination=destination,
+            source_ports=source_ports,
+            destination_ports=destination_ports,
+            interface=interface,
+            uid=uid,
+            gid=gid,
+            cgroup=cgroup,
+            line=header,
+        )
+
+    # -- values ------------------------------------------------------------------
+
+    def _unknown_keys(self, raw: dict[str, Any], known: set[str], where: str, at: Where) -> None:
+        for key in raw:
+            if key not in known:
+                self.problem(at(key), f"unknown key {key!r} in [{where}]{_nearest(key, known)}")
+
+    def _choice(
+        self, raw: dict[str, Any], key: str, kind: Any, at: Where, required: bool = False
+    ) -> Any:
+        if key not in raw:
+            if required:
+                self.problem(
+                    at(key), f"the rule needs {key} = " + " | ".join(repr(k.value) for k in kind)
+                )
+            return None
+        value = raw[key]
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(k.value for k in kind)
+            self.problem(at(key), f"{key} must be one of {choices}, not {value!r}")
+            return None
+
+    def _network(self, text: Any, line: int) -> Network | None:
+        if isinstance(text, str):
+            try:
+                return ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                pass
+        self.problem(line, f"{text!r} is not an IP address or network (CIDR)")
+        return None
+
+    def _networks(self, raw: Any, line: int) -> list[Network]:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(line, "addresses must be a list of strings")
+            return []
+        return [n for n in (self._network(item, line) for item in raw) if n is not None]
+
+    def _networks_file(self, raw: Any, line: int) -> list[Network]:
+        if not isinstance(raw, str):
+            self.problem(line, "file must be a path")
+            return []
+        path = (self.base / raw).resolve()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problem(line, f"cannot read set file {raw!r}: {exc}")
+            return []
+        networks: list[Network] = []
+        bad = 0
+        for number, entry in enumerate(text.splitlines(), start=1):
+            entry = entry.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                bad += 1
+                if bad <= 5:  # a whole file of garbage should not flood the screen
+                    message = f"{entry!r} is not an IP address or network"
+                    self.problems.append(Problem(str(path), number, message))
+        if bad > 5:
+            self.problems.append(Problem(str(path), 0, f"{bad - 5} more bad entries"))
+        return networks
+
+    def _addresses(self, raw: Any, line: int, sets: dict[str, AddressSet]) -> Addresses:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(line, "addresses must be a list of strings")
+            return Addresses()
+        networks: list[Network] = []
+        names: list[str] = []
+        for item in raw:
+            if isinstance(item, str) and item.startswith("@"):
+                if item[1:] in sets:
+                    names.append(item[1:])
+                else:
+                    self.problem(line, f"unknown set {item!r}{_nearest(item[1:], set(sets))}")
+                continue
+            network = self._network(item, line)
+            if network is not None:
+                networks.append(network)
+        return Addresses(tuple(networks), tuple(names))
+
+    def _ports(self, raw: Any, line: int) -> tuple[PortRange, ...]:
+        if isinstance(raw, int | str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(line, 'ports must be a list of numbers or "low-high" ranges')
+            return ()
+        ranges = []
+        for item in raw:
+            low = high = None
+            if isinstance(item, int) and not isinstance(item, bool):
+                low = high = item
+            elif isinstance(item, str) and re.fullmatch(r"\d{1,5}(-\d{1,5})?", item.strip()):
+                first, _, last = item.strip().partition("-")
+                low, high = int(first), int(last or first)
+            if low is None or high is None or not 1 <= low <= high <= 65535:
+                self.problem(line, f"{item!r} is not a port (1-65535) or a range low-high")
+                continue
+            ranges.append(PortRange(low, high))
+        return tuple(ranges)
+
+    def _owner(
+        self, raw: dict[str, Any], at: Where, direction: Direction | None
+    ) -> tuple[int | None, int | None, CgroupMatch | None]:
+        given = [key for key in OWNER_KEYS if key in raw]
+        if given and direction not in (None, Direction.OUT):
+            self.problem(
+                at(given[0]),
+                f'{given[0]} matches only outgoing traffic (direction = "out"): '
+                "only then does the kernel know the sending socket",
+            )
+        uid = self._id(raw, "user", at, self.env.uid_of)
+        gid = self._id(raw, "group", at, self.env.gid_of)
+        if "scope" in raw and "service" in raw:
+            self.problem(at("service"), "a rule names either a scope or a service, not both")
+            return uid, gid, None
+        cgroup = None
+        if "scope" in raw:
+            scope = raw["scope"]
+            if not isinstance(scope, str) or not NAME.match(scope):
+                self.problem(at("scope"), f"{scope!r} is not a scope name (letters, digits, _ . -)")
+            else:
+                cgroup = CgroupMatch(f"scope {scope}", self.env.scope_cgroup(scope))
+        if "service" in raw:
+            unit = raw["service"]
+            path = self.env.service_cgroup(unit) if isinstance(unit, str) else None
+            if path is None:
+                self.problem(
+                    at("service"),
+                    f"service {unit!r} has no cgroup here: is it a systemd unit that is running?",
+                )
+            else:
+                cgroup = CgroupMatch(str(unit), path)
+        return uid, gid, cgroup
+
+    def _id(
+        self, raw: dict[str, Any], key: str, at: Where, lookup: Callable[[str], int | None]
+    ) -> int | None:
+        if key not in raw:
+            return None
+        value = raw[key]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
+            return value
+        if isinstance(value, str):
+            found = lookup(value)
+            if found is not None:
+                return found
+        self.problem(at(key), f"unknown {key} {value!r}")
+        return None

@@ -1,0 +1,173 @@
+"""The pure matcher: what a policy does to one flow, and why. The kernel rules
+compiled from the same policy must agree with it (a property test checks)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from netwarden.policy.environment import Environment
+from netwarden.policy.model import Action, Addresses, Direction, Policy, PortRange, Rule
+
+
+@dataclass(frozen=True, slots=True)
+class FlowQuery:
+    """The first packet of a flow, as a rule sees it."""
+
+    protocol: str  # tcp, udp, icmp
+    direction: Direction
+    source: ipaddress.IPv4Address | ipaddress.IPv6Address
+    destination: ipaddress.IPv4Address | ipaddress.IPv6Address
+    source_port: int | None = None
+    destination_port: int | None = None
+    interface: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    cgroup: str = ""  # the sending socket's cgroup path under the cgroup v2 root
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    rule: Rule | None  # None: the default for the direction decided
+    logged: tuple[Rule, ...]
+    reason: str
+
+
+def decide(policy: Policy, flow: FlowQuery) -> Decision:
+    logged: list[Rule] = []
+    for rule in policy.rules:
+        if not matches(rule, flow, policy):
+            continue
+        if not rule.action.terminal:
+            logged.append(rule)
+            continue
+        return Decision(rule.action, rule, tuple(logged),
+                        f"rule {rule.name!r} ({policy.source}:{rule.line}) matches")  # fmt: skip
+    action = policy.defaults[flow.direction]
+    return Decision(action, None, tuple(logged),
+                    f"no rule matches; the default for {flow.direction} is {action}")  # fmt: skip
+
+
+def matches(rule: Rule, flow: FlowQuery, policy: Policy) -> bool:
+    if rule.direction is not flow.direction:
+        return False
+    has_ports = bool(rule.source_ports or rule.destination_ports)
+    if rule.protocol.value != "any" and rule.protocol.value != flow.protocol:
+        return False
+    if has_ports and flow.protocol not in ("tcp", "udp"):
+        return False
+    if not _in_addresses(flow.source, rule.source, policy):
+        return False
+    if not _in_addresses(flow.destination, rule.destination, policy):
+        return False
+    if rule.source_ports and not _in_ports(flow.source_port, rule.source_ports):
+        return False
+    if rule.destination_ports and not _in_ports(flow.destination_port, rule.destination_ports):
+        return False
+    if rule.interface and rule.interface != flow.interface:
+        return False
+    if rule.uid is not None and rule.uid != flow.uid:
+        return False
+    if rule.gid is not None and rule.gid != flow.gid:
+        return False
+    if rule.cgroup is not None:
+        path = rule.cgroup.path.strip("/")
+        cgroup = flow.cgroup.strip("/")
+        if cgroup != path and not cgroup.startswith(path + "/"):
+            return False
+    return True
+
+
+def _in_addresses(address: ipaddress.IPv4Address | ipaddress.IPv6Address, spec: Addresses,
+                  policy: Policy) -> bool:  # fmt: skip
+    if spec.any:
+        return True
+    if any(address in network for network in spec.networks):
+        return True
+    return any(address in network for name in spec.sets for network in policy.sets[name].networks)
+
+
+def _in_ports(port: int | None, ranges: tuple[PortRange, ...]) -> bool:
+    return port is not None and any(port in r for r in ranges)
+
+
+_ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s]+))(?::(?P<port>\d+))?$")
+
+
+class FlowSyntaxError(ValueError):
+    pass
+
+
+def parse_flow(text: str, environment: Environment) -> FlowQuery:
+    """'tcp out 10.0.0.5:40000 -> 192.0.2.7:443 uid=1000' (also gid=, user=, group=,
+    scope=, service=, iface=); IPv6 as [fd00::1]:443; icmp without ports."""
+    words = text.split()
+    if len(words) < 5 or words[3] != "->":
+        raise FlowSyntaxError(
+            "a flow reads: PROTOCOL DIRECTION SOURCE -> DESTINATION [uid=N ...], "
+            "e.g. 'tcp out 10.0.0.5:40000 -> 192.0.2.7:443 uid=1000'"
+        )
+    protocol, direction_text, source_text, _arrow, destination_text, *extra = words
+    if protocol not in ("tcp", "udp", "icmp"):
+        raise FlowSyntaxError(f"protocol must be tcp, udp or icmp, not {protocol!r}")
+    try:
+        direction = Direction(direction_text)
+    except ValueError:
+        raise FlowSyntaxError(f"direction must be out, in or forward, not {direction_text!r}")
+    source, source_port = _endpoint(source_text, protocol)
+    destination, destination_port = _endpoint(destination_text, protocol)
+    if source.version != destination.version:
+        raise FlowSyntaxError("source and destination must both be IPv4 or both IPv6")
+    fields: dict[str, str] = {}
+    for word in extra:
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("uid", "gid", "user", "group", "scope", "service", "iface"):
+            raise FlowSyntaxError(f"unknown flow detail {word!r}: use uid=, gid=, user=, "
+                                  "group=, scope=, service=, iface=")  # fmt: skip
+        fields[key] = value
+    uid = _identity(fields, "uid", "user", environment.uid_of)
+    gid = _identity(fields, "gid", "group", environment.gid_of)
+    cgroup = ""
+    if "scope" in fields:
+        cgroup = environment.scope_cgroup(fields["scope"])
+    if "service" in fields:
+        found = environment.service_cgroup(fields["service"])
+        if found is None:
+            raise FlowSyntaxError(f"service {fields['service']!r} has no cgroup here")
+        cgroup = found
+    return FlowQuery(protocol, direction, source, destination, source_port, destination_port,
+                     fields.get("iface", ""), uid, gid, cgroup)  # fmt: skip
+
+
+def _endpoint(text: str, protocol: str) -> tuple[
+    ipaddress.IPv4Address | ipaddress.IPv6Address, int | None
+]:  # fmt: skip
+    match = _ENDPOINT.match(text)
+    host = (match.group("v6") or match.group("host")) if match else text
+    port_text = match.group("port") if match else None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise FlowSyntaxError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+    port = int(port_text) if port_text else None
+    if protocol in ("tcp", "udp") and (port is None or not 1 <= port <= 65535):
+        raise FlowSyntaxError(f"{text!r} needs a port from 1 to 65535 for {protocol}")
+    return address, port
+
+
+def _identity(fields: dict[str, str], number_key: str, name_key: str, lookup: object) -> (
+    int | None
+):  # fmt: skip
+    if number_key in fields:
+        if not fields[number_key].isdigit():
+            raise FlowSyntaxError(f"{number_key} must be a number")
+        return int(fields[number_key])
+    if name_key in fields:
+        assert callable(lookup)
+        found = lookup(fields[name_key])
+        if found is None:
+            raise FlowSyntaxError(f"unknown {name_key} {fields[name_key]!r}")
+        return int(found)
+    return None

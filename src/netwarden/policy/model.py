@@ -1,0 +1,116 @@
+"""A validated policy: frozen values, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    BLOCK = "block"  # drop silently
+    REJECT = "reject"  # refuse: TCP reset or ICMP unreachable
+    LOG = "log"  # log and go on to the next rule
+
+    @property
+    def terminal(self) -> bool:
+        return self is not Action.LOG
+
+
+class Direction(enum.StrEnum):
+    OUT = "out"  # sent by this host
+    IN = "in"  # addressed to this host
+    FORWARD = "forward"  # routed through this host
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"
+    ANY = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressSet:
+    """A named set of networks, from the policy file or a file of its own."""
+
+    name: str
+    networks: tuple[Network, ...]
+
+    def of_version(self, version: int) -> tuple[Network, ...]:
+        return tuple(n for n in self.networks if n.version == version)
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """Networks written in a rule plus named sets it refers to; empty means any."""
+
+    networks: tuple[Network, ...] = ()
+    sets: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return not self.networks and not self.sets
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupMatch:
+    """Sockets created in a cgroup (a netwarden scope or a systemd service).
+
+    `path` is relative to the cgroup v2 root; `level` is its depth there.
+    """
+
+    label: str  # what the user wrote: scope NAME or the unit name
+    path: str
+
+    @property
+    def level(self) -> int:
+        return len([p for p in self.path.split("/") if p])
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    index: int
+    name: str
+    action: Action
+    direction: Direction
+    protocol: Protocol = Protocol.ANY
+    source: Addresses = field(default_factory=Addresses)
+    destination: Addresses = field(default_factory=Addresses)
+    source_ports: tuple[PortRange, ...] = ()
+    destination_ports: tuple[PortRange, ...] = ()
+    interface: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    cgroup: CgroupMatch | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    table: str = "netwarden"
+    priority: int = 0  # nft filter hook priority of netwarden's chains
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    defaults: dict[Direction, Action]
+    sets: dict[str, AddressSet]
+    settings: Settings = field(default_factory=Settings)
+    source: str = ""  # the file it came from
