@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from netwarden.policy.environment import Environment
@@ -54,7 +55,7 @@ def matches(rule: Rule, flow: FlowQuery, policy: Policy) -> bool:
     if rule.direction is not flow.direction:
         return False
     has_ports = bool(rule.source_ports or rule.destination_ports)
-    if rule.protocol.value != "any" and rule.protocol.value != flow.protocol:
+    if rule.protocol.value not in ("any", flow.protocol):
         return False
     if has_ports and flow.protocol not in ("tcp", "udp"):
         return False
@@ -115,7 +116,8 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
     try:
         direction = Direction(direction_text)
     except ValueError:
-        raise FlowSyntaxError(f"direction must be out, in or forward, not {direction_text!r}")
+        message = f"direction must be out, in or forward, not {direction_text!r}"
+        raise FlowSyntaxError(message) from None
     source, source_port = _endpoint(source_text, protocol)
     destination, destination_port = _endpoint(destination_text, protocol)
     if source.version != destination.version:
@@ -150,22 +152,21 @@ def _endpoint(text: str, protocol: str) -> tuple[
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise FlowSyntaxError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+        raise FlowSyntaxError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)") from None
     port = int(port_text) if port_text else None
     if protocol in ("tcp", "udp") and (port is None or not 1 <= port <= 65535):
         raise FlowSyntaxError(f"{text!r} needs a port from 1 to 65535 for {protocol}")
     return address, port
 
 
-def _identity(fields: dict[str, str], number_key: str, name_key: str, lookup: object) -> (
-    int | None
-):  # fmt: skip
+def _identity(
+    fields: dict[str, str], number_key: str, name_key: str, lookup: Callable[[str], int | None]
+) -> int | None:
     if number_key in fields:
         if not fields[number_key].isdigit():
             raise FlowSyntaxError(f"{number_key} must be a number")
         return int(fields[number_key])
     if name_key in fields:
-        assert callable(lookup)
         found = lookup(fields[name_key])
         if found is None:
             raise FlowSyntaxError(f"unknown {name_key} {fields[name_key]!r}")
