@@ -1,0 +1,163 @@
+"""Compiled policy -> one nftables table, as `nft -j` JSON; counters read back.
+
+Every value placed in the JSON comes from the validated policy (addresses, ports,
+names checked by the loader); nothing is ever pasted into nft command text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netwarden.policy.compiler import AddressMatch, CompiledPolicy, CompiledRule, default_counter
+from netwarden.policy.model import Action, Direction, Network
+
+FAMILY = "inet"
+CHAINS = {Direction.OUT: ("out", "output"), Direction.IN: ("in", "input"),
+          Direction.FORWARD: ("forward", "forward")}  # fmt: skip
+L4 = {4: "ip", 6: "ip6"}
+JSON = dict[str, Any]
+
+
+def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
+    """The table's contents (sets, counters, chains, rules) as nft JSON commands.
+
+    cgroup_prefix: where the cgroup v2 root sits below /sys/fs/cgroup ("unified" on
+    hybrid hosts), since nft resolves cgroup paths from there.
+    """
+    where = {"family": FAMILY, "table": policy.table}
+    commands: list[JSON] = []
+    for name in policy.counters:
+        commands.append({"add": {"counter": {**where, "name": name}}})
+    for (name, family), networks in sorted(policy.sets.items()):
+        set_name = _set_name(name, family)
+        commands.append({"add": {"set": {
+            **where, "name": set_name, "type": "ipv4_addr" if family == 4 else "ipv6_addr",
+            "flags": ["interval"], "auto-merge": True,
+        }}})  # fmt: skip
+        commands.append({"add": {"element": {
+            **where, "name": set_name, "elem": [_network(n) for n in networks],
+        }}})  # fmt: skip
+    for direction, (chain, hook) in CHAINS.items():
+        default = policy.defaults[direction]
+        commands.append({"add": {"chain": {
+            **where, "name": chain, "type": "filter", "hook": hook, "prio": policy.priority,
+            "policy": "drop" if default is Action.BLOCK else "accept",
+        }}})  # fmt: skip
+        rule = {**where, "chain": chain}
+        # Decisions are made for the first packet of a flow; the rest of an allowed flow
+        # and its replies pass, as with WFP's ALE layers.
+        commands.append({"add": {"rule": {**rule, "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                       "right": ["established", "related"]}},
+            {"accept": None},
+        ]}}})  # fmt: skip
+        for compiled in policy.chains[direction]:
+            commands.append({"add": {"rule": {
+                **rule, "comment": compiled.rule.name[:120],
+                "expr": _expressions(compiled, policy.table, cgroup_prefix),
+            }}})  # fmt: skip
+        tail: list[JSON] = [{"counter": default_counter(direction)}]
+        if default is Action.REJECT:
+            tail.append({"reject": None})
+        commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
+                                          "expr": tail}}})  # fmt: skip
+    return commands
+
+
+def _set_name(name: str, family: int) -> str:
+    return f"{name}_v{family}"
+
+
+def _network(network: Network) -> JSON | str:
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+
+
+def _match(left: JSON, right: Any) -> JSON:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _addresses(match: AddressMatch, family: int, field: str) -> JSON:
+    left = {"payload": {"protocol": L4[family], "field": field}}
+    if match.set_name:
+        return _match(left, f"@{_set_name(match.set_name, family)}")
+    if len(match.networks) == 1:
+        return _match(left, _network(match.networks[0]))
+    return _match(left, {"set": [_network(n) for n in match.networks]})
+
+
+def _ports(ranges: tuple[Any, ...], field: str) -> JSON:
+    values = [r.low if r.low == r.high else {"range": [r.low, r.high]} for r in ranges]
+    right = values[0] if len(values) == 1 else {"set": values}
+    return _match({"payload": {"protocol": "th", "field": field}}, right)
+
+
+def _protocols(compiled: CompiledRule) -> JSON | None:
+    names: list[str] = []
+    for protocol in compiled.protocols:
+        if protocol == "icmp":
+            names += {4: ["icmp"], 6: ["ipv6-icmp"]}.get(compiled.family or 0,
+                                                        ["icmp", "ipv6-icmp"])  # fmt: skip
+        else:
+            names.append(protocol)
+    if not names:
+        return None
+    return _match({"meta": {"key": "l4proto"}}, names[0] if len(names) == 1 else {"set": names})
+
+
+def _expressions(compiled: CompiledRule, table: str, cgroup_prefix: str) -> list[JSON]:
+    expr: list[JSON] = []
+    family = compiled.family
+    if family is not None and compiled.source is None and compiled.destination is None:
+        expr.append(_match({"meta": {"key": "nfproto"}}, "ipv4" if family == 4 else "ipv6"))
+    protocols = _protocols(compiled)
+    if protocols is not None:
+        expr.append(protocols)
+    if compiled.source is not None and family is not None:
+        expr.append(_addresses(compiled.source, family, "saddr"))
+    if compiled.destination is not None and family is not None:
+        expr.append(_addresses(compiled.destination, family, "daddr"))
+    if compiled.source_ports:
+        expr.append(_ports(compiled.source_ports, "sport"))
+    if compiled.destination_ports:
+        expr.append(_ports(compiled.destination_ports, "dport"))
+    if compiled.interface:
+        key = "oifname" if compiled.rule.direction is Direction.OUT else "iifname"
+        expr.append(_match({"meta": {"key": key}}, compiled.interface))
+    if compiled.uid is not None:
+        expr.append(_match({"meta": {"key": "skuid"}}, compiled.uid))
+    if compiled.gid is not None:
+        expr.append(_match({"meta": {"key": "skgid"}}, compiled.gid))
+    if compiled.cgroup is not None:
+        path = "/".join(p for p in (cgroup_prefix, compiled.cgroup.path) if p)
+        expr.append(_match({"socket": {"key": "cgroupv2", "level": compiled.cgroup.level}},
+                           path))  # fmt: skip
+    expr.append({"counter": compiled.counter})
+    expr.append(_verdict(compiled))
+    return expr
+
+
+def _verdict(compiled: CompiledRule) -> JSON:
+    match compiled.action:
+        case Action.ALLOW:
+            return {"accept": None}
+        case Action.BLOCK:
+            return {"drop": None}
+        case Action.REJECT:
+            if compiled.protocols == ("tcp",):
+                return {"reject": {"type": "tcp reset"}}
+            return {"reject": None}
+        case Action.LOG:
+            return {"log": {"prefix": f"netwarden {compiled.rule.name[:40]}: "}}
+
+
+def read_counters(table_listing: list[JSON]) -> dict[str, tuple[int, int]]:
+    """Named counters of a `nft -j list table` result: name -> (packets, bytes)."""
+    counters = {}
+    for item in table_listing:
+        counter = item.get("counter")
+        if isinstance(counter, dict) and "name" in counter:
+            counters[str(counter["name"])] = (int(counter.get("packets", 0)),
+                                              int(counter.get("bytes", 0)))  # fmt: skip
+    return counters
