@@ -311,6 +311,15 @@ def doctor(
         typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
 
 
+def _register_subcommands() -> None:
+    from netwarden.cli.policy import app as policy_app
+
+    app.add_typer(policy_app, name="policy")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     try:
         app()

@@ -125,6 +125,35 @@ def _client(sub: Any, name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def probe(args: argparse.Namespace) -> None:
+    """Try one connection (tcp) or one request (udp) and say how it went:
+    connected/answered, refused (reset or ICMP unreachable), timeout (dropped on the way)
+    or denied (dropped by this host's own output rules: the kernel says EPERM)."""
+    kind = socket.SOCK_STREAM if args.protocol == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(_family(args.host), kind)
+    sock.settimeout(args.timeout)
+    outcome = "timeout"
+    try:
+        sock.connect((args.host, args.port))
+        if args.protocol == "udp":
+            sock.send(b"probe")
+            sock.recv(65535)
+            outcome = "answered"
+        else:
+            outcome = "connected"
+    except ConnectionRefusedError:
+        outcome = "refused"
+    except TimeoutError:
+        outcome = "timeout"
+    except PermissionError:  # a local firewall dropped what this socket sent
+        outcome = "denied"
+    except OSError as exc:
+        outcome = f"error:{exc.errno}"
+    finally:
+        sock.close()
+    _report(outcome=outcome)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m netwarden.testing.traffic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--linger", type=float, default=0.0)
     p.set_defaults(func=udp_client)
+    p = _client(sub, "probe")
+    p.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
+    p.add_argument("--timeout", type=float, default=1.0)
+    p.set_defaults(func=probe)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,142 @@
+"""`netwarden policy`: check, apply, show, test and remove the filtering policy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from netwarden.jsontext import dumps
+
+if TYPE_CHECKING:
+    from netwarden.policy.model import Policy
+
+app = typer.Typer(
+    help="Filters that pass, block, reject or log traffic, from a TOML policy file.\n\n"
+    "The policy lives in one nftables table that netwarden owns; nothing else is touched. "
+    "See `netwarden policy check --help` for the file format.",
+    no_args_is_help=True,
+)
+
+TableOption = Annotated[str, typer.Option("--table", help="netwarden's nftables table.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> Policy:
+    from netwarden.platform.linux.firewall import environment
+    from netwarden.policy.errors import PolicyError
+    from netwarden.policy.loader import load
+
+    try:
+        return load(path, environment())
+    except PolicyError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command()
+def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> None:
+    """Validate a policy file; print every problem with file:line (exit code 2).
+
+    The format, in short:\n
+      [defaults]      out = "allow"   in = "block"   forward = "allow"\n
+      [sets.NAME]     addresses = ["192.0.2.0/24"]   file = "list.txt"\n
+      [[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
+      protocol (tcp|udp|icmp|any), from, to (addresses or @sets), from_port, port,
+      interface, user, group (out only)
+    """
+    policy = _load(path)
+    counts = {d.value: sum(1 for r in policy.rules if r.direction == d) for d in policy.defaults}
+    defaults = ", ".join(f"{d} {a}" for d, a in policy.defaults.items())
+    typer.echo(
+        f"{path}: valid: {len(policy.rules)} rules "
+        f"({', '.join(f'{n} {d}' for d, n in counts.items())}), {len(policy.sets)} sets; "
+        f"defaults: {defaults}"
+    )
+
+
+@app.command()
+def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> None:
+    """Validate, then replace the live policy in one atomic step.
+
+    A policy with any problem changes nothing; if the kernel refuses it, the previous
+    policy stays in force.
+    """
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.linux import firewall
+
+    policy = _load(path)
+    try:
+        rules = firewall.apply(policy)
+    except PlatformError as exc:
+        _fail(f"netwarden: policy not applied, nothing changed: {exc}", 1)
+    typer.echo(f"applied {path}: {len(policy.rules)} rules ({rules} kernel rules) "
+               f"in table inet {policy.settings.table}")  # fmt: skip
+
+
+@app.command()
+def show(
+    table: TableOption = "netwarden",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The live policy's rules with their packet and byte counters."""
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.linux import firewall
+
+    try:
+        counters, live = firewall.show(table)
+    except PlatformError as exc:
+        _fail(f"netwarden: {exc}", 1)
+    if not live:
+        _fail(f"no policy is applied (no table inet {table})", 1)
+    if as_json:
+        sys.stdout.write(dumps([{"counter": c.counter, "rule": c.comment, "packets": c.packets,
+                                 "bytes": c.bytes} for c in counters]) + "\n")  # fmt: skip
+        return
+    width = max((len(c.comment) for c in counters), default=4)
+    typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'PACKETS':>10}  {'BYTES':>12}")
+    for c in counters:
+        typer.echo(f"{c.counter:16}  {c.comment:{width}}  {c.packets:>10}  {c.bytes:>12}")
+
+
+@app.command()
+def test(
+    path: Annotated[Path, typer.Argument(help="Policy file (TOML).")],
+    flow: Annotated[
+        str, typer.Option(help="e.g. 'tcp out 10.0.0.5:40000 -> 192.0.2.7:443 uid=1000'.")
+    ],
+) -> None:
+    """Say which rule decides a flow and why, without root and without the kernel."""
+    from netwarden.platform.linux.firewall import environment
+    from netwarden.policy.matcher import FlowSyntaxError, decide, parse_flow
+
+    policy = _load(path)
+    try:
+        query = parse_flow(flow, environment())
+    except FlowSyntaxError as exc:
+        _fail(f"--flow: {exc}")
+        return
+    decision = decide(policy, query)
+    for rule in decision.logged:
+        typer.echo(f"log: rule {rule.name!r} ({path}:{rule.line}) logs this flow")
+    typer.echo(f"{decision.action}: {decision.reason}")
+
+
+@app.command()
+def off(table: TableOption = "netwarden") -> None:
+    """Remove netwarden's policy table, and nothing else."""
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.linux import firewall
+
+    try:
+        removed = firewall.remove(table)
+    except PlatformError as exc:
+        _fail(f"netwarden: {exc}", 1)
+        return
+    typer.echo(f"removed table inet {table}" if removed else f"no table inet {table} to remove")
