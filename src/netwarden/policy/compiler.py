@@ -5,7 +5,8 @@ A backend (nftables on Linux) renders these one to one; golden tests pin the res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from netwarden.policy.model import (
@@ -58,6 +59,19 @@ class CompiledPolicy:
     counters: tuple[str, ...]
 
 
+def _collapsed(networks: Iterable[Network]) -> tuple[Network, ...]:
+    """Overlapping and adjacent networks merged: the kernel refuses overlapping
+    intervals in one set, and fewer elements load faster."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for network in networks:
+        if isinstance(network, ipaddress.IPv4Network):
+            v4.append(network)
+        else:
+            v6.append(network)
+    return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
+
+
 def counter_name(rule: Rule) -> str:
     return f"rule_{rule.index:04d}"
 
@@ -70,7 +84,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
     sets: dict[tuple[str, int], tuple[Network, ...]] = {}
     for name, address_set in policy.sets.items():
         for version in FAMILIES:
-            networks = address_set.of_version(version)
+            networks = _collapsed(address_set.of_version(version))
             if networks:
                 sets[(name, version)] = networks
     chains: dict[Direction, list[CompiledRule]] = {d: [] for d in Direction}
@@ -119,14 +133,14 @@ def _address_match(
 ) -> AddressMatch | None:  # fmt: skip
     if addresses.any or family is None:
         return None
-    inline = tuple(n for n in addresses.networks if n.version == family)
+    inline = _collapsed(n for n in addresses.networks if n.version == family)
     named = [name for name in addresses.sets if (name, family) in sets]
     if not inline and len(named) == 1:
         return AddressMatch(set_name=named[0])
     if not named:
         return AddressMatch(networks=inline)
     # Inline networks and sets together: one set of their union, made for this rule.
-    union = inline + tuple(n for name in named for n in sets[(name, family)])
+    union = _collapsed(inline + tuple(n for name in named for n in sets[(name, family)]))
     own = f"rule_{rule.index:04d}_{side}"
     sets[(own, family)] = union
     return AddressMatch(set_name=own)

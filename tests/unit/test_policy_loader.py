@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from netwarden.policy.environment import fake_environment
+from netwarden.policy.errors import PolicyError
+from netwarden.policy.loader import load, parse
+from netwarden.policy.model import Action, Direction, PortRange, Protocol
+
+ENV = fake_environment(users={"alice": 1001}, groups={"staff": 100},
+                       services={"nginx.service": "system.slice/nginx.service"})  # fmt: skip
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        parse(text, "p.toml", ENV)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_a_full_rule_is_read_into_values() -> None:
+    policy = parse(
+        """
+[defaults]
+in = "block"
+
+[sets.lan]
+addresses = ["10.0.0.0/8", "fd00::/8"]
+
+[[rule]]
+name = "web"
+action = "allow"
+direction = "out"
+protocol = "tcp"
+from = "@lan"
+to = ["192.0.2.7", "2001:db8::/32"]
+port = [80, "8000-8080"]
+interface = "eth0"
+user = "alice"
+group = 100
+service = "nginx.service"
+""",
+        "p.toml",
+        ENV,
+    )
+    [rule] = policy.rules
+    assert policy.defaults == {Direction.OUT: Action.ALLOW, Direction.IN: Action.BLOCK,
+                               Direction.FORWARD: Action.ALLOW}  # fmt: skip
+    assert (rule.name, rule.action, rule.direction, rule.protocol) == (
+        "web",
+        Action.ALLOW,
+        Direction.OUT,
+        Protocol.TCP,
+    )
+    assert rule.source.sets == ("lan",)
+    assert rule.destination.networks == (
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert rule.destination_ports == (PortRange(80, 80), PortRange(8000, 8080))
+    assert (rule.uid, rule.gid, rule.interface) == (1001, 100, "eth0")
+    assert rule.cgroup is not None
+    assert (rule.cgroup.path, rule.cgroup.level) == ("system.slice/nginx.service", 2)
+    assert rule.line == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[rule]]\naction = "allow"\n', "p.toml:1: the rule needs direction"),
+        (
+            '[[rule]]\naction = "permit"\ndirection = "out"\n',
+            "p.toml:2: action must be one of allow, block, reject, log, not 'permit'",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nto = ["10.1.2.256"]\n',
+            "p.toml:4: '10.1.2.256' is not an IP address or network",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nport = "90-80"\n',
+            "p.toml:4: '90-80' is not a port",
+        ),
+        ('[[rule]]\naction = "allow"\ndirection = "out"\nport = 0\n', "p.toml:4: 0 is not a port"),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nprotocol = "icmp"\nport = 1\n',
+            "p.toml:5: ports apply to tcp and udp, not icmp",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nusr = "alice"\n',
+            "p.toml:4: unknown key 'usr' in [rule] (did you mean 'user'?)",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nuser = "mallory"\n',
+            "p.toml:4: unknown user 'mallory'",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\ngroup = "nogroup"\n',
+            "p.toml:4: unknown group 'nogroup'",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nservice = "gone.service"\n',
+            "p.toml:4: service 'gone.service' has no cgroup here",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "in"\nuser = "alice"\n',
+            "p.toml:4: user matches only outgoing traffic",
+        ),
+        (
+            '[[rule]]\naction = "allow"\ndirection = "out"\nto = ["@nope"]\n',
+            "p.toml:4: unknown set '@nope'",
+        ),
+        ('[defaults]\nout = "log"\n', "p.toml:2: default for out must be allow, block or reject"),
+        ('[defaults]\nsideways = "allow"\n', "p.toml:2: unknown direction 'sideways'"),
+        ('[settings]\ntable = "bad name"\n', "p.toml:2: table must be a name"),
+        ("[sets.empty]\naddresses = []\n", "p.toml:1: set 'empty' is empty"),
+        ("[rules]\nx = 1\n", "p.toml:1: unknown section 'rules' (did you mean 'rule'?)"),
+        ('[[rule]\naction = "allow"\n', "p.toml:1: not valid TOML"),
+    ],
+)
+def test_each_problem_is_one_sentence_with_its_line(text: str, expected: str) -> None:
+    assert any(problem.startswith(expected) for problem in _problems(text)), _problems(text)
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    problems = _problems('[[rule]]\naction = "x"\ndirection = "y"\nport = "z"\n')
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "4"]
+
+
+def test_set_file_problems_name_the_set_file(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("192.0.2.1\nnot-an-address\n# fine\n2001:db8::/33\n")
+    (tmp_path / "p.toml").write_text('[sets.s]\nfile = "list.txt"\n')
+    with pytest.raises(PolicyError) as caught:
+        load(tmp_path / "p.toml", ENV)
+    [problem] = caught.value.problems
+    assert (
+        str(problem)
+        == f"{tmp_path / 'list.txt'}:2: 'not-an-address' is not an IP address or network"
+    )
+
+
+def test_large_set_file_loads(tmp_path: Path) -> None:
+    lines = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(100_000)]
+    (tmp_path / "big.txt").write_text("\n".join(lines))
+    (tmp_path / "p.toml").write_text('[sets.big]\nfile = "big.txt"\n')
+    policy = load(tmp_path / "p.toml", ENV)
+    assert len(policy.sets["big"].networks) == 100_000
+
+
+def test_unreadable_policy_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read the policy"):
+        load(tmp_path / "missing.toml", ENV)
