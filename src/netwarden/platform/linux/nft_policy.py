@@ -6,6 +6,7 @@ names checked by the loader); nothing is ever pasted into nft command text.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from netwarden.policy.compiler import AddressMatch, CompiledPolicy, CompiledRule, default_counter
@@ -52,16 +53,33 @@ def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
             {"accept": None},
         ]}}})  # fmt: skip
         for compiled in policy.chains[direction]:
-            commands.append({"add": {"rule": {
-                **rule, "comment": compiled.rule.name[:120],
-                "expr": _expressions(compiled, policy.table, cgroup_prefix),
-            }}})  # fmt: skip
-        tail: list[JSON] = [{"counter": default_counter(direction)}]
+            for expr in _variants(compiled, cgroup_prefix):
+                commands.append({"add": {"rule": {
+                    **rule, "comment": compiled.rule.name[:120], "expr": expr,
+                }}})  # fmt: skip
+        counter: JSON = {"counter": default_counter(direction)}
+        tails: list[list[JSON]] = [[counter]]
         if default is Action.REJECT:
-            tail.append({"reject": None})
-        commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
-                                          "expr": tail}}})  # fmt: skip
+            tails = [[TCP_ONLY, counter, TCP_RESET], [counter, {"reject": None}]]
+        for tail in tails:
+            commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
+                                              "expr": tail}}})  # fmt: skip
     return commands
+
+
+TCP_ONLY: JSON = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+TCP_RESET: JSON = {"reject": {"type": "tcp reset"}}
+
+
+def _variants(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]:
+    """The kernel rules for one compiled rule. A reject that can meet TCP answers it
+    with a reset (what a refused connection looks like) and everything else with ICMP
+    unreachable: two rules sharing one counter."""
+    expr = _expressions(compiled, cgroup_prefix)
+    can_meet_tcp = not compiled.protocols or "tcp" in compiled.protocols
+    if compiled.action is not Action.REJECT or compiled.protocols == ("tcp",) or not can_meet_tcp:
+        return [expr]
+    return [_expressions(replace(compiled, protocols=("tcp",)), cgroup_prefix), expr]
 
 
 def _set_name(name: str, family: int) -> str:
@@ -106,7 +124,7 @@ def _protocols(compiled: CompiledRule) -> JSON | None:
     return _match({"meta": {"key": "l4proto"}}, names[0] if len(names) == 1 else {"set": names})
 
 
-def _expressions(compiled: CompiledRule, table: str, cgroup_prefix: str) -> list[JSON]:
+def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
     expr: list[JSON] = []
     family = compiled.family
     if family is not None and compiled.source is None and compiled.destination is None:
