@@ -7,7 +7,7 @@ import pytest
 
 from netwarden.policy.environment import fake_environment
 from netwarden.policy.errors import PolicyError
-from netwarden.policy.loader import load, parse
+from netwarden.policy.loader import load, parse, parse_network
 from netwarden.policy.model import Action, Direction, PortRange, Protocol
 
 ENV = fake_environment(users={"alice": 1001}, groups={"staff": 100},
@@ -151,3 +151,16 @@ def test_large_set_file_loads(tmp_path: Path) -> None:
 def test_unreadable_policy_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read the policy"):
         load(tmp_path / "missing.toml", ENV)
+
+
+@pytest.mark.parametrize(
+    "text", ["10.1.2.3", "10.1.2.3/8", "0.0.0.0/0", "255.255.255.255/32", "2001:db8::/32"]
+)
+def test_fast_network_parser_agrees_with_ipaddress(text: str) -> None:
+    assert parse_network(text) == ipaddress.ip_network(text, strict=False)
+
+
+@pytest.mark.parametrize("text", ["256.1.1.1", "1.2.3.4/33", "01.2.3.4", "1.2.3", "1.2.3.4/"])
+def test_fast_network_parser_refuses_what_ipaddress_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_network(text)

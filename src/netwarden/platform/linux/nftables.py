@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from netwarden.jsontext import dumps
+
 NFT_TIMEOUT = 30.0
 
 
@@ -26,7 +28,7 @@ def nft_binary() -> str:
 
 def _nft(args: list[str], commands: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
     """Run nft -j with ARGS (and a JSON batch on stdin); (succeeded, output or error)."""
-    document = None if commands is None else json.dumps({"nftables": commands})
+    document = None if commands is None else dumps({"nftables": commands})
     try:
         result = subprocess.run(
             [nft_binary(), "-j", *args], input=document, capture_output=True, text=True,
