@@ -270,3 +270,27 @@ def test_golden_outputs_are_accepted_by_the_kernel(pair: tuple[Host, Host], case
     batch = {"nftables": [{"add": {"table": {"family": "inet", "name": table}}}, *body]}
     result = client.run(["nft", "-c", "-j", "-f", "-"], input=json.dumps(batch), check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_rules_by_scope(servers: tuple[Host, Host], tmp_path: Path) -> None:
+    client, server = servers
+    policy = write(
+        tmp_path,
+        """
+[[rule]]
+name = "browser-no-5002"
+action = "reject"
+direction = "out"
+protocol = "tcp"
+port = 5002
+scope = "nwtest-browser"
+""",
+    )
+    netwarden(client, "policy", "apply", str(policy))
+    assert probe(client, server.ipv4, 5002) == "connected"
+    runner = (PY, "-m", "netwarden", "run", "--scope", "nwtest-browser", "--")
+    assert probe(client, server.ipv4, 5002, prefix=runner) == "refused"
+    assert probe(client, server.ipv6, 5002, prefix=runner) == "refused"
+    assert probe(client, server.ipv4, 5001, prefix=runner) == "connected"
+    assert counters(client)["browser-no-5002"]["packets"] == 2
+    assert not list(Path("/sys/fs/cgroup").glob("**/nwtest-browser")), "scope cgroup left"

@@ -311,6 +311,33 @@ def doctor(
         typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
 
 
+@app.command(context_settings={"ignore_unknown_options": True})
+def run(
+    scope: Annotated[str, typer.Option(help="The scope's name, as policy rules name it.")],
+    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
+) -> None:
+    """Run a command in an application scope that policy rules can name.
+
+    Every socket the command (and its children) creates is tagged with the scope, so
+    a rule with scope = "NAME" decides its traffic. Needs root.
+
+    Example:\n
+      netwarden run --scope browser -- firefox
+    """
+    import re
+
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.linux import scopes
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", scope):
+        fail(f"{scope!r} is not a scope name (letters, digits, _ . -)")
+    try:
+        code = scopes.run(scope, command)
+    except PlatformError as exc:
+        fail(str(exc), 1)
+    raise typer.Exit(code if code >= 0 else 128 - code)
+
+
 def _register_subcommands() -> None:
     from netwarden.cli.policy import app as policy_app
 

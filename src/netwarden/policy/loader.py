@@ -415,7 +415,7 @@ class _Loader:
             if not isinstance(scope, str) or not NAME.match(scope):
                 self.problem(at("scope"), f"{scope!r} is not a scope name (letters, digits, _ . -)")
             else:
-                cgroup = CgroupMatch(f"scope {scope}", self.env.scope_cgroup(scope))
+                cgroup = CgroupMatch(f"scope {scope}", self.env.scope_cgroup(scope), scope)
         if "service" in raw:
             unit = raw["service"]
             path = self.env.service_cgroup(unit) if isinstance(unit, str) else None

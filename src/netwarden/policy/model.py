@@ -77,6 +77,7 @@ class CgroupMatch:
 
     label: str  # what the user wrote: scope NAME or the unit name
     path: str
+    scope: str = ""  # set for netwarden scopes, which backends may match another way
 
     @property
     def level(self) -> int:

@@ -3,7 +3,6 @@ machine facts a policy refers to (users, groups, services, scopes)."""
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import pwd
 from dataclasses import dataclass
@@ -88,33 +87,17 @@ def _check_cgroup_support() -> None:
     ok, output = nftables.check(probe)
     if not ok:
         raise CgroupSupportMissing(
-            "scope and service rules need nftables with cgroupv2 in its JSON interface "
+            "service rules need nftables with cgroupv2 in its JSON interface "
             f"(1.0.7 or later); this host's nft refused it: {output.splitlines()[-1]}"
         )
-
-
-def ensure_scope_cgroups(policy: Policy) -> list[Path]:
-    """Create the (empty) cgroups of scopes the policy names: nft resolves them at load."""
-    mount = cgroup2_mount()
-    made = []
-    for rule in policy.rules:
-        if rule.cgroup is not None and rule.cgroup.path.startswith(scope_path("")):
-            if mount is None:
-                raise PlatformError("scopes need the cgroup v2 hierarchy mounted")
-            path = mount / rule.cgroup.path
-            if not path.is_dir():
-                path.mkdir(parents=True)
-                made.append(path)
-    return made
 
 
 def apply(policy: Policy) -> int:
     """Replace netwarden's table with this policy in one atomic batch; return the number
     of nft rules. On any error nothing changes and the previous policy stays in force."""
     compiled = compile_policy(policy)
-    if any(rule.cgroup is not None for rule in policy.rules):
+    if any(rule.cgroup is not None and not rule.cgroup.scope for rule in policy.rules):
         _check_cgroup_support()
-        ensure_scope_cgroups(policy)
     body = render(compiled, cgroup_prefix())
     try:
         nftables.replace_table(FAMILY, compiled.table, body)
@@ -148,20 +131,4 @@ def remove(table: str) -> bool:
         removed = nftables.delete_table(FAMILY, table)
     except nftables.NftError as exc:
         raise PlatformError(str(exc)) from exc
-    _remove_empty_scopes()
     return removed
-
-
-def _remove_empty_scopes() -> None:
-    mount = cgroup2_mount()
-    if mount is None:
-        return
-    parent = mount / scope_path("").rstrip("/")
-    if not parent.is_dir():
-        return
-    for child in parent.iterdir():
-        if child.is_dir():
-            with contextlib.suppress(OSError):  # only succeeds when no process is in it
-                child.rmdir()
-    with contextlib.suppress(OSError):
-        parent.rmdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from netwarden.platform.linux.scopes import scope_mark
 from netwarden.policy.compiler import AddressMatch, CompiledPolicy, CompiledRule, default_counter
 from netwarden.policy.model import Action, Direction, Network
 
@@ -147,7 +148,9 @@ def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
         expr.append(_match({"meta": {"key": "skuid"}}, compiled.uid))
     if compiled.gid is not None:
         expr.append(_match({"meta": {"key": "skgid"}}, compiled.gid))
-    if compiled.cgroup is not None:
+    if compiled.cgroup is not None and compiled.cgroup.scope:
+        expr.append(_match({"meta": {"key": "mark"}}, scope_mark(compiled.cgroup.scope)))
+    elif compiled.cgroup is not None:
         path = "/".join(p for p in (cgroup_prefix, compiled.cgroup.path) if p)
         expr.append(_match({"socket": {"key": "cgroupv2", "level": compiled.cgroup.level}},
                            path))  # fmt: skip
