@@ -22,6 +22,10 @@ DROP_PORT_7 = '[[rule]]\naction = "block"\ndirection = "out"\nport = 7\n'
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+# Rulesets are compared with `nft -s` (no counters): stray packets, such as IPv6
+# multicast reports, may be counted at any moment.
+
+
 def netwarden(host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return host.run([PY, "-m", "netwarden", *args], check=check)
 
@@ -167,7 +171,7 @@ port = 5000
 """,
     )
     netwarden(client, "policy", "apply", str(good))
-    before = client.run(["nft", "list", "ruleset"]).stdout
+    before = client.run(["nft", "-s", "list", "ruleset"]).stdout
     bad = write(
         tmp_path,
         """
@@ -184,7 +188,7 @@ port = "80-70"
     assert result.returncode == 2
     assert f"{bad}:6: '10.0.0.300/8' is not an IP address" in result.stderr
     assert f"{bad}:7: '80-70' is not a port" in result.stderr
-    assert client.run(["nft", "list", "ruleset"]).stdout == before
+    assert client.run(["nft", "-s", "list", "ruleset"]).stdout == before
     assert probe(client, server.ipv4, 5000) == "timeout"  # the previous policy holds
 
 
@@ -194,7 +198,7 @@ def test_kernel_refusal_keeps_the_previous_policy(
     """The batch is atomic: when the kernel refuses any part, the old table survives."""
     client, _server = servers
     netwarden(client, "policy", "apply", str(write(tmp_path, DROP_PORT_7)))
-    before = client.run(["nft", "list", "ruleset"]).stdout
+    before = client.run(["nft", "-s", "list", "ruleset"]).stdout
     where = {"family": "inet", "table": "netwarden"}
     missing_set = {
         "match": {
@@ -210,7 +214,7 @@ def test_kernel_refusal_keeps_the_previous_policy(
     ]
     with netns.entered(client.netns), pytest.raises(nftables.NftError):
         nftables.replace_table("inet", "netwarden", body)
-    assert client.run(["nft", "list", "ruleset"]).stdout == before
+    assert client.run(["nft", "-s", "list", "ruleset"]).stdout == before
 
 
 def test_tables_netwarden_does_not_own_are_never_touched(
