@@ -97,7 +97,7 @@ def test_log_rules_are_reported_and_do_not_decide() -> None:
         ("tcp out 10.0.0.5:1 -> [2001:db8::1]:443", "both be IPv4 or both IPv6"),
         ("tcp out 10.0.0.5:1 -> 192.0.2.7:443 colour=red", "unknown flow detail"),
         ("tcp out 10.0.0.5:1 -> 192.0.2.7:443 user=mallory", "unknown user"),
-        ("tcp out 10.0.0.5:70000 -> 192.0.2.7:443", "needs a port from 1 to 65535"),
+        ("tcp out 10.0.0.5:70000 -> 192.0.2.7:443", "the port must be from 1 to 65535"),
     ],
 )
 def test_flow_syntax_errors(text: str, message: str) -> None:

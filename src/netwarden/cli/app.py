@@ -340,8 +340,11 @@ def run(
 
 def _register_subcommands() -> None:
     from netwarden.cli.policy import app as policy_app
+    from netwarden.cli.redirect import down, redirect
 
     app.add_typer(policy_app, name="policy")
+    app.command()(redirect)
+    app.command()(down)
 
 
 _register_subcommands()

@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_host_port(text: str) -> tuple[IPAddress, int | None]:
+    """'10.0.0.5:443', '[fd00::1]:443', or an address without a port."""
+    match = _HOST_PORT.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")
+    try:
+        address = ipaddress.ip_address(match.group("v6") or match.group("host"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)") from None
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port must be from 1 to 65535")
+    return address, None if port is None else int(port)
 
 
 class Transport(enum.StrEnum):

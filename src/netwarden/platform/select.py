@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from netwarden.platform.base import Backend, PlatformError
@@ -29,3 +30,16 @@ def is_privileged() -> bool:
     import os
 
     return os.geteuid() == 0
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where an accepted, redirected TCP connection was originally going.
+
+    For any local listener that netwarden redirects connections to: call it on the
+    accepted socket. See docs/redirect.md.
+    """
+    if sys.platform.startswith("linux"):
+        from netwarden.platform.linux.original_dst import original_destination as linux
+
+        return linux(sock)
+    raise UnsupportedPlatform(f"original_destination has no backend for {sys.platform} yet")

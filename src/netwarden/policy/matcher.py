@@ -4,10 +4,10 @@ compiled from the same policy must agree with it (a property test checks)."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from netwarden.model.flow import IPAddress, parse_host_port
 from netwarden.policy.environment import Environment
 from netwarden.policy.model import Action, Addresses, Direction, Policy, PortRange, Rule
 
@@ -94,9 +94,6 @@ def _in_ports(port: int | None, ranges: tuple[PortRange, ...]) -> bool:
     return port is not None and any(port in r for r in ranges)
 
 
-_ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s]+))(?::(?P<port>\d+))?$")
-
-
 class FlowSyntaxError(ValueError):
     pass
 
@@ -143,18 +140,12 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
                      fields.get("iface", ""), uid, gid, cgroup)  # fmt: skip
 
 
-def _endpoint(text: str, protocol: str) -> tuple[
-    ipaddress.IPv4Address | ipaddress.IPv6Address, int | None
-]:  # fmt: skip
-    match = _ENDPOINT.match(text)
-    host = (match.group("v6") or match.group("host")) if match else text
-    port_text = match.group("port") if match else None
+def _endpoint(text: str, protocol: str) -> tuple[IPAddress, int | None]:
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise FlowSyntaxError(f"{text!r} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)") from None
-    port = int(port_text) if port_text else None
-    if protocol in ("tcp", "udp") and (port is None or not 1 <= port <= 65535):
+        address, port = parse_host_port(text)
+    except ValueError as exc:
+        raise FlowSyntaxError(str(exc)) from None
+    if protocol in ("tcp", "udp") and port is None:
         raise FlowSyntaxError(f"{text!r} needs a port from 1 to 65535 for {protocol}")
     return address, port
 
