@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(nftables conntrack iptables iproute2 util-linux procps python3 python3-venv)
+dev_packages=(curl)
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
+[ $dev -eq 1 ] && apt_packages+=("${dev_packages[@]}")
 
 missing=()
 for pkg in "${apt_packages[@]}"; do
