@@ -62,7 +62,8 @@ class Monitor:
             self.table.add_conntrack(src.conntrack_events.drain(), now)
 
     def run(self, sink: EventSink, stop: threading.Event, duration: float | None = None) -> None:
-        """Feed sink until stop is set (or duration passes); closes flows at the end."""
+        """Feed sink until stop is set (or duration passes). Flows still open are not
+        reported closed at the end: they outlive the monitor."""
         streams = [
             s
             for s in (

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netwarden.platform.base import (
     Capability,
@@ -41,7 +41,6 @@ class LinuxSources:
     conntrack_events: ConntrackEvents | None = None
     flow_stamps: FlowStamps | None = None
     missing: tuple[str, ...] = ()
-    _closers: list[object] = field(default_factory=list)
 
     def close(self) -> None:
         for source in (self.flow_stamps, self.conntrack_events, self.socket_closes):
