@@ -340,11 +340,13 @@ def run(
 
 def _register_subcommands() -> None:
     from netwarden.cli.policy import app as policy_app
+    from netwarden.cli.proxy import proxy
     from netwarden.cli.redirect import down, redirect
 
     app.add_typer(policy_app, name="policy")
     app.command()(redirect)
     app.command()(down)
+    app.command()(proxy)
 
 
 _register_subcommands()

@@ -1,0 +1,1 @@
+"""The socket side of proxying: listeners and the relay between two connections."""
