@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ class TransparentProxy:
         """A connection to the original destination, and its local port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        if self.mark:
+        if self.mark and sys.platform == "linux":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
         sock.setblocking(False)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
