@@ -1,9 +1,15 @@
-"""The transparent proxy behind redirection: pass-through, half-close, the hop guard."""
+"""Proxies in netlab: the transparent relay (half-close, hop guard) and the user-mode
+SOCKS5 and HTTP listeners (unprivileged, remote DNS, policy)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +53,7 @@ def test_half_closed_client_gets_the_whole_answer_through_the_proxy(
     assert flow["destination"].endswith(":5000")
     assert address in flow["destination"]
     assert (flow["bytes_up"], flow["bytes_down"], flow["error"]) == (2_000_000, 3_000_000, "")
+    assert flow["kind"] == "transparent"
 
 
 def test_a_looping_configuration_is_refused_not_spun(pair: tuple[Host, Host]) -> None:
@@ -63,3 +70,82 @@ def test_a_looping_configuration_is_refused_not_spun(pair: tuple[Host, Host]) ->
     _out, err = proxy.communicate(timeout=10)
     assert "redirection loop" in err
     assert err.count("redirection loop") == 1  # refused once, not spinning
+
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.fixture
+def user_mode(pair: tuple[Host, Host]) -> Iterator[tuple[Host, Host, subprocess.Popen[str]]]:
+    """SOCKS5 and HTTP listeners run by an unprivileged user, with a policy."""
+    client, remote = pair
+    web = remote.popen([PY, "-u", "-m", "http.server", "8080", "--bind", "::"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert web.stdout is not None
+    assert "Serving HTTP" in web.stdout.readline()
+    start_server(remote, "tcp-server", "--port", "5000", "--send", "10")
+    folder = Path(tempfile.mkdtemp(prefix="nwproxy-"))
+    folder.chmod(0o755)
+    policy = folder / "policy.toml"
+    policy.write_text('[[rule]]\nname = "no-5000"\naction = "block"\ndirection = "out"\n'
+                      "port = 5000\n")  # fmt: skip
+    policy.chmod(0o644)
+    proxy = client.popen([*NOBODY, PY, "-m", "netwarden", "proxy", "--socks5", "127.0.0.1:1080",
+                          "--http", "127.0.0.1:3128", "--socks-user", "ann:secret",
+                          "--policy", str(policy)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    try:
+        yield client, remote, proxy
+    finally:
+        shutil.rmtree(folder)
+
+
+def _curl(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return host.run([*NOBODY, "curl", "-sS", "--max-time", "5", *args], check=False)
+
+
+def test_socks5_and_http_proxy_as_an_unprivileged_user(
+    user_mode: tuple[Host, Host, subprocess.Popen[str]],
+) -> None:
+    client, remote, _proxy = user_mode
+    page = f"http://{remote.ipv4}:8080/"
+    socks = "socks5h://ann:secret@127.0.0.1:1080"
+    via_socks = _curl(client, "--proxy", socks, page)
+    assert via_socks.returncode == 0, via_socks.stderr
+    assert "Directory listing" in via_socks.stdout
+    via_socks_v6 = _curl(client, "--proxy", socks, f"http://[{remote.ipv6}]:8080/")
+    assert "Directory listing" in via_socks_v6.stdout
+    via_http = _curl(client, "--proxy", "http://127.0.0.1:3128", page)
+    assert "Directory listing" in via_http.stdout, via_http.stderr
+    tunnel = _curl(client, "--proxytunnel", "--proxy", "http://127.0.0.1:3128", page)
+    assert "Directory listing" in tunnel.stdout, tunnel.stderr
+    wrong_password = _curl(client, "--proxy", "socks5h://ann:guess@127.0.0.1:1080", page)
+    assert wrong_password.returncode != 0
+
+
+def test_remote_dns_and_policy_in_user_mode(
+    user_mode: tuple[Host, Host, subprocess.Popen[str]],
+) -> None:
+    client, remote, proxy = user_mode
+    client.popen([PY, "-u", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    socks = "socks5h://ann:secret@127.0.0.1:1080"
+    for _ in range(50):  # the local server starts in the background
+        named = _curl(client, "--proxy", socks, "http://localhost:8081/")
+        if named.returncode == 0:
+            break
+        time.sleep(0.1)
+    assert "Directory listing" in named.stdout  # "localhost" was resolved by the proxy
+    blocked = _curl(client, "--proxy", socks, f"http://{remote.ipv4}:5000/")
+    assert blocked.returncode != 0
+    assert "not allowed" in blocked.stderr.lower() or "(2)" in blocked.stderr
+    forbidden = client.run([*NOBODY, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--proxy", "http://127.0.0.1:3128", f"http://{remote.ipv4}:5000/"],
+                           check=False)  # fmt: skip
+    assert forbidden.stdout == "403"
+    proxy.terminate()
+    out, _err = proxy.communicate(timeout=10)
+    errors = [json.loads(line)["error"] for line in out.splitlines()]
+    assert any("refused by the policy" in error for error in errors)

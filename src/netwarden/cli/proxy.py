@@ -1,79 +1,170 @@
-"""`netwarden proxy`: the transparent relay behind `netwarden redirect`."""
+"""`netwarden proxy`: the transparent relay behind `netwarden redirect`, and user-mode
+SOCKS5 and HTTP proxy listeners that need no root."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from netwarden.jsontext import dumps
 from netwarden.model.flow import parse_host_port
 
+Endpoints = Annotated[list[str] | None, typer.Option()]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"netwarden: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _endpoints(option: str, values: list[str] | None) -> list[tuple[str, int]]:
+    endpoints = []
+    for text in values or []:
+        try:
+            address, port = parse_host_port(text)
+        except ValueError as exc:
+            _fail(f"{option} {exc}")
+            raise  # unreachable
+        if port is None:
+            _fail(f"{option} {text!r} needs a port")
+            raise AssertionError
+        endpoints.append((str(address), port))
+    return endpoints
+
+
+def _write(record: dict[str, Any]) -> None:
+    sys.stdout.write(dumps(record) + "\n")
+    sys.stdout.flush()
+
 
 def proxy(
     listen: Annotated[
-        list[str], typer.Option(help="Listen on ADDRESS:PORT ([::1]:PORT for IPv6); repeatable.")
-    ],
+        list[str] | None,
+        typer.Option(help="Transparent listener for redirected connections; repeatable."),
+    ] = None,
+    socks5: Annotated[
+        list[str] | None, typer.Option(help="SOCKS5 listener ADDRESS:PORT; repeatable.")
+    ] = None,
+    http: Annotated[
+        list[str] | None, typer.Option(help="HTTP proxy listener ADDRESS:PORT; repeatable.")
+    ] = None,
+    socks_user: Annotated[
+        list[str] | None, typer.Option(help="Require SOCKS5 login USER:PASSWORD; repeatable.")
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Refuse what this policy's outgoing rules block or reject."),
+    ] = None,
     mark: Annotated[
         str, typer.Option(help="SO_MARK of upstream connections, which redirection skips.")
     ] = "0x4e500001",
     idle_timeout: Annotated[float, typer.Option(help="Close flows idle this long (s).")] = 300.0,
 ) -> None:
-    """Relay redirected connections to where they were going, one NDJSON line per flow.
+    """Relay connections, one NDJSON line per finished flow.
 
-    Example (a pass-through proxy for outgoing HTTP):\n
+    Transparent (root, with netwarden redirect):\n
       netwarden proxy --listen 127.0.0.1:15001 --listen [::1]:15001 &\n
       netwarden redirect --dport 80 --to 127.0.0.1:15001 --to [::1]:15001
+
+    User mode (no root; point applications at it):\n
+      netwarden proxy --socks5 127.0.0.1:1080 --http 127.0.0.1:3128 --policy policy.toml\n
+      curl --socks5-hostname 127.0.0.1:1080 http://example.test/
     """
     from netwarden.proxy.transparent import FlowReport, TransparentProxy
+    from netwarden.proxy.userspace import ProxiedFlow, UserModeProxy
 
-    listeners = []
-    for text in listen:
-        try:
-            address, port = parse_host_port(text)
-        except ValueError as exc:
-            typer.echo(f"netwarden: --listen {exc}", err=True)
-            raise typer.Exit(2) from None
-        if port is None:
-            typer.echo(f"netwarden: --listen {text!r} needs a port", err=True)
-            raise typer.Exit(2)
-        listeners.append((str(address), port))
+    transparent = _endpoints("--listen", listen)
+    socks = _endpoints("--socks5", socks5)
+    http_listeners = _endpoints("--http", http)
+    if not (transparent or socks or http_listeners):
+        _fail("give at least one listener: --listen, --socks5 or --http")
+    users = None
+    if socks_user:
+        users = {}
+        for entry in socks_user:
+            name, sep, password = entry.partition(":")
+            if not sep or not name:
+                _fail(f"--socks-user {entry!r} is not USER:PASSWORD")
+            users[name] = password
     try:
         mark_value = int(mark, 0)
     except ValueError:
-        typer.echo(f"netwarden: --mark {mark!r} is not a number", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"--mark {mark!r} is not a number")
+        return
+    gate = _policy_gate(policy) if policy is not None else None
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
 
-    def report(flow: FlowReport) -> None:
-        sys.stdout.write(dumps({
-            "client": f"{flow.client[0]}:{flow.client[1]}",
-            "destination": f"{flow.destination[0]}:{flow.destination[1]}",
-            "bytes_up": flow.stats.client_to_server, "bytes_down": flow.stats.server_to_client,
-            "error": flow.stats.error,
-        }) + "\n")  # fmt: skip
-        sys.stdout.flush()
+    def transparent_flow(flow: FlowReport) -> None:
+        _write({"kind": "transparent", "client": f"{flow.client[0]}:{flow.client[1]}",
+                "destination": f"{flow.destination[0]}:{flow.destination[1]}",
+                "bytes_up": flow.stats.client_to_server,
+                "bytes_down": flow.stats.server_to_client, "error": flow.stats.error})  # fmt: skip
+
+    def proxied_flow(flow: ProxiedFlow) -> None:
+        _write({"kind": flow.kind, "client": f"{flow.client[0]}:{flow.client[1]}",
+                "destination": f"{flow.destination[0]}:{flow.destination[1]}",
+                "bytes_up": flow.stats.client_to_server,
+                "bytes_down": flow.stats.server_to_client, "error": flow.stats.error})  # fmt: skip
 
     async def main() -> None:
-        server = TransparentProxy(mark_value, idle_timeout=idle_timeout, on_flow=report)
-
-        def ready() -> None:
-            typer.echo(f"netwarden: proxy listening on {', '.join(listen)}", err=True)
-
-        task = asyncio.ensure_future(server.serve(listeners, ready))
+        tasks: list[asyncio.Future[Any]] = []
+        names = [f"{h}:{p}" for h, p in transparent + socks + http_listeners]
+        if socks or http_listeners:
+            user_mode = UserModeProxy(gate, users, idle_timeout=idle_timeout,
+                                      on_flow=proxied_flow)  # fmt: skip
+            servers = await user_mode.start(socks, http_listeners)
+            tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]
+        if transparent:
+            ready = asyncio.Event()
+            relay = TransparentProxy(mark_value, idle_timeout=idle_timeout,
+                                     on_flow=transparent_flow)  # fmt: skip
+            tasks.append(asyncio.ensure_future(relay.serve(transparent, ready.set)))
+            waiter = asyncio.ensure_future(ready.wait())
+            await asyncio.wait([waiter, tasks[-1]], return_when=asyncio.FIRST_COMPLETED)
+            if tasks[-1].done():
+                waiter.cancel()
+                tasks[-1].result()  # raises the listen error
+        typer.echo(f"netwarden: proxy listening on {', '.join(names)}", err=True)
+        everything = asyncio.gather(*tasks)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, everything.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await everything
 
     try:
         asyncio.run(main())
     except OSError as exc:
-        typer.echo(f"netwarden: cannot listen: {exc.strerror}", err=True)
-        raise typer.Exit(1) from None
+        _fail(f"cannot listen: {exc.strerror or exc}", 1)
+
+
+def _policy_gate(path: Path) -> Any:
+    """A gate that refuses what the policy blocks or rejects for this user's outgoing
+    TCP connections (the source address is not known before connecting)."""
+    import ipaddress
+
+    from netwarden.cli.policy import _load
+    from netwarden.policy.matcher import FlowQuery, decide
+    from netwarden.policy.model import Action, Direction
+
+    loaded = _load(path)
+    uid, gid = os.getuid(), os.getgid()
+
+    def gate(address: str, port: int) -> str | None:
+        destination = ipaddress.ip_address(address)
+        source = ipaddress.ip_address("::" if destination.version == 6 else "0.0.0.0")
+        decision = decide(loaded, FlowQuery("tcp", Direction.OUT, source, destination,
+                                            None, port, uid=uid, gid=gid))  # fmt: skip
+        if decision.action in (Action.BLOCK, Action.REJECT):
+            return f"refused by the policy: {decision.reason}"
+        return None
+
+    return gate

@@ -1,0 +1,202 @@
+"""User-mode proxy listeners that need no root: SOCKS5 and HTTP (CONNECT and
+absolute-URI forwarding). Applications are pointed at them; they resolve names
+themselves (remote DNS), ask the policy, connect, and hand over to the shared relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+from netwarden.proxy import http_proxy, socks5
+from netwarden.proxy.relay import RelayStats, relay
+
+log = logging.getLogger(__name__)
+
+# (address, port) -> None when allowed, else the reason it is not
+Gate = Callable[[str, int], str | None]
+HEAD_TIMEOUT = 30.0
+Accepted = Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[object, object, None]]
+
+
+class Refused(Exception):
+    def __init__(self, reply: socks5.Reply, message: str) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedFlow:
+    kind: str  # socks5 or http
+    client: tuple[str, int]
+    destination: tuple[str, int]
+    stats: RelayStats
+
+
+class UserModeProxy:
+    def __init__(
+        self,
+        gate: Gate | None = None,
+        users: dict[str, str] | None = None,  # SOCKS5 username -> password; None: no auth
+        *,
+        connect_timeout: float = 10.0,
+        idle_timeout: float = 300.0,
+        on_flow: Callable[[ProxiedFlow], None] | None = None,
+    ) -> None:
+        self.gate = gate
+        self.users = users
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.on_flow = on_flow
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, socks: list[tuple[str, int]], http: list[tuple[str, int]]) -> list[
+        asyncio.Server
+    ]:  # fmt: skip
+        servers = []
+        for handler, addresses in ((self._socks, socks), (self._http, http)):
+            for host, port in addresses:
+                servers.append(await asyncio.start_server(
+                    self._spawner(handler), host, port, reuse_address=True))  # fmt: skip
+        return servers
+
+    def _spawner(
+        self, handler: Handler
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
+        def spawn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.ensure_future(handler(reader, writer))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+        return spawn
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        """A client's handler ended; a bug in it must not take the listener down."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy handler failed: %r", task.exception())
+
+    async def _connect(self, host: str, port: int) -> tuple[
+        tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[str, int]
+    ]:  # fmt: skip
+        """Resolve (remote DNS), ask the gate about each address, connect to the first
+        allowed one that answers."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise Refused(socks5.Reply.HOST_UNREACHABLE, f"cannot resolve {host}: {exc}") from exc
+        last: Refused = Refused(socks5.Reply.HOST_UNREACHABLE, f"no address for {host}")
+        for _family, _type, _proto, _name, sockaddr in infos:
+            address = str(ipaddress.ip_address(sockaddr[0]))
+            reason = self.gate(address, port) if self.gate is not None else None
+            if reason is not None:
+                last = Refused(socks5.Reply.NOT_ALLOWED, reason)
+                continue
+            try:
+                streams = await asyncio.wait_for(
+                    asyncio.open_connection(address, port), self.connect_timeout
+                )
+            except ConnectionRefusedError as exc:
+                last = Refused(socks5.Reply.CONNECTION_REFUSED, str(exc))
+            except (OSError, TimeoutError) as exc:
+                last = Refused(socks5.Reply.HOST_UNREACHABLE, str(exc) or "timed out")
+            else:
+                return streams, (address, port)
+        raise last
+
+    def _report(self, kind: str, writer: asyncio.StreamWriter, destination: tuple[str, int],
+                stats: RelayStats) -> None:  # fmt: skip
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if stats.error:
+            log.info("%s %s -> %s: %s", kind, peer[:2], destination, stats.error)
+        if self.on_flow is not None:
+            self.on_flow(ProxiedFlow(kind, (str(peer[0]), int(peer[1])), destination, stats))
+
+    async def _socks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        protocol = socks5.Socks5Server(require_auth=self.users is not None)
+        request: socks5.ConnectRequest | None = None
+        try:
+            while request is None:
+                data = await asyncio.wait_for(reader.read(4096), HEAD_TIMEOUT)
+                if not data:
+                    return
+                for event in protocol.receive(data):
+                    if isinstance(event, socks5.Failed):
+                        writer.write(event.reply)
+                        log.info("socks5: %s", event.message)
+                        return
+                    if isinstance(event, socks5.MethodChosen):
+                        writer.write(event.reply)
+                    elif isinstance(event, socks5.Credentials):
+                        ok = self.users is not None and self.users.get(event.username) == (
+                            event.password
+                        )
+                        writer.write(protocol.authenticated(ok))
+                        if not ok:
+                            return
+                    else:
+                        request = event
+            destination = (request.host, request.port)
+            try:
+                upstream, destination = await self._connect(request.host, request.port)
+            except Refused as exc:
+                writer.write(socks5.reply(exc.reply))
+                self._report("socks5", writer, destination, RelayStats(error=str(exc)))
+                return
+            bound = upstream[1].get_extra_info("sockname")
+            writer.write(socks5.reply(socks5.Reply.SUCCEEDED, (str(bound[0]), int(bound[1]))))
+            early = protocol.leftover()
+            if early:
+                upstream[1].write(early)
+            stats = await relay((reader, writer), upstream, self.idle_timeout)
+            self._report("socks5", writer, destination, stats)
+        except (OSError, TimeoutError) as exc:
+            log.info("socks5: client %s", exc)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = b""
+        try:
+            while not (end := http_proxy.head_complete(buffer)):
+                if len(buffer) > http_proxy.MAX_HEAD:
+                    writer.write(http_proxy.BadRequest(431, "request head too large").response())
+                    return
+                data = await asyncio.wait_for(reader.read(4096), HEAD_TIMEOUT)
+                if not data:
+                    return
+                buffer += data
+            request = http_proxy.parse(buffer[:end])
+            if isinstance(request, http_proxy.BadRequest):
+                writer.write(request.response())
+                return
+            destination = (request.host, request.port)
+            try:
+                upstream, destination = await self._connect(request.host, request.port)
+            except Refused as exc:
+                status = 403 if exc.reply is socks5.Reply.NOT_ALLOWED else 502
+                writer.write(http_proxy.BadRequest(status, str(exc)).response())
+                self._report("http", writer, destination, RelayStats(error=str(exc)))
+                return
+            if isinstance(request, http_proxy.Tunnel):
+                writer.write(http_proxy.ESTABLISHED)
+            else:
+                upstream[1].write(request.head)
+            if buffer[end:]:
+                upstream[1].write(buffer[end:])
+            stats = await relay((reader, writer), upstream, self.idle_timeout)
+            self._report("http", writer, destination, stats)
+        except (OSError, TimeoutError) as exc:
+            log.info("http proxy: client %s", exc)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+                with contextlib.suppress(OSError, ConnectionError):
+                    await writer.wait_closed()
