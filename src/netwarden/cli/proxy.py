@@ -156,7 +156,10 @@ def _policy_gate(path: Path) -> Any:
     from netwarden.policy.model import Action, Direction
 
     loaded = _load(path)
-    uid, gid = os.getuid(), os.getgid()
+    uid: int | None = None
+    gid: int | None = None
+    if sys.platform != "win32":
+        uid, gid = os.getuid(), os.getgid()
 
     def gate(address: str, port: int) -> str | None:
         destination = ipaddress.ip_address(address)
