@@ -28,11 +28,13 @@ def _start_proxy(client: Host, *extra: str) -> subprocess.Popen[str]:
     return proxy
 
 
-@pytest.fixture
-def proxied(pair: tuple[Host, Host]) -> tuple[Host, Host, subprocess.Popen[str]]:
+@pytest.fixture(params=["--fast-path", "--no-fast-path"])
+def proxied(
+    pair: tuple[Host, Host], request: pytest.FixtureRequest
+) -> tuple[Host, Host, subprocess.Popen[str]]:
     client, server = pair
     start_server(server, "tcp-server", "--port", "5000", "--send", "3000000")
-    proxy = _start_proxy(client)
+    proxy = _start_proxy(client, request.param)
     client.run([PY, "-m", "netwarden", "redirect", "--dport", "5000",
                 "--to", "127.0.0.1:15001", "--to", "[::1]:15001"])  # fmt: skip
     return client, server, proxy

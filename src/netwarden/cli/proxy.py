@@ -67,6 +67,10 @@ def proxy(
         str, typer.Option(help="SO_MARK of upstream connections, which redirection skips.")
     ] = "0x4e500001",
     idle_timeout: Annotated[float, typer.Option(help="Close flows idle this long (s).")] = 300.0,
+    fast_path: Annotated[
+        bool,
+        typer.Option(help="Transparent flows move through splice(2), not through Python."),
+    ] = True,
 ) -> None:
     """Relay connections, one NDJSON line per finished flow.
 
@@ -124,7 +128,7 @@ def proxy(
             tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]
         if transparent:
             ready = asyncio.Event()
-            relay = TransparentProxy(mark_value, idle_timeout=idle_timeout,
+            relay = TransparentProxy(mark_value, fast_path=fast_path, idle_timeout=idle_timeout,
                                      on_flow=transparent_flow)  # fmt: skip
             tasks.append(asyncio.ensure_future(relay.serve(transparent, ready.set)))
             waiter = asyncio.ensure_future(ready.wait())

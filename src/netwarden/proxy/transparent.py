@@ -3,14 +3,20 @@ going (with the proxy mark, so redirection skips it), and relays.
 
     netwarden redirect --dport 80 --to 127.0.0.1:15001
     netwarden proxy --listen 127.0.0.1:15001
+
+Connections are accepted as plain sockets, so no byte is read before a relay takes
+them: the kernel fast path (splice) or the asyncio relay, which later inspection
+layers will sit on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,16 +37,34 @@ class FlowReport:
     stats: RelayStats
 
 
+def _listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class TransparentProxy:
     def __init__(
         self,
         mark: int,
         *,
+        fast_path: bool = True,
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         on_flow: Callable[[FlowReport], None] | None = None,
     ) -> None:
         self.mark = mark
+        self.fast_path = fast_path and sys.platform == "linux"
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.on_flow = on_flow
@@ -55,25 +79,32 @@ class TransparentProxy:
         self, listeners: list[tuple[str, int]], ready: Callable[[], None] | None = None
     ) -> None:
         """Listen on every address, call ready(), then serve until cancelled."""
-        servers = [await asyncio.start_server(self._accepted, host, port, reuse_address=True)
-                   for host, port in listeners]  # fmt: skip
-        if ready is not None:
-            ready()
+        sockets: list[socket.socket] = []
         try:
-            await asyncio.gather(*(server.serve_forever() for server in servers))
+            for host, port in listeners:
+                sockets.append(_listener(host, port))
+            if ready is not None:
+                ready()
+            await asyncio.gather(*(self._accept_loop(sock) for sock in sockets))
         finally:
-            for server in servers:
-                server.close()
+            for sock in sockets:
+                sock.close()
 
-    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.ensure_future(self._handle(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, peer = await loop.sock_accept(listener)
+            task = asyncio.ensure_future(self._handle(conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
 
-    async def _upstream(
-        self, host: str, port: int
-    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[bool, int]]:
-        """A connection to the original destination, and its local port."""
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy handler failed: %r", task.exception())
+
+    async def _upstream(self, host: str, port: int) -> tuple[socket.socket, tuple[bool, int]]:
+        """A connected socket to the original destination, and its (IPv6?, port)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         if self.mark and sys.platform == "linux":
@@ -86,16 +117,13 @@ class TransparentProxy:
             await asyncio.wait_for(
                 asyncio.get_running_loop().sock_connect(sock, (host, port)), self.connect_timeout
             )
-            streams = await asyncio.open_connection(sock=sock)
         except BaseException:
             self._own_ports.discard(local_port)
             sock.close()
             raise
-        return streams, local_port
+        return sock, local_port
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = writer.get_extra_info("socket")
-        peer = writer.get_extra_info("peername")
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         client = (_unmapped(str(peer[0])), int(peer[1]))
         if (":" in client[0], client[1]) in self._own_ports:
             self.loops += 1
@@ -103,26 +131,57 @@ class TransparentProxy:
                 "redirection loop: this proxy's own connection came back to it; give its "
                 "upstream connections the mark the redirect rules skip (--mark)"
             )
-            writer.close()
+            conn.close()
             return
         try:
             destination = original_destination(conn)
         except OSError as exc:
             log.warning("%s: no original destination (%s)", client, exc)
-            writer.close()
+            conn.close()
             return
-        stats = RelayStats()
         try:
             upstream, local_port = await self._upstream(*destination)
         except (OSError, TimeoutError) as exc:
-            stats.error = f"cannot reach {destination[0]}:{destination[1]}: {exc}"
-            writer.close()
+            conn.close()
+            stats = RelayStats(error=f"cannot reach {destination[0]}:{destination[1]}: {exc}")
         else:
             try:
-                stats = await relay((reader, writer), upstream, self.idle_timeout)
+                stats = await self._relay(conn, upstream)
             finally:
                 self._own_ports.discard(local_port)
         if stats.error:
             log.info("%s -> %s: %s", client, destination, stats.error)
         if self.on_flow is not None:
             self.on_flow(FlowReport(client, destination, stats))
+
+    async def _relay(self, conn: socket.socket, upstream: socket.socket) -> RelayStats:
+        if self.fast_path:
+            return await _in_thread(conn, upstream, self.idle_timeout)
+        client = await asyncio.open_connection(sock=conn)
+        server = await asyncio.open_connection(sock=upstream)
+        return await relay(client, server, self.idle_timeout)
+
+
+async def _in_thread(conn: socket.socket, upstream: socket.socket, idle: float) -> RelayStats:
+    """The splice relay in a thread of its own (not a pool: flows last long)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[RelayStats] = loop.create_future()
+
+    def work() -> None:
+        try:
+            result = _splice(conn, upstream, idle)
+        except Exception as exc:  # reported on the flow, never lost in a thread
+            result = RelayStats(error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    threading.Thread(target=work, name="netwarden-flow", daemon=True).start()
+    return await done
+
+
+def _splice(conn: socket.socket, upstream: socket.socket, idle: float) -> RelayStats:
+    if sys.platform == "linux":
+        from netwarden.proxy.splice import splice_relay
+
+        return splice_relay(conn, upstream, idle)
+    raise RuntimeError("the splice fast path is Linux only")
