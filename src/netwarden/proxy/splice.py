@@ -14,6 +14,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from netwarden.proxy.relay import RelayStats
 
@@ -21,7 +22,7 @@ assert sys.platform == "linux", "splice(2) is Linux only"
 
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
-SPLICE_F_MOVE, SPLICE_F_MORE = 1, 4
+SPLICE_F_MOVE = 1  # not SPLICE_F_MORE: it corks small writes for up to 200 ms
 
 
 IDLE_CHECK = 5.0  # a blocked splice wakes up this often to check for idleness
@@ -50,7 +51,7 @@ def _direction(source: socket.socket, target: socket.socket, stats: RelayStats,
             pending = count
             while pending:
                 pending -= os.splice(read_end, target.fileno(), pending,
-                                     flags=SPLICE_F_MOVE | SPLICE_F_MORE)  # fmt: skip
+                                     flags=SPLICE_F_MOVE)  # fmt: skip
             moved += count
             stats.last_activity = time.monotonic()
             if upstream:
@@ -69,26 +70,30 @@ def _direction(source: socket.socket, target: socket.socket, stats: RelayStats,
         os.close(write_end)
 
 
-def splice_relay(client: socket.socket, server: socket.socket,
-                 idle_timeout: float = 300.0) -> RelayStats:  # fmt: skip
-    """Relay until both directions have ended; blocking; closes both sockets."""
+def start_relay(client: socket.socket, server: socket.socket, idle_timeout: float,
+                done: Callable[[RelayStats], None]) -> None:  # fmt: skip
+    """Relay in two threads, one per direction; when both have ended, close both
+    sockets and call done(stats) from the thread that finished last."""
     stats = RelayStats()
     errors: list[str] = []
     timeout = struct.pack("ll", int(IDLE_CHECK), 0)
     for sock in (client, server):
         sock.setblocking(True)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-    threads = [
-        threading.Thread(target=_direction, name="netwarden-splice-up", daemon=True,
-                         args=(client, server, stats, True, errors, idle_timeout)),
-        threading.Thread(target=_direction, name="netwarden-splice-down", daemon=True,
-                         args=(server, client, stats, False, errors, idle_timeout)),
-    ]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    client.close()
-    server.close()
-    stats.error = errors[0] if errors else ""
-    return stats
+    remaining = [2]
+    lock = threading.Lock()
+
+    def run(source: socket.socket, target: socket.socket, upstream: bool) -> None:
+        _direction(source, target, stats, upstream, errors, idle_timeout)
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            client.close()
+            server.close()
+            stats.error = errors[0] if errors else ""
+            done(stats)
+
+    for source, target, upstream in ((client, server, True), (server, client, False)):
+        threading.Thread(target=run, args=(source, target, upstream), daemon=True,
+                         name="netwarden-splice").start()  # fmt: skip

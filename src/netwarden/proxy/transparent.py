@@ -16,7 +16,6 @@ import contextlib
 import logging
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,25 +162,25 @@ class TransparentProxy:
 
 
 async def _in_thread(conn: socket.socket, upstream: socket.socket, idle: float) -> RelayStats:
-    """The splice relay in a thread of its own (not a pool: flows last long)."""
+    """The splice relay, in threads of its own (not a pool: flows last long)."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[RelayStats] = loop.create_future()
+    finished: asyncio.Future[RelayStats] = loop.create_future()
 
-    def work() -> None:
-        try:
-            result = _splice(conn, upstream, idle)
-        except Exception as exc:  # reported on the flow, never lost in a thread
-            result = RelayStats(error=f"{type(exc).__name__}: {exc}")
+    def done(stats: RelayStats) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
-            loop.call_soon_threadsafe(done.set_result, result)
+            loop.call_soon_threadsafe(finished.set_result, stats)
 
-    threading.Thread(target=work, name="netwarden-flow", daemon=True).start()
-    return await done
+    if sys.platform != "linux":
+        raise RuntimeError("the splice fast path is Linux only")
+    _start_splice(conn, upstream, idle, done)
+    return await finished
 
 
-def _splice(conn: socket.socket, upstream: socket.socket, idle: float) -> RelayStats:
+def _start_splice(conn: socket.socket, upstream: socket.socket, idle: float,
+                  done: Callable[[RelayStats], None]) -> None:  # fmt: skip
     if sys.platform == "linux":
-        from netwarden.proxy.splice import splice_relay
+        from netwarden.proxy.splice import start_relay
 
-        return splice_relay(conn, upstream, idle)
-    raise RuntimeError("the splice fast path is Linux only")
+        start_relay(conn, upstream, idle, done)
+    else:
+        raise RuntimeError("the splice fast path is Linux only")
