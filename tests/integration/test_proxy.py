@@ -151,3 +151,34 @@ def test_remote_dns_and_policy_in_user_mode(
     out, _err = proxy.communicate(timeout=10)
     errors = [json.loads(line)["error"] for line in out.splitlines()]
     assert any("refused by the policy" in error for error in errors)
+
+
+@pytest.mark.parametrize("hop", ["socks5://ann:secret@127.0.0.1:1080", "http://127.0.0.1:3128"])
+def test_chain_of_two_local_proxies_through_an_upstream_hop(
+    pair: tuple[Host, Host], hop: str
+) -> None:
+    """client -(redirect)-> transparent proxy -(upstream hop)-> user-mode proxy -> server."""
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5000", "--send", "1000000")
+    # The second proxy is unprivileged and cannot mark its sockets: redirecting only
+    # root's connections keeps its own out of the redirection (else the two would loop).
+    second_proxy = [*NOBODY, PY, "-m", "netwarden", "proxy", "--socks5", "127.0.0.1:1080",
+                    "--http", "127.0.0.1:3128", "--socks-user", "ann:secret"]  # fmt: skip
+    second = client.popen(second_proxy, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert second.stderr is not None
+    assert "proxy listening" in second.stderr.readline()
+    first = _start_proxy(client, "--upstream", hop)
+    client.run([PY, "-m", "netwarden", "redirect", "--dport", "5000", "--user", "root",
+                "--to", "127.0.0.1:15001", "--to", "[::1]:15001"])  # fmt: skip
+    for address in (server.ipv4, server.ipv6):
+        report = traffic(client, "tcp-client", "--host", address, "--port", "5000",
+                         "--send", "300000", "--recv", "1000000")  # fmt: skip
+        assert report["received"] == 1_000_000
+    assert first.stdout is not None
+    assert second.stdout is not None
+    for _ in range(2):
+        outer, inner = json.loads(first.stdout.readline()), json.loads(second.stdout.readline())
+        assert outer["error"] == inner["error"] == ""
+        assert outer["bytes_up"] == inner["bytes_up"] == 300_000
+        assert outer["bytes_down"] == inner["bytes_down"] == 1_000_000
+        assert inner["destination"].endswith(":5000")

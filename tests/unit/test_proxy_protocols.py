@@ -109,3 +109,33 @@ def test_bad_http_requests_get_400(head: bytes) -> None:
 @given(st.binary(max_size=400))
 def test_http_garbage_never_raises(data: bytes) -> None:
     http_proxy.parse(data)
+
+
+def test_upstream_hops_parse_and_encode() -> None:
+    from netwarden.proxy.upstream import Hop, socks5_connect, socks5_greeting, socks5_login
+
+    hop = Hop.parse("socks5://ann:secret@127.0.0.1:1080")
+    assert (hop.kind, hop.host, hop.port, hop.username, hop.password) == (
+        "socks5",
+        "127.0.0.1",
+        1080,
+        "ann",
+        "secret",
+    )
+    assert Hop.parse("http://[::1]:3128") == Hop("http", "::1", 3128)
+    assert socks5_greeting(hop) == b"\x05\x01\x02"
+    assert socks5_login(hop) == b"\x01\x03ann\x06secret"
+    assert socks5_connect("10.0.0.1", 80) == b"\x05\x01\x00\x01\x0a\x00\x00\x01\x00\x50"
+    assert socks5_connect("example.org", 443) == b"\x05\x01\x00\x03\x0bexample.org\x01\xbb"
+    # What our client sends, our server understands.
+    server = socks5.Socks5Server(require_auth=False)
+    server.receive(socks5_greeting(Hop("socks5", "h", 1)))
+    assert server.receive(socks5_connect("::1", 22)) == [socks5.ConnectRequest("::1", 22)]
+
+
+@pytest.mark.parametrize("text", ["ftp://h:1", "socks5://h", "http://:80", "socks5://h:x"])
+def test_bad_upstreams_are_refused(text: str) -> None:
+    from netwarden.proxy.upstream import Hop
+
+    with pytest.raises(ValueError, match=r"upstream|port"):
+        Hop.parse(text)

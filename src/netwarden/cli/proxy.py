@@ -67,6 +67,13 @@ def proxy(
         str, typer.Option(help="SO_MARK of upstream connections, which redirection skips.")
     ] = "0x4e500001",
     idle_timeout: Annotated[float, typer.Option(help="Close flows idle this long (s).")] = 300.0,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Reach destinations through socks5://[USER:PASS@]HOST:PORT or "
+            "http://HOST:PORT; repeat for a chain, in order."
+        ),
+    ] = None,
     fast_path: Annotated[
         bool,
         typer.Option(help="Transparent flows move through splice(2), not through Python."),
@@ -104,6 +111,13 @@ def proxy(
         _fail(f"--mark {mark!r} is not a number")
         return
     gate = _policy_gate(policy) if policy is not None else None
+    from netwarden.proxy.upstream import Hop
+
+    try:
+        chain = tuple(Hop.parse(text) for text in upstream or [])
+    except ValueError as exc:
+        _fail(f"--upstream {exc}")
+        return
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
 
     def transparent_flow(flow: FlowReport) -> None:
@@ -128,8 +142,13 @@ def proxy(
             tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]
         if transparent:
             ready = asyncio.Event()
-            relay = TransparentProxy(mark_value, fast_path=fast_path, idle_timeout=idle_timeout,
-                                     on_flow=transparent_flow)  # fmt: skip
+            relay = TransparentProxy(
+                mark_value,
+                fast_path=fast_path,
+                chain=chain,
+                idle_timeout=idle_timeout,
+                on_flow=transparent_flow,
+            )
             tasks.append(asyncio.ensure_future(relay.serve(transparent, ready.set)))
             waiter = asyncio.ensure_future(ready.wait())
             await asyncio.wait([waiter, tasks[-1]], return_when=asyncio.FIRST_COMPLETED)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from netwarden.platform.select import original_destination
 from netwarden.proxy.relay import RelayStats, relay
+from netwarden.proxy.upstream import Hop, open_upstream
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,14 @@ class TransparentProxy:
         mark: int,
         *,
         fast_path: bool = True,
+        chain: tuple[Hop, ...] = (),
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         on_flow: Callable[[FlowReport], None] | None = None,
     ) -> None:
         self.mark = mark
         self.fast_path = fast_path and sys.platform == "linux"
+        self.chain = chain
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.on_flow = on_flow
@@ -103,24 +106,22 @@ class TransparentProxy:
             log.error("proxy handler failed: %r", task.exception())
 
     async def _upstream(self, host: str, port: int) -> tuple[socket.socket, tuple[bool, int]]:
-        """A connected socket to the original destination, and its (IPv6?, port)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        if self.mark and sys.platform == "linux":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        sock.setblocking(False)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        local_port = (family == socket.AF_INET6, int(sock.getsockname()[1]))
-        self._own_ports.add(local_port)
+        """A connected socket to the original destination (through the upstream chain, if
+        any), and its (IPv6?, port)."""
+        bound: list[tuple[bool, int]] = []
+
+        def remember(sock: socket.socket) -> None:
+            bound.append((sock.family == socket.AF_INET6, int(sock.getsockname()[1])))
+            self._own_ports.add(bound[0])
+
         try:
-            await asyncio.wait_for(
-                asyncio.get_running_loop().sock_connect(sock, (host, port)), self.connect_timeout
-            )
+            sock = await open_upstream(host, port, self.chain, mark=self.mark,
+                                       timeout=self.connect_timeout, on_bound=remember)  # fmt: skip
         except BaseException:
-            self._own_ports.discard(local_port)
-            sock.close()
+            if bound:
+                self._own_ports.discard(bound[0])
             raise
-        return sock, local_port
+        return sock, bound[0]
 
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         client = (_unmapped(str(peer[0])), int(peer[1]))
