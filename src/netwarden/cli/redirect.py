@@ -29,6 +29,14 @@ def redirect(
     user: Annotated[
         str | None, typer.Option(help="Only connections of this user (name or uid).")
     ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            "--gateway",
+            help="Redirect connections routed through this host instead of its own; they "
+            "arrive at the receiving interface's address, so listen on 0.0.0.0/[::].",
+        ),
+    ] = False,
 ) -> None:
     """Send chosen outgoing TCP connections to a local listener instead.
 
@@ -75,7 +83,10 @@ def redirect(
         uid = int(user) if user.isdigit() else environment().uid_of(user)
         if uid is None:
             _fail(f"--user: unknown user {user!r}")
-    rules = [backend.Redirect(target, tuple(ports), tuple(networks), uid) for target in targets]
+    if gateway and uid is not None:
+        _fail("--user applies to this host's own connections, not with --gateway")
+    rules = [backend.Redirect(target, tuple(ports), tuple(networks), uid, gateway)
+             for target in targets]  # fmt: skip
     try:
         backend.apply(rules)
     except PlatformError as exc:

@@ -102,8 +102,9 @@ class Host:
     lab: Lab
     name: str  # short name given by the test
     netns: str  # full namespace name
-    ipv4: str = ""
+    ipv4: str = ""  # the address on its first link
     ipv6: str = ""
+    links: dict[int, tuple[str, str]] = field(default_factory=dict)  # link -> (v4, v6)
     _procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def command(self, argv: Sequence[str]) -> list[str]:
@@ -191,6 +192,7 @@ class Lab:
             _ip("-n", host.netns, "link", "set", ifname, "up")
             host.ipv4 = host.ipv4 or ipv4
             host.ipv6 = host.ipv6 or ipv6
+            host.links[n] = (ipv4, ipv6)
         # Static neighbours: the first IPv6 packet on a new veth is otherwise often lost
         # to neighbour discovery, and a test's first connect waits for a SYN retransmit.
         for (host, ifname, _last), (peer, peer_if, peer_last) in (ends, ends[::-1]):
@@ -198,6 +200,23 @@ class Lab:
             for address in (f"10.200.{n}.{peer_last}", f"fd00:200:{n}::{peer_last}"):
                 _ip("-n", host.netns, "neigh", "replace", address, "lladdr", mac, "dev", ifname,
                     "nud", "permanent")  # fmt: skip
+
+    def route_through(self, host: Host, gateway: Host) -> None:
+        """Make `gateway` a router (forwarding on) and send `host`'s traffic for every
+        network of the gateway's other links through it."""
+        shared = set(host.links) & set(gateway.links)
+        if not shared:
+            raise LabError(f"{host.name} and {gateway.name} share no link")
+        via4, via6 = gateway.links[min(shared)]
+        for conf in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            gateway.run(["sysctl", "-qw", conf])
+        for link, (v4, v6) in gateway.links.items():
+            if link in shared:
+                continue
+            network4 = v4.rsplit(".", 1)[0] + ".0/24"
+            network6 = v6.rsplit("::", 1)[0] + "::/64"
+            _ip("-n", host.netns, "route", "add", network4, "via", via4)
+            _ip("-n", host.netns, "-6", "route", "add", network6, "via", via6)
 
     def close(self) -> None:
         for host in self.hosts:

@@ -29,6 +29,7 @@ class Redirect:
     ports: tuple[PortRange, ...] = ()
     destinations: tuple[Network, ...] = ()
     uid: int | None = None
+    forwarded: bool = False  # connections routed through this host, not its own
 
     @property
     def family(self) -> int:
@@ -60,7 +61,7 @@ def _rule(redirect: Redirect) -> list[JSON]:
     if redirect.uid is not None:
         expr.append(_match({"meta": {"key": "skuid"}}, redirect.uid))
     expr.append({"counter": None})
-    if address.is_loopback:
+    if address.is_loopback or redirect.forwarded:
         expr.append({"redirect": {"port": port}})
     else:
         expr.append({"dnat": {"family": payload, "addr": str(address), "port": port}})
@@ -75,8 +76,15 @@ def render(redirects: list[Redirect], mark: int = PROXY_MARK) -> list[JSON]:
         {"add": {"rule": {**where, "chain": "out", "comment": "the proxy's own connections",
                           "expr": [_match({"meta": {"key": "mark"}}, mark), {"return": None}]}}},
     ]  # fmt: skip
+    if any(r.forwarded for r in redirects):
+        # A forwarded connection is redirected on arrival to the receiving interface's
+        # own address: the listener must accept there (0.0.0.0:PORT, [::]:PORT).
+        commands.append({"add": {"chain": {**where, "name": "pre", "type": "nat",
+                                           "hook": "prerouting", "prio": -100,
+                                           "policy": "accept"}}})  # fmt: skip
     for redirect in redirects:
-        commands.append({"add": {"rule": {**where, "chain": "out", "expr": _rule(redirect)}}})
+        chain = "pre" if redirect.forwarded else "out"
+        commands.append({"add": {"rule": {**where, "chain": chain, "expr": _rule(redirect)}}})
     return commands
 
 
