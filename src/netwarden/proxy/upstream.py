@@ -128,8 +128,14 @@ async def open_upstream(
     first = chain[0] if chain else None
     address = (first.host, first.port) if first else (host, port)
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(*address, type=socket.SOCK_STREAM)
-    family, _type, _proto, _name, sockaddr = infos[0]
+    try:  # an address needs no resolver round trip (the usual case: original destinations)
+        literal = ipaddress.ip_address(address[0])
+    except ValueError:
+        infos = await loop.getaddrinfo(*address, type=socket.SOCK_STREAM)
+        family, _type, _proto, _name, sockaddr = infos[0]
+    else:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        sockaddr = (str(literal), address[1])
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if mark and sys.platform == "linux":
