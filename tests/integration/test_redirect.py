@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,25 @@ def test_bad_redirect_arguments_change_nothing(pair: tuple[Host, Host]) -> None:
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("netwarden: --")
     assert client.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+def test_redirect_rules_in_the_policy_file(web: tuple[Host, Host], tmp_path: Path) -> None:
+    client, remote = web
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[[redirect]]\nname = "web-v4"\nport = 80\nto = "127.0.0.1:55555"\n\n'
+        '[[redirect]]\nname = "web-v6"\nport = 80\nto = "[::1]:55555"\n\n'
+        '[[rule]]\nname = "no-8080"\naction = "reject"\ndirection = "out"\nport = 8080\n'
+    )
+    client.run([PY, "-m", "netwarden", "policy", "apply", str(policy)])
+    v4 = _curl(client, f"http://{remote.ipv4}/")
+    assert "Hello from local server" in v4.stdout
+    assert f"X-Original-Destination: {remote.ipv4}:80" in v4.stdout
+    assert "Hello from local server" in _curl(client, f"http://[{remote.ipv6}]/").stdout
+    assert _curl(client, f"http://{remote.ipv4}:8080/").returncode != 0  # the filter still holds
+    shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
+    counts = {c["rule"]: c["packets"] for c in shown}
+    assert counts["web-v4"] == 1
+    assert counts["web-v6"] == 1
+    client.run([PY, "-m", "netwarden", "policy", "off"])
+    assert "SimpleHTTP" in _curl(client, f"http://{remote.ipv4}/").stdout

@@ -103,3 +103,67 @@ def test_log_rules_are_reported_and_do_not_decide() -> None:
 def test_flow_syntax_errors(text: str, message: str) -> None:
     with pytest.raises(FlowSyntaxError, match=message):
         parse_flow(text, ENV)
+
+
+REDIRECTING = parse(
+    """
+[settings]
+proxy_port = 15001
+
+[[redirect]]
+name = "web"
+port = 80
+to = "proxy"
+
+[[redirect]]
+name = "gateway"
+direction = "forward"
+port = 8080
+to = "10.0.0.1:3128"
+
+[[rule]]
+name = "no-proxy-for-alice"
+action = "reject"
+direction = "out"
+port = 15001
+user = "alice"
+""",
+    "r.toml",
+    ENV,
+)
+
+
+def test_redirect_comes_first_and_the_filter_sees_the_new_destination() -> None:
+    decision = decide(REDIRECTING, parse_flow("tcp out 10.0.0.5:1 -> 198.51.100.7:80", ENV))
+    assert decision.redirect is not None
+    assert decision.redirect.name == "web"
+    assert decision.action is Action.ALLOW
+    blocked = decide(REDIRECTING, parse_flow("tcp out 10.0.0.5:1 -> 198.51.100.7:80 user=alice",
+                                             ENV))  # fmt: skip
+    assert blocked.redirect is not None
+    assert blocked.rule is not None
+    assert blocked.rule.name == "no-proxy-for-alice"
+
+
+def test_redirects_take_only_new_tcp_out_or_forward_flows() -> None:
+    assert (
+        decide(REDIRECTING, parse_flow("udp out 10.0.0.5:1 -> 198.51.100.7:80", ENV)).redirect
+        is None
+    )
+    assert (
+        decide(REDIRECTING, parse_flow("tcp in 10.0.0.5:1 -> 198.51.100.7:80", ENV)).redirect
+        is None
+    )
+    forwarded = decide(REDIRECTING, parse_flow("tcp forward 10.0.0.5:1 -> 198.51.100.7:8080", ENV))
+    assert forwarded.redirect is not None
+    assert forwarded.redirect.name == "gateway"
+
+
+def test_redirect_problems() -> None:
+    from netwarden.policy.errors import PolicyError
+
+    with pytest.raises(PolicyError) as caught:
+        parse('[[redirect]]\nport = 80\nto = "nowhere"\ndirection = "in"\n', "r.toml", ENV)
+    problems = [str(p) for p in caught.value.problems]
+    assert any(p.startswith("r.toml:3: to:") for p in problems)
+    assert any(p.startswith("r.toml:4: a redirect's direction is out or forward") for p in problems)

@@ -56,7 +56,8 @@ def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     defaults = ", ".join(f"{d} {a}" for d, a in policy.defaults.items())
     typer.echo(
         f"{path}: valid: {len(policy.rules)} rules "
-        f"({', '.join(f'{n} {d}' for d, n in counts.items())}), {len(policy.sets)} sets; "
+        f"({', '.join(f'{n} {d}' for d, n in counts.items())}), "
+        f"{len(policy.redirects)} redirects, {len(policy.sets)} sets; "
         f"defaults: {defaults}"
     )
 
@@ -123,6 +124,10 @@ def test(
         _fail(f"--flow: {exc}")
         return
     decision = decide(policy, query)
+    if decision.redirect is not None:
+        rule = decision.redirect
+        typer.echo(f"redirect: rule {rule.name!r} ({path}:{rule.line}) sends it to "
+                   f"{rule.target}; then, for the redirected connection:")  # fmt: skip
     for rule in decision.logged:
         typer.echo(f"log: rule {rule.name!r} ({path}:{rule.line}) logs this flow")
     typer.echo(f"{decision.action}: {decision.reason}")

@@ -59,6 +59,8 @@ class CompiledPolicy:
     sets: dict[tuple[str, int], tuple[Network, ...]]  # (set name, family) -> networks
     chains: dict[Direction, tuple[CompiledRule, ...]]
     counters: tuple[str, ...]
+    redirects: dict[Direction, tuple[CompiledRule, ...]]  # out and forward
+    proxy_mark: int
 
 
 def _collapsed(networks: Iterable[Network]) -> tuple[Network, ...]:
@@ -109,7 +111,18 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
             compiled = _compile(rule, family, policy, sets)
             if compiled is not None:
                 chains[rule.direction].append(compiled)
-    counters = tuple(counter_name(r) for r in policy.rules) + tuple(
+    redirects: dict[Direction, list[CompiledRule]] = {Direction.OUT: [], Direction.FORWARD: []}
+    for rule in policy.redirects:
+        target = rule.target
+        for family in _families(rule, policy):
+            if target is not None and target.address is not None:
+                if family not in (None, target.address.version):
+                    continue
+                family = target.address.version  # a listener serves one address family
+            compiled = _compile(rule, family, policy, sets)
+            if compiled is not None:
+                redirects[rule.direction].append(compiled)
+    counters = tuple(counter_name(r) for r in (*policy.rules, *policy.redirects)) + tuple(
         default_counter(d) for d in Direction
     )
     return CompiledPolicy(
@@ -119,6 +132,8 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         sets=sets,
         chains={d: tuple(rules) for d, rules in chains.items()},
         counters=counters,
+        redirects={d: tuple(rules) for d, rules in redirects.items()},
+        proxy_mark=policy.settings.proxy_mark,
     )
 
 

@@ -36,9 +36,11 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from netwarden.model.flow import parse_host_port
 from netwarden.policy.environment import Environment
 from netwarden.policy.errors import PolicyError, Problem
 from netwarden.policy.lines import LineFinder
@@ -52,14 +54,19 @@ from netwarden.policy.model import (
     Policy,
     PortRange,
     Protocol,
+    RedirectTarget,
     Rule,
     Settings,
 )
 
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
-TOP_KEYS = {"settings", "defaults", "sets", "rule"}
-SETTINGS_KEYS = {"table", "priority"}
+TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
+SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark"}
+REDIRECT_KEYS = {
+    "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
+    "service",
+}  # fmt: skip
 SET_KEYS = {"addresses", "file"}
 RULE_KEYS = {
     "name",
@@ -155,11 +162,20 @@ class _Loader:
             rule = self._rule(index, raw, sets)
             if rule is not None:
                 rules.append(rule)
+        raw_redirects = document.get("redirect", [])
+        if not isinstance(raw_redirects, list):
+            self.problem(self.lines.key("", "redirect"), "redirects are written as [[redirect]]")
+            raw_redirects = []
+        redirects = []
+        for index, raw in enumerate(raw_redirects):
+            redirect = self._redirect(len(raw_rules) + index, index, raw, sets, settings)
+            if redirect is not None:
+                redirects.append(redirect)
         if self.problems:
             raise PolicyError(
                 sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
             )
-        return Policy(tuple(rules), defaults, sets, settings, self.filename)
+        return Policy(tuple(rules), defaults, sets, settings, self.filename, tuple(redirects))
 
     # -- sections ----------------------------------------------------------------
 
@@ -186,7 +202,23 @@ class _Loader:
                 "priority must be a whole number from -1000 to 1000",
             )
             priority = DEFAULT_SETTINGS.priority
-        return Settings(table, priority)
+        proxy_port = raw.get("proxy_port", DEFAULT_SETTINGS.proxy_port)
+        if (
+            not isinstance(proxy_port, int)
+            or isinstance(proxy_port, bool)
+            or not (1 <= proxy_port <= 65535)
+        ):
+            self.problem(at("proxy_port"), "proxy_port must be a port from 1 to 65535")
+            proxy_port = DEFAULT_SETTINGS.proxy_port
+        proxy_mark = raw.get("proxy_mark", DEFAULT_SETTINGS.proxy_mark)
+        if (
+            not isinstance(proxy_mark, int)
+            or isinstance(proxy_mark, bool)
+            or not (0 < proxy_mark < 2**32)
+        ):
+            self.problem(at("proxy_mark"), "proxy_mark must be a number from 1 to 2^32-1")
+            proxy_mark = DEFAULT_SETTINGS.proxy_mark
+        return Settings(table, priority, proxy_port, proxy_mark)
 
     def _defaults(self, raw: Any) -> dict[Direction, Action]:
         defaults = dict.fromkeys(Direction, Action.ALLOW)
@@ -236,10 +268,61 @@ class _Loader:
             sets[name] = AddressSet(name, tuple(networks))
         return sets
 
-    def _rule(self, index: int, raw: Any, sets: dict[str, AddressSet]) -> Rule | None:
-        header = self.lines.header("rule", index)
+    def _redirect(self, index: int, occurrence: int, raw: Any, sets: dict[str, AddressSet],
+                  settings: Settings) -> Rule | None:  # fmt: skip
+        """A [[redirect]] table: `to` is the target, `destination` the address match."""
+        header = self.lines.header("redirect", occurrence)
 
         def at(key: str) -> int:
+            original = {"to": "destination", "redirect_to": "to"}.get(key, key)
+            return self.lines.key("redirect", original, occurrence)
+
+        if not isinstance(raw, dict):
+            self.problem(header, "a redirect must be a table")
+            return None
+        before = len(self.problems)
+        self._unknown_keys(raw, REDIRECT_KEYS, "redirect", at)
+        target = self._target(raw.get("to"), at("redirect_to"), settings)
+        direction = raw.get("direction", "out")
+        if direction not in ("out", "forward"):
+            self.problem(at("direction"), "a redirect's direction is out or forward")
+        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS}
+        as_rule = {**known, "action": "redirect", "direction": direction, "protocol": "tcp",
+                   "to": raw.get("destination", [])}  # fmt: skip
+        as_rule.pop("destination", None)
+        rule = self._rule(index, as_rule, sets, block=("redirect", occurrence), where=at)
+        if rule is None or target is None or len(self.problems) > before:
+            return None
+        return replace(rule, target=target, line=header)
+
+    def _target(self, raw: Any, line: int, settings: Settings) -> RedirectTarget | None:
+        if raw == "proxy":
+            return RedirectTarget(settings.proxy_port)
+        if isinstance(raw, str):
+            try:
+                address, port = parse_host_port(raw)
+            except ValueError as exc:
+                self.problem(line, f"to: {exc}")
+                return None
+            if port is not None:
+                return RedirectTarget(port, address)
+        self.problem(line, 'a redirect needs to = "proxy" or to = "ADDRESS:PORT" (a listener)')
+        return None
+
+    def _rule(
+        self,
+        index: int,
+        raw: Any,
+        sets: dict[str, AddressSet],
+        block: tuple[str, int] | None = None,
+        where: Where | None = None,
+    ) -> Rule | None:
+        occurrence = index if block is None else block[1]
+        header = self.lines.header("rule" if block is None else block[0], occurrence)
+
+        def at(key: str) -> int:
+            if where is not None:
+                return where(key)
             return self.lines.key("rule", key, index)
 
         if not isinstance(raw, dict):
@@ -251,6 +334,8 @@ class _Loader:
         if not isinstance(name, str) or not NAME.match(name):
             self.problem(at("name"), "name must be letters, digits, _ . - (at most 64)")
         action = self._choice(raw, "action", Action, at, required=True)
+        if action is Action.REDIRECT and block is None:
+            self.problem(at("action"), "redirects are written as [[redirect]] tables")
         direction = self._choice(raw, "direction", Direction, at, required=True)
         protocol = self._choice(raw, "protocol", Protocol, at) or Protocol.ANY
         source = self._addresses(raw.get("from", []), at("from"), sets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netwarden.model.flow import IPAddress, parse_host_port
 from netwarden.policy.environment import Environment
@@ -34,9 +34,35 @@ class Decision:
     rule: Rule | None  # None: the default for the direction decided
     logged: tuple[Rule, ...]
     reason: str
+    redirect: Rule | None = None  # the redirect rule that sent the flow elsewhere first
+
+
+def redirect_for(policy: Policy, flow: FlowQuery) -> Rule | None:
+    """The first redirect rule that takes this flow (new TCP connections, out or forward)."""
+    if flow.protocol != "tcp" or flow.direction is Direction.IN:
+        return None
+    return next((r for r in policy.redirects if matches(r, flow, policy)), None)
 
 
 def decide(policy: Policy, flow: FlowQuery) -> Decision:
+    """What happens to a flow: a redirect (nat, before the filters) rewrites where it
+    goes, then the filter rules decide about the rewritten flow."""
+    redirect = redirect_for(policy, flow)
+    if redirect is not None and redirect.target is not None:
+        target = redirect.target
+        loopback = ipaddress.ip_address("::1" if flow.destination.version == 6 else "127.0.0.1")
+        flow = replace(
+            flow,
+            destination=target.address if target.address is not None else loopback,
+            destination_port=target.port,
+            direction=Direction.IN if flow.direction is Direction.FORWARD else flow.direction,
+        )
+        decision = _filter(policy, flow)
+        return replace(decision, redirect=redirect)
+    return _filter(policy, flow)
+
+
+def _filter(policy: Policy, flow: FlowQuery) -> Decision:
     logged: list[Rule] = []
     for rule in policy.rules:
         if not matches(rule, flow, policy):

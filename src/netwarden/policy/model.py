@@ -14,6 +14,7 @@ class Action(enum.StrEnum):
     BLOCK = "block"  # drop silently
     REJECT = "reject"  # refuse: TCP reset or ICMP unreachable
     LOG = "log"  # log and go on to the next rule
+    REDIRECT = "redirect"  # send the connection to a local listener ([[redirect]] only)
 
     @property
     def terminal(self) -> bool:
@@ -85,6 +86,21 @@ class CgroupMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class RedirectTarget:
+    """Where a redirect rule sends connections: netwarden's proxy, or ADDRESS:PORT."""
+
+    port: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # None: the proxy
+
+    def __str__(self) -> str:
+        if self.address is None:
+            return f"proxy (port {self.port})"
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     index: int
     name: str
@@ -100,12 +116,15 @@ class Rule:
     gid: int | None = None
     cgroup: CgroupMatch | None = None
     line: int = 0
+    target: RedirectTarget | None = None  # redirect rules only
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     table: str = "netwarden"
     priority: int = 0  # nft filter hook priority of netwarden's chains
+    proxy_port: int = 15001  # where `to = "proxy"` sends connections
+    proxy_mark: int = 0x4E500001  # sockets with this mark are never redirected
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +134,4 @@ class Policy:
     sets: dict[str, AddressSet]
     settings: Settings = field(default_factory=Settings)
     source: str = ""  # the file it came from
+    redirects: tuple[Rule, ...] = ()  # tried before the filters, for new TCP connections

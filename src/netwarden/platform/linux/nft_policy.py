@@ -65,6 +65,35 @@ def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
         for tail in tails:
             commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
                                               "expr": tail}}})  # fmt: skip
+    commands += _redirect_chains(policy, cgroup_prefix)
+    return commands
+
+
+NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
+              Direction.FORWARD: ("redirect_forward", "prerouting")}  # fmt: skip
+
+
+def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
+    """nat chains for redirect rules, only when the policy has any. The proxy's own
+    connections (its mark) are never redirected: the loop guard."""
+    where = {"family": FAMILY, "table": policy.table}
+    commands: list[JSON] = []
+    for direction, (chain, hook) in NAT_CHAINS.items():
+        rules = policy.redirects.get(direction, ())
+        if not rules:
+            continue
+        commands.append({"add": {"chain": {**where, "name": chain, "type": "nat", "hook": hook,
+                                           "prio": -100, "policy": "accept"}}})  # fmt: skip
+        if direction is Direction.OUT:
+            guard = [_match({"meta": {"key": "mark"}}, policy.proxy_mark), {"return": None}]
+            comment = "the proxy's own connections"
+            commands.append({"add": {"rule": {**where, "chain": chain, "expr": guard,
+                                              "comment": comment}}})  # fmt: skip
+        for compiled in rules:
+            commands.append({"add": {"rule": {
+                **where, "chain": chain, "comment": compiled.rule.name[:120],
+                "expr": _expressions(compiled, cgroup_prefix),
+            }}})  # fmt: skip
     return commands
 
 
@@ -171,6 +200,17 @@ def _verdict(compiled: CompiledRule) -> JSON:
             return {"reject": None}
         case Action.LOG:
             return {"log": {"prefix": f"netwarden {compiled.rule.name[:40]}: "}}
+        case Action.REDIRECT:
+            target = compiled.rule.target
+            assert target is not None
+            if (
+                target.address is None
+                or target.address.is_loopback
+                or (compiled.rule.direction is Direction.FORWARD)
+            ):
+                return {"redirect": {"port": target.port}}
+            family = "ip" if target.address.version == 4 else "ip6"
+            return {"dnat": {"family": family, "addr": str(target.address), "port": target.port}}
 
 
 def read_counters(table_listing: list[JSON]) -> dict[str, tuple[int, int]]:
