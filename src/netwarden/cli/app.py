@@ -338,6 +338,73 @@ def run(
     raise typer.Exit(code if code >= 0 else 128 - code)
 
 
+@app.command()
+def up(
+    policy: Annotated[Path, typer.Option(help="The policy file to enforce.")],
+    history_path: Annotated[
+        Path | None, typer.Option("--history", help="History database (closed flows).")
+    ] = None,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="Do not record history.")
+    ] = False,
+    retention_days: Annotated[
+        float, typer.Option(help="Keep closed flows this many days.", min=0)
+    ] = 30.0,
+) -> None:
+    """Run netwarden: enforce the policy, run the proxy its redirects name, and record
+    every connection in the history; until SIGTERM or `netwarden down`, which remove
+    everything it set up. A daemon that crashed is cleaned up by the next `up`.
+
+    Example:\n
+      netwarden up --policy /etc/netwarden/policy.toml
+    """
+    import json as json_module
+    import logging
+
+    from netwarden.cli.policy import _load
+    from netwarden.daemon.up import run as run_daemon
+    from netwarden.monitor.history import HistoryError, HistoryStore, default_path
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.select import is_privileged
+    from netwarden.proxy.transparent import FlowReport
+
+    logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
+    logging.getLogger("pydivert").setLevel(logging.WARNING)
+    loaded = _load(policy)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if sys.platform != "win32":
+        signal.signal(signal.SIGHUP, lambda *_: stop.set())
+    history = None
+    if not no_history:
+        try:
+            history = HistoryStore(history_path or default_path(is_privileged()), retention_days)
+        except HistoryError as exc:
+            fail(f"{exc} (use --history PATH or --no-history)")
+
+    def ready(summary: str) -> None:
+        typer.echo(f"netwarden: {summary}", err=True)
+
+    def flow(report: FlowReport) -> None:
+        sys.stdout.write(json_module.dumps({
+            "proxied": f"{report.client[0]}:{report.client[1]}",
+            "destination": f"{report.destination[0]}:{report.destination[1]}",
+            "bytes_up": report.stats.client_to_server,
+            "bytes_down": report.stats.server_to_client, "error": report.stats.error,
+        }) + "\n")  # fmt: skip
+        sys.stdout.flush()
+
+    try:
+        run_daemon(loaded, history, stop, ready, flow)
+    except PlatformError as exc:
+        fail(str(exc), 1)
+    finally:
+        if history is not None:
+            history.close()
+    typer.echo("netwarden: down, everything removed", err=True)
+
+
 def _register_subcommands() -> None:
     from netwarden.cli.policy import app as policy_app
     from netwarden.cli.proxy import proxy

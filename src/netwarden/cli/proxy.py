@@ -119,6 +119,7 @@ def proxy(
         _fail(f"--upstream {exc}")
         return
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
+    logging.getLogger("pydivert").setLevel(logging.WARNING)
 
     def transparent_flow(flow: FlowReport) -> None:
         _write({"kind": "transparent", "client": f"{flow.client[0]}:{flow.client[1]}",

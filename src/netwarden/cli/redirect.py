@@ -99,13 +99,35 @@ def redirect(
 
 
 def down() -> None:
-    """Remove the redirection that `netwarden redirect` set up, and nothing else."""
+    """Stop `netwarden up` running here and remove everything it and `netwarden redirect`
+    set up (a crashed daemon's leftovers too). A policy applied with `netwarden policy
+    apply` alone stays; `netwarden policy off` removes it."""
+    import os
+    import signal
+    import time
+
+    from netwarden.daemon import state
     from netwarden.platform.base import PlatformError
+    from netwarden.platform.linux import firewall
     from netwarden.platform.linux import redirect as backend
 
+    said = []
+    running = state.read()
     try:
-        removed = backend.remove()
+        if running is not None and state.alive(running.pid):
+            os.kill(running.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while state.alive(running.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            said.append(f"stopped netwarden up (pid {running.pid})")
+        if running is not None and state.read() is not None:  # it did not clean up
+            firewall.remove(running.table)
+            if running.monitor_table:
+                firewall.remove(running.monitor_table)
+            state.clear()
+            said.append(f"removed table inet {running.table} left by pid {running.pid}")
+        if backend.remove():
+            said.append("redirection removed")
     except PlatformError as exc:
         _fail(str(exc), 1)
-        return
-    typer.echo("redirection removed" if removed else "no redirection was set up")
+    typer.echo("; ".join(said) if said else "nothing was up")

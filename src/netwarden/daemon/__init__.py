@@ -1,0 +1,1 @@
+"""The composition root of `netwarden up`: policy, proxy, monitor and history together."""

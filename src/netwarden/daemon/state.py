@@ -1,0 +1,56 @@
+"""What a running daemon set up, written where `netwarden down` (or the next `up`
+after a crash) finds it: one file per network namespace, since each has its own rules."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RUN_DIR = Path("/run/netwarden")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonState:
+    pid: int
+    table: str
+    policy: str
+    monitor_table: str = ""
+
+
+def state_file() -> Path:
+    namespace = os.stat("/proc/thread-self/ns/net").st_ino
+    return RUN_DIR / f"up-net{namespace}.json"
+
+
+def read() -> DaemonState | None:
+    try:
+        data = json.loads(state_file().read_text())
+        return DaemonState(int(data["pid"]), str(data["table"]), str(data["policy"]),
+                           str(data.get("monitor_table", "")))  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write(state: DaemonState) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    path = state_file()
+    path.write_text(json.dumps(asdict(state)))
+
+
+def clear() -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_file().unlink()
+    with contextlib.suppress(OSError):  # other namespaces' daemons may still use it
+        RUN_DIR.rmdir()
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (an exited one waiting to be reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False

@@ -1,0 +1,105 @@
+"""`netwarden up` and `netwarden down`: everything set up, everything removed, also
+after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from netwarden.testing.netlab import Host
+from tests.integration.conftest import PY, start_server, traffic
+
+pytestmark = pytest.mark.root
+
+POLICY = """
+[settings]
+proxy_port = 15001
+
+[[redirect]]
+name = "through-proxy"
+port = 5000
+to = "proxy"
+
+[[rule]]
+name = "no-5001"
+action = "reject"
+direction = "out"
+port = 5001
+"""
+
+
+def _up(client: Host, policy: Path, history: Path) -> subprocess.Popen[str]:
+    daemon = client.popen([PY, "-m", "netwarden", "up", "--policy", str(policy),
+                           "--history", str(history)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert daemon.stderr is not None
+    said: list[str] = []
+    while not said or "netwarden: up:" not in said[-1]:
+        line = daemon.stderr.readline()
+        assert line, f"netwarden up exited: {said}"
+        said.append(line)
+    return daemon
+
+
+def _tables(host: Host) -> str:
+    return host.run(["nft", "list", "tables"]).stdout
+
+
+def test_up_enforces_proxies_and_records_then_down_removes_it_all(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    for port in (5000, 5001):
+        start_server(server, "tcp-server", "--port", str(port), "--send", "50000")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    daemon = _up(client, policy, tmp_path / "history.sqlite")
+    assert "netwarden" in _tables(client)
+
+    report = traffic(client, "tcp-client", "--host", server.ipv4, "--port", "5000",
+                     "--send", "20000", "--recv", "50000")  # fmt: skip
+    assert report["received"] == 50_000
+    assert daemon.stdout is not None
+    flow = json.loads(daemon.stdout.readline())  # the proxy relayed it
+    assert flow["destination"] == f"{server.ipv4}:5000"
+    assert (flow["bytes_up"], flow["bytes_down"]) == (20_000, 50_000)
+    refused = client.run([PY, "-m", "netwarden.testing.traffic", "probe", "--host",
+                          server.ipv4, "--port", "5001"])  # fmt: skip
+    assert json.loads(refused.stdout)["outcome"] == "refused"
+    again = client.run([PY, "-m", "netwarden", "up", "--policy", str(policy), "--no-history"],
+                       check=False)  # fmt: skip
+    assert again.returncode == 1
+    assert "already up here" in again.stderr
+
+    result = client.run([PY, "-m", "netwarden", "down"])
+    assert "stopped netwarden up" in result.stdout
+    assert daemon.wait(timeout=15) == 0
+    assert _tables(client).strip() == ""
+    history = client.run([PY, "-m", "netwarden", "history", "--db",
+                          str(tmp_path / "history.sqlite"), "--port", "5000", "--format",
+                          "json"])  # fmt: skip
+    assert any(f["remote_port"] == 5000 for f in json.loads(history.stdout))
+
+
+def test_a_crashed_daemon_is_cleaned_up(pair: tuple[Host, Host], tmp_path: Path) -> None:
+    client, _server = pair
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    crashed = _up(client, policy, tmp_path / "h.sqlite")
+    os.killpg(crashed.pid, signal.SIGKILL)
+    crashed.wait(timeout=10)
+    assert "netwarden" in _tables(client)  # left behind by the crash
+    second = _up(client, policy, tmp_path / "h.sqlite")  # takes over the stale state
+    assert _tables(client).count("table inet netwarden\n") == 1
+    second.terminate()
+    assert second.wait(timeout=15) == 0
+    assert _tables(client).strip() == ""
+    os.killpg(_up(client, policy, tmp_path / "h.sqlite").pid, signal.SIGKILL)
+    result = client.run([PY, "-m", "netwarden", "down"])
+    assert "removed table inet netwarden" in result.stdout
+    assert _tables(client).strip() == ""
