@@ -21,6 +21,7 @@ from netwarden.jsontext import dumps
 if TYPE_CHECKING:
     from netwarden.model import Flow
     from netwarden.monitor.filters import FlowFilter
+    from netwarden.monitor.history import HistoryStore
     from netwarden.platform.base import Sources
 
 app = typer.Typer(
@@ -36,6 +37,13 @@ app = typer.Typer(
 class OutputFormat(enum.StrEnum):
     table = "table"
     json = "json"
+
+
+HistoryPath = Annotated[
+    Path | None, typer.Option("--history", help="History database (closed flows).")
+]
+NoHistory = Annotated[bool, typer.Option("--no-history", help="Do not record history.")]
+RetentionDays = Annotated[float, typer.Option(help="Keep closed flows this many days.", min=0)]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -95,15 +103,9 @@ def monitor(
             "--filter", help="Only matching flows, e.g. 'proc:curl port:443 state:listen'."
         ),
     ] = "",
-    history_path: Annotated[
-        Path | None, typer.Option("--history", help="History database (closed flows).")
-    ] = None,
-    no_history: Annotated[
-        bool, typer.Option("--no-history", help="Do not record history.")
-    ] = False,
-    retention_days: Annotated[
-        float, typer.Option(help="Keep closed flows this many days.", min=0)
-    ] = 30.0,
+    history_path: HistoryPath = None,
+    no_history: NoHistory = False,
+    retention_days: RetentionDays = 30.0,
 ) -> None:
     """Show every TCP and UDP connection with its process, bytes and rates.
 
@@ -166,6 +168,18 @@ def _monitor_once(netns: str | None, output: OutputFormat, flow_filter: FlowFilt
             sys.stdout.write(table(flows) + "\n")
 
 
+def _open_history(path: Path | None, disabled: bool, retention_days: float) -> HistoryStore | None:
+    from netwarden.monitor.history import HistoryError, HistoryStore, default_path
+    from netwarden.platform.select import is_privileged
+
+    if disabled:
+        return None
+    try:
+        return HistoryStore(path or default_path(is_privileged()), retention_days)
+    except HistoryError as exc:
+        fail(f"{exc} (use --history PATH or --no-history)")
+
+
 def _flow_order(flow: Flow) -> tuple[str, str, int, str, int]:
     key = flow.key
     return (key.transport, key.local.address, key.local.port, key.remote.address,
@@ -183,20 +197,13 @@ def _monitor_live(
     retention_days: float,
 ) -> None:
     from netwarden.model import FlowEvent
-    from netwarden.monitor.history import HistoryError, HistoryStore, default_path
     from netwarden.monitor.service import Monitor
     from netwarden.platform.select import is_privileged
 
     stop = threading.Event()
     with ExitStack() as stack:
-        history = None
-        if not no_history:
-            try:
-                history = HistoryStore(
-                    history_path or default_path(is_privileged()), retention_days
-                )
-            except HistoryError as exc:
-                fail(f"{exc} (use --history PATH or --no-history)")
+        history = _open_history(history_path, no_history, retention_days)
+        if history is not None:
             stack.callback(history.close)
         sources = _open_sources(stack, netns, events=True)
         mon = Monitor(sources, history=history, interval=interval, is_root=is_privileged())
@@ -341,15 +348,9 @@ def run(
 @app.command()
 def up(
     policy: Annotated[Path, typer.Option(help="The policy file to enforce.")],
-    history_path: Annotated[
-        Path | None, typer.Option("--history", help="History database (closed flows).")
-    ] = None,
-    no_history: Annotated[
-        bool, typer.Option("--no-history", help="Do not record history.")
-    ] = False,
-    retention_days: Annotated[
-        float, typer.Option(help="Keep closed flows this many days.", min=0)
-    ] = 30.0,
+    history_path: HistoryPath = None,
+    no_history: NoHistory = False,
+    retention_days: RetentionDays = 30.0,
 ) -> None:
     """Run netwarden: enforce the policy, run the proxy its redirects name, and record
     every connection in the history; until SIGTERM or `netwarden down`, which remove
@@ -363,9 +364,7 @@ def up(
 
     from netwarden.cli.policy import _load
     from netwarden.daemon.up import run as run_daemon
-    from netwarden.monitor.history import HistoryError, HistoryStore, default_path
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import is_privileged
     from netwarden.proxy.transparent import FlowReport
 
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
@@ -376,12 +375,7 @@ def up(
         signal.signal(signum, lambda *_: stop.set())
     if sys.platform != "win32":
         signal.signal(signal.SIGHUP, lambda *_: stop.set())
-    history = None
-    if not no_history:
-        try:
-            history = HistoryStore(history_path or default_path(is_privileged()), retention_days)
-        except HistoryError as exc:
-            fail(f"{exc} (use --history PATH or --no-history)")
+    history = _open_history(history_path, no_history, retention_days)
 
     def ready(summary: str) -> None:
         typer.echo(f"netwarden: {summary}", err=True)
