@@ -34,3 +34,16 @@ def test_table_left_by_a_killed_monitor_is_replaced_then_removed(
     tables = _tables(client)
     assert "netwarden_monitor" not in tables
     assert "distro_firewall" in tables
+
+
+def test_two_monitors_in_one_namespace_keep_their_own_tables(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, _server = pair
+    first = MonitorProcess(client.netns, tmp_path / "a.sqlite")
+    second = MonitorProcess(client.netns, tmp_path / "b.sqlite")
+    assert _tables(client).count("netwarden_monitor") == 2
+    assert first.stop() == 0
+    assert _tables(client).count("netwarden_monitor") == 1  # the second still tracks
+    assert second.stop() == 0
+    assert "netwarden_monitor" not in _tables(client)

@@ -9,6 +9,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from netwarden.platform.linux.procfs import pid_alive
+
 RUN_DIR = Path("/run/netwarden")
 
 
@@ -48,9 +50,4 @@ def clear() -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether the process runs (an exited one waiting to be reaped does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    return pid_alive(pid)

@@ -95,9 +95,13 @@ def run(
     import os
 
     claim(policy)
-    from netwarden.platform.linux.backend import MONITOR_TABLE
+    from netwarden.platform.linux.backend import monitor_table_name
 
-    state.write(state.DaemonState(os.getpid(), policy.settings.table, policy.source, MONITOR_TABLE))
+    state.write(
+        state.DaemonState(
+            os.getpid(), policy.settings.table, policy.source, monitor_table_name(os.getpid())
+        )
+    )
     proxy: ProxyThread | None = None
     try:
         if needs_proxy(policy):

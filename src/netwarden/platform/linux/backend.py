@@ -28,7 +28,11 @@ from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTab
 
 log = logging.getLogger(__name__)
 
-MONITOR_TABLE = "netwarden_monitor"
+MONITOR_TABLE = "netwarden_monitor"  # + "_PID": one table per monitor process
+
+
+def monitor_table_name(pid: int) -> str:
+    return f"{MONITOR_TABLE}_{pid}"
 
 
 @dataclass
@@ -77,7 +81,7 @@ class LinuxBackend:
     def open_sources(self, netns: str | None, *, events: bool) -> Iterator[LinuxSources]:
         missing: list[str] = []
         is_root = os.geteuid() == 0
-        activation = ConntrackActivation(self.monitor_table)
+        activation = ConntrackActivation(self.monitor_table, os.getpid())
         with netns_api.entered(netns):
             sources = LinuxSources(
                 sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or ""

@@ -17,6 +17,7 @@ from typing import Any
 from netwarden.model import Endpoint, Transport
 from netwarden.platform.base import ConntrackEventType, ConntrackRecord
 from netwarden.platform.linux import netlink, nftables
+from netwarden.platform.linux.procfs import pid_alive
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -265,12 +266,27 @@ class ConntrackActivation:
     follow the caller's namespace).
     """
 
-    def __init__(self, table: str) -> None:
-        self.table = table
+    def __init__(self, prefix: str, pid: int) -> None:
+        # One table per monitor process: two monitors in one namespace must not remove
+        # each other's; tables of processes that died are removed by the next one.
+        self.prefix = prefix
+        self.table = f"{prefix}_{pid}"
         self._old_acct: str | None = None
         self.created_table = False
 
+    def _siblings(self) -> list[tuple[str, int]]:
+        found = []
+        for item in nftables.list_json("tables"):
+            name = str(item.get("table", {}).get("name", ""))
+            suffix = name.removeprefix(self.prefix + "_")
+            if suffix != name and suffix.isdigit():
+                found.append((name, int(suffix)))
+        return found
+
     def enable(self) -> None:
+        for name, pid in self._siblings():
+            if not pid_alive(pid):
+                nftables.delete_table("inet", name)
         nftables.replace_table("inet", self.table, tracking_table(self.table))
         self.created_table = True
         current = ACCT_SYSCTL.read_text().strip()
@@ -282,6 +298,6 @@ class ConntrackActivation:
         if self.created_table:
             nftables.delete_table("inet", self.table)
             self.created_table = False
-        if self._old_acct is not None:
+        if self._old_acct is not None and not self._siblings():  # the last one restores it
             ACCT_SYSCTL.write_text(self._old_acct + "\n")
             self._old_acct = None

@@ -112,6 +112,15 @@ def _cgroup_of(pid: int) -> str:
     return ""
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (an exited one waiting to be reaped does not)."""
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
 def start_time(pid: int) -> int | None:
     """Clock ticks since boot at which pid started: tells a reused pid apart."""
     try:
