@@ -190,3 +190,45 @@ def test_chain_of_two_local_proxies_through_an_upstream_hop(
         assert outer["bytes_up"] == inner["bytes_up"] == 300_000
         assert outer["bytes_down"] == inner["bytes_down"] == 1_000_000
         assert inner["destination"].endswith(":5000")
+
+
+def test_two_chained_redirecting_proxies_then_an_upstream_socks5_hop(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """client -> scanner proxy -> DLP proxy -> SOCKS5 hop -> server, each redirection
+    keyed on the mark of the proxy before it, so nothing loops."""
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5000", "--send", "400000")
+    hop = client.popen([*NOBODY, PY, "-m", "netwarden", "proxy", "--socks5", "127.0.0.1:1080"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert hop.stderr is not None
+    assert "proxy listening" in hop.stderr.readline()
+    scanner = client.popen([PY, "-m", "netwarden", "proxy", "--listen", "127.0.0.1:15001",
+                            "--mark", "0x4e500002"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    dlp = client.popen([PY, "-m", "netwarden", "proxy", "--listen", "127.0.0.1:15002",
+                        "--upstream", "socks5://127.0.0.1:1080"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    for proxy in (scanner, dlp):
+        assert proxy.stderr is not None
+        assert "proxy listening" in proxy.stderr.readline()
+    policy = tmp_path / "chain.toml"
+    policy.write_text(
+        '[[redirect]]\nname = "to-scanner"\nport = 5000\nmark = 0\nuser = "root"\n'
+        'to = "127.0.0.1:15001"\n\n'
+        '[[redirect]]\nname = "scanner-to-dlp"\nport = 5000\nmark = 0x4e500002\n'
+        'to = "127.0.0.1:15002"\n'
+    )
+    client.run([PY, "-m", "netwarden", "policy", "apply", str(policy)])
+    report = traffic(client, "tcp-client", "--host", server.ipv4, "--port", "5000",
+                     "--send", "100000", "--recv", "400000")  # fmt: skip
+    assert report["received"] == 400_000
+    for proxy in (scanner, dlp, hop):
+        assert proxy.stdout is not None
+        flow = json.loads(proxy.stdout.readline())
+        assert flow["destination"] == f"{server.ipv4}:5000", flow
+        assert (flow["bytes_up"], flow["bytes_down"], flow["error"]) == (100_000, 400_000, "")
+    shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
+    counts = {c["rule"]: c["packets"] for c in shown}
+    assert counts["to-scanner"] == 1
+    assert counts["scanner-to-dlp"] == 1

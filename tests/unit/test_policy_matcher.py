@@ -167,3 +167,22 @@ def test_redirect_problems() -> None:
     problems = [str(p) for p in caught.value.problems]
     assert any(p.startswith("r.toml:3: to:") for p in problems)
     assert any(p.startswith("r.toml:4: a redirect's direction is out or forward") for p in problems)
+
+
+def test_marks_chain_redirects_and_the_proxy_mark_is_never_redirected() -> None:
+    chain = parse(
+        '[[redirect]]\nname = "first"\nport = 80\nmark = 0\nto = "127.0.0.1:15001"\n\n'
+        '[[redirect]]\nname = "second"\nport = 80\nmark = 0x4e500002\nto = "127.0.0.1:15002"\n',
+        "c.toml",
+        ENV,
+    )
+    flow = "tcp out 10.0.0.5:1 -> 198.51.100.7:80"
+
+    def taken_by(extra: str) -> str | None:
+        rule = decide(chain, parse_flow(f"{flow} {extra}".strip(), ENV)).redirect
+        return None if rule is None else rule.name
+
+    assert taken_by("") == "first"
+    assert taken_by("mark=0x4e500002") == "second"
+    assert taken_by("mark=0x4e500001") is None  # the proxy mark: the loop guard
+    assert taken_by("mark=7") is None

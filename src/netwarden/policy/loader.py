@@ -65,7 +65,7 @@ TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
 SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark"}
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
-    "service",
+    "service", "mark",
 }  # fmt: skip
 SET_KEYS = {"addresses", "file"}
 RULE_KEYS = {
@@ -286,14 +286,19 @@ class _Loader:
         direction = raw.get("direction", "out")
         if direction not in ("out", "forward"):
             self.problem(at("direction"), "a redirect's direction is out or forward")
-        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS}
+        mark = raw.get("mark")
+        if mark is not None and (
+            not isinstance(mark, int) or isinstance(mark, bool) or not 0 <= mark < 2**32
+        ):
+            self.problem(at("mark"), "mark must be a number from 0 to 2^32-1 (0: unmarked)")
+        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS and k != "mark"}
         as_rule = {**known, "action": "redirect", "direction": direction, "protocol": "tcp",
                    "to": raw.get("destination", [])}  # fmt: skip
         as_rule.pop("destination", None)
         rule = self._rule(index, as_rule, sets, block=("redirect", occurrence), where=at)
         if rule is None or target is None or len(self.problems) > before:
             return None
-        return replace(rule, target=target, line=header)
+        return replace(rule, target=target, line=header, mark=mark)
 
     def _target(self, raw: Any, line: int, settings: Settings) -> RedirectTarget | None:
         if raw == "proxy":

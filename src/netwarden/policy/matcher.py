@@ -26,6 +26,7 @@ class FlowQuery:
     uid: int | None = None
     gid: int | None = None
     cgroup: str = ""  # the sending socket's cgroup path under the cgroup v2 root
+    mark: int = 0  # the sending socket's mark (a proxy's upstream connections carry one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ def redirect_for(policy: Policy, flow: FlowQuery) -> Rule | None:
     """The first redirect rule that takes this flow (new TCP connections, out or forward)."""
     if flow.protocol != "tcp" or flow.direction is Direction.IN:
         return None
+    if flow.mark == policy.settings.proxy_mark and flow.direction is Direction.OUT:
+        return None  # the loop guard: the proxy's own connections are never redirected
     return next((r for r in policy.redirects if matches(r, flow, policy)), None)
 
 
@@ -99,6 +102,8 @@ def matches(rule: Rule, flow: FlowQuery, policy: Policy) -> bool:
         return False
     if rule.gid is not None and rule.gid != flow.gid:
         return False
+    if rule.mark is not None and rule.mark != flow.mark:
+        return False
     if rule.cgroup is not None:
         path = rule.cgroup.path.strip("/")
         cgroup = flow.cgroup.strip("/")
@@ -148,7 +153,9 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
     fields: dict[str, str] = {}
     for word in extra:
         key, sep, value = word.partition("=")
-        if not sep or key not in ("uid", "gid", "user", "group", "scope", "service", "iface"):
+        if not sep or key not in (
+            "uid", "gid", "user", "group", "scope", "service", "iface", "mark"
+        ):  # fmt: skip
             raise FlowSyntaxError(f"unknown flow detail {word!r}: use uid=, gid=, user=, "
                                   "group=, scope=, service=, iface=")  # fmt: skip
         fields[key] = value
@@ -162,8 +169,12 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
         if found is None:
             raise FlowSyntaxError(f"service {fields['service']!r} has no cgroup here")
         cgroup = found
+    try:
+        mark = int(fields.get("mark", "0"), 0)
+    except ValueError:
+        raise FlowSyntaxError("mark must be a number, e.g. mark=0x4e500001") from None
     return FlowQuery(protocol, direction, source, destination, source_port, destination_port,
-                     fields.get("iface", ""), uid, gid, cgroup)  # fmt: skip
+                     fields.get("iface", ""), uid, gid, cgroup, mark)  # fmt: skip
 
 
 def _endpoint(text: str, protocol: str) -> tuple[IPAddress, int | None]:

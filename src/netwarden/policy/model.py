@@ -117,6 +117,7 @@ class Rule:
     cgroup: CgroupMatch | None = None
     line: int = 0
     target: RedirectTarget | None = None  # redirect rules only
+    mark: int | None = None  # redirect rules only: the socket mark a connection must carry
 
 
 @dataclass(frozen=True, slots=True)

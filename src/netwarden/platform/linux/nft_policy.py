@@ -177,6 +177,8 @@ def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
         expr.append(_match({"meta": {"key": "skuid"}}, compiled.uid))
     if compiled.gid is not None:
         expr.append(_match({"meta": {"key": "skgid"}}, compiled.gid))
+    if compiled.rule.mark is not None:
+        expr.append(_match({"meta": {"key": "mark"}}, compiled.rule.mark))
     if compiled.cgroup is not None and compiled.cgroup.scope:
         expr.append(_match({"meta": {"key": "mark"}}, scope_mark(compiled.cgroup.scope)))
     elif compiled.cgroup is not None:
