@@ -64,3 +64,32 @@ def test_forwarded_connections_redirected_into_the_gateways_proxy(
         assert address in flow["destination"]  # the original destination, read on the gateway
         assert client.links[1][0 if ":" not in address else 1] in flow["client"]
         assert (flow["bytes_up"], flow["bytes_down"]) == (100_000, 200_000)
+
+
+def test_tproxy_hands_forwarded_connections_over_unchanged(
+    routed: tuple[Host, Host, Host], tmp_path: Path
+) -> None:
+    client, gateway, server = routed
+    target4, target6 = server.links[2]
+    proxy = gateway.popen([PY, "-m", "netwarden", "proxy", "--tproxy", "--listen",
+                           "0.0.0.0:15001", "--listen", "[::]:15001"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    policy = tmp_path / "tproxy.toml"
+    policy.write_text('[[redirect]]\nname = "tproxy-5000"\ndirection = "forward"\n'
+                      'method = "tproxy"\nport = 5000\nto = "proxy"\n')  # fmt: skip
+    gateway.run([PY, "-m", "netwarden", "policy", "apply", str(policy)])
+    assert "lookup 3100" in gateway.run(["ip", "rule"]).stdout
+    assert proxy.stdout is not None
+    for address, source in ((target4, client.links[1][0]), (target6, client.links[1][1])):
+        report = traffic(client, "tcp-client", "--host", address, "--port", "5000",
+                         "--send", "30000", "--recv", "200000")  # fmt: skip
+        assert report["received"] == 200_000
+        flow = json.loads(proxy.stdout.readline())
+        assert address in flow["destination"]  # getsockname of the transparent socket
+        assert source in flow["client"]
+        assert (flow["bytes_up"], flow["bytes_down"]) == (30_000, 200_000)
+    gateway.run([PY, "-m", "netwarden", "policy", "off"])
+    assert "lookup 3100" not in gateway.run(["ip", "rule"]).stdout
+    assert "lookup 3100" not in gateway.run(["ip", "-6", "rule"]).stdout

@@ -74,6 +74,10 @@ def proxy(
             "http://HOST:PORT; repeat for a chain, in order."
         ),
     ] = None,
+    tproxy: Annotated[
+        bool,
+        typer.Option("--tproxy", help="Transparent listeners for TPROXY redirects (root)."),
+    ] = False,
     fast_path: Annotated[
         bool,
         typer.Option(help="Transparent flows move through splice(2), not through Python."),
@@ -146,6 +150,7 @@ def proxy(
             relay = TransparentProxy(
                 mark_value,
                 fast_path=fast_path,
+                tproxy=tproxy,
                 chain=chain,
                 idle_timeout=idle_timeout,
                 on_flow=transparent_flow,

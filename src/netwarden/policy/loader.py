@@ -65,7 +65,7 @@ TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
 SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark"}
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
-    "service", "mark",
+    "service", "mark", "method",
 }  # fmt: skip
 SET_KEYS = {"addresses", "file"}
 RULE_KEYS = {
@@ -291,7 +291,14 @@ class _Loader:
             not isinstance(mark, int) or isinstance(mark, bool) or not 0 <= mark < 2**32
         ):
             self.problem(at("mark"), "mark must be a number from 0 to 2^32-1 (0: unmarked)")
-        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS and k != "mark"}
+        method = raw.get("method", "nat")
+        if method not in ("nat", "tproxy"):
+            self.problem(at("method"), 'method is "nat" (the default) or "tproxy"')
+        elif method == "tproxy" and direction != "forward":
+            self.problem(at("method"), 'tproxy takes forwarded connections (direction = "forward")')
+        elif method == "tproxy" and target is not None:
+            target = replace(target, tproxy=True)
+        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS and k not in ("mark", "method")}
         as_rule = {**known, "action": "redirect", "direction": direction, "protocol": "tcp",
                    "to": raw.get("destination", [])}  # fmt: skip
         as_rule.pop("destination", None)

@@ -91,6 +91,7 @@ class RedirectTarget:
 
     port: int
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # None: the proxy
+    tproxy: bool = False  # forwarded connections handed over by TPROXY, not by NAT
 
     def __str__(self) -> str:
         if self.address is None:

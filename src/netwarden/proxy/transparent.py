@@ -37,11 +37,19 @@ class FlowReport:
     stats: RelayStats
 
 
-def _listener(host: str, port: int) -> socket.socket:
+IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
+
+
+def _listener(host: str, port: int, tproxy: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if tproxy:  # accept connections addressed to other hosts (TPROXY); needs root
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -59,6 +67,7 @@ class TransparentProxy:
         mark: int,
         *,
         fast_path: bool = True,
+        tproxy: bool = False,
         chain: tuple[Hop, ...] = (),
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
@@ -67,6 +76,7 @@ class TransparentProxy:
         self.mark = mark
         self.fast_path = fast_path and sys.platform == "linux"
         self.chain = chain
+        self.tproxy = tproxy
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.on_flow = on_flow
@@ -84,7 +94,7 @@ class TransparentProxy:
         sockets: list[socket.socket] = []
         try:
             for host, port in listeners:
-                sockets.append(_listener(host, port))
+                sockets.append(_listener(host, port, self.tproxy))
             if ready is not None:
                 ready()
             await asyncio.gather(*(self._accept_loop(sock) for sock in sockets))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from netwarden.platform.base import PlatformError
-from netwarden.platform.linux import nftables
+from netwarden.platform.linux import nftables, tproxy
 from netwarden.platform.linux.nft_policy import FAMILY, read_counters, render
 from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.policy.compiler import compile_policy
@@ -99,9 +99,14 @@ def apply(policy: Policy) -> int:
     if any(rule.cgroup is not None and not rule.cgroup.scope for rule in policy.rules):
         _check_cgroup_support()
     body = render(compiled, cgroup_prefix())
+    uses_tproxy = any(r.target is not None and r.target.tproxy for r in policy.redirects)
     try:
         nftables.replace_table(FAMILY, compiled.table, body)
-    except nftables.NftError as exc:
+        if uses_tproxy:
+            tproxy.setup_routing()
+        else:
+            tproxy.teardown_routing()
+    except (nftables.NftError, RuntimeError) as exc:
         raise PlatformError(str(exc)) from exc
     return sum(1 for command in body if "rule" in command.get("add", {}))
 
@@ -131,4 +136,5 @@ def remove(table: str) -> bool:
         removed = nftables.delete_table(FAMILY, table)
     except nftables.NftError as exc:
         raise PlatformError(str(exc)) from exc
+    tproxy.teardown_routing()
     return removed

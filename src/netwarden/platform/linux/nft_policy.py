@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from netwarden.platform.linux.scopes import scope_mark
+from netwarden.platform.linux.tproxy import TPROXY_MARK
 from netwarden.policy.compiler import AddressMatch, CompiledPolicy, CompiledRule, default_counter
 from netwarden.policy.model import Action, Direction, Network
 
@@ -79,7 +80,7 @@ def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
     where = {"family": FAMILY, "table": policy.table}
     commands: list[JSON] = []
     for direction, (chain, hook) in NAT_CHAINS.items():
-        rules = policy.redirects.get(direction, ())
+        rules = [r for r in policy.redirects.get(direction, ()) if not _is_tproxy(r)]
         if not rules:
             continue
         commands.append({"add": {"chain": {**where, "name": chain, "type": "nat", "hook": hook,
@@ -94,6 +95,41 @@ def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
                 **where, "chain": chain, "comment": compiled.rule.name[:120],
                 "expr": _expressions(compiled, cgroup_prefix),
             }}})  # fmt: skip
+    return commands + _tproxy_chain(policy, cgroup_prefix)
+
+
+def _is_tproxy(compiled: CompiledRule) -> bool:
+    return compiled.rule.target is not None and compiled.rule.target.tproxy
+
+
+def _tproxy_chain(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
+    """A mangle-priority prerouting chain: packets of connections a transparent listener
+    already owns, and new ones a tproxy rule chooses, are marked for local delivery."""
+    rules = [r for r in policy.redirects.get(Direction.FORWARD, ()) if _is_tproxy(r)]
+    if not rules:
+        return []
+    where = {"family": FAMILY, "table": policy.table, "chain": "tproxy"}
+    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": TPROXY_MARK}}
+    commands: list[JSON] = [
+        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": "tproxy",
+                           "type": "filter", "hook": "prerouting", "prio": -150,
+                           "policy": "accept"}}},
+        {"add": {"rule": {**where, "comment": "connections already handed over", "expr": [
+            TCP_ONLY, _match({"socket": {"key": "transparent"}}, 1), mark, {"accept": None},
+        ]}}},
+    ]  # fmt: skip
+    for compiled in rules:
+        target = compiled.rule.target
+        assert target is not None
+        families = [compiled.family] if compiled.family else [4, 6]
+        for family in families:
+            expr = _expressions(replace(compiled, family=family), cgroup_prefix)[:-1]
+            if compiled.family is None:
+                expr.insert(0, _match({"meta": {"key": "nfproto"}},
+                                      "ipv4" if family == 4 else "ipv6"))  # fmt: skip
+            expr += [mark, {"tproxy": {"family": L4[family], "port": target.port}}]
+            commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
+                                              "expr": expr}}})  # fmt: skip
     return commands
 
 
