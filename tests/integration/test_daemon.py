@@ -103,3 +103,32 @@ def test_a_crashed_daemon_is_cleaned_up(pair: tuple[Host, Host], tmp_path: Path)
     result = client.run([PY, "-m", "netwarden", "down"])
     assert "removed table inet netwarden" in result.stdout
     assert _tables(client).strip() == ""
+
+
+def test_up_runs_the_user_mode_listeners_under_its_policy(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    for port in (8080, 8081):
+        web = server.popen([PY, "-u", "-m", "http.server", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        assert web.stdout is not None
+        assert "Serving HTTP" in web.stdout.readline()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[settings]\nsocks5 = ["127.0.0.1:1080"]\nhttp_proxy = "127.0.0.1:3128"\n\n'
+                      '[[rule]]\nname = "no-8081"\naction = "block"\ndirection = "out"\n'
+                      "port = 8081\n")  # fmt: skip
+    daemon = _up(client, policy, tmp_path / "h.sqlite")
+
+    def status(proxy: str, port: int) -> str:
+        result = client.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                             "--max-time", "5", "--proxy", proxy,
+                             f"http://{server.ipv4}:{port}/"], check=False)  # fmt: skip
+        return result.stdout
+
+    assert status("socks5h://127.0.0.1:1080", 8080) == "200"
+    assert status("socks5h://127.0.0.1:1080", 8081) == "000"  # refused by the ruleset
+    assert status("http://127.0.0.1:3128", 8080) == "200"
+    assert status("http://127.0.0.1:3128", 8081) == "403"
+    client.run([PY, "-m", "netwarden", "down"])
+    assert daemon.wait(timeout=15) == 0

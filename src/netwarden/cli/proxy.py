@@ -176,27 +176,9 @@ def proxy(
 
 
 def _policy_gate(path: Path) -> Any:
-    """A gate that refuses what the policy blocks or rejects for this user's outgoing
-    TCP connections (the source address is not known before connecting)."""
-    import ipaddress
-
     from netwarden.cli.policy import _load
-    from netwarden.policy.matcher import FlowQuery, decide
-    from netwarden.policy.model import Action, Direction
+    from netwarden.proxy.gate import policy_gate
 
-    loaded = _load(path)
-    uid: int | None = None
-    gid: int | None = None
-    if sys.platform != "win32":
-        uid, gid = os.getuid(), os.getgid()
-
-    def gate(address: str, port: int) -> str | None:
-        destination = ipaddress.ip_address(address)
-        source = ipaddress.ip_address("::" if destination.version == 6 else "0.0.0.0")
-        decision = decide(loaded, FlowQuery("tcp", Direction.OUT, source, destination,
-                                            None, port, uid=uid, gid=gid))  # fmt: skip
-        if decision.action in (Action.BLOCK, Action.REJECT):
-            return f"refused by the policy: {decision.reason}"
-        return None
-
-    return gate
+    if sys.platform == "win32":
+        return policy_gate(_load(path))
+    return policy_gate(_load(path), os.getuid(), os.getgid())

@@ -18,7 +18,9 @@ from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import firewall
 from netwarden.platform.select import current, is_privileged
 from netwarden.policy.model import Policy
+from netwarden.proxy.gate import policy_gate
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
+from netwarden.proxy.userspace import UserModeProxy
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,8 @@ class ProxyThread:
             raise PlatformError(f"the proxy could not listen: {self.error}")
 
     def _run(self) -> None:
-        port = self.policy.settings.proxy_port
-        proxy = TransparentProxy(self.policy.settings.proxy_mark, on_flow=self.on_flow)
         self._loop = asyncio.new_event_loop()
-        self._task = self._loop.create_task(
-            proxy.serve([("127.0.0.1", port), ("::1", port)], self._ready.set)
-        )
+        self._task = self._loop.create_task(self._serve())
         try:
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
@@ -60,14 +58,45 @@ class ProxyThread:
             self._ready.set()
             self._loop.close()
 
+    async def _serve(self) -> None:
+        settings = self.policy.settings
+        servers = []
+        if settings.socks5 or settings.http_proxy:
+            user_mode = UserModeProxy(policy_gate(self.policy))
+            servers = await user_mode.start(list(settings.socks5), list(settings.http_proxy))
+        try:
+            if not needs_transparent(self.policy):
+                self._ready.set()
+                await asyncio.gather(*(s.serve_forever() for s in servers))
+                return
+            port = settings.proxy_port
+            proxy = TransparentProxy(settings.proxy_mark, on_flow=self.on_flow,
+                                     tproxy=uses_tproxy(self.policy))  # fmt: skip
+            listeners = ([("0.0.0.0", port), ("::", port)] if uses_tproxy(self.policy)
+                         else [("127.0.0.1", port), ("::1", port)])  # fmt: skip
+            await asyncio.gather(proxy.serve(listeners, self._ready.set),
+                                 *(s.serve_forever() for s in servers))  # fmt: skip
+        finally:
+            for server in servers:
+                server.close()
+
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop already ended
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(10)
 
 
-def needs_proxy(policy: Policy) -> bool:
+def needs_transparent(policy: Policy) -> bool:
     return any(r.target is not None and r.target.address is None for r in policy.redirects)
+
+
+def uses_tproxy(policy: Policy) -> bool:
+    return any(r.target is not None and r.target.tproxy for r in policy.redirects)
+
+
+def needs_proxy(policy: Policy) -> bool:
+    settings = policy.settings
+    return needs_transparent(policy) or bool(settings.socks5 or settings.http_proxy)
 
 
 def claim(policy: Policy) -> None:
@@ -114,8 +143,12 @@ def run(
                 f"up: {len(policy.rules)} rules, {len(policy.redirects)} redirects "
                 f"({rules} kernel rules) in table inet {policy.settings.table}"
             )
-            if proxy is not None:
+            if proxy is not None and needs_transparent(policy):
                 summary += f"; proxy on port {policy.settings.proxy_port}"
+            for kind, listeners in (("SOCKS5", policy.settings.socks5),
+                                    ("HTTP proxy", policy.settings.http_proxy)):  # fmt: skip
+                if listeners:
+                    summary += f"; {kind} on " + ", ".join(f"{h}:{p}" for h, p in listeners)
             on_ready(summary)
 
             def discard(_events: list[FlowEvent]) -> None:

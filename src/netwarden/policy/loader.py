@@ -62,7 +62,7 @@ from netwarden.policy.model import (
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
 TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
-SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark"}
+SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark", "socks5", "http_proxy"}
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
     "service", "mark", "method",
@@ -218,7 +218,29 @@ class _Loader:
         ):
             self.problem(at("proxy_mark"), "proxy_mark must be a number from 1 to 2^32-1")
             proxy_mark = DEFAULT_SETTINGS.proxy_mark
-        return Settings(table, priority, proxy_port, proxy_mark)
+        listeners = {key: self._endpoints(raw.get(key, []), at(key)) for key in
+                     ("socks5", "http_proxy")}  # fmt: skip
+        return Settings(table, priority, proxy_port, proxy_mark, listeners["socks5"],
+                        listeners["http_proxy"])  # fmt: skip
+
+    def _endpoints(self, raw: Any, line: int) -> tuple[tuple[str, int], ...]:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(line, 'listeners are a list of "ADDRESS:PORT"')
+            return ()
+        found = []
+        for item in raw:
+            try:
+                address, port = parse_host_port(str(item))
+            except ValueError as exc:
+                self.problem(line, str(exc))
+                continue
+            if port is None:
+                self.problem(line, f"{item!r} needs a port")
+                continue
+            found.append((str(address), port))
+        return tuple(found)
 
     def _defaults(self, raw: Any) -> dict[Direction, Action]:
         defaults = dict.fromkeys(Direction, Action.ALLOW)

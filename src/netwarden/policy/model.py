@@ -127,6 +127,8 @@ class Settings:
     priority: int = 0  # nft filter hook priority of netwarden's chains
     proxy_port: int = 15001  # where `to = "proxy"` sends connections
     proxy_mark: int = 0x4E500001  # sockets with this mark are never redirected
+    socks5: tuple[tuple[str, int], ...] = ()  # `netwarden up` runs SOCKS5 listeners here
+    http_proxy: tuple[tuple[str, int], ...] = ()  # ... and HTTP proxy listeners here
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from netwarden.proxy import http_proxy, socks5
+from netwarden.proxy.gate import Gate
 from netwarden.proxy.relay import RelayStats, relay
 
 log = logging.getLogger(__name__)
 
-# (address, port) -> None when allowed, else the reason it is not
-Gate = Callable[[str, int], str | None]
+
 HEAD_TIMEOUT = 30.0
 Accepted = Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[object, object, None]]
