@@ -1,5 +1,6 @@
-"""`netwarden up`: apply the policy, run netwarden's proxy when redirects name it, and
-feed the monitor's history, until SIGTERM; then remove everything it set up."""
+"""`netwarden up`: apply the policy, run netwarden's proxies (the transparent one its
+redirects name, the SOCKS5/HTTP listeners its settings name) and feed the monitor's
+history, until SIGTERM; then remove everything it set up."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class AlreadyRunning(PlatformError):
 
 @dataclass
 class ProxyThread:
-    """netwarden's transparent proxy on its own event loop, in a thread."""
+    """netwarden's proxies (transparent and user-mode) on their own event loop, in a
+    thread, beside the monitor in the main thread."""
 
     policy: Policy
     on_flow: Callable[[FlowReport], None]
