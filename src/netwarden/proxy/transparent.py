@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from netwarden.platform.select import original_destination
 from netwarden.proxy.relay import RelayStats, relay
@@ -61,6 +62,17 @@ def _listener(host: str, port: int, tproxy: bool = False) -> socket.socket:
     return sock
 
 
+def _quiet_cancelled_accept(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A connection arriving while an accept is being cancelled (at shutdown) makes
+    asyncio complain that the cancelled future cannot take it; nothing is lost."""
+    handle = str(context.get("handle", ""))
+    if isinstance(context.get("exception"), asyncio.InvalidStateError) and "_sock_accept" in (
+        handle
+    ):
+        return
+    loop.default_exception_handler(context)
+
+
 class TransparentProxy:
     def __init__(
         self,
@@ -91,6 +103,7 @@ class TransparentProxy:
         self, listeners: list[tuple[str, int]], ready: Callable[[], None] | None = None
     ) -> None:
         """Listen on every address, call ready(), then serve until cancelled."""
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancelled_accept)
         sockets: list[socket.socket] = []
         try:
             for host, port in listeners:
