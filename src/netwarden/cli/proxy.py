@@ -3,11 +3,7 @@ SOCKS5 and HTTP proxy listeners that need no root."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,6 +89,11 @@ def proxy(
       netwarden proxy --socks5 127.0.0.1:1080 --http 127.0.0.1:3128 --policy policy.toml\n
       curl --socks5-hostname 127.0.0.1:1080 http://example.test/
     """
+    import asyncio
+    import contextlib
+    import logging
+    import signal
+
     from netwarden.proxy.transparent import FlowReport, TransparentProxy
     from netwarden.proxy.userspace import ProxiedFlow, UserModeProxy
 
