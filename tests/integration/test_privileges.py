@@ -45,3 +45,18 @@ def test_watch_as_unprivileged_user_runs_and_stops() -> None:
     assert "netwarden: watching this host" in result.stderr
     assert "flow events unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["policy", "show"], ["policy", "off"], ["down"], ["up", "--policy", "/dev/null"],
+     ["redirect", "--dport", "80", "--to", "127.0.0.1:1"]],
+)  # fmt: skip
+def test_root_only_commands_say_so_without_a_traceback(args: list[str]) -> None:
+    result = subprocess.run(
+        [*NOBODY, sys.executable, "-m", "netwarden", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "root" in result.stderr
+    assert "Traceback" not in result.stderr

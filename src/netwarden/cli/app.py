@@ -369,6 +369,10 @@ def up(
 
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
     logging.getLogger("pydivert").setLevel(logging.WARNING)
+    from netwarden.platform.select import is_privileged
+
+    if not is_privileged():
+        fail("netwarden up needs root: it changes nftables and routing", 1)
     loaded = _load(policy)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

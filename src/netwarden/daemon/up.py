@@ -125,6 +125,8 @@ def run(
 ) -> None:
     import os
 
+    if not is_privileged():
+        raise PlatformError("netwarden up needs root: it changes nftables and routing")
     claim(policy)
     from netwarden.platform.linux.backend import monitor_table_name
 

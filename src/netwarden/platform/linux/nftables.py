@@ -9,11 +9,12 @@ import subprocess
 from typing import Any
 
 from netwarden.jsontext import dumps
+from netwarden.platform.base import PlatformError
 
 NFT_TIMEOUT = 30.0
 
 
-class NftError(RuntimeError):
+class NftError(PlatformError):
     pass
 
 
@@ -37,7 +38,10 @@ def _nft(args: list[str], commands: list[dict[str, Any]] | None = None) -> tuple
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     if result.returncode != 0:
-        return False, result.stderr.strip() or result.stdout.strip() or "refused"
+        message = result.stderr.strip() or result.stdout.strip() or "refused"
+        if "Operation not permitted" in message:
+            return False, "changing or reading nftables needs root (CAP_NET_ADMIN)"
+        return False, message
     return True, result.stdout
 
 
