@@ -13,6 +13,7 @@ import pytest
 
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY, start_server, traffic
+from tests.integration.monitor_process import within
 
 pytestmark = pytest.mark.root
 
@@ -83,7 +84,15 @@ def test_up_enforces_proxies_and_records_then_down_removes_it_all(
     history = client.run([PY, "-m", "netwarden", "history", "--db",
                           str(tmp_path / "history.sqlite"), "--port", "5000", "--format",
                           "json"])  # fmt: skip
-    assert any(f["remote_port"] == 5000 for f in json.loads(history.stdout))
+    # The application's own socket keeps the original destination under NAT: the
+    # history shows the connection with the application's process and its bytes.
+    flows = json.loads(history.stdout)
+    mine = [f for f in flows if f["remote_port"] == 5000 and f["process"]
+            and f["process"]["pid"] == report["pid"]]  # fmt: skip
+    assert len(mine) == 1, mine
+    assert mine[0]["remote_address"] == server.ipv4
+    assert within(mine[0]["bytes_sent"], 20_000)
+    assert within(mine[0]["bytes_received"], 50_000)
 
 
 def test_a_crashed_daemon_is_cleaned_up(pair: tuple[Host, Host], tmp_path: Path) -> None:
