@@ -139,14 +139,12 @@ def test_remote_dns_and_policy_in_user_mode(
     user_mode: tuple[Host, Host, subprocess.Popen[str]],
 ) -> None:
     client, remote, proxy = user_mode
-    client.popen([PY, "-u", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    local = client.popen([PY, "-u", "-m", "http.server", "8081", "--bind", "127.0.0.1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert local.stdout is not None
+    assert "Serving HTTP" in local.stdout.readline()
     socks = "socks5h://ann:secret@127.0.0.1:1080"
-    for _ in range(50):  # the local server starts in the background
-        named = _curl(client, "--proxy", socks, "http://localhost:8081/")
-        if named.returncode == 0:
-            break
-        time.sleep(0.1)
+    named = _curl(client, "--proxy", socks, "http://localhost:8081/")
     assert "Directory listing" in named.stdout  # "localhost" was resolved by the proxy
     blocked = _curl(client, "--proxy", socks, f"http://{remote.ipv4}:5000/")
     assert blocked.returncode != 0

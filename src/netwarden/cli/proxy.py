@@ -13,8 +13,6 @@ import typer
 from netwarden.jsontext import dumps
 from netwarden.model.flow import parse_host_port
 
-Endpoints = Annotated[list[str] | None, typer.Option()]
-
 
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"netwarden: {message}", err=True)

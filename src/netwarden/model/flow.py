@@ -56,19 +56,6 @@ class Endpoint(NamedTuple):
     address: str
     port: int
 
-    @classmethod
-    def of(cls, address: str, port: int) -> Endpoint:
-        ip = ipaddress.ip_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} is outside 0-65535")
-        return cls(str(ip), port)
-
-    @property
-    def is_unspecified(self) -> bool:
-        return self.port == 0 and ipaddress.ip_address(self.address).is_unspecified
-
     @property
     def version(self) -> int:
         return 6 if ":" in self.address else 4

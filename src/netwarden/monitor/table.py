@@ -46,7 +46,6 @@ class _State:
     last_seen: float
     process: ProcessInfo | None = None
     attribution: Attribution = NOT_YET_SEEN
-    inode: int = 0
     uid: int | None = None
     cgroup: str = ""
     bytes_sent: int = 0
@@ -99,7 +98,6 @@ class FlowTable:
         self._flows: dict[FlowKey, _State] = {}
         self._stamps = StampBook()
         self._udp_ports: dict[int, list[SocketRecord]] = {}
-        self._udp_pids: dict[int, int] = {}
         self._events: list[FlowEvent] = []
         # Flows changed by events since the last tick, and flows waiting to close:
         # a tick between snapshots looks at these only.
@@ -275,8 +273,6 @@ class FlowTable:
             if found != (state.process, state.attribution):
                 state.process, state.attribution = found
                 state.dirty = True
-        if record.inode:
-            state.inode = record.inode
         state.uid = record.uid
         if record.cgroup_id and not state.cgroup:
             state.cgroup = self._resolver.cgroup_path(record.cgroup_id)

@@ -7,7 +7,6 @@ into flows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -167,5 +166,3 @@ class Backend(Protocol):
     ) -> AbstractContextManager[Sources]: ...
 
     def capabilities(self) -> list[Capability]: ...
-
-    def netns_names(self) -> Iterator[str]: ...

@@ -97,7 +97,6 @@ class TransparentProxy:
         # before the handshake): one arriving back at a listener means the redirection
         # loops, and it is refused instead of spinning (the hop guard).
         self._own_ports: set[tuple[bool, int]] = set()  # (IPv6?, port)
-        self.loops = 0
 
     async def serve(
         self, listeners: list[tuple[str, int]], ready: Callable[[], None] | None = None
@@ -149,7 +148,6 @@ class TransparentProxy:
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         client = (_unmapped(str(peer[0])), int(peer[1]))
         if (":" in client[0], client[1]) in self._own_ports:
-            self.loops += 1
             log.error(
                 "redirection loop: this proxy's own connection came back to it; give its "
                 "upstream connections the mark the redirect rules skip (--mark)"

@@ -26,13 +26,14 @@ class FakeResolver:
     processes: dict[int, ProcessInfo] = field(default_factory=dict)
     cgroups: dict[int, str] = field(default_factory=dict)
     denied: int = 0
-    scans: int = 0
+    asked: list[set[int]] = field(default_factory=list)  # inodes each lookup named
 
     def owner_of(self, inode: int) -> int | None:
         return self.owners_of({inode}).get(inode)
 
     def owners_of(self, inodes: set[int]) -> dict[int, int]:
-        self.scans += 1
+        if inodes:
+            self.asked.append(set(inodes))
         return {i: self.owners[i] for i in inodes if i in self.owners}
 
     def info(self, pid: int) -> ProcessInfo | None:

@@ -23,7 +23,7 @@ from netwarden.platform.linux.conntrack import (
     ConntrackDump,
     ConntrackEventStream,
 )
-from netwarden.platform.linux.procfs import ProcResolver, read_process_fast
+from netwarden.platform.linux.procfs import ProcResolver, read_process
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class LinuxBackend:
             from netwarden.platform.divert_flows import DivertFlowStamps
 
             accept = _pid_in_namespace(netns_api.inode_of(netns))
-            return DivertFlowStamps(read_process_fast, accept)
+            return DivertFlowStamps(read_process, accept)
         except (ImportError, OSError, NotImplementedError, RuntimeError) as exc:
             missing.append(
                 f"flow events unavailable ({exc}): processes that exit within a second "
@@ -143,6 +143,3 @@ class LinuxBackend:
         from netwarden.platform.linux.doctor import probe_all
 
         return probe_all()
-
-    def netns_names(self) -> Iterator[str]:
-        return netns_api.list_names()

@@ -40,11 +40,6 @@ def netns_path(name: str) -> Path:
     return path
 
 
-def list_names() -> Iterator[str]:
-    if NETNS_RUN_DIR.is_dir():
-        yield from sorted(p.name for p in NETNS_RUN_DIR.iterdir())
-
-
 @contextmanager
 def entered(name: str | None) -> Iterator[None]:
     """Run the body with this thread in namespace NAME (None: stay where we are)."""

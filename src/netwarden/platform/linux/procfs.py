@@ -68,7 +68,7 @@ def unit_of(cgroup: str) -> str:
     return ""
 
 
-def read_process_fast(pid: int) -> ProcessInfo | None:
+def read_process(pid: int) -> ProcessInfo | None:
     """As few syscalls as possible, most perishable first: for a process that may
     exit within a millisecond of its flow event (exe and cmdline vanish at exit,
     the name stays readable while the process is a zombie)."""
@@ -168,7 +168,7 @@ class ProcResolver:
         if cached is not None and cached[0] == started and started is not None:
             self._infos[pid] = (started, cached[1], now)
             return cached[1]
-        info = read_process_fast(pid)
+        info = read_process(pid)
         self._infos[pid] = (started, info, now)
         if len(self._infos) > 65536:
             self._infos.clear()

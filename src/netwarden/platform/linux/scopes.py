@@ -25,7 +25,6 @@ from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.policy.environment import SCOPE_PARENT
 
 SCOPE_MARK_BASE = 0x4E570000  # "NW" in the upper half; the lower half names the scope
-SCOPE_MARK_MASK = 0xFFFF0000
 BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
 BPF_PROG_TYPE_CGROUP_SOCK = 9
