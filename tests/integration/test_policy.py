@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from netwarden.platform.linux import netns, nftables
+from netwarden.policy.compiler import HASHED_SET_MIN
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY, start_server
 
@@ -298,3 +299,25 @@ scope = "nwtest-browser"
     assert probe(client, server.ipv4, 5001, prefix=runner) == "connected"
     assert counters(client)["browser-no-5002"]["packets"] == 2
     assert not list(Path("/sys/fs/cgroup").glob("**/nwtest-browser")), "scope cgroup left"
+
+
+def test_large_sets_match_by_every_prefix_length(
+    servers: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = servers
+    subnet_v4 = server.ipv4.rsplit(".", 1)[0] + ".0/24"
+    lines = [f"198.{i >> 8}.{i & 255}.0/24" for i in range(HASHED_SET_MIN)]
+    lines += [f"2001:db8:{i:x}::/48" for i in range(HASHED_SET_MIN)]
+    lines += ["192.0.2.0/28", subnet_v4, f"{server.ipv6}/128"]
+    write(tmp_path, "\n".join(lines), "big.txt")
+    policy = write(tmp_path, '[sets.big]\nfile = "big.txt"\n\n[[rule]]\nname = "big"\n'
+                             'action = "reject"\ndirection = "out"\nprotocol = "tcp"\n'
+                             'to = ["@big"]\nport = 5001\n')  # fmt: skip
+    netwarden(client, "policy", "apply", str(policy))
+    listing = client.run(["nft", "-j", "list", "sets", "table", "inet", "netwarden"]).stdout
+    names = {item["set"]["name"] for item in json.loads(listing)["nftables"] if "set" in item}
+    assert names == {"big_v4_24", "big_v4_28", "big_v6_48", "big_v6_128"}
+    for address in (server.ipv4, server.ipv6):
+        assert probe(client, address, 5001) == "refused"
+        assert probe(client, address, 5002) == "connected"
+    assert counters(client)["big"]["packets"] == 2

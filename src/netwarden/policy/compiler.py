@@ -5,33 +5,38 @@ A backend (nftables on Linux) renders these one to one; golden tests pin the res
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from netwarden.policy.model import (
     Action,
     Addresses,
     CgroupMatch,
     Direction,
-    Network,
     Policy,
     PortRange,
     Protocol,
     Rule,
 )
+from netwarden.policy.prefixes import Network, PrefixTable
 
 FAMILIES: tuple[int, ...] = (4, 6)
-_N = TypeVar("_N", ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+HASHED_SET_MIN = 4096  # sets this large are matched by one hash lookup per prefix length
 
 
 @dataclass(frozen=True, slots=True)
 class AddressMatch:
-    """Either a named set (per family) or networks written inline."""
+    """Either a named set (per family) or networks written inline.
+
+    A large set is looked up per prefix length (`lengths`): hash sets load many times
+    faster into the kernel than interval trees and match in constant time.
+    """
 
     set_name: str = ""
     networks: tuple[Network, ...] = ()
+    lengths: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,38 +61,11 @@ class CompiledPolicy:
     table: str
     priority: int
     defaults: dict[Direction, Action]
-    sets: dict[tuple[str, int], tuple[Network, ...]]  # (set name, family) -> networks
+    sets: dict[tuple[str, int], PrefixTable]  # (set name, family) -> disjoint networks
     chains: dict[Direction, tuple[CompiledRule, ...]]
     counters: tuple[str, ...]
     redirects: dict[Direction, tuple[CompiledRule, ...]]  # out and forward
     proxy_mark: int
-
-
-def _collapsed(networks: Iterable[Network]) -> tuple[Network, ...]:
-    """Overlapping and adjacent networks merged: the kernel refuses overlapping
-    intervals in one set. Lists without overlaps (the usual blocklist) are only sorted,
-    which is much cheaper than merging."""
-    v4: list[ipaddress.IPv4Network] = []
-    v6: list[ipaddress.IPv6Network] = []
-    for network in networks:
-        if isinstance(network, ipaddress.IPv4Network):
-            v4.append(network)
-        else:
-            v6.append(network)
-    return (*_merged(v4), *_merged(v6))
-
-
-def _merged(networks: list[_N]) -> list[_N]:
-    bounds = sorted(
-        (start := int(n.network_address), start | ((1 << (n.max_prefixlen - n.prefixlen)) - 1), n)
-        for n in networks
-    )
-    last_end = -1
-    for start, end, _network in bounds:
-        if start <= last_end:
-            return list(ipaddress.collapse_addresses(networks))
-        last_end = end
-    return [network for _start, _end, network in bounds]
 
 
 def counter_name(rule: Rule) -> str:
@@ -99,10 +77,10 @@ def default_counter(direction: Direction) -> str:
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
-    sets: dict[tuple[str, int], tuple[Network, ...]] = {}
+    sets: dict[tuple[str, int], PrefixTable] = {}
     for name, address_set in policy.sets.items():
         for version in FAMILIES:
-            networks = _collapsed(address_set.of_version(version))
+            networks = address_set.of_version(version).without_covered()
             if networks:
                 sets[(name, version)] = networks
     chains: dict[Direction, list[CompiledRule]] = {d: [] for d in Direction}
@@ -143,7 +121,7 @@ def _side_families(addresses: Addresses, policy: Policy) -> set[int] | None:
         return None
     families: set[int] = {n.version for n in addresses.networks}
     for name in addresses.sets:
-        families.update(n.version for n in policy.sets[name].networks)
+        families.update(v for v in FAMILIES if policy.sets[name].of_version(v))
     return families
 
 
@@ -160,26 +138,31 @@ def _families(rule: Rule, policy: Policy) -> Sequence[int | None]:
 
 def _address_match(
     addresses: Addresses, family: int | None, rule: Rule, side: str,
-    sets: dict[tuple[str, int], tuple[Network, ...]],
+    sets: dict[tuple[str, int], PrefixTable],
 ) -> AddressMatch | None:  # fmt: skip
     if addresses.any or family is None:
         return None
-    inline = _collapsed(n for n in addresses.networks if n.version == family)
+    inline = tuple(sorted(PrefixTable.of(family, addresses.networks).without_covered().networks()))
     named = [name for name in addresses.sets if (name, family) in sets]
-    if not inline and len(named) == 1:
-        return AddressMatch(set_name=named[0])
     if not named:
         return AddressMatch(networks=inline)
-    # Inline networks and sets together: one set of their union, made for this rule.
-    union = _collapsed(inline + tuple(n for name in named for n in sets[(name, family)]))
-    own = f"rule_{rule.index:04d}_{side}"
-    sets[(own, family)] = union
-    return AddressMatch(set_name=own)
+    if inline or len(named) > 1:  # one set of their union, made for this rule
+        union = PrefixTable.of(family, inline)
+        for name in named:
+            union.update(sets[(name, family)])
+        named = [f"rule_{rule.index:04d}_{side}"]
+        sets[(named[0], family)] = union.without_covered()
+    return AddressMatch(set_name=named[0], lengths=hashed_lengths(sets[(named[0], family)]))
+
+
+def hashed_lengths(table: PrefixTable) -> tuple[int, ...]:
+    """The prefix lengths a large set is looked up by; () for a small (interval) set."""
+    return tuple(sorted(table.by_length)) if len(table) >= HASHED_SET_MIN else ()
 
 
 def _compile(
     rule: Rule, family: int | None, policy: Policy,
-    sets: dict[tuple[str, int], tuple[Network, ...]],
+    sets: dict[tuple[str, int], PrefixTable],
 ) -> CompiledRule | None:  # fmt: skip
     if rule.protocol is Protocol.ANY:
         has_ports = bool(rule.source_ports or rule.destination_ports)

@@ -118,7 +118,7 @@ def _in_addresses(address: ipaddress.IPv4Address | ipaddress.IPv6Address, spec: 
         return True
     if any(address in network for network in spec.networks):
         return True
-    return any(address in network for name in spec.sets for network in policy.sets[name].networks)
+    return any(address in policy.sets[name] for name in spec.sets)
 
 
 def _in_ports(port: int | None, ranges: tuple[PortRange, ...]) -> bool:

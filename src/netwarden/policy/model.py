@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from netwarden.policy.prefixes import Network, PrefixTable
 
 
 class Action(enum.StrEnum):
@@ -51,10 +52,22 @@ class AddressSet:
     """A named set of networks, from the policy file or a file of its own."""
 
     name: str
-    networks: tuple[Network, ...]
+    v4: PrefixTable
+    v6: PrefixTable
 
-    def of_version(self, version: int) -> tuple[Network, ...]:
-        return tuple(n for n in self.networks if n.version == version)
+    @classmethod
+    def of(cls, name: str, networks: Iterable[Network]) -> AddressSet:
+        networks = list(networks)
+        return cls(name, PrefixTable.of(4, networks), PrefixTable.of(6, networks))
+
+    def of_version(self, version: int) -> PrefixTable:
+        return self.v4 if version == 4 else self.v6
+
+    def __contains__(self, address: object) -> bool:
+        return address in self.v4 or address in self.v6
+
+    def __len__(self) -> int:
+        return len(self.v4) + len(self.v6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,8 +276,7 @@ class ConntrackActivation:
 
     def _siblings(self) -> list[tuple[str, int]]:
         found = []
-        for item in nftables.list_json("tables"):
-            name = str(item.get("table", {}).get("name", ""))
+        for _family, name in nftables.list_tables():
             suffix = name.removeprefix(self.prefix + "_")
             if suffix != name and suffix.isdigit():
                 found.append((name, int(suffix)))

@@ -6,13 +6,21 @@ names checked by the loader); nothing is ever pasted into nft command text.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
 from netwarden.platform.linux.scopes import scope_mark
 from netwarden.platform.linux.tproxy import TPROXY_MARK
-from netwarden.policy.compiler import AddressMatch, CompiledPolicy, CompiledRule, default_counter
-from netwarden.policy.model import Action, Direction, Network
+from netwarden.policy.compiler import (
+    AddressMatch,
+    CompiledPolicy,
+    CompiledRule,
+    default_counter,
+    hashed_lengths,
+)
+from netwarden.policy.model import Action, Direction
+from netwarden.policy.prefixes import BITS, Network, PrefixTable, address_text, mask
 
 FAMILY = "inet"
 CHAINS = {Direction.OUT: ("out", "output"), Direction.IN: ("in", "input"),
@@ -31,15 +39,8 @@ def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
     commands: list[JSON] = []
     for name in policy.counters:
         commands.append({"add": {"counter": {**where, "name": name}}})
-    for (name, family), networks in sorted(policy.sets.items()):
-        set_name = _set_name(name, family)
-        commands.append({"add": {"set": {
-            **where, "name": set_name, "type": "ipv4_addr" if family == 4 else "ipv6_addr",
-            "flags": ["interval"], "auto-merge": True,
-        }}})  # fmt: skip
-        commands.append({"add": {"element": {
-            **where, "name": set_name, "elem": [_network(n) for n in networks],
-        }}})  # fmt: skip
+    for (name, family), table in sorted(policy.sets.items()):
+        commands += _set_commands(where, name, family, table)
     for direction, (chain, hook) in CHAINS.items():
         default = policy.defaults[direction]
         commands.append({"add": {"chain": {
@@ -91,10 +92,10 @@ def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
             commands.append({"add": {"rule": {**where, "chain": chain, "expr": guard,
                                               "comment": comment}}})  # fmt: skip
         for compiled in rules:
-            commands.append({"add": {"rule": {
-                **where, "chain": chain, "comment": compiled.rule.name[:120],
-                "expr": _expressions(compiled, cgroup_prefix),
-            }}})  # fmt: skip
+            for expr in _expressions(compiled, cgroup_prefix):
+                commands.append({"add": {"rule": {
+                    **where, "chain": chain, "comment": compiled.rule.name[:120], "expr": expr,
+                }}})  # fmt: skip
     return commands + _tproxy_chain(policy, cgroup_prefix)
 
 
@@ -123,13 +124,14 @@ def _tproxy_chain(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
         assert target is not None
         families = [compiled.family] if compiled.family else [4, 6]
         for family in families:
-            expr = _expressions(replace(compiled, family=family), cgroup_prefix)[:-1]
-            if compiled.family is None:
-                expr.insert(0, _match({"meta": {"key": "nfproto"}},
-                                      "ipv4" if family == 4 else "ipv6"))  # fmt: skip
-            expr += [mark, {"tproxy": {"family": L4[family], "port": target.port}}]
-            commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
-                                              "expr": expr}}})  # fmt: skip
+            for expr in _expressions(replace(compiled, family=family), cgroup_prefix):
+                expr = expr[:-1]
+                if compiled.family is None:
+                    expr.insert(0, _match({"meta": {"key": "nfproto"}},
+                                          "ipv4" if family == 4 else "ipv6"))  # fmt: skip
+                expr += [mark, {"tproxy": {"family": L4[family], "port": target.port}}]
+                commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
+                                                  "expr": expr}}})  # fmt: skip
     return commands
 
 
@@ -141,15 +143,49 @@ def _variants(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]:
     """The kernel rules for one compiled rule. A reject that can meet TCP answers it
     with a reset (what a refused connection looks like) and everything else with ICMP
     unreachable: two rules sharing one counter."""
-    expr = _expressions(compiled, cgroup_prefix)
+    expressions = _expressions(compiled, cgroup_prefix)
     can_meet_tcp = not compiled.protocols or "tcp" in compiled.protocols
     if compiled.action is not Action.REJECT or compiled.protocols == ("tcp",) or not can_meet_tcp:
-        return [expr]
-    return [_expressions(replace(compiled, protocols=("tcp",)), cgroup_prefix), expr]
+        return expressions
+    return [*_expressions(replace(compiled, protocols=("tcp",)), cgroup_prefix), *expressions]
 
 
-def _set_name(name: str, family: int) -> str:
-    return f"{name}_v{family}"
+def _set_name(name: str, family: int, length: int | None = None) -> str:
+    return f"{name}_v{family}" if length is None else f"{name}_v{family}_{length}"
+
+
+def _set_commands(where: JSON, name: str, family: int, table: PrefixTable) -> list[JSON]:
+    """A small set is one interval set; a large one a hash set per prefix length."""
+    kind = "ipv4_addr" if family == 4 else "ipv6_addr"
+    lengths = hashed_lengths(table)
+    if not lengths:
+        elements = [_interval(family, first, last) for first, last in table.intervals()]
+        return [
+            {"add": {"set": {**where, "name": _set_name(name, family), "type": kind,
+                             "flags": ["interval"]}}},
+            {"add": {"element": {**where, "name": _set_name(name, family), "elem": elements}}},
+        ]  # fmt: skip
+    commands: list[JSON] = []
+    for length in lengths:
+        networks = table.by_length[length]
+        set_name = _set_name(name, family, length)
+        size = 1 << max(len(networks) - 1, 1).bit_length()  # a hash table that never grows
+        commands.append({"add": {"set": {**where, "name": set_name, "type": kind,
+                                         "size": size}}})  # fmt: skip
+        elements = [address_text(family, network) for network in sorted(networks)]
+        commands.append({"add": {"element": {**where, "name": set_name, "elem": elements}}})
+    return commands
+
+
+def _interval(family: int, first: int, last: int) -> JSON | str:
+    bits = BITS[family]
+    span = last - first + 1
+    if span & (span - 1) == 0 and first % span == 0:  # exactly one network
+        length = bits - (span.bit_length() - 1)
+        if length == bits:
+            return address_text(family, first)
+        return {"prefix": {"addr": address_text(family, first), "len": length}}
+    return {"range": [address_text(family, first), address_text(family, last)]}
 
 
 def _network(network: Network) -> JSON | str:
@@ -162,13 +198,22 @@ def _match(left: JSON, right: Any) -> JSON:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def _addresses(match: AddressMatch, family: int, field: str) -> JSON:
+def _addresses(match: AddressMatch, family: int, field: str) -> list[JSON]:
+    """The match for one address side; a set hashed by prefix length needs one per
+    length, each a rule of its own (the networks are disjoint, so at most one fires)."""
     left = {"payload": {"protocol": L4[family], "field": field}}
+    if match.lengths:
+        return [
+            _match(left if length == BITS[family] else
+                   {"&": [left, address_text(family, mask(family, length))]},
+                   f"@{_set_name(match.set_name, family, length)}")
+            for length in match.lengths
+        ]  # fmt: skip
     if match.set_name:
-        return _match(left, f"@{_set_name(match.set_name, family)}")
+        return [_match(left, f"@{_set_name(match.set_name, family)}")]
     if len(match.networks) == 1:
-        return _match(left, _network(match.networks[0]))
-    return _match(left, {"set": [_network(n) for n in match.networks]})
+        return [_match(left, _network(match.networks[0]))]
+    return [_match(left, {"set": [_network(n) for n in match.networks]})]
 
 
 def _ports(ranges: tuple[Any, ...], field: str) -> JSON:
@@ -190,8 +235,11 @@ def _protocols(compiled: CompiledRule) -> JSON | None:
     return _match({"meta": {"key": "l4proto"}}, names[0] if len(names) == 1 else {"set": names})
 
 
-def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
-    expr: list[JSON] = []
+def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]:
+    """The rule's expressions; several lists when an address side needs several
+    lookups (a set hashed by prefix length): one kernel rule each."""
+    slots: list[list[JSON]] = []  # each slot: its alternatives (usually just one)
+    expr = _Slots(slots)
     family = compiled.family
     if family is not None and compiled.source is None and compiled.destination is None:
         expr.append(_match({"meta": {"key": "nfproto"}}, "ipv4" if family == 4 else "ipv6"))
@@ -199,9 +247,9 @@ def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
     if protocols is not None:
         expr.append(protocols)
     if compiled.source is not None and family is not None:
-        expr.append(_addresses(compiled.source, family, "saddr"))
+        slots.append(_addresses(compiled.source, family, "saddr"))
     if compiled.destination is not None and family is not None:
-        expr.append(_addresses(compiled.destination, family, "daddr"))
+        slots.append(_addresses(compiled.destination, family, "daddr"))
     if compiled.source_ports:
         expr.append(_ports(compiled.source_ports, "sport"))
     if compiled.destination_ports:
@@ -223,7 +271,15 @@ def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[JSON]:
                            path))  # fmt: skip
     expr.append({"counter": compiled.counter})
     expr.append(_verdict(compiled))
-    return expr
+    return [list(choice) for choice in itertools.product(*slots)]
+
+
+class _Slots:
+    def __init__(self, slots: list[list[JSON]]) -> None:
+        self.slots = slots
+
+    def append(self, expression: JSON) -> None:
+        self.slots.append([expression])
 
 
 def _verdict(compiled: CompiledRule) -> JSON:

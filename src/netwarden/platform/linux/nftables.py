@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from typing import Any
 
 from netwarden.jsontext import dumps
 from netwarden.platform.base import PlatformError
+from netwarden.platform.linux import netlink
 
 NFT_TIMEOUT = 30.0
+NETLINK_NETFILTER = 12
+NFT_MSG_GETTABLE = 10 << 8 | 1  # subsystem nftables, get table
+NFTA_TABLE_NAME = 1
+FAMILY_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
 
 class NftError(PlatformError):
@@ -65,11 +73,29 @@ def list_json(*what: str) -> list[dict[str, Any]]:
     return items
 
 
+def list_tables() -> list[tuple[str, str]]:
+    """(family, name) of every table in this namespace, straight from netlink: `nft list
+    tables` fetches every set element too (0.4 s with a 100k-network blocklist)."""
+    request = netlink.pack_message(
+        NFT_MSG_GETTABLE, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+        struct.pack("=BBH", socket.AF_UNSPEC, 0, 0),
+    )  # fmt: skip
+    tables = []
+    try:
+        with netlink.open_socket(NETLINK_NETFILTER, rcvbuf=1 << 20) as sock:
+            for _type, _flags, payload in netlink.dump(sock, request):
+                attrs = netlink.parse_attributes(payload, 4)
+                name = bytes(attrs.get(NFTA_TABLE_NAME, b"")).rstrip(b"\0").decode()
+                tables.append((FAMILY_NAMES.get(payload[0], str(payload[0])), name))
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            raise NftError("changing or reading nftables needs root (CAP_NET_ADMIN)") from exc
+        raise NftError(f"cannot list nftables tables: {exc.strerror or exc}") from exc
+    return tables
+
+
 def table_exists(family: str, name: str) -> bool:
-    return any(
-        item.get("table", {}).get("name") == name and item["table"].get("family") == family
-        for item in list_json("tables")
-    )
+    return (family, name) in list_tables()
 
 
 def delete_table(family: str, name: str) -> bool:
@@ -82,9 +108,8 @@ def delete_table(family: str, name: str) -> bool:
 
 def replace_table(family: str, name: str, body: list[dict[str, Any]]) -> None:
     """Create or atomically replace one table with the given chains, rules and sets."""
-    commands: list[dict[str, Any]] = [{"add": {"table": {"family": family, "name": name}}}]
-    if table_exists(family, name):
-        commands.append({"delete": {"table": {"family": family, "name": name}}})
-        commands.append({"add": {"table": {"family": family, "name": name}}})
+    table = {"table": {"family": family, "name": name}}
+    # Adding first makes the delete valid whether or not the table existed.
+    commands: list[dict[str, Any]] = [{"add": table}, {"delete": table}, {"add": table}]
     commands.extend(body)
     run(commands)

@@ -13,7 +13,8 @@ from typing import Any
 
 from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import nftables
-from netwarden.policy.model import Network, PortRange
+from netwarden.policy.model import PortRange
+from netwarden.policy.prefixes import Network
 
 TABLE = "netwarden_redirect"
 PROXY_MARK = 0x4E500001
