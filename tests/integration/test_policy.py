@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netwarden.platform.linux import netns, nftables
+from netwarden.platform.linux import cgroup_marks, netns, nftables
+from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.policy.compiler import HASHED_SET_MIN
-from netwarden.testing.netlab import Host
+from netwarden.testing.netlab import Host, Lab
 from tests.integration.conftest import PY, start_server
 
 pytestmark = pytest.mark.root
@@ -298,7 +302,79 @@ scope = "nwtest-browser"
     assert probe(client, server.ipv6, 5002, prefix=runner) == "refused"
     assert probe(client, server.ipv4, 5001, prefix=runner) == "connected"
     assert counters(client)["browser-no-5002"]["packets"] == 2
+    netwarden(client, "policy", "off")
+    assert probe(client, server.ipv4, 5002, prefix=runner) == "connected"
     assert not list(Path("/sys/fs/cgroup").glob("**/nwtest-browser")), "scope cgroup left"
+
+
+WAIT_THEN_CONNECT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+print("socket made", flush=True)
+sys.stdin.readline()
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+"""
+
+
+@pytest.fixture
+def service_cgroup() -> Iterator[tuple[str, Path]]:
+    """A cgroup that stands for a running systemd service (CI has no systemd)."""
+    mount = cgroup2_mount()
+    assert mount is not None
+    unit = f"nwtest-{os.getpid()}.service"
+    directory = mount / "nwtest.slice" / unit
+    directory.mkdir(parents=True)
+    yield unit, directory
+    for cgroup in (directory, directory.parent):
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+
+
+def in_cgroup(directory: Path) -> tuple[str, ...]:
+    return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(directory))
+
+
+def test_rules_by_service_also_catch_sockets_made_before_the_policy(
+    servers: tuple[Host, Host], service_cgroup: tuple[str, Path], tmp_path: Path
+) -> None:
+    client, server = servers
+    unit, directory = service_cgroup
+    early = client.popen([*in_cgroup(directory), PY, "-c", WAIT_THEN_CONNECT, server.ipv4,
+                          "5002"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert early.stdout is not None
+    assert early.stdin is not None
+    assert early.stdout.readline().strip() == "socket made"
+    policy = write(tmp_path, f'[[rule]]\nname = "web-no-5002"\naction = "reject"\n'
+                             f'direction = "out"\nprotocol = "tcp"\nport = 5002\n'
+                             f'service = "{unit}"\n')  # fmt: skip
+    netwarden(client, "policy", "apply", str(policy))
+    early.stdin.write("go\n")
+    early.stdin.flush()
+    assert early.stdout.readline().strip() == "refused"
+    assert early.wait(timeout=10) == 0
+    assert probe(client, server.ipv6, 5002, prefix=in_cgroup(directory)) == "refused"
+    assert probe(client, server.ipv4, 5001, prefix=in_cgroup(directory)) == "connected"
+    assert probe(client, server.ipv4, 5002) == "connected"  # outside the service
+    assert counters(client)["web-no-5002"]["packets"] == 2
+    netwarden(client, "policy", "off")
+    assert not cgroup_marks.any_attached(directory)
+    assert probe(client, server.ipv4, 5002, prefix=in_cgroup(directory)) == "connected"
+
+
+def test_marks_of_a_namespace_deleted_without_policy_off_are_released(
+    service_cgroup: tuple[str, Path], tmp_path: Path
+) -> None:
+    unit, directory = service_cgroup
+    policy = write(tmp_path, f'[[rule]]\naction = "block"\ndirection = "out"\n'
+                             f'service = "{unit}"\n')  # fmt: skip
+    with Lab() as lab:
+        netwarden(lab.host("lonely"), "policy", "apply", str(policy))
+        assert cgroup_marks.any_attached(directory)
+    assert not cgroup_marks.any_attached(directory)
 
 
 def test_large_sets_match_by_every_prefix_length(

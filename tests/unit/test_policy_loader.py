@@ -8,11 +8,25 @@ import pytest
 from netwarden.policy.environment import fake_environment
 from netwarden.policy.errors import PolicyError
 from netwarden.policy.loader import load, parse
-from netwarden.policy.model import Action, Direction, PortRange, Protocol
+from netwarden.policy.model import Action, CgroupMatch, Direction, PortRange, Protocol
 from netwarden.policy.prefixes import PrefixTable, load_lines
 
 ENV = fake_environment(users={"alice": 1001}, groups={"staff": 100},
                        services={"nginx.service": "system.slice/nginx.service"})  # fmt: skip
+
+
+def _colliding_scopes() -> tuple[str, str]:
+    seen: dict[int, str] = {}
+    for number in range(100_000):
+        name = f"s{number}"
+        mark = CgroupMatch("", "", name).mark(0)
+        if mark in seen:
+            return seen[mark], name
+        seen[mark] = name
+    raise AssertionError("no collision among 100,000 names")
+
+
+COLLIDING = _colliding_scopes()
 
 
 def _problems(text: str) -> list[str]:
@@ -115,6 +129,16 @@ service = "nginx.service"
         ('[defaults]\nout = "log"\n', "p.toml:2: default for out must be allow, block or reject"),
         ('[defaults]\nsideways = "allow"\n', "p.toml:2: unknown direction 'sideways'"),
         ('[settings]\ntable = "bad name"\n', "p.toml:2: table must be a name"),
+        ("[settings]\nmark_base = 0x4E570001\n", "p.toml:2: mark_base must be a number"),
+        (
+            "[settings]\nmark_base = 0x4E500000\n",
+            "p.toml:2: proxy_mark must lie outside the scope marks",
+        ),
+        (
+            f'[[rule]]\naction = "block"\ndirection = "out"\nscope = "{COLLIDING[0]}"\n\n'
+            f'[[rule]]\naction = "block"\ndirection = "out"\nscope = "{COLLIDING[1]}"\n',
+            f"p.toml:6: scope {COLLIDING[0]} and scope {COLLIDING[1]} would share the mark",
+        ),
         ("[sets.empty]\naddresses = []\n", "p.toml:1: set 'empty' is empty"),
         ("[rules]\nx = 1\n", "p.toml:1: unknown section 'rules' (did you mean 'rule'?)"),
         ('[[rule]\naction = "allow"\n', "p.toml:1: not valid TOML"),

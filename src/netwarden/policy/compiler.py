@@ -52,6 +52,7 @@ class CompiledRule:
     uid: int | None
     gid: int | None
     cgroup: CgroupMatch | None
+    cgroup_mark: int | None  # the mark the cgroup's sockets carry
     action: Action
     counter: str
 
@@ -175,5 +176,6 @@ def _compile(
         destination=_address_match(rule.destination, family, rule, "to", sets),
         source_ports=rule.source_ports, destination_ports=rule.destination_ports,
         interface=rule.interface, uid=rule.uid, gid=rule.gid, cgroup=rule.cgroup,
+        cgroup_mark=rule.cgroup.mark(policy.settings.mark_base) if rule.cgroup else None,
         action=rule.action, counter=counter_name(rule),
     )  # fmt: skip

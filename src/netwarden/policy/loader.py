@@ -62,7 +62,9 @@ from netwarden.policy.prefixes import Network, load_lines
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
 TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
-SETTINGS_KEYS = {"table", "priority", "proxy_port", "proxy_mark", "socks5", "http_proxy"}
+SETTINGS_KEYS = {
+    "table", "priority", "proxy_port", "proxy_mark", "mark_base", "socks5", "http_proxy",
+}  # fmt: skip
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
     "service", "mark", "method",
@@ -153,11 +155,28 @@ class _Loader:
             redirect = self._redirect(len(raw_rules) + index, index, raw, sets, settings)
             if redirect is not None:
                 redirects.append(redirect)
+        self._check_marks((*rules, *redirects), settings)
         if self.problems:
             raise PolicyError(
                 sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
             )
         return Policy(tuple(rules), defaults, sets, settings, self.filename, tuple(redirects))
+
+    def _check_marks(self, rules: tuple[Rule, ...], settings: Settings) -> None:
+        """Scopes and services are told apart by a 15-bit hash of their names: refuse the
+        rare policy where two of them collide rather than let one match the other."""
+        owners: dict[int, str] = {}
+        for rule in rules:
+            if rule.cgroup is None:
+                continue
+            mark = rule.cgroup.mark(settings.mark_base)
+            other = owners.setdefault(mark, rule.cgroup.label)
+            if other != rule.cgroup.label:
+                self.problem(rule.line, f"{other} and {rule.cgroup.label} would share the mark "
+                             f"{mark:#x}: rename one of them")  # fmt: skip
+        if settings.proxy_mark & 0xFFFF0000 == settings.mark_base:
+            self.problem(self.lines.key("settings", "mark_base"),
+                         "proxy_mark must lie outside the scope marks (mark_base)")  # fmt: skip
 
     # -- sections ----------------------------------------------------------------
 
@@ -200,10 +219,21 @@ class _Loader:
         ):
             self.problem(at("proxy_mark"), "proxy_mark must be a number from 1 to 2^32-1")
             proxy_mark = DEFAULT_SETTINGS.proxy_mark
+        mark_base = raw.get("mark_base", DEFAULT_SETTINGS.mark_base)
+        if (
+            not isinstance(mark_base, int)
+            or isinstance(mark_base, bool)
+            or not (0 < mark_base < 2**32)
+            or mark_base & 0xFFFF
+        ):
+            self.problem(at("mark_base"), "mark_base must be a number from 0x10000 to "
+                         "0xFFFF0000 whose lower 16 bits are zero, such as 0x4E570000")  # fmt: skip
+            mark_base = DEFAULT_SETTINGS.mark_base
         listeners = {key: self._endpoints(raw.get(key, []), at(key)) for key in
                      ("socks5", "http_proxy")}  # fmt: skip
-        return Settings(table, priority, proxy_port, proxy_mark, listeners["socks5"],
-                        listeners["http_proxy"])  # fmt: skip
+        return Settings(table=table, priority=priority, proxy_port=proxy_port,
+                        proxy_mark=proxy_mark, mark_base=mark_base,
+                        socks5=listeners["socks5"], http_proxy=listeners["http_proxy"])  # fmt: skip
 
     def _endpoints(self, raw: Any, line: int) -> tuple[tuple[str, int], ...]:
         if isinstance(raw, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -91,11 +92,18 @@ class CgroupMatch:
 
     label: str  # what the user wrote: scope NAME or the unit name
     path: str
-    scope: str = ""  # set for netwarden scopes, which backends may match another way
+    scope: str = ""  # set for netwarden scopes
 
     @property
     def level(self) -> int:
         return len([p for p in self.path.split("/") if p])
+
+    def mark(self, base: int) -> int:
+        """The mark its sockets carry: the lower half of `base` names the cgroup, scopes
+        below 0x8000 and services above."""
+        kind = 0 if self.scope else 0x8000
+        name = f"scope:{self.scope}" if self.scope else f"service:{self.label}"
+        return base | kind | (zlib.crc32(name.encode()) & 0x7FFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,7 @@ class Settings:
     priority: int = 0  # nft filter hook priority of netwarden's chains
     proxy_port: int = 15001  # where `to = "proxy"` sends connections
     proxy_mark: int = 0x4E500001  # sockets with this mark are never redirected
+    mark_base: int = 0x4E570000  # scope and service marks: this | 16 bits per cgroup
     socks5: tuple[tuple[str, int], ...] = ()  # `netwarden up` runs SOCKS5 listeners here
     http_proxy: tuple[tuple[str, int], ...] = ()  # ... and HTTP proxy listeners here
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from netwarden.platform.linux import cgroup_marks, scopes
+
 PREFIX = "nwlab-"
 NETNS_DIR = Path("/run/netns")
 
@@ -94,6 +96,7 @@ def cleanup_stale() -> list[str]:
     names = sorted(p.name for p in NETNS_DIR.glob(f"{PREFIX}*")) if NETNS_DIR.is_dir() else []
     for name in names:
         delete_netns(name)
+    release_cgroup_marks()
     return names
 
 
@@ -229,6 +232,14 @@ class Lab:
         ):
             time.sleep(0.05)
         self.hosts.clear()
+        release_cgroup_marks()
+
+
+def release_cgroup_marks() -> None:
+    """cgroups are not per namespace: socket marks that policies of the deleted hosts
+    attached to scopes and services would outlive them. Release those, and the scopes."""
+    cgroup_marks.release_orphans()
+    scopes.remove_idle_scopes()
 
 
 if __name__ == "__main__":

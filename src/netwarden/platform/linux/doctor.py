@@ -117,27 +117,17 @@ def probe_sock_diag_destroy() -> Capability:
     )  # fmt: skip
 
 
-def probe_nft_cgroupv2() -> Capability:
-    from netwarden.platform.linux.firewall import cgroup_prefix
-
-    ok, detail = _nft_check({"match": {"op": "==", "left": {"socket": {"key": "cgroupv2",
-                             "level": 1}}, "right": cgroup_prefix() or "."}})  # fmt: skip
-    if not ok:
-        detail = f"this nft cannot express cgroupv2 in JSON (needs 1.0.7+): {detail}"
-    return Capability("nft cgroupv2", ok, detail, "policy rules on a systemd service")
-
-
 def probe_scope_marks() -> Capability:
-    from netwarden.platform.linux.scopes import ScopeError, load_mark_program
+    from netwarden.platform.linux.cgroup_marks import CgroupMarkError, load_mark_program
 
     try:
         os.close(load_mark_program(0))
         ok, detail = True, "a cgroup socket program loads"
-    except ScopeError as exc:
+    except CgroupMarkError as exc:
         ok, detail = False, str(exc)
     return Capability(
         "cgroup socket marks", ok, detail,
-        "application scopes (netwarden run --scope) that policy rules can name",
+        "policy rules on application scopes (netwarden run --scope) and systemd services",
     )  # fmt: skip
 
 
@@ -185,7 +175,6 @@ PROBES: tuple[Callable[[], Capability], ...] = (
     probe_sock_diag_destroy,
     probe_cgroup2,
     probe_scope_marks,
-    probe_nft_cgroupv2,
     probe_btf,
     probe_flow_events,
 )

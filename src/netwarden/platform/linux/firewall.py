@@ -7,14 +7,15 @@ import grp
 import pwd
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import nftables, tproxy
+from netwarden.platform.linux.cgroup_marks import sync as cgroup_marks_sync
 from netwarden.platform.linux.nft_policy import FAMILY, read_counters, render
 from netwarden.platform.linux.procfs import cgroup2_mount
+from netwarden.platform.linux.scopes import remove_idle_scopes
 from netwarden.policy.compiler import compile_policy
-from netwarden.policy.environment import Environment, scope_path
+from netwarden.policy.environment import SCOPE_PARENT, Environment, scope_path
 from netwarden.policy.model import Policy
 
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -26,18 +27,6 @@ class RuleCounters:
     comment: str
     packets: int
     bytes: int
-
-
-def cgroup_prefix() -> str:
-    """Where the cgroup v2 root sits below /sys/fs/cgroup ('unified' on hybrid hosts)."""
-    mount = cgroup2_mount()
-    if mount is None:
-        return ""
-    try:
-        relative = mount.relative_to(CGROUP_FS)
-    except ValueError:
-        return ""
-    return "" if str(relative) == "." else str(relative)
 
 
 def _uid(name: str) -> int | None:
@@ -71,34 +60,30 @@ def environment() -> Environment:
     return Environment(_uid, _gid, _service, scope_path)
 
 
-class CgroupSupportMissing(PlatformError):
-    pass
-
-
-def _check_cgroup_support() -> None:
-    probe: list[dict[str, Any]] = [
-        {"add": {"table": {"family": FAMILY, "name": "netwarden_probe"}}},
-        {"add": {"chain": {"family": FAMILY, "table": "netwarden_probe", "name": "c",
-                           "type": "filter", "hook": "output", "prio": 0}}},
-        {"add": {"rule": {"family": FAMILY, "table": "netwarden_probe", "chain": "c", "expr": [
-            {"match": {"op": "==", "left": {"socket": {"key": "cgroupv2", "level": 1}},
-                       "right": cgroup_prefix() or "."}}]}}},
-    ]  # fmt: skip
-    ok, output = nftables.check(probe)
-    if not ok:
-        raise CgroupSupportMissing(
-            "service rules need nftables with cgroupv2 in its JSON interface "
-            f"(1.0.7 or later); this host's nft refused it: {output.splitlines()[-1]}"
-        )
+def wanted_marks(policy: Policy) -> dict[Path, int]:
+    """cgroup directory -> mark, for every scope and service the policy names."""
+    mount = cgroup2_mount()
+    cgroups = [rule.cgroup for rule in (*policy.rules, *policy.redirects) if rule.cgroup]
+    if not cgroups:
+        return {}
+    if mount is None:
+        raise PlatformError("rules on scopes and services need the cgroup v2 hierarchy")
+    return {mount / c.path: c.mark(policy.settings.mark_base) for c in cgroups}
 
 
 def apply(policy: Policy) -> int:
     """Replace netwarden's table with this policy in one atomic batch; return the number
-    of nft rules. On any error nothing changes and the previous policy stays in force."""
+    of nft rules. On any error nothing changes and the previous policy stays in force.
+
+    Scopes and services get their socket marks first (so that no socket of theirs
+    escapes the new rules) and lose them again if nft refuses the table."""
     compiled = compile_policy(policy)
-    if any(rule.cgroup is not None and not rule.cgroup.scope for rule in policy.rules):
-        _check_cgroup_support()
-    body = render(compiled, cgroup_prefix())
+    body = render(compiled)
+    wanted = wanted_marks(policy)
+    for cgroup in wanted:
+        if cgroup.parent.name == SCOPE_PARENT:  # a scope may start after the policy
+            cgroup.mkdir(parents=True, exist_ok=True)
+    changes = cgroup_marks_sync(wanted)
     uses_tproxy = any(r.target is not None and r.target.tproxy for r in policy.redirects)
     try:
         nftables.replace_table(FAMILY, compiled.table, body)
@@ -107,6 +92,7 @@ def apply(policy: Policy) -> int:
         else:
             tproxy.teardown_routing()
     except (nftables.NftError, RuntimeError) as exc:
+        changes.undo()
         raise PlatformError(str(exc)) from exc
     return sum(1 for command in body if "rule" in command.get("add", {}))
 
@@ -137,4 +123,6 @@ def remove(table: str) -> bool:
     except nftables.NftError as exc:
         raise PlatformError(str(exc)) from exc
     tproxy.teardown_routing()
+    cgroup_marks_sync({})
+    remove_idle_scopes()
     return removed

@@ -10,7 +10,6 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from netwarden.platform.linux.scopes import scope_mark
 from netwarden.platform.linux.tproxy import TPROXY_MARK
 from netwarden.policy.compiler import (
     AddressMatch,
@@ -29,12 +28,8 @@ L4 = {4: "ip", 6: "ip6"}
 JSON = dict[str, Any]
 
 
-def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
-    """The table's contents (sets, counters, chains, rules) as nft JSON commands.
-
-    cgroup_prefix: where the cgroup v2 root sits below /sys/fs/cgroup ("unified" on
-    hybrid hosts), since nft resolves cgroup paths from there.
-    """
+def render(policy: CompiledPolicy) -> list[JSON]:
+    """The table's contents (sets, counters, chains, rules) as nft JSON commands."""
     where = {"family": FAMILY, "table": policy.table}
     commands: list[JSON] = []
     for name in policy.counters:
@@ -56,7 +51,7 @@ def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
             {"accept": None},
         ]}}})  # fmt: skip
         for compiled in policy.chains[direction]:
-            for expr in _variants(compiled, cgroup_prefix):
+            for expr in _variants(compiled):
                 commands.append({"add": {"rule": {
                     **rule, "comment": compiled.rule.name[:120], "expr": expr,
                 }}})  # fmt: skip
@@ -67,7 +62,7 @@ def render(policy: CompiledPolicy, cgroup_prefix: str = "") -> list[JSON]:
         for tail in tails:
             commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
                                               "expr": tail}}})  # fmt: skip
-    commands += _redirect_chains(policy, cgroup_prefix)
+    commands += _redirect_chains(policy)
     return commands
 
 
@@ -75,7 +70,7 @@ NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
               Direction.FORWARD: ("redirect_forward", "prerouting")}  # fmt: skip
 
 
-def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
+def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
     """nat chains for redirect rules, only when the policy has any. The proxy's own
     connections (its mark) are never redirected: the loop guard."""
     where = {"family": FAMILY, "table": policy.table}
@@ -92,18 +87,18 @@ def _redirect_chains(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
             commands.append({"add": {"rule": {**where, "chain": chain, "expr": guard,
                                               "comment": comment}}})  # fmt: skip
         for compiled in rules:
-            for expr in _expressions(compiled, cgroup_prefix):
+            for expr in _expressions(compiled):
                 commands.append({"add": {"rule": {
                     **where, "chain": chain, "comment": compiled.rule.name[:120], "expr": expr,
                 }}})  # fmt: skip
-    return commands + _tproxy_chain(policy, cgroup_prefix)
+    return commands + _tproxy_chain(policy)
 
 
 def _is_tproxy(compiled: CompiledRule) -> bool:
     return compiled.rule.target is not None and compiled.rule.target.tproxy
 
 
-def _tproxy_chain(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
+def _tproxy_chain(policy: CompiledPolicy) -> list[JSON]:
     """A mangle-priority prerouting chain: packets of connections a transparent listener
     already owns, and new ones a tproxy rule chooses, are marked for local delivery."""
     rules = [r for r in policy.redirects.get(Direction.FORWARD, ()) if _is_tproxy(r)]
@@ -124,7 +119,7 @@ def _tproxy_chain(policy: CompiledPolicy, cgroup_prefix: str) -> list[JSON]:
         assert target is not None
         families = [compiled.family] if compiled.family else [4, 6]
         for family in families:
-            for expr in _expressions(replace(compiled, family=family), cgroup_prefix):
+            for expr in _expressions(replace(compiled, family=family)):
                 expr = expr[:-1]
                 if compiled.family is None:
                     expr.insert(0, _match({"meta": {"key": "nfproto"}},
@@ -139,15 +134,15 @@ TCP_ONLY: JSON = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "r
 TCP_RESET: JSON = {"reject": {"type": "tcp reset"}}
 
 
-def _variants(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]:
+def _variants(compiled: CompiledRule) -> list[list[JSON]]:
     """The kernel rules for one compiled rule. A reject that can meet TCP answers it
     with a reset (what a refused connection looks like) and everything else with ICMP
     unreachable: two rules sharing one counter."""
-    expressions = _expressions(compiled, cgroup_prefix)
+    expressions = _expressions(compiled)
     can_meet_tcp = not compiled.protocols or "tcp" in compiled.protocols
     if compiled.action is not Action.REJECT or compiled.protocols == ("tcp",) or not can_meet_tcp:
         return expressions
-    return [*_expressions(replace(compiled, protocols=("tcp",)), cgroup_prefix), *expressions]
+    return [*_expressions(replace(compiled, protocols=("tcp",))), *expressions]
 
 
 def _set_name(name: str, family: int, length: int | None = None) -> str:
@@ -235,7 +230,7 @@ def _protocols(compiled: CompiledRule) -> JSON | None:
     return _match({"meta": {"key": "l4proto"}}, names[0] if len(names) == 1 else {"set": names})
 
 
-def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]:
+def _expressions(compiled: CompiledRule) -> list[list[JSON]]:
     """The rule's expressions; several lists when an address side needs several
     lookups (a set hashed by prefix length): one kernel rule each."""
     slots: list[list[JSON]] = []  # each slot: its alternatives (usually just one)
@@ -263,12 +258,8 @@ def _expressions(compiled: CompiledRule, cgroup_prefix: str) -> list[list[JSON]]
         expr.append(_match({"meta": {"key": "skgid"}}, compiled.gid))
     if compiled.rule.mark is not None:
         expr.append(_match({"meta": {"key": "mark"}}, compiled.rule.mark))
-    if compiled.cgroup is not None and compiled.cgroup.scope:
-        expr.append(_match({"meta": {"key": "mark"}}, scope_mark(compiled.cgroup.scope)))
-    elif compiled.cgroup is not None:
-        path = "/".join(p for p in (cgroup_prefix, compiled.cgroup.path) if p)
-        expr.append(_match({"socket": {"key": "cgroupv2", "level": compiled.cgroup.level}},
-                           path))  # fmt: skip
+    if compiled.cgroup_mark is not None:  # set on the cgroup's sockets, see cgroup_marks
+        expr.append(_match({"meta": {"key": "mark"}}, compiled.cgroup_mark))
     expr.append({"counter": compiled.counter})
     expr.append(_verdict(compiled))
     return [list(choice) for choice in itertools.product(*slots)]
