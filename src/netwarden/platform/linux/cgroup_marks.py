@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import socket
@@ -55,6 +56,8 @@ def _bpf(command: int, attr: bytearray) -> int:
     result = int(_libc.syscall(number, command, buffer, len(attr)))
     if result < 0:
         error = ctypes.get_errno()
+        if error == errno.EPERM:
+            raise CgroupMarkError("marking the sockets of a scope or service needs root")
         raise CgroupMarkError(f"bpf() failed: {os.strerror(error)}")
     return result
 

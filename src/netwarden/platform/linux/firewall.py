@@ -3,6 +3,7 @@ machine facts a policy refers to (users, groups, services, scopes)."""
 
 from __future__ import annotations
 
+import errno
 import grp
 import pwd
 from dataclasses import dataclass
@@ -82,7 +83,10 @@ def apply(policy: Policy) -> int:
     wanted = wanted_marks(policy)
     for cgroup in wanted:
         if cgroup.parent.name == SCOPE_PARENT:  # a scope may start after the policy
-            cgroup.mkdir(parents=True, exist_ok=True)
+            try:
+                cgroup.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PlatformError(_cgroup_problem(exc)) from exc
     changes = cgroup_marks_sync(wanted)
     uses_tproxy = any(r.target is not None and r.target.tproxy for r in policy.redirects)
     try:
@@ -95,6 +99,12 @@ def apply(policy: Policy) -> int:
         changes.undo()
         raise PlatformError(str(exc)) from exc
     return sum(1 for command in body if "rule" in command.get("add", {}))
+
+
+def _cgroup_problem(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "rules on scopes and services need root (to manage their cgroups)"
+    return f"cannot create a scope's cgroup: {exc}"
 
 
 def show(table: str) -> tuple[list[RuleCounters], bool]:
