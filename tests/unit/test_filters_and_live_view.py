@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import struct
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,7 @@ from netwarden.model import (
 )
 from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.live import FADE_SECONDS, NEW_SECONDS, LiveView, RowStatus, SortKey
-from netwarden.platform.divert_flows import windivert_address
+from netwarden.platform.divert_flows import address_text
 from netwarden.testing.fakes import endpoint
 
 
@@ -87,9 +88,12 @@ def test_per_process_totals() -> None:
 
 
 def test_windivert_addresses() -> None:
-    assert windivert_address([0x0A000001, 0xFFFF, 0, 0]) == "10.0.0.1"
-    assert windivert_address([2, 0, 0, 0xFD000000]) == "fd00::2"
-    assert windivert_address([1, 0, 0, 0]) == "::1"
+    def words(*values: int) -> bytes:  # UINT32[4], least significant word first
+        return struct.pack("<4I", *values)
+
+    assert address_text(words(0x0A000001, 0xFFFF, 0, 0)) == "10.0.0.1"
+    assert address_text(words(2, 0, 0, 0xFD000000)) == "fd00::2"
+    assert address_text(words(1, 0, 0, 0)) == "::1"
 
 
 def test_live_view_limit_keeps_the_top_rows_in_order() -> None:
