@@ -93,6 +93,22 @@ def test_up_enforces_proxies_and_records_then_down_removes_it_all(
     assert mine[0]["remote_address"] == server.ipv4
     assert within(mine[0]["bytes_sent"], 20_000)
     assert within(mine[0]["bytes_received"], 50_000)
+    # The proxy's two sockets of that connection say what they are: one connection is
+    # not read as three.
+    app_end = f"{mine[0]['local_address']}:{mine[0]['local_port']}"
+    assert mine[0]["relay"].startswith("proxied: the proxy's upstream is ")
+    everything = json.loads(client.run([PY, "-m", "netwarden", "history", "--db",
+                                        str(tmp_path / "history.sqlite"), "--format",
+                                        "json"]).stdout)  # fmt: skip
+    relayed = {f["relay"].split(",")[1].split(" side")[0].strip(): f for f in everything
+               if f["relay"].startswith("proxy,")}  # fmt: skip
+    assert set(relayed) == {"accepted", "upstream"}, [f["relay"] for f in everything]
+    for side in relayed.values():
+        assert side["relay"].endswith(f"side of {app_end} -> {server.ipv4}:5000")
+        assert side["process"]["pid"] == daemon.pid
+    assert relayed["upstream"]["remote_address"] == server.ipv4
+    assert (relayed["accepted"]["local_address"], relayed["accepted"]["local_port"]) == (
+        "127.0.0.1", 15001)  # fmt: skip
 
 
 def test_a_crashed_daemon_is_cleaned_up(pair: tuple[Host, Host], tmp_path: Path) -> None:

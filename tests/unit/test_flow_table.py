@@ -5,6 +5,7 @@ from netwarden.model import (
     FlowEvent,
     FlowEventKind,
     ProcessInfo,
+    RelayLink,
     Transport,
 )
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
@@ -175,3 +176,31 @@ def test_owner_scan_only_for_sockets_not_yet_attributed() -> None:
     assert resolver.asked == [{11}]  # attributed once; later snapshots ask nothing
     [flow] = table.flows()
     assert flow.process == CURL
+
+
+PROXY = ProcessInfo(pid=99, name="netwarden", exe="/usr/bin/python3")
+
+
+def test_a_proxied_connection_is_one_connection_in_three_flows() -> None:
+    """The proxy's note may come before or after the monitor sees each socket."""
+    table = FlowTable(FakeResolver(processes={99: PROXY}))
+    table.add_stamps([_stamp("10.0.0.1:40000", "192.0.2.7:80", CURL)])
+    table.apply_snapshot([tcp_socket("10.0.0.1:40000", "192.0.2.7:80", inode=1)], [], 1.0)
+    table.add_relays([RelayLink(
+        client=endpoint("10.0.0.1:40000"), listener=endpoint("127.0.0.1:15001"),
+        upstream=endpoint("10.0.0.1:51000"), upstream_remote=endpoint("192.0.2.7:80"),
+        destination=endpoint("192.0.2.7:80"), proxy_pid=99,
+    )], 1.5)  # fmt: skip
+    table.apply_snapshot([
+        tcp_socket("10.0.0.1:40000", "192.0.2.7:80", inode=1),
+        tcp_socket("127.0.0.1:15001", "10.0.0.1:40000", inode=0),  # gone: no owner to scan
+        tcp_socket("10.0.0.1:51000", "192.0.2.7:80", inode=0),
+    ], [], 2.0)  # fmt: skip
+    flows = {f.key.local.port: f for f in table.flows()}
+    assert flows[40000].relay == "proxied: the proxy's upstream is 10.0.0.1:51000 -> 192.0.2.7:80"
+    assert flows[40000].process == CURL
+    assert flows[15001].relay == "proxy, accepted side of 10.0.0.1:40000 -> 192.0.2.7:80"
+    assert flows[51000].relay == "proxy, upstream side of 10.0.0.1:40000 -> 192.0.2.7:80"
+    for side in (flows[15001], flows[51000]):
+        assert side.process == PROXY
+        assert side.attribution.method is AttributionMethod.RELAY

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,17 @@ def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(HistoryError, match="cannot open history database"):
         HistoryStore(blocker / "h.sqlite")
+
+
+def test_a_database_from_before_the_relay_column_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from netwarden.monitor.history import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA.replace(",\n    relay TEXT NOT NULL DEFAULT ''", ""))
+    store = HistoryStore(path)
+    flow = dataclasses.replace(_flow(5000), relay="proxied: the proxy's upstream is x -> y")
+    store.record([flow])
+    assert store.query(HistoryQuery()) == [flow]

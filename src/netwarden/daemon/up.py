@@ -5,6 +5,7 @@ history, until SIGTERM; then remove everything it set up."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from netwarden.daemon import state
-from netwarden.model import FlowEvent
+from netwarden.model import FlowEvent, RelayLink
 from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.service import Monitor
 from netwarden.platform.base import PlatformError
@@ -37,6 +38,7 @@ class ProxyThread:
 
     policy: Policy
     on_flow: Callable[[FlowReport], None]
+    on_link: Callable[[RelayLink], None] | None = None
     error: BaseException | None = None
 
     def start(self) -> None:
@@ -72,8 +74,10 @@ class ProxyThread:
                 await asyncio.gather(*(s.serve_forever() for s in servers))
                 return
             port = settings.proxy_port
-            proxy = TransparentProxy(settings.proxy_mark, on_flow=self.on_flow,
-                                     tproxy=uses_tproxy(self.policy))  # fmt: skip
+            proxy = TransparentProxy(
+                settings.proxy_mark, on_flow=self.on_flow, on_link=self.on_link,
+                tproxy=uses_tproxy(self.policy),
+            )  # fmt: skip
             listeners = ([("0.0.0.0", port), ("::", port)] if uses_tproxy(self.policy)
                          else [("127.0.0.1", port), ("::1", port)])  # fmt: skip
             await asyncio.gather(proxy.serve(listeners, self._ready.set),
@@ -136,13 +140,15 @@ def run(
         )
     )
     proxy: ProxyThread | None = None
+    links: collections.deque[RelayLink] = collections.deque()
     try:
         if needs_proxy(policy):
-            proxy = ProxyThread(policy, on_flow)
+            proxy = ProxyThread(policy, on_flow, links.append)
             proxy.start()
         rules = firewall.apply(policy)
         with current().open_sources(None, events=True) as sources:
-            monitor = Monitor(sources, history=history, is_root=is_privileged())
+            monitor = Monitor(sources, history=history, is_root=is_privileged(),
+                              relay_links=links)  # fmt: skip
             summary = (
                 f"up: {len(policy.rules)} rules, {len(policy.redirects)} redirects "
                 f"({rules} kernel rules) in table inet {policy.settings.table}"

@@ -9,6 +9,7 @@ from netwarden.model.flow import (
     FlowEventKind,
     FlowKey,
     ProcessInfo,
+    RelayLink,
     Transport,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "FlowEventKind",
     "FlowKey",
     "ProcessInfo",
+    "RelayLink",
     "Transport",
 ]

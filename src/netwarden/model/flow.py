@@ -83,6 +83,7 @@ class AttributionMethod(enum.StrEnum):
     FLOW_EVENT = "flow-event"  # kernel event at connect/accept time named the process
     SOCKET_OWNER = "socket-owner"  # the socket's inode found among a process's open files
     LOCAL_PORT = "local-port"  # a socket of that process is bound to the flow's local port
+    RELAY = "relay"  # netwarden's own proxy said the socket is its own
     UNKNOWN = "unknown"
 
 
@@ -151,6 +152,7 @@ class Flow:
     uid: int | None = None
     cgroup: str = ""
     netns: str = ""
+    relay: str = ""  # how a local proxy relays it, see RelayLink
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,7 +175,35 @@ class Flow:
             "uid": self.uid,
             "cgroup": self.cgroup,
             "netns": self.netns,
+            "relay": self.relay,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLink:
+    """One connection a local proxy relays, as up to three sockets of this host: the
+    application's (when it runs here), the proxy's accepted one and its upstream one.
+    Each flow is told what it is, so that one connection is not read as three."""
+
+    client: Endpoint  # the application's end, as the proxy sees it
+    listener: Endpoint  # the proxy's end of the accepted connection
+    upstream: Endpoint  # the proxy's end of its own connection
+    upstream_remote: Endpoint  # where that goes: the destination or an upstream proxy
+    destination: Endpoint  # where the application was going
+    proxy_pid: int  # the process of the proxy's two sockets
+
+    def notes(self) -> list[tuple[FlowKey, str, int | None]]:
+        """(flow, what it is, its process when the link knows it)."""
+        tcp = Transport.TCP
+        connection = f"{self.client} -> {self.destination}"
+        return [
+            (FlowKey(tcp, self.client, self.destination),
+             f"proxied: the proxy's upstream is {self.upstream} -> {self.upstream_remote}", None),
+            (FlowKey(tcp, self.listener, self.client), f"proxy, accepted side of {connection}",
+             self.proxy_pid),
+            (FlowKey(tcp, self.upstream, self.upstream_remote),
+             f"proxy, upstream side of {connection}", self.proxy_pid),
+        ]  # fmt: skip
 
 
 class FlowEventKind(enum.StrEnum):

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS flows (
     last_seen REAL NOT NULL,
     uid INTEGER,
     cgroup TEXT NOT NULL,
-    netns TEXT NOT NULL
+    netns TEXT NOT NULL,
+    relay TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS flows_last_seen ON flows(last_seen);
 CREATE INDEX IF NOT EXISTS flows_process ON flows(process_name);
@@ -44,8 +45,10 @@ CREATE INDEX IF NOT EXISTS flows_remote ON flows(remote_address, remote_port);
 COLUMNS = (
     "transport, local_address, local_port, remote_address, remote_port, state, pid, "
     "process_name, exe, process_json, attribution, attribution_reason, bytes_sent, "
-    "bytes_received, first_seen, last_seen, uid, cgroup, netns"
+    "bytes_received, first_seen, last_seen, uid, cgroup, netns, relay"
 )
+# Columns added after the first release, for databases made before them.
+ADDED_COLUMNS = {"relay": "TEXT NOT NULL DEFAULT ''"}
 
 
 class HistoryError(RuntimeError):
@@ -81,6 +84,10 @@ class HistoryStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(flows)")}
+            for name, declaration in ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE flows ADD COLUMN {name} {declaration}")
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open history database {path}: {exc}") from exc
 
@@ -90,7 +97,7 @@ class HistoryStore:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    f"INSERT INTO flows ({COLUMNS}) VALUES ({', '.join('?' * 19)})", rows
+                    f"INSERT INTO flows ({COLUMNS}) VALUES ({', '.join('?' * 20)})", rows
                 )
         return len(rows)
 
@@ -143,13 +150,13 @@ def _row(flow: Flow) -> tuple[object, ...]:
         None if process is None else dumps(process.to_json()),
         str(flow.attribution.method), flow.attribution.reason,
         flow.bytes_sent, flow.bytes_received, flow.first_seen, flow.last_seen,
-        flow.uid, flow.cgroup, flow.netns,
+        flow.uid, flow.cgroup, flow.netns, flow.relay,
     )  # fmt: skip
 
 
 def _flow(row: Sequence[object]) -> Flow:
     (transport, laddr, lport, raddr, rport, state, _pid, _name, _exe, pjson, method, reason,
-     sent, received, first, last, uid, cgroup, netns) = row  # fmt: skip
+     sent, received, first, last, uid, cgroup, netns, relay) = row  # fmt: skip
     process = None if pjson is None else ProcessInfo.from_json(json.loads(str(pjson)))
     return Flow(
         key=FlowKey(
@@ -162,4 +169,5 @@ def _flow(row: Sequence[object]) -> Flow:
         bytes_sent=int(str(sent)), bytes_received=int(str(received)),
         first_seen=float(str(first)), last_seen=float(str(last)), closed=True,
         uid=None if uid is None else int(str(uid)), cgroup=str(cgroup), netns=str(netns),
+        relay=str(relay),
     )  # fmt: skip

@@ -3,13 +3,14 @@ hands flow events to a consumer (terminal UI, NDJSON writer) and to history."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import threading
 import time
 from collections.abc import Callable
 
-from netwarden.model import Flow, FlowEvent, FlowEventKind
+from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
 from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
 from netwarden.platform.base import Sources
@@ -29,8 +30,12 @@ class Monitor:
         interval: float = 1.0,
         is_root: bool = True,
         record_events: bool = True,
+        relay_links: collections.deque[RelayLink] | None = None,
     ) -> None:
+        """relay_links: filled by a local proxy (from any thread) with the connections
+        it relays, so that their flows say so."""
         self.sources = sources
+        self.relay_links = relay_links
         self.history = history
         self.interval = interval
         self.table = FlowTable(
@@ -53,6 +58,9 @@ class Monitor:
         return self.table.apply_snapshot(sockets, conntrack, now)
 
     def _drain(self, now: float) -> None:
+        links = self.relay_links
+        if links:
+            self.table.add_relays([links.popleft() for _ in range(len(links))], now)
         src = self.sources
         if src.flow_stamps is not None:
             self.table.add_stamps(src.flow_stamps.drain())

@@ -19,6 +19,7 @@ from netwarden.model import (
     FlowEventKind,
     FlowKey,
     ProcessInfo,
+    RelayLink,
     Transport,
 )
 from netwarden.monitor.attribution import StampBook, by_owner, by_stamp
@@ -36,6 +37,9 @@ NOT_YET_SEEN = Attribution.unknown("not yet seen")
 CLOSE_GRACE = 1.0
 # Longer than conntrack keeps an assured UDP entry (nf_conntrack_udp_timeout_stream).
 TOMBSTONE_TTL = 300.0
+# Proxy notes on flows the table has not seen (yet): kept this long once many pile up.
+RELAY_TTL = 30.0
+MAX_PENDING_RELAYS = 4096
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _State:
     dirty: bool = False
     announced: bool = False  # the OPENED event went out
     record: SocketRecord | None = None  # the socket record last applied
+    relay: str = ""
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
         return Flow(
@@ -67,7 +72,7 @@ class _State:
             bytes_received=self.bytes_received, send_rate=self.send_rate,
             receive_rate=self.receive_rate, first_seen=self.first_seen,
             last_seen=self.last_seen, closed=closed, uid=self.uid, cgroup=self.cgroup,
-            netns=netns,
+            netns=netns, relay=self.relay,
         )  # fmt: skip
 
     def set_bytes(self, sent: int, received: int) -> None:
@@ -106,6 +111,8 @@ class FlowTable:
         # Conntrack keeps a UDP conversation for a while after its sockets close: the
         # counters at close are remembered so the entry does not bring the flow back.
         self._tombstones: dict[FlowKey, tuple[int, int, float]] = {}
+        # What a local proxy said about flows not seen yet: flow -> (note, pid, when).
+        self._relays: dict[FlowKey, tuple[str, int | None, float]] = {}
 
     # -- queries -----------------------------------------------------------------
 
@@ -245,8 +252,34 @@ class FlowTable:
             return self._stamps.get(record.key) is None
         return state.attribution.method is AttributionMethod.UNKNOWN
 
+    def add_relays(self, links: Iterable[RelayLink], now: float) -> None:
+        """Notes from a local proxy on the flows of the connections it relays."""
+        for link in links:
+            for key, note, owner in link.notes():
+                state = self._flows.get(key)
+                if state is None:
+                    self._relays[key] = (note, owner, now)
+                else:
+                    self._apply_relay(state, note, owner)
+        if len(self._relays) > MAX_PENDING_RELAYS:
+            self._relays = {k: v for k, v in self._relays.items() if now - v[2] < RELAY_TTL}
+
+    def _apply_relay(self, state: _State, note: str, owner: int | None) -> None:
+        if state.relay != note:
+            state.relay = note
+            state.dirty = True
+            self._touched[state.key] = state
+        if owner is not None and state.attribution.method is AttributionMethod.UNKNOWN:
+            # netwarden's own proxy: its flow events may not name it, and a short
+            # connection's socket is gone before any scan of open files.
+            state.process = self._resolver.info(owner)
+            state.attribution = Attribution(AttributionMethod.RELAY)
+
     def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
         state = _State(key=key, state=socket_state, first_seen=now, last_seen=now)
+        relay = self._relays.pop(key, None)
+        if relay is not None:
+            self._apply_relay(state, relay[0], relay[1])
         stamp = self._stamps.get((key.transport, key.local, key.remote))
         if stamp is not None:
             state.process, state.attribution = by_stamp(stamp)

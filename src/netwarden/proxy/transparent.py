@@ -17,6 +17,7 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from netwarden.model import Endpoint, RelayLink
 from netwarden.platform.select import original_destination
 from netwarden.proxy.relay import RelayStats, relay
 from netwarden.proxy.upstream import Hop, connect_direct, open_upstream
@@ -70,6 +72,10 @@ def _listener(host: str, port: int, tproxy: bool = False) -> socket.socket:
     return sock
 
 
+def _endpoint(address: tuple[Any, ...]) -> Endpoint:
+    return Endpoint(_unmapped(str(address[0])), int(address[1]))
+
+
 def _once(action: Callable[[], None]) -> Callable[[], None]:
     done = False
 
@@ -104,8 +110,12 @@ class TransparentProxy:
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         on_flow: Callable[[FlowReport], None] | None = None,
+        on_link: Callable[[RelayLink], None] | None = None,
     ) -> None:
+        """on_flow gets each flow once it has ended; on_link (called from any thread)
+        each flow's sockets once it is connected upstream, for the monitor."""
         self.mark = mark
+        self.on_link = on_link
         self.fast_path = fast_path and sys.platform == "linux"
         self.chain = chain
         self.tproxy = tproxy
@@ -210,6 +220,7 @@ class TransparentProxy:
             error = f"cannot reach {destination[0]}:{destination[1]}: {exc}"
             finished(RelayStats(error=error))
             return
+        self._tell_link(conn, client, upstream, destination)
         if sys.platform == "linux":
             from netwarden.proxy.splice import relay_here
 
@@ -231,6 +242,18 @@ class TransparentProxy:
             log.warning("%s: no original destination (%s)", client, exc)
             conn.close()
             return None
+
+    def _tell_link(self, conn: socket.socket, client: tuple[str, int],
+                   upstream: socket.socket, destination: tuple[str, int]) -> None:  # fmt: skip
+        if self.on_link is None:
+            return
+        with contextlib.suppress(OSError):  # a connection already gone: nothing to link
+            self.on_link(RelayLink(
+                client=Endpoint(*client), listener=_endpoint(conn.getsockname()),
+                upstream=_endpoint(upstream.getsockname()),
+                upstream_remote=_endpoint(upstream.getpeername()),
+                destination=Endpoint(*destination), proxy_pid=os.getpid(),
+            ))  # fmt: skip
 
     def _report(self, flow: FlowReport, report: Callable[[FlowReport], object] | None) -> None:
         if flow.stats.error:
@@ -280,6 +303,7 @@ class TransparentProxy:
             conn.close()
             stats = RelayStats(error=f"cannot reach {destination[0]}:{destination[1]}: {exc}")
         else:
+            self._tell_link(conn, client, upstream, destination)
             try:
                 stats = await self._relay(conn, upstream)
             finally:
