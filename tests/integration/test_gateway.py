@@ -93,3 +93,41 @@ def test_tproxy_hands_forwarded_connections_over_unchanged(
     gateway.run([PY, "-m", "netwarden", "policy", "off"])
     assert "lookup 3100" not in gateway.run(["ip", "rule"]).stdout
     assert "lookup 3100" not in gateway.run(["ip", "-6", "rule"]).stdout
+
+
+def test_tproxy_takes_this_hosts_own_connections_too(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """`direction = "out"` with TPROXY: the application's packets are rerouted onto lo
+    by their mark and handed to the listener; nothing rewrites an address."""
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5000", "--send", "200000")
+    start_server(server, "tcp-server", "--port", "5001", "--send", "1000")
+    proxy = client.popen([PY, "-m", "netwarden", "proxy", "--tproxy", "--listen",
+                          "0.0.0.0:15001", "--listen", "[::]:15001"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    policy = tmp_path / "tproxy-out.toml"
+    policy.write_text('[[redirect]]\nname = "tproxy-out-5000"\ndirection = "out"\n'
+                      'method = "tproxy"\nport = 5000\nto = "proxy"\n')  # fmt: skip
+    client.run([PY, "-m", "netwarden", "policy", "apply", str(policy)])
+    assert proxy.stdout is not None
+    for address in (server.ipv4, server.ipv6):
+        report = traffic(client, "tcp-client", "--host", address, "--port", "5000",
+                         "--send", "30000", "--recv", "200000")  # fmt: skip
+        assert report["received"] == 200_000
+        flow = json.loads(proxy.stdout.readline())
+        assert flow["destination"].rsplit(":", 1)[0].strip("[]") == address
+        assert flow["client"].rsplit(":", 1)[1] == str(report["local_port"])
+        assert (flow["bytes_up"], flow["bytes_down"]) == (30_000, 200_000)
+        other = traffic(client, "tcp-client", "--host", address, "--port", "5001",
+                        "--recv", "1000")  # fmt: skip
+        assert other["received"] == 1000  # not chosen: straight to the server
+    shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
+    assert {c["rule"]: c["packets"] for c in shown}["tproxy-out-5000"] > 2
+    client.run([PY, "-m", "netwarden", "policy", "off"])
+    assert "lookup 3100" not in client.run(["ip", "rule"]).stdout
+    report = traffic(client, "tcp-client", "--host", server.ipv4, "--port", "5000",
+                     "--recv", "200000")  # fmt: skip
+    assert report["received"] == 200_000

@@ -330,8 +330,6 @@ class _Loader:
         method = raw.get("method", "nat")
         if method not in ("nat", "tproxy"):
             self.problem(at("method"), 'method is "nat" (the default) or "tproxy"')
-        elif method == "tproxy" and direction != "forward":
-            self.problem(at("method"), 'tproxy takes forwarded connections (direction = "forward")')
         elif method == "tproxy" and target is not None:
             target = replace(target, tproxy=True)
         known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS and k not in ("mark", "method")}

@@ -237,6 +237,10 @@ class TransparentProxy:
             conn.close()
             return None
         try:
+            if self.tproxy and sys.platform == "linux":
+                # Its answers to an application on this host must not be taken for the
+                # application's own packets by a tproxy rule: the proxy mark skips them.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             return original_destination(conn)
         except OSError as exc:
             log.warning("%s: no original destination (%s)", client, exc)

@@ -100,34 +100,83 @@ def _is_tproxy(compiled: CompiledRule) -> bool:
 
 def _tproxy_chain(policy: CompiledPolicy) -> list[JSON]:
     """A mangle-priority prerouting chain: packets of connections a transparent listener
-    already owns, and new ones a tproxy rule chooses, are marked for local delivery."""
-    rules = [r for r in policy.redirects.get(Direction.FORWARD, ()) if _is_tproxy(r)]
-    if not rules:
+    already owns, and new ones a tproxy rule chooses, are marked for local delivery.
+    This host's own connections reach it through a route chain (see _tproxy_out)."""
+    forwarded = [r for r in policy.redirects.get(Direction.FORWARD, ()) if _is_tproxy(r)]
+    outgoing = [r for r in policy.redirects.get(Direction.OUT, ()) if _is_tproxy(r)]
+    if not forwarded and not outgoing:
         return []
     where = {"family": FAMILY, "table": policy.table, "chain": "tproxy"}
-    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": TPROXY_MARK}}
     commands: list[JSON] = [
         {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": "tproxy",
                            "type": "filter", "hook": "prerouting", "prio": -150,
                            "policy": "accept"}}},
         {"add": {"rule": {**where, "comment": "connections already handed over", "expr": [
-            TCP_ONLY, _match({"socket": {"key": "transparent"}}, 1), mark, {"accept": None},
+            TCP_ONLY, _match({"socket": {"key": "transparent"}}, 1), _set_mark(TPROXY_MARK),
+            {"accept": None},
         ]}}},
     ]  # fmt: skip
-    for compiled in rules:
-        target = compiled.rule.target
-        assert target is not None
-        families = [compiled.family] if compiled.family else [4, 6]
-        for family in families:
-            for expr in _expressions(replace(compiled, family=family)):
-                expr = expr[:-1]
-                if compiled.family is None:
-                    expr.insert(0, _match({"meta": {"key": "nfproto"}},
-                                          "ipv4" if family == 4 else "ipv6"))  # fmt: skip
-                expr += [mark, {"tproxy": {"family": L4[family], "port": target.port}}]
-                commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
-                                                  "expr": expr}}})  # fmt: skip
+    for compiled in forwarded:
+        for family, expr in _per_family(compiled):
+            expr += [_set_mark(TPROXY_MARK), _tproxy(compiled, family)]
+            commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
+                                              "expr": expr}}})  # fmt: skip
+    for index, compiled in enumerate(outgoing):
+        for family in [compiled.family] if compiled.family else [4, 6]:
+            expr = [_match({"meta": {"key": "nfproto"}}, "ipv4" if family == 4 else "ipv6"),
+                    TCP_ONLY, _match({"meta": {"key": "iifname"}}, "lo"),
+                    _match({"meta": {"key": "mark"}}, TPROXY_MARK + 1 + index),
+                    _tproxy(compiled, family)]  # fmt: skip
+            commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
+                                              "expr": expr}}})  # fmt: skip
+    return commands + _tproxy_out(policy, outgoing)
+
+
+def _tproxy_out(policy: CompiledPolicy, rules: list[CompiledRule]) -> list[JSON]:
+    """This host's own connections chosen by a tproxy rule: every packet gets the rule's
+    mark (TPROXY_MARK + 1 + its index) in a route chain, which reroutes it by that mark
+    through netwarden's routing rule onto lo, where the prerouting chain hands it to the
+    listener. The proxy's own sockets (its mark) are left alone."""
+    if not rules:
+        return []
+    where = {"family": FAMILY, "table": policy.table, "chain": "tproxy_out"}
+    commands: list[JSON] = [
+        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": "tproxy_out",
+                           "type": "route", "hook": "output", "prio": -150,
+                           "policy": "accept"}}},
+        {"add": {"rule": {**where, "comment": "the proxy's own connections", "expr": [
+            _match({"meta": {"key": "mark"}}, policy.proxy_mark), {"return": None}]}}},
+    ]  # fmt: skip
+    for index, compiled in enumerate(rules):
+        for _family, expr in _per_family(compiled):
+            expr.append(_set_mark(TPROXY_MARK + 1 + index))
+            commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
+                                              "expr": expr}}})  # fmt: skip
     return commands
+
+
+def _per_family(compiled: CompiledRule) -> list[tuple[int, list[JSON]]]:
+    """The rule's matches (and counter, without its verdict) once per address family
+    it can meet: tproxy statements name the family."""
+    found = []
+    for family in [compiled.family] if compiled.family else [4, 6]:
+        for expr in _expressions(replace(compiled, family=family)):
+            expr = expr[:-1]
+            if compiled.family is None:
+                expr.insert(0, _match({"meta": {"key": "nfproto"}},
+                                      "ipv4" if family == 4 else "ipv6"))  # fmt: skip
+            found.append((family, expr))
+    return found
+
+
+def _set_mark(value: int) -> JSON:
+    return {"mangle": {"key": {"meta": {"key": "mark"}}, "value": value}}
+
+
+def _tproxy(compiled: CompiledRule, family: int) -> JSON:
+    target = compiled.rule.target
+    assert target is not None
+    return {"tproxy": {"family": L4[family], "port": target.port}}
 
 
 TCP_ONLY: JSON = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
