@@ -204,3 +204,16 @@ def test_a_proxied_connection_is_one_connection_in_three_flows() -> None:
     for side in (flows[15001], flows[51000]):
         assert side.process == PROXY
         assert side.attribution.method is AttributionMethod.RELAY
+
+
+def test_udp_conversation_stands_between_conntrack_dumps() -> None:
+    """A refresh without a conntrack dump (skipped when dumps are dear) keeps what the
+    last dump showed; the next dump that lacks a conversation closes it."""
+    table = FlowTable(FakeResolver(owners={5: 7}, processes={7: NGINX}))
+    sockets = [udp_socket("0.0.0.0:53", inode=5)]
+    conversation = udp_conntrack("10.0.0.9:40000", "10.0.0.1:53", up=100, down=300)
+    table.apply_snapshot(sockets, [conversation], 1.0)
+    assert _kinds(table.apply_snapshot(sockets, None, 2.0)) == []
+    assert _kinds(table.apply_snapshot(sockets, None, 2.0 + 2 * CLOSE_GRACE)) == []
+    table.apply_snapshot(sockets, [], 10.0)
+    assert _kinds(table.tick(10.0 + CLOSE_GRACE)) == [(FlowEventKind.CLOSED, 53)]

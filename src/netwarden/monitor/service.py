@@ -13,12 +13,15 @@ from collections.abc import Callable
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
 from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
-from netwarden.platform.base import Sources
+from netwarden.platform.base import ConntrackRecord, Sources
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[FlowEvent]], None]
 BATCH_SECONDS = 0.05
+# A conntrack dump that took t seconds is not repeated for CONNTRACK_COST_FACTOR * t
+# seconds: at most 2% of a core goes to dumps however large the table.
+CONNTRACK_COST_FACTOR = 50
 
 
 class Monitor:
@@ -42,6 +45,7 @@ class Monitor:
             sources.processes, netns=sources.netns, is_root=is_root, record_events=record_events
         )
         self._last_prune = 0.0
+        self._next_conntrack = 0.0
 
     def snapshot(self) -> list[Flow]:
         """One dump, merged: the table as it is now."""
@@ -50,12 +54,23 @@ class Monitor:
 
     def _refresh(self, now: float) -> list[FlowEvent]:
         try:
-            conntrack = self.sources.conntrack.snapshot() if self.sources.conntrack else None
+            conntrack = self._conntrack_snapshot()
             sockets = self.sources.sockets.snapshot()
         except OSError as exc:  # a failed read skips one refresh; the table stays as it was
             log.warning("snapshot failed, keeping the last one: %s", exc)
             return self.table.tick(now)
         return self.table.apply_snapshot(sockets, conntrack, now)
+
+    def _conntrack_snapshot(self) -> list[ConntrackRecord] | None:
+        """A conntrack dump, unless the last one was too dear to repeat so soon: the
+        kernel walks every entry (a busy host's TCP ones too) even though only UDP ones
+        are returned. Between dumps, UDP flows keep their last counters."""
+        if self.sources.conntrack is None or time.monotonic() < self._next_conntrack:
+            return None
+        started = time.monotonic()
+        records = self.sources.conntrack.snapshot()
+        self._next_conntrack = started + (time.monotonic() - started) * CONNTRACK_COST_FACTOR
+        return records
 
     def _drain(self, now: float) -> None:
         links = self.relay_links

@@ -111,6 +111,7 @@ class FlowTable:
         # Conntrack keeps a UDP conversation for a while after its sockets close: the
         # counters at close are remembered so the entry does not bring the flow back.
         self._tombstones: dict[FlowKey, tuple[int, int, float]] = {}
+        self._conntrack_seen: set[FlowKey] = set()  # flows the last conntrack dump showed
         # What a local proxy said about flows not seen yet: flow -> (note, pid, when).
         self._relays: dict[FlowKey, tuple[str, int | None, float]] = {}
 
@@ -197,9 +198,10 @@ class FlowTable:
         owners = self._resolver.owners_of({r.inode for r in changed if self._needs_owner(r)})
         for record in changed:
             self._upsert_socket(record, now, owners.get(record.inode)).record = record
-        if conntrack is not None:
+        if conntrack is not None:  # None: no new dump; what the last one showed stands
             self.add_conntrack(conntrack, now)
-            seen.update(k for r in conntrack for k, _s, _r in self._conntrack_views(r))
+            self._conntrack_seen = {k for r in conntrack for k, _s, _r in self._conntrack_views(r)}
+        seen.update(self._conntrack_seen)
         for state in self._flows.values():
             if state.key not in seen and state.closing_at is None:
                 self._close_later(state, now)
