@@ -52,21 +52,24 @@ class Monitor:
         self._refresh(time.time())
         return self.table.flows()
 
-    def _refresh(self, now: float) -> list[FlowEvent]:
+    def _refresh(self, now: float, *, full: bool = False) -> list[FlowEvent]:
+        """full: read conntrack whatever the last dump cost (the last refresh)."""
         try:
-            conntrack = self._conntrack_snapshot()
+            conntrack = self._conntrack_snapshot(full)
             sockets = self.sources.sockets.snapshot()
         except OSError as exc:  # a failed read skips one refresh; the table stays as it was
             log.warning("snapshot failed, keeping the last one: %s", exc)
             return self.table.tick(now)
         return self.table.apply_snapshot(sockets, conntrack, now)
 
-    def _conntrack_snapshot(self) -> list[ConntrackRecord] | None:
+    def _conntrack_snapshot(self, full: bool) -> list[ConntrackRecord] | None:
         """A conntrack dump, unless the last one was too dear to repeat so soon: the
         kernel walks every entry (a busy host's TCP ones too) even though only UDP ones
         are returned. Between dumps, UDP flows keep their last counters."""
-        if self.sources.conntrack is None or time.monotonic() < self._next_conntrack:
+        if self.sources.conntrack is None:
             return None
+        if not full and time.monotonic() < self._next_conntrack and not self.table.udp_closing():
+            return None  # (a closing UDP conversation needs its final counters now)
         started = time.monotonic()
         records = self.sources.conntrack.snapshot()
         self._next_conntrack = started + (time.monotonic() - started) * CONNTRACK_COST_FACTOR
@@ -122,7 +125,7 @@ class Monitor:
         # Flows already closing are reported without waiting out their grace time.
         now = time.time()
         self._drain(now)
-        self._emit(sink, self._refresh(now) + self.table.tick(now + CLOSE_GRACE))
+        self._emit(sink, self._refresh(now, full=True) + self.table.tick(now + CLOSE_GRACE))
 
     def _emit(self, sink: EventSink, events: list[FlowEvent]) -> None:
         if not events:

@@ -254,6 +254,11 @@ class FlowTable:
             return self._stamps.get(record.key) is None
         return state.attribution.method is AttributionMethod.UNKNOWN
 
+    def udp_closing(self) -> bool:
+        """Whether a UDP flow waits to be reported closed (its counters come from
+        conntrack, so a dump should read them first)."""
+        return any(key.transport is Transport.UDP for key in self._closing)
+
     def add_relays(self, links: Iterable[RelayLink], now: float) -> None:
         """Notes from a local proxy on the flows of the connections it relays."""
         for link in links:
