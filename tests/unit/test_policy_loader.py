@@ -196,3 +196,53 @@ def test_fast_network_parser_refuses_what_ipaddress_refuses(text: str) -> None:
     v4, v6 = PrefixTable(4), PrefixTable(6)
     assert load_lines(f"10.0.0.1\n{text}\n", v4, v6) == [(2, text)]
     assert len(v4) == 1
+
+
+CHAIN = """
+[[redirect]]
+name = "apps-to-scanner"
+port = 80
+mark = 0
+to = "127.0.0.1:15002"
+target_mark = 0x4e500002
+
+[[redirect]]
+name = "scanner-to-dlp"
+port = 80
+mark = 0x4e500002
+to = "127.0.0.1:15003"
+target_mark = {dlp_mark}
+"""
+
+
+def test_a_chain_of_proxies_that_ends_is_accepted() -> None:
+    policy = parse(CHAIN.format(dlp_mark="0x4e500001"), "p.toml", ENV)  # the guard mark
+    assert [r.target.mark for r in policy.redirects if r.target] == [0x4E500002, 0x4E500001]
+
+
+def test_a_chain_of_proxies_that_comes_back_is_refused() -> None:
+    looping = CHAIN.format(dlp_mark="0x4e500003") + (
+        '\n[[redirect]]\nname = "dlp-back-to-scanner"\nport = 80\nmark = 0x4e500003\n'
+        'to = "127.0.0.1:15002"\ntarget_mark = 0x4e500002\n'
+    )
+    [problem] = _problems(looping)
+    assert problem.startswith("p.toml:9: these redirects loop: 'scanner-to-dlp' sends")
+    assert "'dlp-back-to-scanner' sends connections to 127.0.0.1:15002" in problem
+
+
+def test_a_proxy_whose_own_connections_it_would_take_again_is_refused() -> None:
+    text = ('[[redirect]]\nname = "all-web"\nport = 443\nto = "127.0.0.1:15002"\n'
+            "target_mark = 0x4e500002\n")  # fmt: skip
+    [problem] = _problems(text)
+    assert (
+        "'all-web' sends connections to 127.0.0.1:15002, whose own connections carry "
+        "mark 0x4e500002; and 'all-web' takes those again" in problem
+    )
+
+
+def test_rules_that_cannot_meet_one_connection_do_not_loop() -> None:
+    text = CHAIN.format(dlp_mark="0x4e500003") + (
+        '\n[[redirect]]\nname = "dlp-443-back"\nport = 443\nmark = 0x4e500003\n'
+        'to = "127.0.0.1:15002"\ntarget_mark = 0x4e500002\n'
+    )
+    assert len(parse(text, "p.toml", ENV).redirects) == 3  # port 80 never reaches port 443

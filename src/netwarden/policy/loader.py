@@ -44,6 +44,7 @@ from netwarden.model.flow import parse_host_port
 from netwarden.policy.environment import Environment
 from netwarden.policy.errors import PolicyError, Problem
 from netwarden.policy.lines import LineFinder
+from netwarden.policy.loops import redirect_loops
 from netwarden.policy.model import (
     Action,
     Addresses,
@@ -67,7 +68,7 @@ SETTINGS_KEYS = {
 }  # fmt: skip
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
-    "service", "mark", "method",
+    "service", "mark", "method", "target_mark",
 }  # fmt: skip
 SET_KEYS = {"addresses", "file"}
 RULE_KEYS = {
@@ -156,6 +157,8 @@ class _Loader:
             if redirect is not None:
                 redirects.append(redirect)
         self._check_marks((*rules, *redirects), settings)
+        for line, message in redirect_loops(tuple(redirects), settings.proxy_mark):
+            self.problem(line, message)
         if self.problems:
             raise PolicyError(
                 sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
@@ -327,12 +330,26 @@ class _Loader:
             not isinstance(mark, int) or isinstance(mark, bool) or not 0 <= mark < 2**32
         ):
             self.problem(at("mark"), "mark must be a number from 0 to 2^32-1 (0: unmarked)")
+        target_mark = raw.get("target_mark")
+        if target_mark is not None:
+            if (
+                not isinstance(target_mark, int)
+                or isinstance(target_mark, bool)
+                or not (0 < target_mark < 2**32)
+            ):
+                self.problem(at("target_mark"), "target_mark must be a number from 1 to 2^32-1")
+            elif target is not None and target.address is None:
+                self.problem(at("target_mark"), 'netwarden\'s proxy uses proxy_mark: no '
+                             'target_mark with to = "proxy"')  # fmt: skip
+            elif target is not None:
+                target = replace(target, mark=target_mark)
         method = raw.get("method", "nat")
         if method not in ("nat", "tproxy"):
             self.problem(at("method"), 'method is "nat" (the default) or "tproxy"')
         elif method == "tproxy" and target is not None:
             target = replace(target, tproxy=True)
-        known = {k: v for k, v in raw.items() if k in REDIRECT_KEYS and k not in ("mark", "method")}
+        known = {k: v for k, v in raw.items()
+                 if k in REDIRECT_KEYS and k not in ("mark", "method", "target_mark")}  # fmt: skip
         as_rule = {**known, "action": "redirect", "direction": direction, "protocol": "tcp",
                    "to": raw.get("destination", [])}  # fmt: skip
         as_rule.pop("destination", None)
@@ -343,7 +360,7 @@ class _Loader:
 
     def _target(self, raw: Any, line: int, settings: Settings) -> RedirectTarget | None:
         if raw == "proxy":
-            return RedirectTarget(settings.proxy_port)
+            return RedirectTarget(settings.proxy_port, mark=settings.proxy_mark)
         if isinstance(raw, str):
             try:
                 address, port = parse_host_port(raw)

@@ -112,7 +112,8 @@ class RedirectTarget:
 
     port: int
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # None: the proxy
-    tproxy: bool = False  # forwarded connections handed over by TPROXY, not by NAT
+    tproxy: bool = False  # connections handed over by TPROXY, not by NAT
+    mark: int | None = None  # the mark of the listener's own connections, when known
 
     def __str__(self) -> str:
         if self.address is None:
