@@ -104,6 +104,13 @@ def show(
     typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'PACKETS':>10}  {'BYTES':>12}")
     for c in counters:
         typer.echo(f"{c.counter:16}  {c.comment:{width}}  {c.packets:>10}  {c.bytes:>12}")
+    from netwarden.platform.linux.cgroup_marks import marked_cgroups
+
+    marks = marked_cgroups()
+    if marks:
+        typer.echo("\nsockets marked for scope and service rules (cgroup: mark):")
+        for cgroup, mark in sorted(marks.items()):
+            typer.echo(f"  {cgroup}: {mark:#x}")
 
 
 @app.command()

@@ -68,7 +68,10 @@ def wanted_marks(policy: Policy) -> dict[Path, int]:
     if not cgroups:
         return {}
     if mount is None:
-        raise PlatformError("rules on scopes and services need the cgroup v2 hierarchy")
+        raise PlatformError(
+            "rules on scopes and services need the cgroup v2 hierarchy, and none is mounted "
+            "here (`ip netns exec` mounts a /sys without it: use `nsenter --net=...`)"
+        )
     return {mount / c.path: c.mark(policy.settings.mark_base) for c in cgroups}
 
 
