@@ -334,12 +334,12 @@ def run(
     import re
 
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import scopes
+    from netwarden.platform.select import current
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", scope):
         fail(f"{scope!r} is not a scope name (letters, digits, _ . -)")
     try:
-        code = scopes.run(scope, command)
+        code = current().run_scoped(scope, command)
     except PlatformError as exc:
         fail(str(exc), 1)
     raise typer.Exit(code if code >= 0 else 128 - code)

@@ -11,6 +11,7 @@ import typer
 from netwarden.jsontext import dumps
 
 if TYPE_CHECKING:
+    from netwarden.platform.base import Firewall
     from netwarden.policy.model import Policy
 
 app = typer.Typer(
@@ -28,13 +29,23 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _firewall() -> Firewall:
+    from netwarden.platform.base import PlatformError
+    from netwarden.platform.select import current
+
+    try:
+        return current().firewall()
+    except PlatformError as exc:
+        _fail(f"netwarden: {exc}", 1)
+        raise  # unreachable: _fail exits
+
+
 def _load(path: Path) -> Policy:
-    from netwarden.platform.linux.firewall import environment
     from netwarden.policy.errors import PolicyError
     from netwarden.policy.loader import load
 
     try:
-        return load(path, environment())
+        return load(path, _firewall().environment())
     except PolicyError as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits
@@ -70,11 +81,10 @@ def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     policy stays in force.
     """
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import firewall
 
     policy = _load(path)
     try:
-        rules = firewall.apply(policy)
+        rules = _firewall().apply(policy)
     except PlatformError as exc:
         _fail(f"netwarden: policy not applied, nothing changed: {exc}", 1)
     typer.echo(f"applied {path}: {len(policy.rules)} rules ({rules} kernel rules) "
@@ -88,8 +98,8 @@ def show(
 ) -> None:
     """The live policy's rules with their packet and byte counters."""
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import firewall
 
+    firewall = _firewall()
     try:
         counters, live = firewall.show(table)
     except PlatformError as exc:
@@ -104,13 +114,11 @@ def show(
     typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'PACKETS':>10}  {'BYTES':>12}")
     for c in counters:
         typer.echo(f"{c.counter:16}  {c.comment:{width}}  {c.packets:>10}  {c.bytes:>12}")
-    from netwarden.platform.linux.cgroup_marks import marked_cgroups
-
-    marks = marked_cgroups()
+    marks = firewall.marked_owners()
     if marks:
         typer.echo("\nsockets marked for scope and service rules (cgroup: mark):")
-        for cgroup, mark in sorted(marks.items()):
-            typer.echo(f"  {cgroup}: {mark:#x}")
+        for owner, mark in sorted(marks.items()):
+            typer.echo(f"  {owner}: {mark:#x}")
 
 
 @app.command()
@@ -121,12 +129,11 @@ def test(
     ],
 ) -> None:
     """Say which rule decides a flow and why, without root and without the kernel."""
-    from netwarden.platform.linux.firewall import environment
     from netwarden.policy.matcher import FlowSyntaxError, decide, parse_flow
 
     policy = _load(path)
     try:
-        query = parse_flow(flow, environment())
+        query = parse_flow(flow, _firewall().environment())
     except FlowSyntaxError as exc:
         _fail(f"--flow: {exc}")
         return
@@ -144,10 +151,9 @@ def test(
 def off(table: TableOption = "netwarden") -> None:
     """Remove netwarden's policy table, and nothing else."""
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import firewall
 
     try:
-        removed = firewall.remove(table)
+        removed = _firewall().remove(table)
     except PlatformError as exc:
         _fail(f"netwarden: {exc}", 1)
         return

@@ -48,10 +48,15 @@ def redirect(
     Example, the brief's: every outgoing connection to port 80 reaches a local server.\n
       netwarden redirect --dport 80 --to 127.0.0.1:55555 --to [::1]:55555
     """
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import redirect as backend
-    from netwarden.platform.linux.firewall import environment
+    from netwarden.platform.base import PlatformError, QuickRedirect
+    from netwarden.platform.select import current
     from netwarden.policy.model import PortRange
+
+    try:
+        firewall = current().firewall()
+    except PlatformError as exc:
+        _fail(f"netwarden: {exc}", 1)
+        return
 
     targets = []
     for text in to:
@@ -80,15 +85,15 @@ def redirect(
             _fail(f"--dest {text!r} is not an IP address or network")
     uid = None
     if user is not None:
-        uid = int(user) if user.isdigit() else environment().uid_of(user)
+        uid = int(user) if user.isdigit() else firewall.environment().uid_of(user)
         if uid is None:
             _fail(f"--user: unknown user {user!r}")
     if gateway and uid is not None:
         _fail("--user applies to this host's own connections, not with --gateway")
-    rules = [backend.Redirect(target, tuple(ports), tuple(networks), uid, gateway)
+    rules = [QuickRedirect(target, tuple(ports), tuple(networks), uid, gateway)
              for target in targets]  # fmt: skip
     try:
-        backend.apply(rules)
+        firewall.apply_quick_redirects(rules)
     except PlatformError as exc:
         _fail(f"redirection not set up, nothing changed: {exc}", 1)
     for rule in rules:
@@ -108,12 +113,12 @@ def down() -> None:
 
     from netwarden.daemon import state
     from netwarden.platform.base import PlatformError
-    from netwarden.platform.linux import firewall
-    from netwarden.platform.linux import redirect as backend
+    from netwarden.platform.select import current
 
     said = []
     running = state.read()
     try:
+        firewall = current().firewall()
         if running is not None and state.alive(running.pid):
             os.kill(running.pid, signal.SIGTERM)
             deadline = time.monotonic() + 15
@@ -126,7 +131,7 @@ def down() -> None:
                 firewall.remove(running.monitor_table)
             state.clear()
             said.append(f"removed table inet {running.table} left by pid {running.pid}")
-        if backend.remove():
+        if firewall.remove_quick_redirects():
             said.append("redirection removed")
     except PlatformError as exc:
         _fail(str(exc), 1)

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from netwarden.platform.linux.procfs import pid_alive
+from netwarden.platform.select import current
 
 RUN_DIR = Path("/run/netwarden")
 
@@ -50,4 +50,4 @@ def clear() -> None:
 
 
 def alive(pid: int) -> bool:
-    return pid_alive(pid)
+    return current().process_alive(pid)

@@ -16,8 +16,7 @@ from netwarden.daemon import state
 from netwarden.model import FlowEvent, RelayLink
 from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.service import Monitor
-from netwarden.platform.base import PlatformError
-from netwarden.platform.linux import firewall
+from netwarden.platform.base import Firewall, PlatformError
 from netwarden.platform.select import current, is_privileged
 from netwarden.policy.model import Policy
 from netwarden.proxy.gate import policy_gate
@@ -105,7 +104,7 @@ def needs_proxy(policy: Policy) -> bool:
     return needs_transparent(policy) or bool(settings.socks5 or settings.http_proxy)
 
 
-def claim(policy: Policy) -> None:
+def claim(policy: Policy, firewall: Firewall) -> None:
     """Refuse to start twice; clean what a crashed daemon left."""
     previous = state.read()
     if previous is not None and state.alive(previous.pid):
@@ -131,12 +130,12 @@ def run(
 
     if not is_privileged():
         raise PlatformError("netwarden up needs root: it changes nftables and routing")
-    claim(policy)
-    from netwarden.platform.linux.backend import monitor_table_name
-
+    backend = current()
+    firewall = backend.firewall()
+    claim(policy, firewall)
     state.write(
         state.DaemonState(
-            os.getpid(), policy.settings.table, policy.source, monitor_table_name(os.getpid())
+            os.getpid(), policy.settings.table, policy.source, backend.monitor_table(os.getpid())
         )
     )
     proxy: ProxyThread | None = None
@@ -146,7 +145,7 @@ def run(
             proxy = ProxyThread(policy, on_flow, links.append)
             proxy.start()
         rules = firewall.apply(policy)
-        with current().open_sources(None, events=True) as sources:
+        with backend.open_sources(None, events=True) as sources:
             monitor = Monitor(sources, history=history, is_root=is_privileged(),
                               relay_links=links)  # fmt: skip
             summary = (

@@ -7,11 +7,16 @@ into flows.
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from netwarden.model import Endpoint, FlowKey, ProcessInfo, Transport
+from netwarden.policy.environment import Environment
+from netwarden.policy.model import Policy, PortRange
+from netwarden.policy.prefixes import Network
 
 
 class PlatformError(RuntimeError):
@@ -160,9 +165,74 @@ class Sources(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RuleCounters:
+    counter: str
+    comment: str
+    packets: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuickRedirect:
+    """One rule of the `netwarden redirect` one-liner: TCP connections to `ports` (and
+    `destinations`, when given) of one address family go to `target` instead; the
+    family is the target's."""
+
+    target: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+    ports: tuple[PortRange, ...] = ()
+    destinations: tuple[Network, ...] = ()
+    uid: int | None = None
+    forwarded: bool = False  # connections routed through this host, not its own
+
+    @property
+    def family(self) -> int:
+        return self.target[0].version
+
+
+class Firewall(Protocol):
+    """A policy's filters and redirects in the kernel, in what netwarden owns there."""
+
+    def environment(self) -> Environment:
+        """What the policy's names (users, groups, services, scopes) refer to here."""
+        ...
+
+    def apply(self, policy: Policy) -> int:
+        """Replace the live policy atomically; the number of kernel rules."""
+        ...
+
+    def show(self, table: str) -> tuple[list[RuleCounters], bool]:
+        """Per-rule counters of the live policy; False when none is applied."""
+        ...
+
+    def marked_owners(self) -> dict[str, int]:
+        """Where this policy marks sockets for scope and service rules: owner -> mark."""
+        ...
+
+    def remove(self, table: str) -> bool:
+        """Remove netwarden's policy (nothing else); True when there was one."""
+        ...
+
+    def apply_quick_redirects(self, redirects: list[QuickRedirect]) -> None: ...
+
+    def remove_quick_redirects(self) -> bool: ...
+
+
 class Backend(Protocol):
     def open_sources(
         self, netns: str | None, *, events: bool
     ) -> AbstractContextManager[Sources]: ...
 
     def capabilities(self) -> list[Capability]: ...
+
+    def firewall(self) -> Firewall: ...
+
+    def run_scoped(self, scope: str, argv: Sequence[str]) -> int:
+        """Run argv in the application scope `scope`; its exit status."""
+        ...
+
+    def process_alive(self, pid: int) -> bool: ...
+
+    def monitor_table(self, pid: int) -> str:
+        """What a monitor of process `pid` may leave behind if it crashes ("" if nothing)."""
+        ...

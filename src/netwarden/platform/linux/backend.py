@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -12,6 +12,7 @@ from netwarden.platform.base import (
     Capability,
     ConntrackEvents,
     ConntrackTable,
+    Firewall,
     FlowStamps,
     ProcessResolver,
     SocketCloseEvents,
@@ -74,14 +75,14 @@ def _pid_in_namespace(inode: int) -> Callable[[int], bool]:
 
 
 class LinuxBackend:
-    def __init__(self, monitor_table: str = MONITOR_TABLE) -> None:
-        self.monitor_table = monitor_table
+    def __init__(self, monitor_table_prefix: str = MONITOR_TABLE) -> None:
+        self.monitor_table_prefix = monitor_table_prefix
 
     @contextmanager
     def open_sources(self, netns: str | None, *, events: bool) -> Iterator[LinuxSources]:
         missing: list[str] = []
         is_root = os.geteuid() == 0
-        activation = ConntrackActivation(self.monitor_table, os.getpid())
+        activation = ConntrackActivation(self.monitor_table_prefix, os.getpid())
         with netns_api.entered(netns):
             sources = LinuxSources(
                 sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or ""
@@ -138,6 +139,24 @@ class LinuxBackend:
                 "may show as unknown"
             )
             return None
+
+    def firewall(self) -> Firewall:
+        from netwarden.platform.linux.firewall import LinuxFirewall
+
+        return LinuxFirewall()
+
+    def run_scoped(self, scope: str, argv: Sequence[str]) -> int:
+        from netwarden.platform.linux import scopes
+
+        return scopes.run(scope, argv)
+
+    def process_alive(self, pid: int) -> bool:
+        from netwarden.platform.linux.procfs import pid_alive
+
+        return pid_alive(pid)
+
+    def monitor_table(self, pid: int) -> str:
+        return monitor_table_name(pid)
 
     def capabilities(self) -> list[Capability]:
         from netwarden.platform.linux.doctor import probe_all

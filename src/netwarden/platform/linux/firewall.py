@@ -6,11 +6,10 @@ from __future__ import annotations
 import errno
 import grp
 import pwd
-from dataclasses import dataclass
 from pathlib import Path
 
-from netwarden.platform.base import PlatformError
-from netwarden.platform.linux import nftables, tproxy
+from netwarden.platform.base import PlatformError, QuickRedirect, RuleCounters
+from netwarden.platform.linux import nftables, redirect, tproxy
 from netwarden.platform.linux.cgroup_marks import sync as cgroup_marks_sync
 from netwarden.platform.linux.nft_policy import FAMILY, read_counters, render
 from netwarden.platform.linux.procfs import cgroup2_mount
@@ -20,14 +19,6 @@ from netwarden.policy.environment import SCOPE_PARENT, Environment, scope_path
 from netwarden.policy.model import Policy
 
 CGROUP_FS = Path("/sys/fs/cgroup")
-
-
-@dataclass(frozen=True, slots=True)
-class RuleCounters:
-    counter: str
-    comment: str
-    packets: int
-    bytes: int
 
 
 def _uid(name: str) -> int | None:
@@ -139,3 +130,30 @@ def remove(table: str) -> bool:
     cgroup_marks_sync({})
     remove_idle_scopes()
     return removed
+
+
+class LinuxFirewall:
+    """The Firewall of platform.base on nftables (see the functions above)."""
+
+    def environment(self) -> Environment:
+        return environment()
+
+    def apply(self, policy: Policy) -> int:
+        return apply(policy)
+
+    def show(self, table: str) -> tuple[list[RuleCounters], bool]:
+        return show(table)
+
+    def marked_owners(self) -> dict[str, int]:
+        from netwarden.platform.linux.cgroup_marks import marked_cgroups
+
+        return {str(cgroup): mark for cgroup, mark in marked_cgroups().items()}
+
+    def remove(self, table: str) -> bool:
+        return remove(table)
+
+    def apply_quick_redirects(self, redirects: list[QuickRedirect]) -> None:
+        redirect.apply(redirects)
+
+    def remove_quick_redirects(self) -> bool:
+        return redirect.remove()

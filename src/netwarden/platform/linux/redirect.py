@@ -7,34 +7,17 @@ connections (SO_MARK) so they leave for the real destination instead of looping 
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
 from typing import Any
 
-from netwarden.platform.base import PlatformError
+from netwarden.platform.base import PlatformError, QuickRedirect
 from netwarden.platform.linux import nftables
-from netwarden.policy.model import PortRange
-from netwarden.policy.prefixes import Network
 
 TABLE = "netwarden_redirect"
 PROXY_MARK = 0x4E500001
 JSON = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Redirect:
-    """TCP connections to `ports` (and `destinations`, when given) of one address family
-    go to `target` instead; the family is the target's."""
-
-    target: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
-    ports: tuple[PortRange, ...] = ()
-    destinations: tuple[Network, ...] = ()
-    uid: int | None = None
-    forwarded: bool = False  # connections routed through this host, not its own
-
-    @property
-    def family(self) -> int:
-        return self.target[0].version
+Redirect = QuickRedirect
 
 
 def _match(left: JSON, right: Any) -> JSON:
