@@ -66,16 +66,21 @@ def test_forwarded_connections_redirected_into_the_gateways_proxy(
         assert (flow["bytes_up"], flow["bytes_down"]) == (100_000, 200_000)
 
 
+def _tproxy_listener(host: Host) -> subprocess.Popen[str]:
+    proxy = host.popen([PY, "-m", "netwarden", "proxy", "--tproxy", "--listen",
+                        "0.0.0.0:15001", "--listen", "[::]:15001"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    return proxy
+
+
 def test_tproxy_hands_forwarded_connections_over_unchanged(
     routed: tuple[Host, Host, Host], tmp_path: Path
 ) -> None:
     client, gateway, server = routed
     target4, target6 = server.links[2]
-    proxy = gateway.popen([PY, "-m", "netwarden", "proxy", "--tproxy", "--listen",
-                           "0.0.0.0:15001", "--listen", "[::]:15001"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    assert proxy.stderr is not None
-    assert "proxy listening" in proxy.stderr.readline()
+    proxy = _tproxy_listener(gateway)
     policy = tmp_path / "tproxy.toml"
     policy.write_text('[[redirect]]\nname = "tproxy-5000"\ndirection = "forward"\n'
                       'method = "tproxy"\nport = 5000\nto = "proxy"\n')  # fmt: skip
@@ -103,11 +108,7 @@ def test_tproxy_takes_this_hosts_own_connections_too(
     client, server = pair
     start_server(server, "tcp-server", "--port", "5000", "--send", "200000")
     start_server(server, "tcp-server", "--port", "5001", "--send", "1000")
-    proxy = client.popen([PY, "-m", "netwarden", "proxy", "--tproxy", "--listen",
-                          "0.0.0.0:15001", "--listen", "[::]:15001"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    assert proxy.stderr is not None
-    assert "proxy listening" in proxy.stderr.readline()
+    proxy = _tproxy_listener(client)
     policy = tmp_path / "tproxy-out.toml"
     policy.write_text('[[redirect]]\nname = "tproxy-out-5000"\ndirection = "out"\n'
                       'method = "tproxy"\nport = 5000\nto = "proxy"\n')  # fmt: skip

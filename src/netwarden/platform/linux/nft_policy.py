@@ -107,15 +107,10 @@ def _tproxy_chain(policy: CompiledPolicy) -> list[JSON]:
     if not forwarded and not outgoing:
         return []
     where = {"family": FAMILY, "table": policy.table, "chain": "tproxy"}
-    commands: list[JSON] = [
-        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": "tproxy",
-                           "type": "filter", "hook": "prerouting", "prio": -150,
-                           "policy": "accept"}}},
-        {"add": {"rule": {**where, "comment": "connections already handed over", "expr": [
-            TCP_ONLY, _match({"socket": {"key": "transparent"}}, 1), _set_mark(TPROXY_MARK),
-            {"accept": None},
-        ]}}},
-    ]  # fmt: skip
+    commands = _mangle_chain(policy, "tproxy", "filter", "prerouting",
+                             "connections already handed over",
+                             [TCP_ONLY, _match({"socket": {"key": "transparent"}}, 1),
+                              _set_mark(TPROXY_MARK), {"accept": None}])  # fmt: skip
     for compiled in forwarded:
         for family, expr in _per_family(compiled):
             expr += [_set_mark(TPROXY_MARK), _tproxy(compiled, family)]
@@ -140,19 +135,27 @@ def _tproxy_out(policy: CompiledPolicy, rules: list[CompiledRule]) -> list[JSON]
     if not rules:
         return []
     where = {"family": FAMILY, "table": policy.table, "chain": "tproxy_out"}
-    commands: list[JSON] = [
-        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": "tproxy_out",
-                           "type": "route", "hook": "output", "prio": -150,
-                           "policy": "accept"}}},
-        {"add": {"rule": {**where, "comment": "the proxy's own connections", "expr": [
-            _match({"meta": {"key": "mark"}}, policy.proxy_mark), {"return": None}]}}},
-    ]  # fmt: skip
+    commands = _mangle_chain(policy, "tproxy_out", "route", "output",
+                             "the proxy's own connections",
+                             [_match({"meta": {"key": "mark"}}, policy.proxy_mark),
+                              {"return": None}])  # fmt: skip
     for index, compiled in enumerate(rules):
         for _family, expr in _per_family(compiled):
             expr.append(_set_mark(TPROXY_MARK + 1 + index))
             commands.append({"add": {"rule": {**where, "comment": compiled.rule.name[:120],
                                               "expr": expr}}})  # fmt: skip
     return commands
+
+
+def _mangle_chain(policy: CompiledPolicy, name: str, kind: str, hook: str, comment: str,
+                  first: list[JSON]) -> list[JSON]:  # fmt: skip
+    """A chain at mangle priority and its first rule."""
+    return [
+        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": name, "type": kind,
+                           "hook": hook, "prio": -150, "policy": "accept"}}},
+        {"add": {"rule": {"family": FAMILY, "table": policy.table, "chain": name,
+                          "comment": comment, "expr": first}}},
+    ]  # fmt: skip
 
 
 def _per_family(compiled: CompiledRule) -> list[tuple[int, list[JSON]]]:
