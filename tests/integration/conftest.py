@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.testing.netlab import Host, Lab
 from tests.integration.monitor_process import MonitorProcess
 
@@ -47,3 +50,21 @@ def monitor_client(pair: tuple[Host, Host], history_db: Path) -> Iterator[Monito
         yield mon
     finally:
         mon.stop()
+
+
+@pytest.fixture
+def service_cgroup() -> Iterator[tuple[str, Path]]:
+    """A cgroup that stands for a running systemd service (CI has no systemd)."""
+    mount = cgroup2_mount()
+    assert mount is not None
+    unit = f"nwtest-{os.getpid()}.service"
+    directory = mount / "nwtest.slice" / unit
+    directory.mkdir(parents=True)
+    yield unit, directory
+    for cgroup in (directory, directory.parent):
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+
+
+def in_cgroup(directory: Path) -> tuple[str, ...]:
+    return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(directory))

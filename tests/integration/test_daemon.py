@@ -7,13 +7,15 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from netwarden.testing.netlab import Host
-from tests.integration.conftest import PY, start_server, traffic
+from tests.integration.conftest import PY, in_cgroup, start_server, traffic
 from tests.integration.monitor_process import within
+from tests.integration.test_policy import probe
 
 pytestmark = pytest.mark.root
 
@@ -157,3 +159,24 @@ def test_up_runs_the_user_mode_listeners_under_its_policy(
     assert status("http://127.0.0.1:3128", 8081) == "403"
     client.run([PY, "-m", "netwarden", "down"])
     assert daemon.wait(timeout=15) == 0
+
+
+def test_up_marks_a_restarted_service_again(
+    pair: tuple[Host, Host], service_cgroup: tuple[str, Path], tmp_path: Path
+) -> None:
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5002")
+    unit, directory = service_cgroup
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[[rule]]\nname = "web-no-5002"\naction = "reject"\ndirection = "out"\n'
+                      f'protocol = "tcp"\nport = 5002\nservice = "{unit}"\n')  # fmt: skip
+    _up(client, policy, tmp_path / "history.sqlite")
+    assert probe(client, server.ipv4, 5002, prefix=in_cgroup(directory)) == "refused"
+    directory.rmdir()  # the unit stops; it starts again in a new cgroup, unmarked
+    directory.mkdir()
+    deadline = time.monotonic() + 10
+    while probe(client, server.ipv4, 5002, prefix=in_cgroup(directory)) != "refused":
+        assert time.monotonic() < deadline, "the new cgroup was never marked"
+        time.sleep(0.5)
+    client.run([PY, "-m", "netwarden", "down"])
+    assert probe(client, server.ipv4, 5002, prefix=in_cgroup(directory)) == "connected"

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netwarden.platform.linux import cgroup_marks, netns, nftables
-from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.policy.compiler import HASHED_SET_MIN
 from netwarden.testing.netlab import Host, Lab
-from tests.integration.conftest import PY, start_server
+from tests.integration.conftest import PY, in_cgroup, start_server
 
 pytestmark = pytest.mark.root
 
@@ -318,24 +314,6 @@ try:
 except ConnectionRefusedError:
     print("refused")
 """
-
-
-@pytest.fixture
-def service_cgroup() -> Iterator[tuple[str, Path]]:
-    """A cgroup that stands for a running systemd service (CI has no systemd)."""
-    mount = cgroup2_mount()
-    assert mount is not None
-    unit = f"nwtest-{os.getpid()}.service"
-    directory = mount / "nwtest.slice" / unit
-    directory.mkdir(parents=True)
-    yield unit, directory
-    for cgroup in (directory, directory.parent):
-        with contextlib.suppress(OSError):
-            cgroup.rmdir()
-
-
-def in_cgroup(directory: Path) -> tuple[str, ...]:
-    return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(directory))
 
 
 def test_rules_by_service_also_catch_sockets_made_before_the_policy(

@@ -104,6 +104,20 @@ def needs_proxy(policy: Policy) -> bool:
     return needs_transparent(policy) or bool(settings.socks5 or settings.http_proxy)
 
 
+MARK_CHECK_SECONDS = 2.0
+
+
+def _keep_marks(firewall: Firewall, policy: Policy, stop: threading.Event) -> None:
+    """A unit that restarts gets a new cgroup, without the socket marks its rules need:
+    give them again (the rules match the mark, which does not change)."""
+    while not stop.wait(MARK_CHECK_SECONDS):
+        try:
+            for cgroup in firewall.remark(policy):
+                log.warning("%s was made anew: its sockets are marked again", cgroup)
+        except PlatformError as exc:
+            log.error("could not check socket marks: %s", exc)
+
+
 def claim(policy: Policy, firewall: Firewall) -> None:
     """Refuse to start twice; clean what a crashed daemon left."""
     previous = state.read()
@@ -139,12 +153,17 @@ def run(
         )
     )
     proxy: ProxyThread | None = None
+    keeper: threading.Thread | None = None
     links: collections.deque[RelayLink] = collections.deque()
     try:
         if needs_proxy(policy):
             proxy = ProxyThread(policy, on_flow, links.append)
             proxy.start()
         rules = firewall.apply(policy)
+        if any(rule.cgroup is not None for rule in (*policy.rules, *policy.redirects)):
+            keeper = threading.Thread(target=_keep_marks, args=(firewall, policy, stop),
+                                      daemon=True, name="netwarden-marks")  # fmt: skip
+            keeper.start()
         with backend.open_sources(None, events=True) as sources:
             monitor = Monitor(sources, history=history, is_root=is_privileged(),
                               relay_links=links)  # fmt: skip
@@ -165,6 +184,9 @@ def run(
 
             monitor.run(discard, stop)
     finally:
+        stop.set()
+        if keeper is not None:
+            keeper.join(timeout=10)  # not marking again while the marks are removed
         with contextlib.suppress(PlatformError):
             firewall.remove(policy.settings.table)
         if proxy is not None:

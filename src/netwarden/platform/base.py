@@ -209,6 +209,11 @@ class Firewall(Protocol):
         """Where this policy marks sockets for scope and service rules: owner -> mark."""
         ...
 
+    def remark(self, policy: Policy) -> list[str]:
+        """Mark again the sockets of scopes and services whose cgroup was made anew
+        since the policy was applied (a restarted unit); which ones."""
+        ...
+
     def remove(self, table: str) -> bool:
         """Remove netwarden's policy (nothing else); True when there was one."""
         ...

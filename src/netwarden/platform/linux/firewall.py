@@ -149,6 +149,19 @@ class LinuxFirewall:
 
         return {str(cgroup): mark for cgroup, mark in marked_cgroups().items()}
 
+    def remark(self, policy: Policy) -> list[str]:
+        from netwarden.platform.linux import cgroup_marks
+
+        remarked = []
+        for cgroup, mark in wanted_marks(policy).items():
+            try:
+                if cgroup.is_dir() and cgroup_marks.attached_mark(cgroup) != mark:
+                    cgroup_marks.attach(cgroup, mark)
+                    remarked.append(str(cgroup))
+            except (OSError, PlatformError):  # gone again meanwhile: the next round
+                continue
+        return remarked
+
     def remove(self, table: str) -> bool:
         return remove(table)
 
