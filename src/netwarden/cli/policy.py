@@ -55,12 +55,16 @@ def _load(path: Path) -> Policy:
 def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> None:
     """Validate a policy file; print every problem with file:line (exit code 2).
 
-    The format, in short:\n
-      [defaults]      out = "allow"   in = "block"   forward = "allow"\n
-      [sets.NAME]     addresses = ["192.0.2.0/24"]   file = "list.txt"\n
-      [[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
+    The format, in short (docs/policy.md has it all):\n
+      \\[settings]      table, priority, proxy_port, proxy_mark, mark_base, socks5, http_proxy\n
+      \\[defaults]      out = "allow"   in = "block"   forward = "allow"\n
+      \\[sets.NAME]     addresses = ["192.0.2.0/24"]   file = "list.txt"\n
+      \\[\\[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
       protocol (tcp|udp|icmp|any), from, to (addresses or @sets), from_port, port,
-      interface, user, group (out only)
+      interface; out only: user, group, scope, service\n
+      \\[\\[redirect]]    name, to ("proxy" or ADDRESS:PORT), direction (out|forward),
+      destination, port, user, group, scope, service, mark, method (nat|tproxy),
+      target_mark
     """
     policy = _load(path)
     counts = {d.value: sum(1 for r in policy.rules if r.direction == d) for d in policy.defaults}
