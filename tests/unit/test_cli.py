@@ -79,3 +79,10 @@ def test_doctor_json_names_every_mechanism() -> None:
     assert {"nftables", "nft queue", "iptables NFQUEUE", "conntrack events",
             "sock_diag destroy events", "cgroup v2", "BTF", "privileges",
             "flow events"} <= names  # fmt: skip
+
+
+def test_policy_check_help_names_every_section() -> None:
+    code, output = _run("policy", "check", "--help")
+    assert code == 0
+    for section in ("[settings]", "[defaults]", "[sets.NAME]", "[[rule]]", "[[redirect]]"):
+        assert section in output
