@@ -151,8 +151,8 @@ class TransparentProxy:
         """The plain fast path: connections are accepted, connected upstream and spliced
         on threads, with no event loop between a connection arriving and its bytes
         moving (that hop alone added a few hundred microseconds to every connection).
-        Threads wait in accept() themselves and each handles what it accepted, after
-        handing the accept() on to an idle thread: no wake-up between the two."""
+        Threads wait in accept() themselves and each handles what it accepted (see
+        _accept_one): no wake-up between a connection arriving and its handling."""
         workers = Workers()
         finished: collections.deque[FlowReport] = collections.deque()
         for sock in listeners:
