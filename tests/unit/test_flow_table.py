@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from netwarden.model import (
+    Attribution,
     AttributionMethod,
+    Flow,
     FlowEvent,
     FlowEventKind,
+    FlowKey,
     ProcessInfo,
     RelayLink,
     Transport,
@@ -217,3 +222,20 @@ def test_udp_conversation_stands_between_conntrack_dumps() -> None:
     assert _kinds(table.apply_snapshot(sockets, None, 2.0 + 2 * CLOSE_GRACE)) == []
     table.apply_snapshot(sockets, [], 10.0)
     assert _kinds(table.tick(10.0 + CLOSE_GRACE)) == [(FlowEventKind.CLOSED, 53)]
+
+
+def test_the_history_table_says_each_flows_part_in_a_relayed_connection() -> None:
+    from netwarden.cli.render import table
+
+    flow = Flow(
+        key=FlowKey(Transport.TCP, endpoint("10.0.0.1:40000"), endpoint("192.0.2.7:80")),
+        state="CLOSED", process=CURL, attribution=Attribution(AttributionMethod.FLOW_EVENT),
+        relay="proxied: the proxy's upstream is 10.0.0.1:51000 -> 192.0.2.7:80",
+    )  # fmt: skip
+    proxy_side = replace(
+        flow, process=PROXY, attribution=Attribution(AttributionMethod.RELAY),
+        relay="proxy, upstream side of 10.0.0.1:40000 -> 192.0.2.7:80",
+    )  # fmt: skip
+    lines = table([flow, proxy_side]).splitlines()
+    assert lines[1].endswith("flow-event proxied")
+    assert lines[2].endswith("relay proxy-out")

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 
 from netwarden.model import Flow
+from netwarden.model.flow import relay_role
 
 
 def human_bytes(count: float) -> str:
@@ -32,7 +33,8 @@ def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
         row: tuple[str, ...] = (
             str(flow.key.transport), str(flow.key.local), str(flow.key.remote), flow.state,
             pid, name, human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received),
-            str(flow.attribution.method),
+            " ".join(part for part in (str(flow.attribution.method), relay_role(flow.relay))
+                     if part),
         )  # fmt: skip
         if with_time:
             row += (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(flow.last_seen)),)

@@ -198,12 +198,25 @@ class RelayLink:
         connection = f"{self.client} -> {self.destination}"
         return [
             (FlowKey(tcp, self.client, self.destination),
-             f"proxied: the proxy's upstream is {self.upstream} -> {self.upstream_remote}", None),
-            (FlowKey(tcp, self.listener, self.client), f"proxy, accepted side of {connection}",
+             f"{PROXIED}: the proxy's upstream is {self.upstream} -> {self.upstream_remote}",
+             None),
+            (FlowKey(tcp, self.listener, self.client), f"{PROXY_ACCEPTED} of {connection}",
              self.proxy_pid),
             (FlowKey(tcp, self.upstream, self.upstream_remote),
-             f"proxy, upstream side of {connection}", self.proxy_pid),
+             f"{PROXY_UPSTREAM} of {connection}", self.proxy_pid),
         ]  # fmt: skip
+
+
+PROXIED, PROXY_ACCEPTED, PROXY_UPSTREAM = "proxied", "proxy, accepted side", "proxy, upstream side"
+
+
+def relay_role(note: str) -> str:
+    """A flow's part in a relayed connection, in one word ("" when it has none)."""
+    for prefix, role in ((PROXIED, "proxied"), (PROXY_ACCEPTED, "proxy-in"),
+                         (PROXY_UPSTREAM, "proxy-out")):  # fmt: skip
+        if note.startswith(prefix):
+            return role
+    return ""
 
 
 class FlowEventKind(enum.StrEnum):
