@@ -23,6 +23,12 @@ def process_label(flow: Flow) -> tuple[str, str]:
     return str(flow.process.pid), flow.process.name or "?"
 
 
+def how_label(flow: Flow) -> str:
+    """How the process was found, and the flow's part in a relayed connection."""
+    role = relay_role(flow.relay)
+    return f"{flow.attribution.method} {role}" if role else str(flow.attribution.method)
+
+
 HEADER = ("PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS", "SENT", "RECV", "HOW")
 
 
@@ -33,8 +39,7 @@ def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
         row: tuple[str, ...] = (
             str(flow.key.transport), str(flow.key.local), str(flow.key.remote), flow.state,
             pid, name, human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received),
-            " ".join(part for part in (str(flow.attribution.method), relay_role(flow.relay))
-                     if part),
+            how_label(flow),
         )  # fmt: skip
         if with_time:
             row += (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(flow.last_seen)),)

@@ -16,7 +16,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static
 
-from netwarden.cli.render import human_bytes
+from netwarden.cli.render import how_label, human_bytes
 from netwarden.model import FlowEvent
 from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.live import LiveView, Row, RowStatus, SortKey
@@ -54,7 +54,7 @@ def _cells(row: Row) -> tuple[Text, ...]:
         human_bytes(flow.bytes_sent),
         human_bytes(flow.bytes_received),
         f"{human_bytes(flow.send_rate + flow.receive_rate)}/s",
-        str(flow.attribution.method),
+        how_label(flow),
     )
     return tuple(Text(value, style=style) for value in values)
 
