@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--hold", choices=["server", "client"])
     parser.add_argument("--churn", action="store_true")
     parser.add_argument("--watch-only", action="store_true", help="only the --watch CPU part")
+    parser.add_argument("--native-floor", action="store_true",
+                        help="also time benchmarks/native_floor.c (needs gcc)")  # fmt: skip
     args = parser.parse_args()
     if args.hold:
         hold(args.hold, args.connections)
@@ -212,6 +214,8 @@ def main() -> None:
         with_pid = sum(1 for f in flows if f["process"] and f["bytes_sent"] + f["bytes_received"])
         print(f"{len(flows)} sockets on port {PORT}, {with_pid} with a process and bytes")
         report(f"one-shot JSON, {args.connections} connections", "ss -tinp", ss, once, "<= 0.5x")
+        if args.native_floor:
+            _native_floor(host, ss)
         model, with_table, rows = _refresh_seconds(host.netns)
         report(f"live view refresh, model (top {rows} rows)", "ss -tinp", ss, model, "<= 0.1x")
         report("live view refresh, model + table redraw", "ss -tinp", ss, with_table, "<= 0.1x")
@@ -220,6 +224,22 @@ def main() -> None:
             proc.stdin.close()
         host.stop_all()
         _report_watch(host, args.rate, args.seconds)
+
+
+def _native_floor(host: Host, ss: float) -> None:
+    """What a compiled helper would take for the same work (not part of netwarden)."""
+    source = Path(__file__).with_name("native_floor.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "native_floor"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+        full = time_command(host.command([str(binary)]))
+        warm = time_command(host.command(["env", "NOSCAN=1", str(binary)]))
+    for name, seconds in (("dump + /proc scan + JSON", full), ("dump + JSON, caches warm", warm)):
+        print(
+            f"| native floor (C, not netwarden): {name} | ss -tinp: {ss * 1000:.1f} ms "
+            f"| {seconds * 1000:.1f} ms | {seconds / ss:.2f}x |",
+            flush=True,
+        )
 
 
 def _report_watch(host: Host, rate: int, seconds: float) -> None:
