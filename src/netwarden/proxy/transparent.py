@@ -27,6 +27,7 @@ from typing import Any
 
 from netwarden.model import Endpoint, RelayLink
 from netwarden.platform.select import original_destination
+from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.relay import RelayStats, relay
 from netwarden.proxy.upstream import Hop, connect_direct, open_upstream
 from netwarden.proxy.workers import Workers
@@ -316,32 +317,7 @@ class TransparentProxy:
 
     async def _relay(self, conn: socket.socket, upstream: socket.socket) -> RelayStats:
         if self.fast_path:
-            return await _in_thread(conn, upstream, self.idle_timeout)
+            return await kernel_relay(conn, upstream, self.idle_timeout)
         client = await asyncio.open_connection(sock=conn)
         server = await asyncio.open_connection(sock=upstream)
         return await relay(client, server, self.idle_timeout)
-
-
-async def _in_thread(conn: socket.socket, upstream: socket.socket, idle: float) -> RelayStats:
-    """The splice relay, in threads of its own (not a pool: flows last long)."""
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Future[RelayStats] = loop.create_future()
-
-    def done(stats: RelayStats) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
-            loop.call_soon_threadsafe(finished.set_result, stats)
-
-    if sys.platform != "linux":
-        raise RuntimeError("the splice fast path is Linux only")
-    _start_splice(conn, upstream, idle, done)
-    return await finished
-
-
-def _start_splice(conn: socket.socket, upstream: socket.socket, idle: float,
-                  done: Callable[[RelayStats], None]) -> None:  # fmt: skip
-    if sys.platform == "linux":
-        from netwarden.proxy.splice import start_relay
-
-        start_relay(conn, upstream, idle, done)
-    else:
-        raise RuntimeError("the splice fast path is Linux only")

@@ -12,8 +12,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
-from netwarden.proxy import http_proxy, socks5
+from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
+from netwarden.proxy.kernel_relay import Streams
 from netwarden.proxy.relay import RelayStats, relay
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,13 @@ class UserModeProxy:
                 return streams, (address, port)
         raise last
 
+    async def _relay(self, client: Streams, upstream: Streams) -> RelayStats:
+        """After the handshake nothing is inspected: the kernel fast path where there
+        is one."""
+        if kernel_relay.AVAILABLE:
+            return await kernel_relay.relay_streams(client, upstream, self.idle_timeout)
+        return await relay(client, upstream, self.idle_timeout)
+
     def _report(self, kind: str, writer: asyncio.StreamWriter, destination: tuple[str, int],
                 stats: RelayStats) -> None:  # fmt: skip
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -154,7 +162,7 @@ class UserModeProxy:
             early = protocol.leftover()
             if early:
                 upstream[1].write(early)
-            stats = await relay((reader, writer), upstream, self.idle_timeout)
+            stats = await self._relay((reader, writer), upstream)
             self._report("socks5", writer, destination, stats)
         except (OSError, TimeoutError) as exc:
             log.info("socks5: client %s", exc)
@@ -191,7 +199,7 @@ class UserModeProxy:
                 upstream[1].write(request.head)
             if buffer[end:]:
                 upstream[1].write(buffer[end:])
-            stats = await relay((reader, writer), upstream, self.idle_timeout)
+            stats = await self._relay((reader, writer), upstream)
             self._report("http", writer, destination, stats)
         except (OSError, TimeoutError) as exc:
             log.info("http proxy: client %s", exc)
