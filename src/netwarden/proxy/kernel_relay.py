@@ -28,11 +28,12 @@ async def kernel_relay(client: socket.socket, server: socket.socket,
         with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
             loop.call_soon_threadsafe(finished.set_result, stats)
 
-    if sys.platform != "linux":
-        raise RuntimeError("the splice fast path is Linux only")
-    from netwarden.proxy.splice import start_relay
+    if sys.platform == "linux":
+        from netwarden.proxy.splice import start_relay
 
-    start_relay(client, server, idle_timeout, done)
+        start_relay(client, server, idle_timeout, done)
+    else:
+        raise RuntimeError("the splice fast path is Linux only")
     return await finished
 
 
