@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 Job = Callable[[], None]
+SPAWN_RETRY_SECONDS = 0.5
 
 
 class Workers:
@@ -53,7 +55,12 @@ class Workers:
             self._short.clear()
             if self._closed:
                 return
-            self._top_up()
+            try:
+                self._top_up()
+            except RuntimeError as exc:  # no more threads for now: jobs wait in the queue
+                log.warning("cannot start a worker thread: %s", exc)
+                time.sleep(SPAWN_RETRY_SECONDS)
+                self._short.set()
 
     def _top_up(self) -> None:
         while True:
@@ -62,7 +69,13 @@ class Workers:
                     return
                 self._threads += 1
                 self._idle += 1
-            threading.Thread(target=self._work, daemon=True, name=self.name).start()
+            try:
+                threading.Thread(target=self._work, daemon=True, name=self.name).start()
+            except RuntimeError:
+                with self._lock:
+                    self._threads -= 1
+                    self._idle -= 1
+                raise
 
     def _work(self) -> None:
         while True:
