@@ -16,7 +16,7 @@ from netwarden.model import (
 )
 from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.live import FADE_SECONDS, NEW_SECONDS, LiveView, RowStatus, SortKey
-from netwarden.platform.divert_flows import address_text
+from netwarden.platform.divert_flows import windivert_address
 from netwarden.testing.fakes import endpoint
 
 
@@ -91,9 +91,9 @@ def test_windivert_addresses() -> None:
     def words(*values: int) -> bytes:  # UINT32[4], least significant word first
         return struct.pack("<4I", *values)
 
-    assert address_text(words(0x0A000001, 0xFFFF, 0, 0)) == "10.0.0.1"
-    assert address_text(words(2, 0, 0, 0xFD000000)) == "fd00::2"
-    assert address_text(words(1, 0, 0, 0)) == "::1"
+    assert windivert_address(words(0x0A000001, 0xFFFF, 0, 0)) == "10.0.0.1"
+    assert windivert_address(words(2, 0, 0, 0xFD000000)) == "fd00::2"
+    assert windivert_address(words(1, 0, 0, 0)) == "::1"
 
 
 def test_live_view_limit_keeps_the_top_rows_in_order() -> None:

@@ -85,6 +85,7 @@ def test_a_database_from_before_the_relay_column_is_upgraded(tmp_path: Path) -> 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as old:
         old.executescript(SCHEMA.replace(",\n    relay TEXT NOT NULL DEFAULT ''", ""))
+        assert "relay" not in {row[1] for row in old.execute("PRAGMA table_info(flows)")}
     store = HistoryStore(path)
     flow = dataclasses.replace(_flow(5000), relay="proxied: the proxy's upstream is x -> y")
     store.record([flow])

@@ -56,11 +56,11 @@ _V4_MAPPED = struct.pack("<3I", 0xFFFF, 0, 0)  # words 1-3 of an IPv4 address
 
 def decode_address(raw: bytes) -> FlowAddress:
     flags, pid, local, remote, local_port, remote_port, protocol = _ADDRESS.unpack_from(raw)
-    return FlowAddress((flags >> 8) & 0xFF, pid, address_text(local), address_text(remote),
-                       local_port, remote_port, protocol)  # fmt: skip
+    return FlowAddress((flags >> 8) & 0xFF, pid, windivert_address(local),
+                       windivert_address(remote), local_port, remote_port, protocol)  # fmt: skip
 
 
-def address_text(words: bytes) -> str:
+def windivert_address(words: bytes) -> str:
     """WinDivert's UINT32[4] (least significant word first, little endian) as text."""
     if words[4:16] == _V4_MAPPED:
         return socket.inet_ntoa(words[3::-1])

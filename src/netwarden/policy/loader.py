@@ -112,6 +112,14 @@ def parse(text: str, filename: str, environment: Environment, base: Path | None 
     return _Loader(filename, LineFinder(text), environment, base or Path(".")).load(document)
 
 
+MAX_MARK = 2**32 - 1  # marks, user and group ids are 32-bit
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    """A TOML integer (not a boolean, which Python counts as one) from low to high."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _nearest(word: str, choices: set[str]) -> str:
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -200,35 +208,22 @@ class _Loader:
             )
             table = DEFAULT_SETTINGS.table
         priority = raw.get("priority", DEFAULT_SETTINGS.priority)
-        if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1000:
+        if not _whole(priority, -1000, 1000):
             self.problem(
                 self.lines.key("settings", "priority"),
                 "priority must be a whole number from -1000 to 1000",
             )
             priority = DEFAULT_SETTINGS.priority
         proxy_port = raw.get("proxy_port", DEFAULT_SETTINGS.proxy_port)
-        if (
-            not isinstance(proxy_port, int)
-            or isinstance(proxy_port, bool)
-            or not (1 <= proxy_port <= 65535)
-        ):
+        if not _whole(proxy_port, 1, 65535):
             self.problem(at("proxy_port"), "proxy_port must be a port from 1 to 65535")
             proxy_port = DEFAULT_SETTINGS.proxy_port
         proxy_mark = raw.get("proxy_mark", DEFAULT_SETTINGS.proxy_mark)
-        if (
-            not isinstance(proxy_mark, int)
-            or isinstance(proxy_mark, bool)
-            or not (0 < proxy_mark < 2**32)
-        ):
+        if not _whole(proxy_mark, 1, MAX_MARK):
             self.problem(at("proxy_mark"), "proxy_mark must be a number from 1 to 2^32-1")
             proxy_mark = DEFAULT_SETTINGS.proxy_mark
         mark_base = raw.get("mark_base", DEFAULT_SETTINGS.mark_base)
-        if (
-            not isinstance(mark_base, int)
-            or isinstance(mark_base, bool)
-            or not (0 < mark_base < 2**32)
-            or mark_base & 0xFFFF
-        ):
+        if not _whole(mark_base, 1, MAX_MARK) or mark_base & 0xFFFF:
             self.problem(at("mark_base"), "mark_base must be a number from 0x10000 to "
                          "0xFFFF0000 whose lower 16 bits are zero, such as 0x4E570000")  # fmt: skip
             mark_base = DEFAULT_SETTINGS.mark_base
@@ -326,17 +321,11 @@ class _Loader:
         if direction not in ("out", "forward"):
             self.problem(at("direction"), "a redirect's direction is out or forward")
         mark = raw.get("mark")
-        if mark is not None and (
-            not isinstance(mark, int) or isinstance(mark, bool) or not 0 <= mark < 2**32
-        ):
+        if mark is not None and not _whole(mark, 0, MAX_MARK):
             self.problem(at("mark"), "mark must be a number from 0 to 2^32-1 (0: unmarked)")
         target_mark = raw.get("target_mark")
         if target_mark is not None:
-            if (
-                not isinstance(target_mark, int)
-                or isinstance(target_mark, bool)
-                or not (0 < target_mark < 2**32)
-            ):
+            if not _whole(target_mark, 1, MAX_MARK):
                 self.problem(at("target_mark"), "target_mark must be a number from 1 to 2^32-1")
             elif target is not None and target.address is None:
                 self.problem(at("target_mark"), 'netwarden\'s proxy uses proxy_mark: no '
@@ -573,8 +562,8 @@ class _Loader:
         if key not in raw:
             return None
         value = raw[key]
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32:
-            return value
+        if _whole(value, 0, MAX_MARK):
+            return int(value)
         if isinstance(value, str):
             found = lookup(value)
             if found is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from netwarden.policy.model import Direction, PortRange, Rule
+from netwarden.policy.model import Direction, Rule
 
 
 def redirect_loops(redirects: Sequence[Rule], proxy_mark: int) -> list[tuple[int, str]]:
@@ -51,19 +51,14 @@ def _matches(rule: Rule, mark: int, proxy_mark: int) -> bool:
 
 
 def _can_meet_one_connection(cycle: list[Rule]) -> bool:
-    low, high = 0, 65535
+    ports = [(0, 65535)]  # what every rule so far takes
     for rule in cycle:
         if rule.destination_ports:
-            low = max(low, min(r.low for r in rule.destination_ports))
-            high = min(high, max(r.high for r in rule.destination_ports))
-    if low > high or not all(_overlap(r.destination_ports, low, high) for r in cycle):
-        return False
+            overlaps = ((max(low, r.low), min(high, r.high))
+                        for low, high in ports for r in rule.destination_ports)  # fmt: skip
+            ports = [(low, high) for low, high in overlaps if low <= high]
     destinations = {r.destination for r in cycle if not r.destination.any}
-    return len(destinations) <= 1
-
-
-def _overlap(ranges: tuple[PortRange, ...], low: int, high: int) -> bool:
-    return not ranges or any(r.low <= high and r.high >= low for r in ranges)
+    return bool(ports) and len(destinations) <= 1
 
 
 def _describe(cycle: list[Rule]) -> str:

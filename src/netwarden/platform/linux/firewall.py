@@ -18,8 +18,6 @@ from netwarden.policy.compiler import compile_policy
 from netwarden.policy.environment import SCOPE_PARENT, Environment, scope_path
 from netwarden.policy.model import Policy
 
-CGROUP_FS = Path("/sys/fs/cgroup")
-
 
 def _uid(name: str) -> int | None:
     try:

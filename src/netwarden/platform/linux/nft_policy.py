@@ -286,43 +286,34 @@ def _expressions(compiled: CompiledRule) -> list[list[JSON]]:
     """The rule's expressions; several lists when an address side needs several
     lookups (a set hashed by prefix length): one kernel rule each."""
     slots: list[list[JSON]] = []  # each slot: its alternatives (usually just one)
-    expr = _Slots(slots)
     family = compiled.family
     if family is not None and compiled.source is None and compiled.destination is None:
-        expr.append(_match({"meta": {"key": "nfproto"}}, "ipv4" if family == 4 else "ipv6"))
+        slots.append([_match({"meta": {"key": "nfproto"}}, "ipv4" if family == 4 else "ipv6")])
     protocols = _protocols(compiled)
     if protocols is not None:
-        expr.append(protocols)
+        slots.append([protocols])
     if compiled.source is not None and family is not None:
         slots.append(_addresses(compiled.source, family, "saddr"))
     if compiled.destination is not None and family is not None:
         slots.append(_addresses(compiled.destination, family, "daddr"))
     if compiled.source_ports:
-        expr.append(_ports(compiled.source_ports, "sport"))
+        slots.append([_ports(compiled.source_ports, "sport")])
     if compiled.destination_ports:
-        expr.append(_ports(compiled.destination_ports, "dport"))
+        slots.append([_ports(compiled.destination_ports, "dport")])
     if compiled.interface:
         key = "oifname" if compiled.rule.direction is Direction.OUT else "iifname"
-        expr.append(_match({"meta": {"key": key}}, compiled.interface))
+        slots.append([_match({"meta": {"key": key}}, compiled.interface)])
     if compiled.uid is not None:
-        expr.append(_match({"meta": {"key": "skuid"}}, compiled.uid))
+        slots.append([_match({"meta": {"key": "skuid"}}, compiled.uid)])
     if compiled.gid is not None:
-        expr.append(_match({"meta": {"key": "skgid"}}, compiled.gid))
+        slots.append([_match({"meta": {"key": "skgid"}}, compiled.gid)])
     if compiled.rule.mark is not None:
-        expr.append(_match({"meta": {"key": "mark"}}, compiled.rule.mark))
+        slots.append([_match({"meta": {"key": "mark"}}, compiled.rule.mark)])
     if compiled.cgroup_mark is not None:  # set on the cgroup's sockets, see cgroup_marks
-        expr.append(_match({"meta": {"key": "mark"}}, compiled.cgroup_mark))
-    expr.append({"counter": compiled.counter})
-    expr.append(_verdict(compiled))
+        slots.append([_match({"meta": {"key": "mark"}}, compiled.cgroup_mark)])
+    slots.append([{"counter": compiled.counter}])
+    slots.append([_verdict(compiled)])
     return [list(choice) for choice in itertools.product(*slots)]
-
-
-class _Slots:
-    def __init__(self, slots: list[list[JSON]]) -> None:
-        self.slots = slots
-
-    def append(self, expression: JSON) -> None:
-        self.slots.append([expression])
 
 
 def _verdict(compiled: CompiledRule) -> JSON:

@@ -17,14 +17,11 @@ PROXY_MARK = 0x4E500001
 JSON = dict[str, Any]
 
 
-Redirect = QuickRedirect
-
-
 def _match(left: JSON, right: Any) -> JSON:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def _rule(redirect: Redirect) -> list[JSON]:
+def _rule(redirect: QuickRedirect) -> list[JSON]:
     address, port = redirect.target
     family = "ipv4" if redirect.family == 4 else "ipv6"
     payload = "ip" if redirect.family == 4 else "ip6"
@@ -52,7 +49,7 @@ def _rule(redirect: Redirect) -> list[JSON]:
     return expr
 
 
-def render(redirects: list[Redirect], mark: int = PROXY_MARK) -> list[JSON]:
+def render(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> list[JSON]:
     where = {"family": "inet", "table": TABLE}
     commands: list[JSON] = [
         {"add": {"chain": {**where, "name": "out", "type": "nat", "hook": "output",
@@ -72,7 +69,7 @@ def render(redirects: list[Redirect], mark: int = PROXY_MARK) -> list[JSON]:
     return commands
 
 
-def apply(redirects: list[Redirect], mark: int = PROXY_MARK) -> None:
+def apply(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> None:
     try:
         nftables.replace_table("inet", TABLE, render(redirects, mark))
     except nftables.NftError as exc:

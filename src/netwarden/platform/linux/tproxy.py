@@ -38,8 +38,7 @@ def setup_routing() -> None:
 def teardown_routing() -> None:
     """Remove netwarden's TPROXY routing rule and table; nothing else is touched."""
     for family in ("-4", "-6"):
-        for fwmark in (FWMARK, str(TPROXY_MARK)):  # the second: as versions before set it
-            while _ip(family, "rule", "del", "fwmark", fwmark, "lookup",
-                      str(ROUTING_TABLE)).returncode == 0:  # fmt: skip
-                pass
+        while _ip(family, "rule", "del", "fwmark", FWMARK, "lookup",
+                  str(ROUTING_TABLE)).returncode == 0:  # fmt: skip
+            pass
         _ip(family, "route", "flush", "table", str(ROUTING_TABLE))
