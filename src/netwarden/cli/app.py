@@ -19,7 +19,6 @@ from netwarden import __version__
 from netwarden.jsontext import dumps
 
 if TYPE_CHECKING:
-    from netwarden.model import Flow
     from netwarden.monitor.filters import FlowFilter
     from netwarden.monitor.history import HistoryStore
     from netwarden.platform.base import Sources
@@ -151,14 +150,22 @@ def _open_sources(stack: ExitStack, netns: str | None, events: bool) -> Sources:
 
 def _monitor_once(netns: str | None, output: OutputFormat, flow_filter: FlowFilter) -> None:
     from netwarden.cli.render import table
+    from netwarden.monitor.oneshot import TemplateError, flow_key_order, write_flows_json
     from netwarden.monitor.service import Monitor
     from netwarden.platform.select import is_privileged
 
     with ExitStack() as stack:
         sources = _open_sources(stack, netns, events=False)
-        monitor = Monitor(sources, is_root=is_privileged(), record_events=False)
+        is_root = is_privileged()
+        monitor = Monitor(sources, is_root=is_root, record_events=False)
+        if output is OutputFormat.json and flow_filter.empty:
+            try:
+                if write_flows_json(monitor, sources.missing, sys.stdout.buffer, is_root=is_root):
+                    return
+            except TemplateError:
+                pass  # nothing was written yet
         flows = [f for f in monitor.snapshot() if flow_filter.matches(f)]
-        flows.sort(key=_flow_order)
+        flows.sort(key=flow_key_order)
         if output is OutputFormat.json:
             document = {"missing": list(sources.missing), "flows": [f.to_json() for f in flows]}
             sys.stdout.write(dumps(document) + "\n")
@@ -178,12 +185,6 @@ def _open_history(path: Path | None, disabled: bool, retention_days: float) -> H
         return HistoryStore(path or default_path(is_privileged()), retention_days)
     except HistoryError as exc:
         fail(f"{exc} (use --history PATH or --no-history)")
-
-
-def _flow_order(flow: Flow) -> tuple[str, str, int, str, int]:
-    key = flow.key
-    return (key.transport, key.local.address, key.local.port, key.remote.address,
-            key.remote.port)  # fmt: skip
 
 
 def _monitor_live(

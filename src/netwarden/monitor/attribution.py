@@ -24,6 +24,9 @@ class StampBook:
     def get(self, key: StampKey) -> ProcessStamp | None:
         return self._stamps.get(key)
 
+    def has(self, transport: Transport) -> bool:
+        return any(key[0] is transport for key in self._stamps)
+
     def forget(self, key: StampKey) -> None:
         self._stamps.pop(key, None)
 

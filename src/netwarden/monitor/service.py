@@ -13,7 +13,7 @@ from collections.abc import Callable
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
 from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
-from netwarden.platform.base import ConntrackRecord, Sources
+from netwarden.platform.base import ConntrackRecord, SocketRecord, Sources
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +47,34 @@ class Monitor:
         self._last_prune = 0.0
         self._next_conntrack = 0.0
 
-    def snapshot(self) -> list[Flow]:
-        """One dump, merged: the table as it is now."""
-        self._refresh(time.time())
+    def snapshot(
+        self, sockets: list[SocketRecord] | None = None, now: float | None = None
+    ) -> list[Flow]:
+        """One dump, merged: the table as it is now. sockets: instead of a dump."""
+        self._refresh(time.time() if now is None else now, sockets=sockets)
         return self.table.flows()
 
-    def _refresh(self, now: float, *, full: bool = False) -> list[FlowEvent]:
+    def _refresh(
+        self, now: float, *, full: bool = False, sockets: list[SocketRecord] | None = None
+    ) -> list[FlowEvent]:
         """full: read conntrack whatever the last dump cost (the last refresh)."""
         try:
-            conntrack = self._conntrack_snapshot(full)
-            sockets = self.sources.sockets.snapshot()
+            if sockets is None:
+                sockets = self.sources.sockets.snapshot()
+            conntrack = self._conntrack_snapshot(full, sockets)
         except OSError as exc:  # a failed read skips one refresh; the table stays as it was
             log.warning("snapshot failed, keeping the last one: %s", exc)
             return self.table.tick(now)
         return self.table.apply_snapshot(sockets, conntrack, now)
 
-    def _conntrack_snapshot(self, full: bool) -> list[ConntrackRecord] | None:
+    def _conntrack_snapshot(
+        self, full: bool, sockets: list[SocketRecord]
+    ) -> list[ConntrackRecord] | None:
         """A conntrack dump, unless the last one was too dear to repeat so soon: the
         kernel walks every entry (a busy host's TCP ones too) even though only UDP ones
-        are returned. Between dumps, UDP flows keep their last counters."""
-        if self.sources.conntrack is None:
+        are returned. Between dumps, UDP flows keep their last counters. No dump
+        either when nothing UDP could use one."""
+        if self.sources.conntrack is None or not self.table.wants_conntrack(sockets):
             return None
         if not full and time.monotonic() < self._next_conntrack and not self.table.udp_closing():
             return None  # (a closing UDP conversation needs its final counters now)

@@ -254,6 +254,16 @@ class FlowTable:
             return self._stamps.get(record.key) is None
         return state.attribution.method is AttributionMethod.UNKNOWN
 
+    def wants_conntrack(self, sockets: list[SocketRecord]) -> bool:
+        """Whether a conntrack dump could tell anything: only UDP flows, of a socket
+        or of a flow event, take their counters from it."""
+        udp = Transport.UDP
+        return (
+            any(key.transport is udp for key in self._flows)
+            or any(record.transport is udp for record in sockets)
+            or self._stamps.has(udp)
+        )
+
     def udp_closing(self) -> bool:
         """Whether a UDP flow waits to be reported closed (its counters come from
         conntrack, so a dump should read them first)."""

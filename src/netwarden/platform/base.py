@@ -7,16 +7,19 @@ into flows.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netwarden.model import Endpoint, FlowKey, ProcessInfo, Transport
-from netwarden.policy.environment import Environment
-from netwarden.policy.model import Policy, PortRange
-from netwarden.policy.prefixes import Network
+
+if TYPE_CHECKING:  # the monitor's commands do not need the policy modules loaded
+    import ipaddress
+
+    from netwarden.policy.environment import Environment
+    from netwarden.policy.model import Policy, PortRange
+    from netwarden.policy.prefixes import Network
 
 
 class PlatformError(RuntimeError):
@@ -96,8 +99,50 @@ class ProcessStamp:
     closed: bool = False  # the flow-deleted event
 
 
+class RowHole(enum.IntEnum):
+    """What a native renderer writes into each hole of a flow's JSON template."""
+
+    LOCAL_ADDRESS = 0  # a JSON string
+    LOCAL_PORT = 1
+    REMOTE_ADDRESS = 2  # a JSON string
+    REMOTE_PORT = 3
+    STATE = 4  # a JSON string
+    BYTES_SENT = 5
+    BYTES_RECEIVED = 6
+    UID = 7
+
+
+# Owner groups of NativeTcpRows.groups() that are not a pid.
+NO_OWNER = -1  # the socket has a file, but no process was found holding it
+NO_FILE = -2  # the socket has no file (closed, or owned by the kernel)
+
+# (text between the holes, what goes in each hole): one more piece than holes.
+RowTemplate = tuple[tuple[bytes, ...], tuple[RowHole, ...]]
+
+
+class NativeTcpRows(Protocol):
+    """Every TCP socket of one dump, held natively: a listing of thousands of sockets
+    is rendered without a Python object per socket. One row per flow key, sorted by
+    local address, local port, remote address, remote port; sockets sharing a key are
+    merged as the flow table merges them."""
+
+    def groups(self, owners: dict[int, int]) -> set[tuple[int, int]]:
+        """(owner group, cgroup id) of every row: the pid owners maps the socket's
+        inode to, else NO_OWNER or NO_FILE. Needed before write()."""
+        ...
+
+    def write(self, fd: int, templates: dict[tuple[int, int], RowTemplate]) -> None:
+        """Each row as JSON from the template of its group, joined by commas, to fd."""
+        ...
+
+
 class SocketTable(Protocol):
     def snapshot(self) -> list[SocketRecord]: ...
+
+    def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
+        """TCP sockets held natively and the other sockets as records; None where the
+        platform has no native dump (then snapshot() is the way)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -134,6 +179,10 @@ class ProcessResolver(Protocol):
     def owner_of(self, inode: int) -> int | None: ...
 
     def owners_of(self, inodes: set[int]) -> dict[int, int]: ...
+
+    def all_owners(self) -> dict[int, int]:
+        """Every socket inode with its process, read afresh."""
+        ...
 
     def info(self, pid: int) -> ProcessInfo | None: ...
 

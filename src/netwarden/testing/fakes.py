@@ -11,6 +11,7 @@ from netwarden.platform.base import (
     ConntrackRecord,
     ConntrackTable,
     FlowStamps,
+    NativeTcpRows,
     ProcessResolver,
     SocketCloseEvents,
     SocketRecord,
@@ -35,6 +36,9 @@ class FakeResolver:
         if inodes:
             self.asked.append(set(inodes))
         return {i: self.owners[i] for i in inodes if i in self.owners}
+
+    def all_owners(self) -> dict[int, int]:
+        return dict(self.owners)
 
     def info(self, pid: int) -> ProcessInfo | None:
         return self.processes.get(pid)
@@ -82,6 +86,9 @@ class FakeSocketTable:
 
     def snapshot(self) -> list[SocketRecord]:
         return list(self.records)
+
+    def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
+        return None
 
     def close(self) -> None:
         pass

@@ -95,7 +95,7 @@ class LinuxBackend:
             try:
                 dump = ConntrackDump()
                 sources.conntrack = dump
-                dump.snapshot()  # reading it needs CAP_NET_ADMIN: find out now
+                dump.check_access()  # reading it needs CAP_NET_ADMIN: find out now
                 if events:
                     if is_root:
                         activation.enable()

@@ -24,6 +24,7 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
+NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
 GROUP_NEW, GROUP_UPDATE, GROUP_DESTROY = 1, 2, 3
 
@@ -154,6 +155,23 @@ class ConntrackDump:
     def __init__(self) -> None:
         self._sock = netlink.open_socket(NETLINK_NETFILTER)
         self._requests = [udp_dump_request(socket.AF_INET), udp_dump_request(socket.AF_INET6)]
+
+    def check_access(self) -> None:
+        """Raise OSError (EPERM) unless this process may read the table: a lookup
+        without a tuple, which the kernel refuses as invalid only once it is allowed
+        (far cheaper than a dump, which walks every namespace's entries)."""
+        request = netlink.pack_message(
+            (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+            netlink.NLM_F_REQUEST | NLM_F_ACK,
+            _NFGEN.pack(socket.AF_INET, 0, 0),
+        )
+        self._sock.send(request)
+        try:
+            for _message in netlink.iter_messages(self._sock.recv(netlink.RECV_BUFFER)):
+                pass
+        except netlink.NetlinkError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
 
     def snapshot(self) -> list[ConntrackRecord]:
         try:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from netwarden.model import ProcessInfo
 
+try:
+    from netwarden.platform.linux import _native
+except ImportError:  # not compiled: the Python code does the same, slower
+    _native = None  # type: ignore[assignment]
+
 PROC = "/proc"
+# Threads that read /proc/PID/fd links (one readlink per open file) at the same time.
+SCAN_THREADS = min(4, os.cpu_count() or 1)
 # An inode the map does not know triggers a rescan at most this often.
 RESCAN_INTERVAL = 1.0
 
@@ -31,6 +38,13 @@ def cgroup2_mount() -> Path | None:
 def scan_socket_inodes() -> tuple[dict[int, int], int]:
     """Map every socket inode to the pid holding it (the lowest pid when shared);
     also count the processes whose open files could not be read."""
+    if _native is not None:
+        return _native.scan_socket_inodes(PROC, threads=SCAN_THREADS)
+    return scan_socket_inodes_python()
+
+
+def scan_socket_inodes_python() -> tuple[dict[int, int], int]:
+    """scan_socket_inodes without the native module (the reference it is tested against)."""
     owners: dict[int, int] = {}
     denied = 0
     for entry in os.scandir(PROC):
@@ -158,6 +172,10 @@ class ProcResolver:
         if not inodes <= self._owners.keys():
             self._rescan()
         return {inode: self._owners[inode] for inode in inodes if inode in self._owners}
+
+    def all_owners(self) -> dict[int, int]:
+        self._rescan(force=True)
+        return self._owners
 
     def info(self, pid: int) -> ProcessInfo | None:
         cached = self._infos.get(pid)

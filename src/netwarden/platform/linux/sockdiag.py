@@ -5,9 +5,15 @@ from __future__ import annotations
 import socket
 import struct
 
+from netwarden.jsontext import dumps
 from netwarden.model import Endpoint, Transport
-from netwarden.platform.base import SocketRecord
+from netwarden.platform.base import NativeTcpRows, RowTemplate, SocketRecord
 from netwarden.platform.linux import netlink
+
+try:
+    from netwarden.platform.linux import _native
+except ImportError:  # not compiled: snapshot() does the same, slower
+    _native = None  # type: ignore[assignment]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -198,6 +204,21 @@ class SockDiagTable:
         self._previous = current
         return records
 
+    def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
+        """TCP sockets dumped and held by the native module, UDP sockets as records."""
+        if _native is None:
+            return None
+        rows = _TcpRows(_native.dump_tcp(self._sock.fileno()))
+        udp: list[SocketRecord] = []
+        for transport, req in self._requests:
+            if transport is Transport.UDP:
+                for msg_type, _flags, payload in netlink.dump(self._sock, req):
+                    if msg_type == SOCK_DIAG_BY_FAMILY:
+                        record = parse(payload, transport)
+                        if record is not None:
+                            udp.append(record)
+        return rows, udp
+
     def _signature(self, payload: memoryview) -> bytes:
         """State plus the tcp_info byte counters: what parse() would read and change."""
         at = self._info_offset
@@ -213,6 +234,23 @@ class SockDiagTable:
 
     def close(self) -> None:
         self._sock.close()
+
+
+# The JSON text of each TCP state number, for the native renderer.
+_STATE_JSON = tuple(dumps(TCP_STATES.get(n) or str(n)).encode() for n in range(256))
+
+
+class _TcpRows:
+    """NativeTcpRows over the C module's batch."""
+
+    def __init__(self, batch: _native.TcpBatch) -> None:
+        self._batch = batch
+
+    def groups(self, owners: dict[int, int]) -> set[tuple[int, int]]:
+        return self._batch.groups(owners)
+
+    def write(self, fd: int, templates: dict[tuple[int, int], RowTemplate]) -> None:
+        self._batch.write(fd, templates, _STATE_JSON)
 
 
 class SockDiagDestroyEvents:

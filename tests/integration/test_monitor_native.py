@@ -1,0 +1,51 @@
+"""The native one-shot listing against the flow table's own, on real sockets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netwarden.monitor.oneshot import flow_key_order, write_flows_json
+from netwarden.monitor.service import Monitor
+from netwarden.platform.select import current
+from netwarden.testing.netlab import Lab
+
+pytestmark = pytest.mark.root
+
+
+def _comparable(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in f.items() if k not in ("first_seen", "last_seen")} for f in flows]
+
+
+def test_native_listing_is_the_flow_tables_listing(lab: Lab, tmp_path: Path) -> None:
+    host = lab.host("zoo")
+    zoo = host.popen([sys.executable, "-m", "tests.integration.socket_zoo"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert zoo.stdout is not None
+    assert zoo.stdout.readline().strip() == "ready"
+    out = tmp_path / "native.json"
+    with current().open_sources(host.netns, events=False) as sources:
+        with out.open("wb") as stream:
+            assert write_flows_json(
+                Monitor(sources, record_events=False), sources.missing, stream, is_root=True
+            )
+        reference = Monitor(sources, record_events=False).snapshot()
+    document = json.loads(out.read_bytes())
+    expected = [f.to_json() for f in sorted(reference, key=flow_key_order)]
+    assert _comparable(document["flows"]) == _comparable(expected)
+
+    flows = document["flows"]
+    assert document["missing"] == []
+    assert [f["local_port"] for f in flows].count(7301) == 1  # two sockets, one flow
+    owned = [f for f in flows if f["process"] and f["process"]["pid"] == zoo.pid]
+    assert {f["transport"] for f in owned} == {"tcp", "udp"}
+    assert any(f["bytes_sent"] == 70_000 and ":" in f["local_address"] for f in owned)
+    assert any(f["bytes_received"] == 70_000 and "." in f["local_address"] for f in owned)
+    orphans = [f for f in flows if f["state"] == "FIN_WAIT1"]
+    assert orphans, flows
+    assert all(f["process"] is None and "no file" in f["attribution_reason"] for f in orphans)
