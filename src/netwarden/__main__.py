@@ -1,3 +1,3 @@
-from netwarden.cli.app import main
+from netwarden.cli.entry import main
 
 main()

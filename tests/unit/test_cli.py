@@ -86,3 +86,41 @@ def test_policy_check_help_names_every_section() -> None:
     assert code == 0
     for section in ("[settings]", "[defaults]", "[sets.NAME]", "[[rule]]", "[[redirect]]"):
         assert section in output
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["monitor", "--once", "--format", "json"], (None,)),
+        (["monitor", "--format=json", "--once", "--netns", "lab1"], ("lab1",)),
+        (["monitor", "--netns=lab1", "--once", "--format", "json"], ("lab1",)),
+        (["monitor", "--once"], None),  # a table: the full command line
+        (["monitor", "--once", "--format", "table"], None),
+        (["monitor", "--once", "--format", "json", "--filter", "tcp"], None),
+        (["monitor", "--once", "--format", "json", "--help"], None),
+        (["monitor", "--once", "--format", "json", "--netns"], None),
+        (["monitor", "--once", "--once", "--format", "json"], None),
+        (["history", "--once", "--format", "json"], None),
+    ],
+)
+def test_only_the_plain_json_listing_skips_the_option_parser(
+    argv: list[str], expected: tuple[str | None] | None
+) -> None:
+    from netwarden.cli.entry import plain_json_listing
+
+    assert plain_json_listing(argv) == expected
+
+
+def test_the_json_listing_of_a_missing_namespace_is_one_clear_sentence() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "netwarden", "monitor", "--once", "--format", "json",
+         "--netns", "no-such-ns-here"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("netwarden: ")
+    assert "does not exist" in result.stderr
+    assert result.stdout == ""

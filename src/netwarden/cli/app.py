@@ -128,7 +128,12 @@ def monitor(
     if not once and not watch and not sys.stdout.isatty():
         fail("the live view needs a terminal: use --once or --watch when piping")
     if once:
-        _monitor_once(netns, output, flow_filter)
+        from netwarden.cli.once import CommandError, monitor_once
+
+        try:
+            monitor_once(netns, output is OutputFormat.json, flow_filter)
+        except CommandError as exc:
+            fail(str(exc))
         return
     _monitor_live(
         netns, watch, interval, duration, flow_filter,
@@ -137,42 +142,12 @@ def monitor(
 
 
 def _open_sources(stack: ExitStack, netns: str | None, events: bool) -> Sources:
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import current
+    from netwarden.cli.once import CommandError, open_sources
 
     try:
-        return stack.enter_context(current().open_sources(netns, events=events))
-    except PlatformError as exc:
+        return open_sources(stack, netns, events)
+    except CommandError as exc:
         fail(str(exc))
-    except PermissionError as exc:
-        fail(f"permission denied opening kernel interfaces ({exc}); try as root")
-
-
-def _monitor_once(netns: str | None, output: OutputFormat, flow_filter: FlowFilter) -> None:
-    from netwarden.cli.render import table
-    from netwarden.monitor.oneshot import TemplateError, flow_key_order, write_flows_json
-    from netwarden.monitor.service import Monitor
-    from netwarden.platform.select import is_privileged
-
-    with ExitStack() as stack:
-        sources = _open_sources(stack, netns, events=False)
-        is_root = is_privileged()
-        monitor = Monitor(sources, is_root=is_root, record_events=False)
-        if output is OutputFormat.json and flow_filter.empty:
-            try:
-                if write_flows_json(monitor, sources.missing, sys.stdout.buffer, is_root=is_root):
-                    return
-            except TemplateError:
-                pass  # nothing was written yet
-        flows = [f for f in monitor.snapshot() if flow_filter.matches(f)]
-        flows.sort(key=flow_key_order)
-        if output is OutputFormat.json:
-            document = {"missing": list(sources.missing), "flows": [f.to_json() for f in flows]}
-            sys.stdout.write(dumps(document) + "\n")
-        else:
-            for line in sources.missing:
-                typer.echo(f"note: {line}", err=True)
-            sys.stdout.write(table(flows) + "\n")
 
 
 def _open_history(path: Path | None, disabled: bool, retention_days: float) -> HistoryStore | None:

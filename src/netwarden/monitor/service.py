@@ -9,11 +9,14 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
-from netwarden.monitor.history import HistoryStore
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
 from netwarden.platform.base import ConntrackRecord, SocketRecord, Sources
+
+if TYPE_CHECKING:
+    from netwarden.monitor.history import HistoryStore
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from netwarden.model import Endpoint, Transport
 from netwarden.platform.base import ConntrackEventType, ConntrackRecord
-from netwarden.platform.linux import netlink, nftables
+from netwarden.platform.linux import netlink
 from netwarden.platform.linux.procfs import pid_alive
 
 NETLINK_NETFILTER = 12
@@ -293,6 +293,8 @@ class ConntrackActivation:
         self.created_table = False
 
     def _siblings(self) -> list[tuple[str, int]]:
+        from netwarden.platform.linux import nftables  # (a one-shot listing needs none)
+
         found = []
         for _family, name in nftables.list_tables():
             suffix = name.removeprefix(self.prefix + "_")
@@ -301,6 +303,8 @@ class ConntrackActivation:
         return found
 
     def enable(self) -> None:
+        from netwarden.platform.linux import nftables
+
         for name, pid in self._siblings():
             if not pid_alive(pid):
                 nftables.delete_table("inet", name)
@@ -312,6 +316,8 @@ class ConntrackActivation:
             self._old_acct = current
 
     def disable(self) -> None:
+        from netwarden.platform.linux import nftables
+
         if self.created_table:
             nftables.delete_table("inet", self.table)
             self.created_table = False
