@@ -10,7 +10,8 @@ from setuptools import Extension, setup
 
 native = Extension(
     "netwarden.platform.linux._native",
-    sources=["src/netwarden/platform/linux/_native.c"],
+    sources=["src/netwarden/platform/linux/_native.c", "src/netwarden/platform/linux/_taskfiles.c"],
+    depends=["src/netwarden/platform/linux/_taskfiles.h"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter"],
     optional=True,

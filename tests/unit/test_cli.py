@@ -78,7 +78,7 @@ def test_doctor_json_names_every_mechanism() -> None:
     names = {item["name"] for item in json.loads(output)}
     assert {"nftables", "nft queue", "iptables NFQUEUE", "conntrack events",
             "sock_diag destroy events", "cgroup v2", "BTF", "privileges",
-            "flow events"} <= names  # fmt: skip
+            "flow events", "native monitor"} <= names  # fmt: skip
 
 
 def test_policy_check_help_names_every_section() -> None:

@@ -123,3 +123,21 @@ def test_a_template_refuses_a_process_that_contains_a_stand_in() -> None:
     pieces, holes = _template((NO_OWNER, 0), resolver, True, 0.0, "")
     assert len(pieces) == len(holes) + 1 == 9
     assert b'"process":null' in b"".join(pieces)
+
+
+def test_the_kernel_iterator_finds_the_owners_the_proc_scan_finds(
+    connected: list[socket.socket],
+) -> None:
+    """The BPF task_file iterator (root only) against the readlink scan."""
+    from netwarden.platform.linux import _native
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the iterator must be tested as root in CI")
+        pytest.skip("loading a BPF iterator needs root")
+    inodes = {os.fstat(s.fileno()).st_ino for s in connected}
+    owners = _native.task_socket_owners()
+    assert {i: owners.get(i) for i in inodes} == dict.fromkeys(inodes, os.getpid())
+    scanned, _denied = _native.scan_socket_inodes()
+    mine = {i for i, pid in scanned.items() if pid == os.getpid()}
+    assert {i for i, pid in owners.items() if pid == os.getpid()} == mine

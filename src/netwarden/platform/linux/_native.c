@@ -7,6 +7,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_taskfiles.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <endian.h>
@@ -814,6 +816,28 @@ done:
     return result;
 }
 
+/* task_socket_owners() -> {inode: lowest pid} from the kernel's task_file iterator. */
+static PyObject *task_socket_owners(PyObject *self, PyObject *unused) {
+    owner_pair_t *pairs;
+    size_t count;
+    int error;
+    Py_BEGIN_ALLOW_THREADS
+    error = taskfiles_read(&pairs, &count);
+    Py_END_ALLOW_THREADS
+    if (error != 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *owners = PyDict_New();
+    for (size_t i = 0; owners != NULL && i < count; i++) {
+        owner_t owner = {pairs[i].inode, (int)pairs[i].pid};
+        if (add_owner(owners, &owner) < 0)
+            Py_CLEAR(owners);
+    }
+    free(pairs);
+    return owners;
+}
+
 static PyMethodDef module_methods[] = {
     {"dump_tcp", dump_tcp, METH_VARARGS,
      "dump_tcp(fd) -> TcpBatch: every TCP socket (IPv4, then IPv6) with its tcp_info "
@@ -822,6 +846,9 @@ static PyMethodDef module_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "scan_socket_inodes(proc='/proc', threads=2) -> ({inode: lowest pid}, processes "
      "whose open files could not be read)."},
+    {"task_socket_owners", task_socket_owners, METH_NOARGS,
+     "task_socket_owners() -> {inode: lowest pid}, read in one pass by a BPF task_file "
+     "iterator (needs CAP_BPF and kernel BTF; pids as the initial pid namespace sees them)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pwd
 import time
@@ -14,6 +15,8 @@ try:
     from netwarden.platform.linux import _native
 except ImportError:  # not compiled: the Python code does the same, slower
     _native = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 PROC = "/proc"
 # Threads that read /proc/PID/fd links (one readlink per open file) at the same time.
@@ -38,9 +41,35 @@ def cgroup2_mount() -> Path | None:
 def scan_socket_inodes() -> tuple[dict[int, int], int]:
     """Map every socket inode to the pid holding it (the lowest pid when shared);
     also count the processes whose open files could not be read."""
-    if _native is not None:
-        return _native.scan_socket_inodes(PROC, threads=SCAN_THREADS)
-    return scan_socket_inodes_python()
+    global _iterator_usable
+    if _native is None:
+        return scan_socket_inodes_python()
+    if _iterator_usable is None:
+        _iterator_usable = os.geteuid() == 0 and PROC == "/proc" and _in_initial_pid_namespace()
+    if _iterator_usable:
+        try:
+            return _native.task_socket_owners(), 0
+        except OSError as exc:  # no BTF, BPF not allowed: the /proc way, from now on
+            log.debug("task_file iterator unavailable (%s); scanning /proc", exc)
+            _iterator_usable = False
+    return _native.scan_socket_inodes(PROC, threads=SCAN_THREADS)
+
+
+# Whether the kernel's task_file iterator may replace the /proc scan: None until tried.
+_iterator_usable: bool | None = None
+
+
+def _in_initial_pid_namespace() -> bool:
+    """The iterator names processes by their pids in the initial pid namespace: only
+    there are they the pids that /proc shows."""
+    try:
+        with open(f"{PROC}/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass
+    return False
 
 
 def scan_socket_inodes_python() -> tuple[dict[int, int], int]:
