@@ -121,6 +121,8 @@ static int btf_load(btf_t *b) {
     b->count = 1;
     while (b->types != NULL && p + sizeof(struct btf_type_raw) <= end) {
         const struct btf_type_raw *t = (const void *)p;
+        if (p + sizeof *t + extra_size(t) > end)
+            break; /* a truncated last type: not one we could use */
         if (b->count == cap_types) {
             cap_types *= 2;
             const struct btf_type_raw **grown = realloc(b->types, cap_types * sizeof *grown);

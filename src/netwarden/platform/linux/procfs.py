@@ -46,13 +46,35 @@ def scan_socket_inodes() -> tuple[dict[int, int], int]:
         return scan_socket_inodes_python()
     if _iterator_usable is None:
         _iterator_usable = os.geteuid() == 0 and PROC == "/proc" and _in_initial_pid_namespace()
+        if _iterator_usable:
+            _iterator_usable = _iterator_names_this_process()
     if _iterator_usable:
         try:
             return _native.task_socket_owners(), 0
-        except OSError as exc:  # no BTF, BPF not allowed: the /proc way, from now on
-            log.debug("task_file iterator unavailable (%s); scanning /proc", exc)
+        except OSError as exc:
+            log.debug("task_file iterator failed (%s); scanning /proc", exc)
             _iterator_usable = False
     return _native.scan_socket_inodes(PROC, threads=SCAN_THREADS)
+
+
+def _iterator_names_this_process() -> bool:
+    """Whether the iterator works here and reads the kernel's structures right: it must
+    name this process as the holder of a socket made for the purpose. (Its program is
+    assembled from offsets found in the kernel's BTF, so a kernel whose structures the
+    lookup misreads must fall back to /proc rather than name wrong processes.)"""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        inode = os.fstat(probe.fileno()).st_ino
+        try:
+            owners = _native.task_socket_owners()
+        except OSError as exc:  # no BTF, BPF not allowed, an old kernel
+            log.debug("task_file iterator unavailable (%s); scanning /proc", exc)
+            return False
+    if owners.get(inode) != os.getpid():
+        log.warning("task_file iterator misreads this kernel; scanning /proc instead")
+        return False
+    return True
 
 
 # Whether the kernel's task_file iterator may replace the /proc scan: None until tried.
