@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 
 native = Extension(
     "netwarden.platform.linux._native",
-    sources=[f"src/netwarden/platform/linux/{name}.c" for name in ("_native", "_btf", "_taskfiles")],
-    depends=[f"src/netwarden/platform/linux/{name}.h" for name in ("_btf", "_taskfiles")],
+    sources=[f"src/netwarden/platform/linux/{name}.c" for name in ("_native", "_btf", "_taskfiles", "_tcptrack")],
+    depends=[f"src/netwarden/platform/linux/{name}.h" for name in ("_btf", "_taskfiles", "_tcptrack")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter"],
     optional=True,
