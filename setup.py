@@ -8,10 +8,13 @@ import sys
 
 from setuptools import Extension, setup
 
+SOURCE = "src/netwarden/platform/linux/"
+PARTS = ("_btf", "_taskfiles", "_tcptrack")  # each with a header
+
 native = Extension(
     "netwarden.platform.linux._native",
-    sources=[f"src/netwarden/platform/linux/{name}.c" for name in ("_native", "_btf", "_taskfiles", "_tcptrack")],
-    depends=[f"src/netwarden/platform/linux/{name}.h" for name in ("_btf", "_taskfiles", "_tcptrack")],
+    sources=[SOURCE + "_native.c"] + [f"{SOURCE}{part}.c" for part in PARTS],
+    depends=[f"{SOURCE}{part}.h" for part in PARTS],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter"],
     optional=True,

@@ -127,7 +127,7 @@ def _with_table_redraw(view: LiveView, refresh: Callable[[], int]) -> float:
     from textual.app import App, ComposeResult
     from textual.widgets import DataTable
 
-    from netwarden.tui.app import FLOW_COLUMNS, MAX_ROWS, _cells
+    from netwarden.tui.app import FLOW_COLUMNS, MAX_ROWS, Cells, draw_rows
 
     result: list[float] = []
 
@@ -139,10 +139,12 @@ def _with_table_redraw(view: LiveView, refresh: Callable[[], int]) -> float:
             table = self.query_one(DataTable)
             table.add_columns(*(label for label, _ in FLOW_COLUMNS))
 
-            def redraw() -> None:
+            drawn: list[Cells] = []
+
+            def redraw() -> None:  # as MonitorApp draws its table
+                nonlocal drawn
                 refresh()
-                table.clear()
-                table.add_rows(_cells(row) for row in view.rows(time.time(), MAX_ROWS))
+                drawn = draw_rows(table, view.rows(time.time(), MAX_ROWS), drawn)
 
             redraw()
             result.append(median_seconds(redraw))

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from netwarden.model import Transport
 from netwarden.monitor.oneshot import flow_key_order, write_flows_json
 from netwarden.monitor.service import Monitor
+from netwarden.platform.base import SocketRecord
 from netwarden.platform.select import current
 from netwarden.testing.netlab import Lab
 
@@ -49,3 +51,45 @@ def test_native_listing_is_the_flow_tables_listing(lab: Lab, tmp_path: Path) -> 
     orphans = [f for f in flows if f["state"] == "FIN_WAIT1"]
     assert orphans, flows
     assert all(f["process"] is None and "no file" in f["attribution_reason"] for f in orphans)
+
+
+def _fields(records: list[SocketRecord]) -> list[tuple[object, ...]]:
+    return sorted(
+        (str(r.key), r.state, r.inode, r.uid, r.cgroup_id, r.bytes_sent, r.bytes_received)
+        for r in records
+    )
+
+
+def test_tcp_changes_read_what_a_dump_reads(lab: Lab) -> None:
+    """The BPF tcp iterator behind the live view against a sock_diag dump."""
+    host = lab.host("zoo")
+    zoo = host.popen([sys.executable, "-m", "tests.integration.socket_zoo"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert zoo.stdout is not None
+    assert zoo.stdin is not None
+    assert zoo.stdout.readline().strip() == "ready"
+    with current().open_sources(host.netns, events=False) as sources:
+        first = sources.sockets.changes()
+        assert first is not None, "root with BTF: the tcp iterator must load"
+        dumped = [r for r in sources.sockets.snapshot() if r.transport is Transport.TCP]
+        assert first.vanished == []
+        keys = [r.key for r in dumped]
+        twins = {key for key in keys if keys.count(key) > 1}  # SO_REUSEPORT: one flow
+        assert len(twins) == 1
+        assert len(first.changed) == len(set(keys)) == len(keys) - 1
+        assert _fields([r for r in first.changed if r.key not in twins]) == _fields(
+            [r for r in dumped if r.key not in twins]
+        )
+        assert [r.transport for r in first.others] == [Transport.UDP] * 2
+
+        second = sources.sockets.changes()
+        assert second is not None
+        assert (second.changed, second.vanished) == ([], [])
+
+        zoo.stdin.close()
+        zoo.wait(timeout=10)
+        third = sources.sockets.changes()
+        assert third is not None
+        gone = {(k.local.address, k.local.port) for k in third.vanished}
+        assert ("127.0.0.1", 7301) in gone
+        assert not any(r.key.local.port == 7301 for r in third.changed)

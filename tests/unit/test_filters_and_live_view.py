@@ -103,3 +103,22 @@ def test_live_view_limit_keeps_the_top_rows_in_order() -> None:
     view.sort_by(SortKey.RATE)  # ascending now
     assert [r.flow.key.local.port for r in view.rows(100, limit=3)] == [1, 2, 3]
     assert view.matching() == 100
+
+
+def test_live_view_rows_follow_every_change_of_flows_filter_and_order() -> None:
+    """Rows are selected anew only when something changed; each kind of change shows."""
+    view = LiveView()
+    view.load([_flow(port, rate=float(port)) for port in range(1, 101)], 0)
+    top = [r.flow.key.local.port for r in view.rows(100, limit=2)]
+    assert top == [100, 99]
+    assert [r.flow.key.local.port for r in view.rows(101, limit=2)] == top  # nothing new
+    view.apply([FlowEvent(FlowEventKind.UPDATED, _flow(5, rate=1000.0))], 102)
+    assert [r.flow.key.local.port for r in view.rows(103, limit=2)] == [5, 100]
+    view.filter = FlowFilter(port=7)
+    assert [r.flow.key.local.port for r in view.rows(104, limit=2)] == [7]
+    assert view.matching() == 1
+    view.filter = FlowFilter()
+    view.apply([FlowEvent(FlowEventKind.CLOSED, _flow(5, rate=1000.0))], 105)
+    view.expire(105 + FADE_SECONDS)
+    assert [r.flow.key.local.port for r in view.rows(111, limit=2)] == [100, 99]
+    assert view.matching() == 99

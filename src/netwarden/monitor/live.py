@@ -83,9 +83,15 @@ class LiveView:
         self.sort_key = SortKey.RATE
         self.descending = True
         self.filter = FlowFilter()
+        # The last selection of rows and what it depended on: nothing changed, no
+        # new selection (a refresh of 20,000 idle flows then costs nothing here).
+        self._changes = 0
+        self._selection: tuple[tuple[object, ...], list[Flow]] | None = None
+        self._matching: tuple[tuple[object, ...], int] | None = None
 
     def apply(self, events: Iterable[FlowEvent], now: float) -> None:
         for event in events:
+            self._changes += 1
             key = event.flow.key
             if event.kind is FlowEventKind.CLOSED:
                 self._live.pop(key, None)
@@ -100,6 +106,7 @@ class LiveView:
     def load(self, flows: Iterable[Flow], now: float) -> None:
         """Start from a snapshot: these flows are shown as already established."""
         for flow in flows:
+            self._changes += 1
             self._live[flow.key] = flow
             self._opened_at[flow.key] = now - NEW_SECONDS
 
@@ -107,6 +114,7 @@ class LiveView:
         gone = [k for k, (_f, t) in self._closed.items() if now - t >= FADE_SECONDS]
         for key in gone:
             del self._closed[key]
+        self._changes += len(gone)
 
     def sort_by(self, key: SortKey) -> None:
         """Sort by key; choosing the same key again reverses the order."""
@@ -118,13 +126,23 @@ class LiveView:
 
     def matching(self) -> int:
         """How many flows (live and fading) pass the filter."""
-        matches = self.filter.matches
-        return sum(1 for f in self._live.values() if matches(f)) + sum(
-            1 for f, _t in self._closed.values() if matches(f)
-        )
+        basis = (self._changes, self.filter)
+        if self._matching is None or self._matching[0] != basis:
+            matches = self.filter.matches
+            count = sum(1 for f in self._live.values() if matches(f)) + sum(
+                1 for f, _t in self._closed.values() if matches(f)
+            )
+            self._matching = (basis, count)
+        return self._matching[1]
 
     def rows(self, now: float, limit: int | None = None) -> list[Row]:
         """The rows to show, sorted; with a limit, only the first `limit` of them."""
+        basis = (self._changes, self.filter, self.sort_key, self.descending, limit)
+        if self._selection is None or self._selection[0] != basis:
+            self._selection = (basis, self._select(limit))
+        return [self._row(flow, now) for flow in self._selection[1]]
+
+    def _select(self, limit: int | None) -> list[Flow]:
         matches = self.filter.matches
         flows = [f for f in self._live.values() if matches(f)]
         flows.extend(f for f, _t in self._closed.values() if matches(f))
@@ -135,10 +153,9 @@ class LiveView:
 
         if limit is not None and limit < len(flows):
             pick = heapq.nlargest if self.descending else heapq.nsmallest
-            flows = pick(limit, flows, key=order)
-        else:
-            flows.sort(key=order, reverse=self.descending)
-        return [self._row(flow, now) for flow in flows]
+            return pick(limit, flows, key=order)
+        flows.sort(key=order, reverse=self.descending)
+        return flows
 
     def _row(self, flow: Flow, now: float) -> Row:
         closed = self._closed.get(flow.key)

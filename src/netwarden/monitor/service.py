@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
-from netwarden.platform.base import ConntrackRecord, SocketRecord, Sources
+from netwarden.platform.base import ConntrackRecord, SocketChanges, SocketRecord, Sources
 
 if TYPE_CHECKING:
     from netwarden.monitor.history import HistoryStore
@@ -49,6 +49,7 @@ class Monitor:
         )
         self._last_prune = 0.0
         self._next_conntrack = 0.0
+        self._by_changes: bool | None = None  # None until the platform was asked
 
     def snapshot(
         self, sockets: list[SocketRecord] | None = None, now: float | None = None
@@ -61,14 +62,32 @@ class Monitor:
         self, now: float, *, full: bool = False, sockets: list[SocketRecord] | None = None
     ) -> list[FlowEvent]:
         """full: read conntrack whatever the last dump cost (the last refresh)."""
+        changes = None
         try:
             if sockets is None:
-                sockets = self.sources.sockets.snapshot()
-            conntrack = self._conntrack_snapshot(full, sockets)
+                changes = self._changes()
+                if changes is None:
+                    sockets = self.sources.sockets.snapshot()
         except OSError as exc:  # a failed read skips one refresh; the table stays as it was
             log.warning("snapshot failed, keeping the last one: %s", exc)
             return self.table.tick(now)
-        return self.table.apply_snapshot(sockets, conntrack, now)
+        try:
+            udp = changes.others if changes is not None else sockets or []
+            conntrack = self._conntrack_snapshot(full, udp)
+        except OSError as exc:  # UDP counters stay as the last dump left them
+            log.warning("conntrack dump failed: %s", exc)
+            conntrack = None
+        if changes is not None:
+            return self.table.apply_changes(changes, conntrack, now)
+        return self.table.apply_snapshot(sockets or [], conntrack, now)
+
+    def _changes(self) -> SocketChanges | None:
+        """The socket table's changes where the platform reads them so (then always)."""
+        if self._by_changes is False:
+            return None
+        changes = self.sources.sockets.changes()
+        self._by_changes = changes is not None
+        return changes
 
     def _conntrack_snapshot(
         self, full: bool, sockets: list[SocketRecord]

@@ -28,6 +28,7 @@ from netwarden.platform.base import (
     ConntrackRecord,
     ProcessResolver,
     ProcessStamp,
+    SocketChanges,
     SocketRecord,
 )
 
@@ -75,12 +76,15 @@ class _State:
             netns=netns, relay=self.relay,
         )  # fmt: skip
 
-    def set_bytes(self, sent: int, received: int) -> None:
-        # Counters only grow; a late, smaller reading must not undo a larger one.
+    def set_bytes(self, sent: int, received: int) -> bool:
+        """Whether the counters moved. They only grow: a late, smaller reading must not
+        undo a larger one."""
         sent, received = max(sent, self.bytes_sent), max(received, self.bytes_received)
-        if (sent, received) != (self.bytes_sent, self.bytes_received):
-            self.bytes_sent, self.bytes_received = sent, received
-            self.dirty = True
+        if (sent, received) == (self.bytes_sent, self.bytes_received):
+            return False
+        self.bytes_sent, self.bytes_received = sent, received
+        self.dirty = True
+        return True
 
 
 def _is_unconnected(record: SocketRecord) -> bool:
@@ -114,6 +118,13 @@ class FlowTable:
         self._conntrack_seen: set[FlowKey] = set()  # flows the last conntrack dump showed
         # What a local proxy said about flows not seen yet: flow -> (note, pid, when).
         self._relays: dict[FlowKey, tuple[str, int | None, float]] = {}
+        # Flows whose rates the next snapshot computes (new ones, moving ones, ones whose
+        # rate is not zero yet): idle flows cost nothing per snapshot.
+        self._rating: dict[FlowKey, _State] = {}
+        self._rated_at = 0.0  # when rates were last computed
+        self._last_snapshot = 0.0
+        self._udp_flows: dict[FlowKey, _State] = {}
+        self._unknown: dict[FlowKey, _State] = {}  # socket flows whose process is unknown
 
     # -- queries -----------------------------------------------------------------
 
@@ -166,7 +177,8 @@ class FlowTable:
                     state = self._new_state(key, "ESTABLISHED", now)
                     self._attribute_udp(state)
                 state.last_seen = now
-                state.set_bytes(sent, received)
+                if state.set_bytes(sent, received):
+                    self._moving(state)
                 self._touched[key] = state
                 if record.event is ConntrackEventType.DESTROY:
                     self._close_later(state, now)
@@ -180,32 +192,72 @@ class FlowTable:
         """Bring the table in line with a full dump; return what happened since last time."""
         self._index_udp(sockets)
         seen: set[FlowKey] = set()
-        flows = self._flows
         changed: list[SocketRecord] = []
         for record in sockets:
-            key = record.key
-            seen.add(key)
-            state = flows.get(key)
-            if (
-                state is not None
-                and state.record is record  # the dump handed back last time's record
-                and state.closing_at is None
-                and state.attribution.method is not AttributionMethod.UNKNOWN
-            ):
-                state.last_seen = now
-            else:
+            seen.add(record.key)
+            if not self._still(record, now):
                 changed.append(record)
-        owners = self._resolver.owners_of({r.inode for r in changed if self._needs_owner(r)})
-        for record in changed:
-            self._upsert_socket(record, now, owners.get(record.inode)).record = record
-        if conntrack is not None:  # None: no new dump; what the last one showed stands
-            self.add_conntrack(conntrack, now)
-            self._conntrack_seen = {k for r in conntrack for k, _s, _r in self._conntrack_views(r)}
-        seen.update(self._conntrack_seen)
+        self._upsert_all(changed, now)
+        seen.update(self._read_conntrack(conntrack, now))
         for state in self._flows.values():
             if state.key not in seen and state.closing_at is None:
                 self._close_later(state, now)
+        self._last_snapshot = now
         return self.tick(now, rates=True)
+
+    def apply_changes(
+        self, changes: SocketChanges, conntrack: list[ConntrackRecord] | None, now: float
+    ) -> list[FlowEvent]:
+        """The same from what changed since the last look (TCP sockets) and a full dump
+        of the others: work in proportion to what changed, not to the table."""
+        udp = changes.others
+        self._index_udp(udp)
+        seen = {record.key for record in udp}
+        changed = [record for record in udp if not self._still(record, now)]
+        changed += changes.changed
+        fresh = {r.key for r in changed}
+        for state in self._unknown.values():  # their owners may be found now
+            if state.record is not None and state.closing_at is None and state.key not in fresh:
+                changed.append(state.record)
+        self._upsert_all(changed, now)
+        for key in changes.vanished:
+            gone = self._flows.get(key)
+            if gone is not None and gone.closing_at is None:
+                gone.last_seen = max(gone.last_seen, self._last_snapshot)
+                self._close_later(gone, now)
+        seen.update(self._read_conntrack(conntrack, now))
+        for state in self._udp_flows.values():
+            if state.key not in seen and state.closing_at is None:
+                self._close_later(state, now)
+        self._last_snapshot = now
+        return self.tick(now, rates=True)
+
+    def _still(self, record: SocketRecord, now: float) -> bool:
+        """Whether a dumped socket is the very record last applied, with nothing to
+        redo for it (then it is only marked seen)."""
+        state = self._flows.get(record.key)
+        if (
+            state is not None
+            and state.record is record  # the dump handed back last time's record
+            and state.closing_at is None
+            and state.attribution.method is not AttributionMethod.UNKNOWN
+        ):
+            state.last_seen = now
+            return True
+        return False
+
+    def _upsert_all(self, records: list[SocketRecord], now: float) -> None:
+        owners = self._resolver.owners_of({r.inode for r in records if self._needs_owner(r)})
+        for record in records:
+            self._upsert_socket(record, now, owners.get(record.inode)).record = record
+
+    def _read_conntrack(self, conntrack: list[ConntrackRecord] | None, now: float) -> set[FlowKey]:
+        """Apply a conntrack dump (None: none was read, the last one stands); the flows
+        it shows."""
+        if conntrack is not None:
+            self.add_conntrack(conntrack, now)
+            self._conntrack_seen = {k for r in conntrack for k, _s, _r in self._conntrack_views(r)}
+        return self._conntrack_seen
 
     def tick(self, now: float, *, rates: bool = False) -> list[FlowEvent]:
         """Finish closes whose grace has passed; hand out the events. Rates are
@@ -217,13 +269,19 @@ class FlowTable:
             self._announce(state)
             del self._flows[state.key]
             del self._closing[state.key]
-            self._touched.pop(state.key, None)
+            for index in (self._touched, self._rating, self._udp_flows, self._unknown):
+                index.pop(state.key, None)
             if state.key.transport is Transport.UDP:
                 self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
             self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
-        for state in self._flows.values() if rates else self._touched.values():
-            if rates:
+        if rates:
+            pending = {**self._touched, **self._rating}.values()
+            self._rated_at = now
+        else:
+            pending = self._touched.values()
+        for state in pending:
+            if rates and state.key in self._rating:
                 self._update_rate(state, now)
             if not state.announced:
                 self._announce(state)
@@ -259,7 +317,7 @@ class FlowTable:
         or of a flow event, take their counters from it."""
         udp = Transport.UDP
         return (
-            any(key.transport is udp for key in self._flows)
+            bool(self._udp_flows)
             or any(record.transport is udp for record in sockets)
             or self._stamps.has(udp)
         )
@@ -303,6 +361,9 @@ class FlowTable:
             state.first_seen = min(now, stamp.timestamp)
         self._flows[key] = state
         self._touched[key] = state
+        self._rating[key] = state
+        if key.transport is Transport.UDP:
+            self._udp_flows[key] = state
         return state
 
     def _announce(self, state: _State) -> None:
@@ -323,6 +384,10 @@ class FlowTable:
             if found != (state.process, state.attribution):
                 state.process, state.attribution = found
                 state.dirty = True
+            if state.attribution.method is AttributionMethod.UNKNOWN:
+                self._unknown[key] = state
+            else:
+                self._unknown.pop(key, None)
         state.uid = record.uid
         if record.cgroup_id and not state.cgroup:
             state.cgroup = self._resolver.cgroup_path(record.cgroup_id)
@@ -330,8 +395,10 @@ class FlowTable:
             state.state = record.state
             state.dirty = True
         state.last_seen = now
-        if record.transport is Transport.TCP:
-            state.set_bytes(record.bytes_sent, record.bytes_received)
+        if record.transport is Transport.TCP and state.set_bytes(
+            record.bytes_sent, record.bytes_received
+        ):
+            self._moving(state)
         if not record.destroyed and state.closing_at is not None:
             state.closing_at = None
             del self._closing[key]
@@ -392,6 +459,14 @@ class FlowTable:
         state.attribution = Attribution(AttributionMethod.LOCAL_PORT)
         state.uid = record.uid
 
+    def _moving(self, state: _State) -> None:
+        """Its counters moved: its rate is due at the next snapshot."""
+        if state.key not in self._rating:
+            if state.rate_time is not None and state.rate_time < self._rated_at:
+                # Idle since its last rate: the baseline still held at the last snapshot.
+                state.rate_time = self._rated_at
+            self._rating[state.key] = state
+
     def _update_rate(self, state: _State, now: float) -> None:
         if state.rate_time is None:
             state.rate_time, state.rate_sent, state.rate_received = (
@@ -413,3 +488,5 @@ class FlowTable:
             state.bytes_sent,
             state.bytes_received,
         )
+        if send_rate == receive_rate == 0:
+            del self._rating[state.key]  # idle: nothing to compute until it moves

@@ -136,8 +136,23 @@ class NativeTcpRows(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SocketChanges:
+    """The socket table since the last look (SocketTable.changes)."""
+
+    changed: list[SocketRecord]  # TCP sockets that are new, or whose state or counters moved
+    vanished: list[FlowKey]  # TCP flows whose sockets are gone
+    others: list[SocketRecord]  # every other (UDP) socket, in full
+
+
 class SocketTable(Protocol):
     def snapshot(self) -> list[SocketRecord]: ...
+
+    def changes(self) -> SocketChanges | None:
+        """What changed since the last call (the first: every socket), read without a
+        Python object per unchanged socket; None where the platform cannot (then
+        snapshot() is the way). A caller uses one or the other, not both."""
+        ...
 
     def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
         """TCP sockets held natively and the other sockets as records; None where the

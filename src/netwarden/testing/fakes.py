@@ -13,6 +13,7 @@ from netwarden.platform.base import (
     FlowStamps,
     NativeTcpRows,
     ProcessResolver,
+    SocketChanges,
     SocketCloseEvents,
     SocketRecord,
     SocketTable,
@@ -88,6 +89,9 @@ class FakeSocketTable:
         return list(self.records)
 
     def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
+        return None
+
+    def changes(self) -> SocketChanges | None:
         return None
 
     def close(self) -> None:

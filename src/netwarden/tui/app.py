@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -40,7 +40,11 @@ MAX_ROWS = 250
 STYLES = {RowStatus.NEW: "bold green", RowStatus.LIVE: "", RowStatus.CLOSED: "red"}
 
 
-def _cells(row: Row) -> tuple[Text, ...]:
+# What one row shows: its style and the text of each column.
+Cells = tuple[str, tuple[str, ...]]
+
+
+def _cells(row: Row) -> Cells:
     flow = row.flow
     proc = flow.process
     style = STYLES[row.status] + (" dim" if row.fade > 0.5 else "")
@@ -56,7 +60,16 @@ def _cells(row: Row) -> tuple[Text, ...]:
         f"{human_bytes(flow.send_rate + flow.receive_rate)}/s",
         how_label(flow),
     )
-    return tuple(Text(value, style=style) for value in values)
+    return style, values
+
+
+def draw_rows(table: DataTable[Any], rows: list[Row], drawn: list[Cells]) -> list[Cells]:
+    """Show rows in the table unless it shows them already; what it shows now."""
+    cells = [_cells(row) for row in rows]
+    if cells != drawn:
+        table.clear()
+        table.add_rows(tuple(Text(v, style=style) for v in values) for style, values in cells)
+    return cells
 
 
 class MonitorApp(App[None]):
@@ -99,6 +112,7 @@ class MonitorApp(App[None]):
         self._pending: collections.deque[list[FlowEvent]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._error: str = ""
+        self._drawn: list[Cells] = []
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -141,8 +155,7 @@ class MonitorApp(App[None]):
         shown = f"{len(rows)} shown" if len(rows) < MAX_ROWS else (
             f"first {MAX_ROWS} of {self.view.matching()} shown (filter with /)"
         )  # fmt: skip
-        table.clear()
-        table.add_rows(_cells(row) for row in rows)
+        self._drawn = draw_rows(table, rows, self._drawn)
         missing = (
             "  |  " + "; ".join(self.monitor.sources.missing)
             if self.monitor.sources.missing

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import struct
 
 from netwarden.jsontext import dumps
-from netwarden.model import Endpoint, Transport
-from netwarden.platform.base import NativeTcpRows, RowTemplate, SocketRecord
+from netwarden.model import Endpoint, FlowKey, Transport
+from netwarden.platform.base import NativeTcpRows, RowTemplate, SocketChanges, SocketRecord
 from netwarden.platform.linux import netlink
 
 try:
     from netwarden.platform.linux import _native
 except ImportError:  # not compiled: snapshot() does the same, slower
     _native = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -177,6 +181,7 @@ class SockDiagTable:
             for family in (socket.AF_INET, socket.AF_INET6)
         ]
 
+        self._tracker = _tcp_tracker()  # made here: it reads this namespace
         # Last dump's record per socket cookie, with the bytes that would change it.
         self._previous: dict[bytes, tuple[bytes, SocketRecord]] = {}
         self._info_offset = -1  # where tcp_info sat in the last TCP message
@@ -208,7 +213,23 @@ class SockDiagTable:
         """TCP sockets dumped and held by the native module, UDP sockets as records."""
         if _native is None:
             return None
-        rows = _TcpRows(_native.dump_tcp(self._sock.fileno()))
+        return _TcpRows(_native.dump_tcp(self._sock.fileno())), self._udp_records()
+
+    def changes(self) -> SocketChanges | None:
+        """TCP sockets from the kernel's tcp iterator, as changes; UDP ones in full."""
+        if self._tracker is None:
+            return None
+        changed, vanished = self._tracker.refresh()
+        return SocketChanges(
+            [_record(*fields) for fields in changed],
+            [
+                FlowKey(Transport.TCP, Endpoint(local, port), Endpoint(remote, remote_port))
+                for _family, local, port, remote, remote_port in vanished
+            ],
+            self._udp_records(),
+        )
+
+    def _udp_records(self) -> list[SocketRecord]:
         udp: list[SocketRecord] = []
         for transport, req in self._requests:
             if transport is Transport.UDP:
@@ -217,7 +238,7 @@ class SockDiagTable:
                         record = parse(payload, transport)
                         if record is not None:
                             udp.append(record)
-        return rows, udp
+        return udp
 
     def _signature(self, payload: memoryview) -> bytes:
         """State plus the tcp_info byte counters: what parse() would read and change."""
@@ -234,6 +255,28 @@ class SockDiagTable:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def _tcp_tracker() -> _native.TcpTracker | None:
+    """The native reader of TCP changes, where the kernel lets us load it (root, BTF)."""
+    if _native is None or os.geteuid() != 0:
+        return None
+    try:
+        return _native.TcpTracker()
+    except OSError as exc:
+        log.debug("no tcp iterator (%s): the monitor dumps sockets in full", exc)
+        return None
+
+
+def _record(
+    family: int, state: int, local: str, port: int, remote: str, remote_port: int, uid: int,
+    inode: int, cookie: int, cgroup: int, sent: int, received: int,
+) -> SocketRecord:  # fmt: skip
+    """A SocketRecord from the native module's fields of one TCP socket."""
+    return SocketRecord(
+        Transport.TCP, Endpoint(local, port), Endpoint(remote, remote_port),
+        TCP_STATES.get(state) or str(state), inode, uid, cookie, cgroup, sent, received,
+    )  # fmt: skip
 
 
 # The JSON text of each TCP state number, for the native renderer.

@@ -1,0 +1,97 @@
+"""The flow table fed with changes (what a native socket reader reports) against the
+same table fed with full dumps: the same flows, events and rates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from netwarden.model import FlowEvent, FlowKey, ProcessInfo, Transport
+from netwarden.monitor.table import FlowTable
+from netwarden.platform.base import ConntrackRecord, SocketChanges, SocketRecord
+from netwarden.testing.fakes import FakeResolver, tcp_socket, udp_conntrack, udp_socket
+
+CURL = ProcessInfo(pid=42, name="curl", exe="/usr/bin/curl")
+NGINX = ProcessInfo(pid=7, name="nginx", exe="/usr/sbin/nginx")
+
+
+def _changes(before: Sequence[SocketRecord], after: Sequence[SocketRecord]) -> SocketChanges:
+    """What a native reader reports between two dumps."""
+    old = {r.key: r for r in before if r.transport is Transport.TCP}
+    new = {r.key: r for r in after if r.transport is Transport.TCP}
+    return SocketChanges(
+        [r for key, r in new.items() if old.get(key) != r],
+        [key for key in old if key not in new],
+        [r for r in after if r.transport is not Transport.TCP],
+    )
+
+
+def _view(events: list[FlowEvent]) -> list[tuple[str, FlowKey, Any, int, int, float, str]]:
+    return sorted(
+        (str(e.kind), e.flow.key, e.flow.process, e.flow.bytes_sent, e.flow.bytes_received,
+         e.flow.send_rate, e.flow.attribution.method)
+        for e in events
+    )  # fmt: skip
+
+
+def _both(
+    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]],
+    resolver: FakeResolver,
+    owners_later: dict[int, int] | None = None,
+) -> tuple[FlowTable, FlowTable]:
+    full, delta = FlowTable(resolver), FlowTable(resolver)
+    before: list[SocketRecord] = []
+    for step, (now, sockets, conntrack) in enumerate(dumps):
+        if owners_later and step == len(dumps) // 2:
+            resolver.owners.update(owners_later)
+        by_full = full.apply_snapshot(sockets, conntrack, now)
+        by_delta = delta.apply_changes(_changes(before, sockets), conntrack, now)
+        assert _view(by_delta) == _view(by_full), f"step {step}"
+        before = sockets
+    return full, delta
+
+
+def test_changes_give_the_events_and_rates_of_full_dumps() -> None:
+    resolver = FakeResolver(owners={11: 42, 12: 7, 13: 42}, processes={42: CURL, 7: NGINX})
+    a = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)
+    b = tcp_socket("10.0.0.1:80", "10.0.0.3:4000", inode=12, sent=10)
+    udp = udp_socket("10.0.0.1:5353", inode=13)
+    ct = [udp_conntrack("10.0.0.1:5353", "10.0.0.9:53", 40, 120)]
+    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+        (1.0, [a, udp], ct),
+        (2.0, [a, b, udp], None),
+        (3.0, [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=5000), b, udp], None),
+        (4.0, [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=5000), b, udp], None),
+        (5.0, [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=9000), udp], []),
+        (6.5, [replace(a, bytes_sent=9000, state="CLOSE_WAIT")], []),
+        (8.0, [], []),
+        (10.0, [], []),
+    ]
+    full, delta = _both(dumps, resolver)
+    assert len(full) == len(delta) == 0
+
+
+def test_an_idle_flow_that_moves_again_has_its_true_rate() -> None:
+    """Only moving flows have their rates computed, yet a flow idle for a while gets
+    the rate of the last interval, not of the whole idle time."""
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+        (float(t), [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=sent)], None)
+        for t, sent in ((1, 0), (2, 100), (3, 100), (4, 100), (5, 100), (6, 1100))
+    ]
+    full, delta = _both(dumps, resolver)
+    [flow] = delta.flows()
+    assert flow.send_rate == 1000.0
+    assert [f.send_rate for f in full.flows()] == [1000.0]
+
+
+def test_an_owner_found_later_is_found_from_changes_too() -> None:
+    resolver = FakeResolver(processes={42: CURL})
+    socket = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)
+    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+        (float(t), [socket], None) for t in range(1, 5)
+    ]
+    full, delta = _both(dumps, resolver, owners_later={11: 42})
+    assert [f.process for f in delta.flows()] == [CURL]
+    assert [f.process for f in full.flows()] == [CURL]
