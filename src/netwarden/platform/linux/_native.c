@@ -726,7 +726,9 @@ static int same_signature(const tracked_t *a, const tracked_t *b) {
 }
 
 static PyObject *tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    if (!PyArg_ParseTuple(args, ":TcpTracker"))
+    static char *keywords[] = {"netns_fd", NULL};
+    int netns_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:TcpTracker", keywords, &netns_fd))
         return NULL;
     TcpTracker *self = (TcpTracker *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -735,7 +737,7 @@ static PyObject *tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     self->track.link = self->track.netns = -1;
     int error;
     Py_BEGIN_ALLOW_THREADS
-    error = tcptrack_open(&self->track);
+    error = tcptrack_open(&self->track, netns_fd);
     Py_END_ALLOW_THREADS
     if (error != 0) {
         Py_DECREF(self);
@@ -819,8 +821,9 @@ static PyTypeObject TcpTrackerType = {
     .tp_basicsize = sizeof(TcpTracker),
     .tp_dealloc = (destructor)tracker_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "TcpTracker(): the TCP sockets of the calling thread's network namespace, "
-              "read by a BPF tcp iterator, reported as changes. Needs CAP_BPF and BTF.",
+    .tp_doc = "TcpTracker(netns_fd=-1): the TCP sockets of a network namespace (that of "
+              "the file descriptor, else the calling thread's), read by a BPF tcp "
+              "iterator, reported as changes. Needs CAP_BPF and BTF.",
     .tp_methods = tracker_methods,
     .tp_new = tracker_new,
 };

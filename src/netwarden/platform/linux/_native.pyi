@@ -21,6 +21,7 @@ def scan_socket_inodes(proc: str = "/proc", threads: int = 2) -> tuple[dict[int,
 def task_socket_owners() -> dict[int, int]: ...
 
 class TcpTracker:
+    def __init__(self, netns_fd: int = -1) -> None: ...
     def refresh(
         self,
     ) -> tuple[

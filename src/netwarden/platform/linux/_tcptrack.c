@@ -127,9 +127,10 @@ static int load_program(const btf_t *b, int *link) {
     return bpf_iterator_link(b, "bpf_iter_tcp", prog, count, "nw_tcp_sockets", link);
 }
 
-int tcptrack_open(tcptrack_t *t) {
+int tcptrack_open(tcptrack_t *t, int netns_fd) {
     t->link = -1;
-    t->netns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    t->netns = netns_fd >= 0 ? fcntl(netns_fd, F_DUPFD_CLOEXEC, 0)
+                             : open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (t->netns < 0)
         return errno;
     btf_t b;

@@ -22,8 +22,9 @@ typedef struct {
     int netns; /* the namespace whose sockets it reads */
 } tcptrack_t;
 
-/* Loads the program for the calling thread's namespace: 0 or an errno value. */
-int tcptrack_open(tcptrack_t *t);
+/* Loads the program for the namespace of netns_fd (a duplicate is kept), or the calling
+   thread's when it is -1: 0 or an errno value. */
+int tcptrack_open(tcptrack_t *t, int netns_fd);
 void tcptrack_close(tcptrack_t *t);
 /* Every full TCP socket (no time-wait or request mini-sockets): 0 with *sockets
    (malloc'ed) and *count, or an errno value. Runs without the GIL. */

@@ -181,7 +181,10 @@ class SockDiagTable:
             for family in (socket.AF_INET, socket.AF_INET6)
         ]
 
-        self._tracker = _tcp_tracker()  # made here: it reads this namespace
+        # The namespace, for the native reader of changes (made on first use).
+        self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._tracker: _native.TcpTracker | None = None
+        self._tracker_tried = False
         # Last dump's record per socket cookie, with the bytes that would change it.
         self._previous: dict[bytes, tuple[bytes, SocketRecord]] = {}
         self._info_offset = -1  # where tcp_info sat in the last TCP message
@@ -217,6 +220,9 @@ class SockDiagTable:
 
     def changes(self) -> SocketChanges | None:
         """TCP sockets from the kernel's tcp iterator, as changes; UDP ones in full."""
+        if not self._tracker_tried:
+            self._tracker_tried = True
+            self._tracker = _tcp_tracker(self._netns)
         if self._tracker is None:
             return None
         changed, vanished = self._tracker.refresh()
@@ -255,14 +261,15 @@ class SockDiagTable:
 
     def close(self) -> None:
         self._sock.close()
+        os.close(self._netns)
 
 
-def _tcp_tracker() -> _native.TcpTracker | None:
+def _tcp_tracker(netns_fd: int) -> _native.TcpTracker | None:
     """The native reader of TCP changes, where the kernel lets us load it (root, BTF)."""
     if _native is None or os.geteuid() != 0:
         return None
     try:
-        return _native.TcpTracker()
+        return _native.TcpTracker(netns_fd)
     except OSError as exc:
         log.debug("no tcp iterator (%s): the monitor dumps sockets in full", exc)
         return None
