@@ -93,3 +93,23 @@ def test_tcp_changes_read_what_a_dump_reads(lab: Lab) -> None:
         gone = {(k.local.address, k.local.port) for k in third.vanished}
         assert ("127.0.0.1", 7301) in gone
         assert not any(r.key.local.port == 7301 for r in third.changed)
+
+
+def test_a_tcp_iterator_that_misreads_the_kernel_is_not_trusted(lab: Lab) -> None:
+    """The iterator's program uses offsets found in BTF: its first reading is checked
+    against sock_diag, and a reading that disagrees sends the monitor back to dumps."""
+    from netwarden.platform.linux import _native
+    from netwarden.platform.linux.sockdiag import SockDiagTable
+
+    host = lab.host("zoo")
+    zoo = host.popen([sys.executable, "-m", "tests.integration.socket_zoo"],
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    assert zoo.stdout is not None
+    assert zoo.stdout.readline().strip() == "ready"
+    with current().open_sources(host.netns, events=False) as sources:
+        table = sources.sockets
+        assert isinstance(table, SockDiagTable)
+        read, _vanished = _native.TcpTracker(table._netns).refresh()
+        assert table._agrees_with_a_dump(read)
+        misread = [(*r[:10], r[10] + 7, r[11]) for r in read]  # bytes sent misread
+        assert not table._agrees_with_a_dump(misread)

@@ -148,6 +148,7 @@ class FlowTable:
             state = self._flows.get(key)
             if state is not None and state.attribution.method is not AttributionMethod.FLOW_EVENT:
                 state.process, state.attribution = by_stamp(stamp, state.process)
+                self._unknown.pop(key, None)
                 state.dirty = True
                 self._touched[key] = state
 
@@ -349,6 +350,7 @@ class FlowTable:
             # connection's socket is gone before any scan of open files.
             state.process = self._resolver.info(owner)
             state.attribution = Attribution(AttributionMethod.RELAY)
+            self._unknown.pop(state.key, None)
 
     def _new_state(self, key: FlowKey, socket_state: str, now: float) -> _State:
         state = _State(key=key, state=socket_state, first_seen=now, last_seen=now)
