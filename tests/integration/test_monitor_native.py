@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from netwarden.model import Transport
+from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.oneshot import flow_key_order, write_flows_json
 from netwarden.monitor.service import Monitor
 from netwarden.platform.base import SocketRecord
@@ -24,22 +25,34 @@ def _comparable(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in f.items() if k not in ("first_seen", "last_seen")} for f in flows]
 
 
+# Filters of `--once --format json --filter`: each kind of word, and none.
+FILTERS = ["", "port:7301", "state:listen", "addr:::1", "tcp", "udp", "proc:python",
+           "proc:nosuchprogram", "port:7302 udp", "state:fin_wait1 addr:127"]  # fmt: skip
+
+
 def test_native_listing_is_the_flow_tables_listing(lab: Lab, tmp_path: Path) -> None:
     host = lab.host("zoo")
     zoo = host.popen([sys.executable, "-m", "tests.integration.socket_zoo"],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     assert zoo.stdout is not None
     assert zoo.stdout.readline().strip() == "ready"
-    out = tmp_path / "native.json"
+    listed: dict[str, list[dict[str, Any]]] = {}
     with current().open_sources(host.netns, events=False) as sources:
-        with out.open("wb") as stream:
-            assert write_flows_json(
-                Monitor(sources, record_events=False), sources.missing, stream, is_root=True
-            )
-        reference = Monitor(sources, record_events=False).snapshot()
-    document = json.loads(out.read_bytes())
-    expected = [f.to_json() for f in sorted(reference, key=flow_key_order)]
-    assert _comparable(document["flows"]) == _comparable(expected)
+        for text in FILTERS:
+            flow_filter = FlowFilter.parse(text)
+            out = tmp_path / "native.json"
+            with out.open("wb") as stream:
+                assert write_flows_json(
+                    Monitor(sources, record_events=False), sources.missing, stream,
+                    is_root=True, flow_filter=flow_filter,
+                )  # fmt: skip
+            reference = Monitor(sources, record_events=False).snapshot()
+            expected = [f.to_json() for f in sorted(reference, key=flow_key_order)
+                        if flow_filter.matches(f)]  # fmt: skip
+            listed[text] = json.loads(out.read_bytes())["flows"]
+            assert _comparable(listed[text]) == _comparable(expected), text
+    assert all(listed[text] for text in FILTERS if text != "proc:nosuchprogram"), listed
+    document = {"missing": [], "flows": listed[""]}
 
     flows = document["flows"]
     assert document["missing"] == []
@@ -85,6 +98,9 @@ def test_tcp_changes_read_what_a_dump_reads(lab: Lab) -> None:
         second = sources.sockets.changes()
         assert second is not None
         assert (second.changed, second.vanished) == ([], [])
+        again = sources.sockets.changes(restart=True)  # a new reader starts from all
+        assert again is not None
+        assert _fields(again.changed) == _fields(first.changed)
 
         zoo.stdin.close()
         zoo.wait(timeout=10)

@@ -45,9 +45,10 @@ def monitor_once(netns: str | None, as_json: bool, flow_filter: FlowFilter | Non
         sources = open_sources(stack, netns, events=False)
         is_root = is_privileged()
         monitor = Monitor(sources, is_root=is_root, record_events=False)
-        if as_json and (flow_filter is None or flow_filter.empty):
+        if as_json:
             try:
-                if write_flows_json(monitor, sources.missing, sys.stdout.buffer, is_root=is_root):
+                if write_flows_json(monitor, sources.missing, sys.stdout.buffer,
+                                    is_root=is_root, flow_filter=flow_filter):  # fmt: skip
                     return
             except TemplateError:
                 pass  # nothing was written yet

@@ -15,11 +15,6 @@ class FlowFilter:
     address: str | None = None  # substring of local or remote address
     transport: str | None = None
 
-    @property
-    def empty(self) -> bool:
-        """Whether every flow matches."""
-        return self == FlowFilter()
-
     def matches(self, flow: Flow) -> bool:
         if self.process:
             proc = flow.process

@@ -8,16 +8,18 @@ made here from `Flow.to_json`, so the JSON shape has one definition; the other s
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from netwarden.jsontext import dumps
-from netwarden.model import Attribution, Endpoint, Flow, FlowKey, ProcessInfo, Transport
+from netwarden.model import Endpoint, Flow, FlowKey, Transport
 from netwarden.monitor.attribution import by_owner
+from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.service import Monitor
-from netwarden.platform.base import NO_FILE, ProcessResolver, RowHole, RowTemplate
+from netwarden.platform.base import NO_FILE, ProcessResolver, RowFilter, RowHole, RowTemplate
 
 # Stand-ins that Flow.to_json writes where each row's own values go, as JSON text.
 _STRING_HOLES = (RowHole.LOCAL_ADDRESS, RowHole.REMOTE_ADDRESS, RowHole.STATE)
@@ -38,12 +40,21 @@ def flow_key_order(flow: Flow) -> tuple[str, str, int, str, int]:
 
 
 def write_flows_json(
-    monitor: Monitor, missing: Sequence[str], out: BinaryIO, *, is_root: bool
+    monitor: Monitor,
+    missing: Sequence[str],
+    out: BinaryIO,
+    *,
+    is_root: bool,
+    flow_filter: FlowFilter | None = None,
 ) -> bool:
     """Write `{"missing": [...], "flows": [...]}` and a newline to out, as
-    `monitor --once --format json` prints it; False (and nothing written) when the
-    platform has no native dump. Raises TemplateError, rarely: then the flow table's
-    way gives the same document."""
+    `monitor --once --format json [--filter ...]` prints it; False (and nothing
+    written) when the platform has no native dump or out is no file. Raises
+    TemplateError, rarely: then the flow table's way gives the same document."""
+    try:
+        fd = out.fileno()
+    except (OSError, io.UnsupportedOperation):  # e.g. a test's in-memory stream
+        return False
     sources = monitor.sources
     owners = _Background(sources.processes.all_owners)  # the /proc scan, meanwhile a dump
     try:
@@ -53,48 +64,62 @@ def write_flows_json(
     if split is None:
         return False
     rows, others = split
+    flow_filter = flow_filter or FlowFilter()
+    by_process = FlowFilter(process=flow_filter.process)  # decided per group, in Python
     now = time.time()
-    templates = {
-        group: _template(group, sources.processes, is_root, now, sources.netns)
-        for group in rows.groups(found)
-    }
-    others_flows = sorted(monitor.snapshot(others, now=now), key=flow_key_order)
+    templates: dict[tuple[int, int], RowTemplate | None] = {}
+    if flow_filter.transport in (None, "tcp"):
+        for group in rows.groups(found):
+            flow = _stand_in_flow(group, sources.processes, is_root, now, sources.netns)
+            templates[group] = _split(dumps(flow.to_json())) if by_process.matches(flow) else None
+    others_flows = sorted(
+        (f for f in monitor.snapshot(others, now=now) if flow_filter.matches(f)),
+        key=flow_key_order,
+    )
     out.write(b'{"missing":%s,"flows":[' % dumps(list(missing)).encode())
-    if templates:
-        out.flush()
-        rows.write(out.fileno(), templates)
-    for index, flow in enumerate(others_flows):
-        out.write(b"," if templates or index else b"")
-        out.write(dumps(flow.to_json()).encode())
+    out.flush()
+    written = rows.write(fd, templates, _row_filter(flow_filter)) if templates else 0
+    for flow in others_flows:
+        out.write(b"," if written else b"")
+        written += out.write(dumps(flow.to_json()).encode())
     out.write(b"]}\n")
     return True
 
 
-def _template(
-    group: tuple[int, int], resolver: ProcessResolver, is_root: bool, now: float, netns: str
-) -> RowTemplate:
-    owner, cgroup_id = group
-    inode = 0 if owner == NO_FILE else 1  # by_owner tells only "none" from "some"
-    process, attribution = by_owner(resolver, owner if owner >= 0 else None, inode, is_root)
-    cgroup = resolver.cgroup_path(cgroup_id) if cgroup_id else ""
-    return _split(_stand_in_flow(process, attribution, cgroup, now, netns))
+def _row_filter(flow_filter: FlowFilter) -> RowFilter | None:
+    """The filter's words about sockets, for the native rows (the process is decided
+    per group)."""
+    f = flow_filter
+    if f.port is None and not f.state and not f.address:
+        return None
+    return RowFilter(f.port, f.state.upper() if f.state else None, f.address or None)
 
 
 def _stand_in_flow(
-    process: ProcessInfo | None, attribution: Attribution, cgroup: str, now: float, netns: str
-) -> str:
+    group: tuple[int, int], resolver: ProcessResolver, is_root: bool, now: float, netns: str
+) -> Flow:
+    """A flow of the group with stand-ins where each row's own values go."""
+    owner, cgroup_id = group
+    inode = 0 if owner == NO_FILE else 1  # by_owner tells only "none" from "some"
+    process, attribution = by_owner(resolver, owner if owner >= 0 else None, inode, is_root)
     s = _STAND_IN
     key = FlowKey(
         Transport.TCP,
         Endpoint(str(s[RowHole.LOCAL_ADDRESS]), int(s[RowHole.LOCAL_PORT])),
         Endpoint(str(s[RowHole.REMOTE_ADDRESS]), int(s[RowHole.REMOTE_PORT])),
     )
-    flow = Flow(
+    return Flow(
         key=key, state=str(s[RowHole.STATE]), process=process, attribution=attribution,
         bytes_sent=int(s[RowHole.BYTES_SENT]), bytes_received=int(s[RowHole.BYTES_RECEIVED]),
-        first_seen=now, last_seen=now, uid=int(s[RowHole.UID]), cgroup=cgroup, netns=netns,
+        first_seen=now, last_seen=now, uid=int(s[RowHole.UID]), netns=netns,
+        cgroup=resolver.cgroup_path(cgroup_id) if cgroup_id else "",
     )  # fmt: skip
-    return dumps(flow.to_json())
+
+
+def _template(
+    group: tuple[int, int], resolver: ProcessResolver, is_root: bool, now: float, netns: str
+) -> RowTemplate:
+    return _split(dumps(_stand_in_flow(group, resolver, is_root, now, netns).to_json()))
 
 
 def _split(text: str) -> RowTemplate:

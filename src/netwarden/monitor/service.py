@@ -85,7 +85,8 @@ class Monitor:
         """The socket table's changes where the platform reads them so (then always)."""
         if self._by_changes is False:
             return None
-        changes = self.sources.sockets.changes()
+        # This table starts from every socket, whatever the source told others before.
+        changes = self.sources.sockets.changes(restart=self._by_changes is None)
         self._by_changes = changes is not None
         return changes
 

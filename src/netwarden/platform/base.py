@@ -120,6 +120,15 @@ NO_FILE = -2  # the socket has no file (closed, or owned by the kernel)
 RowTemplate = tuple[tuple[bytes, ...], tuple[RowHole, ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """The rows a native listing keeps: all of what is given must hold."""
+
+    port: int | None = None  # at either end
+    state: str | None = None  # upper-case state name, e.g. ESTABLISHED
+    address: str | None = None  # text in either address
+
+
 class NativeTcpRows(Protocol):
     """Every TCP socket of one dump, held natively: a listing of thousands of sockets
     is rendered without a Python object per socket. One row per flow key, sorted by
@@ -131,8 +140,15 @@ class NativeTcpRows(Protocol):
         inode to, else NO_OWNER or NO_FILE. Needed before write()."""
         ...
 
-    def write(self, fd: int, templates: dict[tuple[int, int], RowTemplate]) -> None:
-        """Each row as JSON from the template of its group, joined by commas, to fd."""
+    def write(
+        self,
+        fd: int,
+        templates: dict[tuple[int, int], RowTemplate | None],
+        wanted: RowFilter | None = None,
+    ) -> int:
+        """Each row as JSON from the template of its group, joined by commas, to fd;
+        rows of groups without a template and rows `wanted` rejects are left out.
+        The number of bytes written."""
         ...
 
 
@@ -148,10 +164,10 @@ class SocketChanges:
 class SocketTable(Protocol):
     def snapshot(self) -> list[SocketRecord]: ...
 
-    def changes(self) -> SocketChanges | None:
-        """What changed since the last call (the first: every socket), read without a
-        Python object per unchanged socket; None where the platform cannot (then
-        snapshot() is the way). A caller uses one or the other, not both."""
+    def changes(self, *, restart: bool = False) -> SocketChanges | None:
+        """What changed since the last call (the first, or with restart: every
+        socket), read without a Python object per unchanged socket; None where the
+        platform cannot (then snapshot() is the way)."""
         ...
 
     def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:

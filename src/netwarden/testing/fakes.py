@@ -91,7 +91,7 @@ class FakeSocketTable:
     def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
         return None
 
-    def changes(self) -> SocketChanges | None:
+    def changes(self, *, restart: bool = False) -> SocketChanges | None:
         return None
 
     def close(self) -> None:

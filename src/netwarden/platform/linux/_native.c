@@ -444,6 +444,10 @@ static int template_of(PyObject *templates, long group, uint64_t cgroup, PyObjec
             PyErr_Format(PyExc_KeyError, "no template for group %ld", group);
         return -1;
     }
+    if (template == Py_None) { /* rows of this group are left out */
+        *pieces = *fields = NULL;
+        return 0;
+    }
     if (!PyArg_ParseTuple(template, "O!O!", &PyTuple_Type, pieces, &PyTuple_Type, fields))
         return -1;
     Py_ssize_t holes = PyTuple_GET_SIZE(*fields);
@@ -493,11 +497,55 @@ static int flush_to(int fd, out_t *o) {
    commas, in key order. templates maps each (group, cgroup) of groups() to (pieces,
    fields): the text between holes and what goes in each hole; state_names holds the
    JSON text of 256 states. */
+/* Which rows a listing keeps (a --filter's socket words): a port at either end, states
+   by number, text in either address. */
+typedef struct {
+    long port; /* -1: any */
+    const char *states; /* 256 flags, or NULL: any */
+    const char *address; /* NULL: any */
+} wanted_t;
+
+static int parse_wanted(PyObject *spec, wanted_t *w) {
+    w->port = -1;
+    w->states = w->address = NULL;
+    if (spec == Py_None)
+        return 0;
+    PyObject *states, *address;
+    if (!PyArg_ParseTuple(spec, "lOO", &w->port, &states, &address))
+        return -1;
+    if (states != Py_None) {
+        if (!PyBytes_Check(states) || PyBytes_GET_SIZE(states) != 256) {
+            PyErr_Format(PyExc_ValueError, "states must be 256 bytes of flags");
+            return -1;
+        }
+        w->states = PyBytes_AS_STRING(states);
+    }
+    if (address != Py_None) {
+        if (!PyBytes_Check(address)) {
+            PyErr_Format(PyExc_TypeError, "address must be bytes");
+            return -1;
+        }
+        w->address = PyBytes_AS_STRING(address);
+    }
+    return 0;
+}
+
+static int wanted(const wanted_t *w, const row_t *row) {
+    const record_t *r = row->first;
+    if (w->port >= 0 && r->sport != w->port && r->dport != w->port)
+        return 0;
+    if (w->states != NULL && !w->states[row->state])
+        return 0;
+    return w->address == NULL || strstr(r->local, w->address) || strstr(r->remote, w->address);
+}
+
 static PyObject *batch_write(TcpBatch *b, PyObject *args) {
     int fd;
-    PyObject *templates, *state_names;
-    if (!PyArg_ParseTuple(args, "iO!O!", &fd, &PyDict_Type, &templates, &PyTuple_Type,
-                          &state_names))
+    PyObject *templates, *state_names, *spec = Py_None;
+    wanted_t keep;
+    if (!PyArg_ParseTuple(args, "iO!O!|O", &fd, &PyDict_Type, &templates, &PyTuple_Type,
+                          &state_names, &spec) ||
+        parse_wanted(spec, &keep) < 0)
         return NULL;
     if (PyTuple_GET_SIZE(state_names) != 256)
         return PyErr_Format(PyExc_ValueError, "state_names must hold 256 names");
@@ -514,17 +562,24 @@ static PyObject *batch_write(TcpBatch *b, PyObject *args) {
     uint64_t cgroup = 0;
     if (reserve(&o, WRITE_CHUNK) < 0)
         goto nomem;
+    int first = 1, known = 0;
     for (Py_ssize_t i = 0; i < b->row_count; i++) {
         const row_t *row = &b->rows[i];
-        if (pieces == NULL || row->group != group || row->cgroup != cgroup) {
+        if (!wanted(&keep, row))
+            continue;
+        if (!known || row->group != group || row->cgroup != cgroup) {
             group = row->group;
             cgroup = row->cgroup;
+            known = 1;
             if (template_of(templates, group, cgroup, &pieces, &fields) < 0)
                 goto fail;
         }
+        if (pieces == NULL)
+            continue; /* a group the listing leaves out */
         Py_ssize_t holes = PyTuple_GET_SIZE(fields);
-        if (i > 0)
-            put(&o, ",", 1);
+        if (!first)
+            put(&o, ",", 1); /* room: the last piece reserved HOLE_MAX + 1 */
+        first = 0;
         for (Py_ssize_t h = 0; h <= holes; h++) {
             PyObject *piece = PyTuple_GET_ITEM(pieces, h);
             size_t more = PyBytes_GET_SIZE(piece) + HOLE_MAX + 1;
@@ -562,8 +617,10 @@ static PyMethodDef batch_methods[] = {
      "group is the pid that owners maps the socket's inode to, -1 when none, -2 when the "
      "socket has no inode."},
     {"write", (PyCFunction)batch_write, METH_VARARGS,
-     "write(fd, templates, state_names) -> bytes written: the rows as comma-joined JSON "
-     "objects."},
+     "write(fd, templates, state_names, wanted=None) -> bytes written: the rows as "
+     "comma-joined JSON objects; a template None leaves its group's rows out, wanted "
+     "(port or -1, 256 state flags or None, address text or None) keeps only the rows "
+     "that match all three."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -808,7 +865,14 @@ done:
     return result;
 }
 
+static PyObject *tracker_forget(TcpTracker *self, PyObject *unused) {
+    free_table(&self->last);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef tracker_methods[] = {
+    {"forget", (PyCFunction)tracker_forget, METH_NOARGS,
+     "forget(): the next refresh() reports every socket again."},
     {"refresh", (PyCFunction)tracker_refresh, METH_NOARGS,
      "refresh() -> (changed, vanished): TCP sockets new or changed since the last call, "
      "as TcpBatch.records() tuples, and flows whose sockets are gone, as (family, local, "

@@ -11,8 +11,9 @@ class TcpBatch:
     def write(
         self,
         fd: int,
-        templates: Mapping[tuple[int, int], tuple[tuple[bytes, ...], tuple[int, ...]]],
+        templates: Mapping[tuple[int, int], tuple[tuple[bytes, ...], tuple[int, ...]] | None],
         state_names: tuple[bytes, ...],
+        wanted: tuple[int, bytes | None, bytes | None] | None = None,
         /,
     ) -> int: ...
 
@@ -22,6 +23,7 @@ def task_socket_owners() -> dict[int, int]: ...
 
 class TcpTracker:
     def __init__(self, netns_fd: int = -1) -> None: ...
+    def forget(self) -> None: ...
     def refresh(
         self,
     ) -> tuple[

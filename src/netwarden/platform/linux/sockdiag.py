@@ -9,7 +9,13 @@ import struct
 
 from netwarden.jsontext import dumps
 from netwarden.model import Endpoint, FlowKey, Transport
-from netwarden.platform.base import NativeTcpRows, RowTemplate, SocketChanges, SocketRecord
+from netwarden.platform.base import (
+    NativeTcpRows,
+    RowFilter,
+    RowTemplate,
+    SocketChanges,
+    SocketRecord,
+)
 from netwarden.platform.linux import netlink
 
 try:
@@ -223,13 +229,15 @@ class SockDiagTable:
             return None
         return _TcpRows(_native.dump_tcp(self._sock.fileno())), self._udp_records()
 
-    def changes(self) -> SocketChanges | None:
+    def changes(self, *, restart: bool = False) -> SocketChanges | None:
         """TCP sockets from the kernel's tcp iterator, as changes; UDP ones in full."""
         if not self._tracker_tried:
             self._tracker_tried = True
             self._tracker = _tcp_tracker(self._netns)
         if self._tracker is None:
             return None
+        if restart:
+            self._tracker.forget()
         changed, vanished = self._tracker.refresh()
         if not self._tracker_trusted and changed:
             self._tracker_trusted = self._agrees_with_a_dump(changed)
@@ -326,8 +334,20 @@ class _TcpRows:
     def groups(self, owners: dict[int, int]) -> set[tuple[int, int]]:
         return self._batch.groups(owners)
 
-    def write(self, fd: int, templates: dict[tuple[int, int], RowTemplate]) -> None:
-        self._batch.write(fd, templates, _STATE_JSON)
+    def write(
+        self,
+        fd: int,
+        templates: dict[tuple[int, int], RowTemplate | None],
+        wanted: RowFilter | None = None,
+    ) -> int:
+        spec = None
+        if wanted is not None:
+            states = None
+            if wanted.state is not None:
+                states = bytes((TCP_STATES.get(n) or str(n)) == wanted.state for n in range(256))
+            address = wanted.address.encode() if wanted.address is not None else None
+            spec = (-1 if wanted.port is None else wanted.port, states, address)
+        return self._batch.write(fd, templates, _STATE_JSON, spec)
 
 
 class SockDiagDestroyEvents:
