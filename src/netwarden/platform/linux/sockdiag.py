@@ -192,7 +192,10 @@ class SockDiagTable:
         ]
 
         # The namespace, for the native reader of changes (made on first use).
-        self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # no /proc/thread-self: no changes, full dumps
+            self._netns = -1
         self._tracker: _native.TcpTracker | None = None
         self._tracker_tried = False
         self._tracker_trusted = False  # until it agreed once with a dump
@@ -233,7 +236,7 @@ class SockDiagTable:
         """TCP sockets from the kernel's tcp iterator, as changes; UDP ones in full."""
         if not self._tracker_tried:
             self._tracker_tried = True
-            self._tracker = _tcp_tracker(self._netns)
+            self._tracker = _tcp_tracker(self._netns) if self._netns >= 0 else None
         if self._tracker is None:
             return None
         if restart:
@@ -296,7 +299,8 @@ class SockDiagTable:
 
     def close(self) -> None:
         self._sock.close()
-        os.close(self._netns)
+        if self._netns >= 0:
+            os.close(self._netns)
 
 
 def _tcp_tracker(netns_fd: int) -> _native.TcpTracker | None:
