@@ -95,3 +95,20 @@ def test_an_owner_found_later_is_found_from_changes_too() -> None:
     full, delta = _both(dumps, resolver, owners_later={11: 42})
     assert [f.process for f in delta.flows()] == [CURL]
     assert [f.process for f in full.flows()] == [CURL]
+
+
+def test_a_monitor_whose_changes_fail_goes_on_with_full_dumps() -> None:
+    """A reader of changes that breaks (say, its BPF link) must not stop the monitor."""
+    from netwarden.monitor.service import Monitor
+    from netwarden.testing.fakes import FakeSocketTable, FakeSources
+
+    class Breaking(FakeSocketTable):
+        def changes(self, *, restart: bool = False) -> SocketChanges | None:
+            raise OSError(9, "Bad file descriptor")
+
+    sockets = Breaking([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)])
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    monitor = Monitor(FakeSources(sockets=sockets, processes=resolver))
+    assert [f.process for f in monitor.snapshot()] == [CURL]
+    sockets.records = []
+    assert monitor.snapshot()[0].key.local.port == 5000  # closing, not yet closed

@@ -85,8 +85,12 @@ class Monitor:
         """The socket table's changes where the platform reads them so (then always)."""
         if self._by_changes is False:
             return None
-        # This table starts from every socket, whatever the source told others before.
-        changes = self.sources.sockets.changes(restart=self._by_changes is None)
+        try:
+            # This table starts from every socket, whatever the source told others before.
+            changes = self.sources.sockets.changes(restart=self._by_changes is None)
+        except OSError as exc:  # full dumps from now on; they bring the table in line
+            log.warning("reading socket changes failed (%s); dumping sockets instead", exc)
+            changes = None
         self._by_changes = changes is not None
         return changes
 
