@@ -24,7 +24,7 @@ from netwarden.platform.linux.conntrack import (
     ConntrackDump,
     ConntrackEventStream,
 )
-from netwarden.platform.linux.procfs import ProcResolver, read_process
+from netwarden.platform.linux.procfs import ProcResolver, may_load_bpf, read_process
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,12 @@ class LinuxBackend:
 
     @staticmethod
     def _flow_stamps(netns: str | None, missing: list[str]) -> FlowStamps | None:
+        if not may_load_bpf():
+            missing.append(
+                "flow events need root (CAP_BPF): processes that exit within a second may "
+                "show as unknown"
+            )
+            return None
         try:
             from netwarden.platform.divert_flows import DivertFlowStamps
 

@@ -14,21 +14,15 @@ from pathlib import Path
 from netwarden.platform.base import Capability
 from netwarden.platform.linux import netlink, nftables
 from netwarden.platform.linux.conntrack import ACCT_SYSCTL, NETLINK_NETFILTER
-from netwarden.platform.linux.procfs import cgroup2_mount
+from netwarden.platform.linux.procfs import (
+    CAP_NET_ADMIN,
+    cgroup2_mount,
+    has_capability,
+    may_load_bpf,
+)
 from netwarden.platform.linux.sockdiag import DESTROY_GROUPS, NETLINK_SOCK_DIAG
 
-CAP_NET_ADMIN = 12
 PROBE_TABLE = "netwarden_probe"
-
-
-def _has_cap_net_admin() -> bool:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
-        pass
-    return False
 
 
 def _nft_check(statement: dict[str, object]) -> tuple[bool, str]:
@@ -58,7 +52,7 @@ def _netlink_groups(protocol: int, groups: tuple[int, ...]) -> tuple[bool, str]:
 
 def probe_privileges() -> Capability:
     root = os.geteuid() == 0
-    admin = _has_cap_net_admin()
+    admin = has_capability(CAP_NET_ADMIN)
     detail = f"euid {os.geteuid()}, CAP_NET_ADMIN {'yes' if admin else 'no'}"
     return Capability(
         "privileges", root and admin, detail,
@@ -149,6 +143,9 @@ def probe_btf() -> Capability:
 
 
 def probe_flow_events() -> Capability:
+    enables = "process attribution for connections of processes that exit within milliseconds"
+    if not may_load_bpf():
+        return Capability("flow events", False, "needs root (CAP_BPF)", enables)
     try:
         import pydivert
 
@@ -160,10 +157,7 @@ def probe_flow_events() -> Capability:
         ok, detail = True, f"eBPF flow layer (pydivert {pydivert.__version__}) opened"
     except Exception as exc:  # any failure here only means the feature is unavailable
         ok, detail = False, f"{type(exc).__name__}: {exc}"
-    return Capability(
-        "flow events", ok, detail,
-        "process attribution for connections of processes that exit within milliseconds",
-    )  # fmt: skip
+    return Capability("flow events", ok, detail, enables)
 
 
 def probe_native_monitor() -> Capability:

@@ -125,6 +125,27 @@ def scan_socket_inodes_python() -> tuple[dict[int, int], int]:
     return owners, denied
 
 
+CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF = 21, 12, 39
+
+
+def has_capability(bit: int) -> bool:
+    """Whether this process holds the capability (CAP_* number) in its effective set."""
+    try:
+        with open(f"{PROC}/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def may_load_bpf() -> bool:
+    """Whether loading BPF programs can work at all (asking without it makes libbpf
+    print its complaint on stderr)."""
+    return has_capability(CAP_BPF) or has_capability(CAP_SYS_ADMIN)
+
+
 def unit_of(cgroup: str) -> str:
     """The systemd unit a cgroup path belongs to, e.g. nginx.service, or ''."""
     for part in reversed(cgroup.split("/")):
