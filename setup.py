@@ -9,12 +9,14 @@ import sys
 from setuptools import Extension, setup
 
 SOURCE = "src/netwarden/platform/linux/"
-PARTS = ("_btf", "_taskfiles", "_tcptrack")  # each with a header
+# The module's parts: those with a header of their own, and those sharing _native.h.
+PARTS = ("_btf", "_taskfiles", "_tcptrack")
+PYTHON_PARTS = ("_native", "_batch", "_tracker", "_procscan")
 
 native = Extension(
     "netwarden.platform.linux._native",
-    sources=[SOURCE + "_native.c"] + [f"{SOURCE}{part}.c" for part in PARTS],
-    depends=[f"{SOURCE}{part}.h" for part in PARTS],
+    sources=[f"{SOURCE}{part}.c" for part in PYTHON_PARTS + PARTS],
+    depends=[f"{SOURCE}{part}.h" for part in ("_native", *PARTS)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter"],
     optional=True,

@@ -1,0 +1,23 @@
+/* Shared between the C module's parts: _batch.c (sock_diag dumps and one-shot rows),
+   _tracker.c (TCP changes), _procscan.c (socket owners), _native.c (the module). */
+#ifndef NETWARDEN_NATIVE_H
+#define NETWARDEN_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#define ADDR_TEXT 48
+
+/* The text of an address as the Python side writes it (IPv4-mapped IPv6 as IPv4). */
+void nw_address_text(int family, const uint32_t *raw, char *out);
+
+extern PyTypeObject nw_TcpBatchType;
+extern PyTypeObject nw_TcpTrackerType;
+
+PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
+PyObject *nw_scan_socket_inodes(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *nw_task_socket_owners(PyObject *self, PyObject *unused);
+
+#endif
