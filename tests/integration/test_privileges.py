@@ -61,3 +61,22 @@ def test_root_only_commands_say_so_without_a_traceback(args: list[str]) -> None:
     assert result.returncode == 1, result.stderr
     assert "root" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_native_scan_counts_refusals_as_the_python_scan_does() -> None:
+    """As a user who may not read other users' open files, the C scan of /proc finds
+    the same owners and counts the same refusing processes as the Python one (the
+    count is what the monitor's 'unknown' reasons quote)."""
+    compare = (
+        "from netwarden.platform.linux import _native, procfs\n"
+        "native, python = _native.scan_socket_inodes(), procfs.scan_socket_inodes_python()\n"
+        "print(native[0] == python[0], native[1], python[1])\n"
+    )
+    result = subprocess.run([*NOBODY, sys.executable, "-c", compare], capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    same, native_refused, python_refused = result.stdout.split()
+    assert same == "True"
+    assert int(native_refused) > 0  # root's processes (pid 1 at least) refuse
+    # (processes may start or end between the two scans)
+    assert abs(int(native_refused) - int(python_refused)) <= 2, result.stdout
