@@ -80,3 +80,27 @@ def test_native_scan_counts_refusals_as_the_python_scan_does() -> None:
     assert int(native_refused) > 0  # root's processes (pid 1 at least) refuse
     # (processes may start or end between the two scans)
     assert abs(int(native_refused) - int(python_refused)) <= 2, result.stdout
+
+
+def test_native_json_listing_as_unprivileged_user_is_the_flow_tables() -> None:
+    """Without root the one-shot listing still takes the native path (sock_diag and
+    the /proc scan need no privilege) and says the same as the flow table."""
+    compare = (
+        "import json, tempfile\n"
+        "from netwarden.monitor.oneshot import flow_key_order, write_flows_json\n"
+        "from netwarden.monitor.service import Monitor\n"
+        "from netwarden.platform.select import current\n"
+        "with current().open_sources(None, events=False) as sources:\n"
+        "    with tempfile.TemporaryFile() as out:\n"
+        "        ok = write_flows_json(Monitor(sources, is_root=False), sources.missing, out,\n"
+        "                              is_root=False)\n"
+        "        out.seek(0)\n"
+        "        native = json.load(out)['flows']\n"
+        "    flows = sorted(Monitor(sources, is_root=False).snapshot(), key=flow_key_order)\n"
+        "strip = lambda f: {k: v for k, v in f.items() if k not in ('first_seen', 'last_seen')}\n"
+        "print(ok, [strip(f) for f in native] == [strip(f.to_json()) for f in flows])\n"
+    )
+    result = subprocess.run([*NOBODY, sys.executable, "-c", compare], capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
