@@ -122,3 +122,13 @@ def test_live_view_rows_follow_every_change_of_flows_filter_and_order() -> None:
     view.expire(105 + FADE_SECONDS)
     assert [r.flow.key.local.port for r in view.rows(111, limit=2)] == [100, 99]
     assert view.matching() == 99
+
+
+def test_per_process_totals_follow_new_events_and_filters() -> None:
+    view = LiveView()
+    view.load([_flow(1, sent=10), _flow(2, name="wget", sent=5)], 0)
+    assert {t.name: t.bytes_sent for t in view.totals()} == {"curl": 10, "wget": 5}
+    view.apply([FlowEvent(FlowEventKind.UPDATED, _flow(1, sent=70))], 1)
+    assert {t.name: t.bytes_sent for t in view.totals()} == {"curl": 70, "wget": 5}
+    view.filter = FlowFilter(process="wget")
+    assert [t.name for t in view.totals()] == ["wget"]

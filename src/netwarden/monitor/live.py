@@ -88,6 +88,7 @@ class LiveView:
         self._changes = 0
         self._selection: tuple[tuple[object, ...], list[Flow]] | None = None
         self._matching: tuple[tuple[object, ...], int] | None = None
+        self._totals: tuple[tuple[object, ...], list[ProcessTotals]] | None = None
 
     def apply(self, events: Iterable[FlowEvent], now: float) -> None:
         for event in events:
@@ -166,6 +167,12 @@ class LiveView:
 
     def totals(self) -> list[ProcessTotals]:
         """Per process (live flows plus the closed ones still shown), busiest first."""
+        basis = (self._changes, self.filter)
+        if self._totals is None or self._totals[0] != basis:
+            self._totals = (basis, self._sum_by_process())
+        return self._totals[1]
+
+    def _sum_by_process(self) -> list[ProcessTotals]:
         groups: dict[tuple[int | None, str], list[Flow]] = {}
         flows = list(self._live.values()) + [f for f, _t in self._closed.values()]
         for flow in flows:
