@@ -7,8 +7,10 @@ orphan that still has data to send (a socket without a file), UDP sockets.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import sys
+import termios
 import time
 
 
@@ -61,8 +63,19 @@ def _orphan() -> socket.socket:
     except BlockingIOError:
         pass
     client.close()
-    time.sleep(0.3)  # until the peer's window is full and the counters stand still
+    _until_full(peer)
     return peer
+
+
+def _until_full(peer: socket.socket) -> None:
+    """Wait until the peer's receive queue stops growing: its window is full, so the
+    orphan's counters stand still while listings compare them."""
+    queued, steady, deadline = -1, 0, time.monotonic() + 5
+    while steady < 5 and time.monotonic() < deadline:
+        now = int.from_bytes(fcntl.ioctl(peer, termios.FIONREAD, b"\0" * 4), "little")
+        steady = steady + 1 if now == queued else 0
+        queued = now
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,23 @@ pytestmark = pytest.mark.root
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """This interpreter with these arguments, run as an unprivileged user."""
+    return subprocess.run([*NOBODY, sys.executable, *args], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("dropping privileges needs root")
-    probe = subprocess.run([*NOBODY, sys.executable, "-c", "pass"], capture_output=True,
-                           check=False)  # fmt: skip
+    probe = as_nobody("-c", "pass")
     if probe.returncode != 0:
         pytest.skip("the interpreter is not readable by an unprivileged user here")
 
 
 def test_once_as_unprivileged_user_reports_what_is_missing() -> None:
-    result = subprocess.run(
-        [*NOBODY, sys.executable, "-m", "netwarden", "monitor", "--once", "--format", "json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = as_nobody("-m", "netwarden", "monitor", "--once", "--format", "json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert any("not root" in note for note in document["missing"])
@@ -36,11 +38,7 @@ def test_once_as_unprivileged_user_reports_what_is_missing() -> None:
 
 
 def test_watch_as_unprivileged_user_runs_and_stops() -> None:
-    result = subprocess.run(
-        [*NOBODY, sys.executable, "-m", "netwarden", "monitor", "--watch", "--no-history",
-         "--duration", "1"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = as_nobody("-m", "netwarden", "monitor", "--watch", "--no-history", "--duration", "1")
     assert result.returncode == 0, result.stderr
     assert "netwarden: watching this host" in result.stderr
     assert "flow events need root" in result.stderr
@@ -54,10 +52,7 @@ def test_watch_as_unprivileged_user_runs_and_stops() -> None:
      ["redirect", "--dport", "80", "--to", "127.0.0.1:1"]],
 )  # fmt: skip
 def test_root_only_commands_say_so_without_a_traceback(args: list[str]) -> None:
-    result = subprocess.run(
-        [*NOBODY, sys.executable, "-m", "netwarden", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = as_nobody("-m", "netwarden", *args)
     assert result.returncode == 1, result.stderr
     assert "root" in result.stderr
     assert "Traceback" not in result.stderr
@@ -72,8 +67,7 @@ def test_native_scan_counts_refusals_as_the_python_scan_does() -> None:
         "native, python = _native.scan_socket_inodes(), procfs.scan_socket_inodes_python()\n"
         "print(native[0] == python[0], native[1], python[1])\n"
     )
-    result = subprocess.run([*NOBODY, sys.executable, "-c", compare], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    result = as_nobody("-c", compare)
     assert result.returncode == 0, result.stderr
     same, native_refused, python_refused = result.stdout.split()
     assert same == "True"
@@ -100,7 +94,6 @@ def test_native_json_listing_as_unprivileged_user_is_the_flow_tables() -> None:
         "strip = lambda f: {k: v for k, v in f.items() if k not in ('first_seen', 'last_seen')}\n"
         "print(ok, [strip(f) for f in native] == [strip(f.to_json()) for f in flows])\n"
     )
-    result = subprocess.run([*NOBODY, sys.executable, "-c", compare], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    result = as_nobody("-c", compare)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from netwarden.model import ProcessInfo
-from netwarden.monitor.oneshot import TemplateError, _template
+from netwarden.monitor.oneshot import TemplateError, _stand_in_flow, _template
 from netwarden.platform.base import NO_FILE, NO_OWNER
 from netwarden.testing.fakes import FakeResolver
 
@@ -119,8 +119,8 @@ def test_a_template_refuses_a_process_that_contains_a_stand_in() -> None:
     sly = ProcessInfo(pid=42, name="sly", cmdline=("sly", "@@netwarden-hole-0@@"))
     resolver = FakeResolver(processes={42: sly})
     with pytest.raises(TemplateError):
-        _template((42, 0), resolver, True, 0.0, "")
-    pieces, holes = _template((NO_OWNER, 0), resolver, True, 0.0, "")
+        _template(_stand_in_flow((42, 0), resolver, True, 0.0, ""))
+    pieces, holes = _template(_stand_in_flow((NO_OWNER, 0), resolver, True, 0.0, ""))
     assert len(pieces) == len(holes) + 1 == 9
     assert b'"process":null' in b"".join(pieces)
 

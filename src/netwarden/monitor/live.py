@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, FlowKey
 from netwarden.monitor.filters import FlowFilter
+
+T = TypeVar("T")
 
 NEW_SECONDS = 3.0  # a flow is shown as new this long
 FADE_SECONDS = 5.0  # a closed flow stays visible this long
@@ -83,12 +86,10 @@ class LiveView:
         self.sort_key = SortKey.RATE
         self.descending = True
         self.filter = FlowFilter()
-        # The last selection of rows and what it depended on: nothing changed, no
-        # new selection (a refresh of 20,000 idle flows then costs nothing here).
+        # What was worked out last, with what it depended on: when nothing changed it
+        # is not worked out again (a refresh of 20,000 idle flows then costs nothing).
         self._changes = 0
-        self._selection: tuple[tuple[object, ...], list[Flow]] | None = None
-        self._matching: tuple[tuple[object, ...], int] | None = None
-        self._totals: tuple[tuple[object, ...], list[ProcessTotals]] | None = None
+        self._memos: dict[str, tuple[tuple[object, ...], Any]] = {}
 
     def apply(self, events: Iterable[FlowEvent], now: float) -> None:
         for event in events:
@@ -125,28 +126,36 @@ class LiveView:
             self.sort_key = key
             self.descending = key in (SortKey.SENT, SortKey.RECEIVED, SortKey.RATE)
 
+    def _memo(self, name: str, basis: tuple[object, ...], compute: Callable[[], T]) -> T:
+        known = self._memos.get(name)
+        if known is None or known[0] != basis:
+            known = self._memos[name] = (basis, compute())
+        value: T = known[1]
+        return value
+
+    def _shown(self) -> list[Flow]:
+        """The flows (live, then fading) that pass the filter."""
+
+        def select() -> list[Flow]:
+            matches = self.filter.matches
+            flows = [f for f in self._live.values() if matches(f)]
+            flows.extend(f for f, _t in self._closed.values() if matches(f))
+            return flows
+
+        return self._memo("shown", (self._changes, self.filter), select)
+
     def matching(self) -> int:
         """How many flows (live and fading) pass the filter."""
-        basis = (self._changes, self.filter)
-        if self._matching is None or self._matching[0] != basis:
-            matches = self.filter.matches
-            count = sum(1 for f in self._live.values() if matches(f)) + sum(
-                1 for f, _t in self._closed.values() if matches(f)
-            )
-            self._matching = (basis, count)
-        return self._matching[1]
+        return len(self._shown())
 
     def rows(self, now: float, limit: int | None = None) -> list[Row]:
         """The rows to show, sorted; with a limit, only the first `limit` of them."""
         basis = (self._changes, self.filter, self.sort_key, self.descending, limit)
-        if self._selection is None or self._selection[0] != basis:
-            self._selection = (basis, self._select(limit))
-        return [self._row(flow, now) for flow in self._selection[1]]
+        return [self._row(flow, now)
+                for flow in self._memo("rows", basis, lambda: self._select(limit))]  # fmt: skip
 
     def _select(self, limit: int | None) -> list[Flow]:
-        matches = self.filter.matches
-        flows = [f for f in self._live.values() if matches(f)]
-        flows.extend(f for f, _t in self._closed.values() if matches(f))
+        flows = self._shown()
         sort_key = self.sort_key
 
         def order(flow: Flow) -> tuple[object, ...]:
@@ -155,8 +164,7 @@ class LiveView:
         if limit is not None and limit < len(flows):
             pick = heapq.nlargest if self.descending else heapq.nsmallest
             return pick(limit, flows, key=order)
-        flows.sort(key=order, reverse=self.descending)
-        return flows
+        return sorted(flows, key=order, reverse=self.descending)
 
     def _row(self, flow: Flow, now: float) -> Row:
         closed = self._closed.get(flow.key)
@@ -167,17 +175,11 @@ class LiveView:
 
     def totals(self) -> list[ProcessTotals]:
         """Per process (live flows plus the closed ones still shown), busiest first."""
-        basis = (self._changes, self.filter)
-        if self._totals is None or self._totals[0] != basis:
-            self._totals = (basis, self._sum_by_process())
-        return self._totals[1]
+        return self._memo("totals", (self._changes, self.filter), self._sum_by_process)
 
     def _sum_by_process(self) -> list[ProcessTotals]:
         groups: dict[tuple[int | None, str], list[Flow]] = {}
-        flows = list(self._live.values()) + [f for f, _t in self._closed.values()]
-        for flow in flows:
-            if not self.filter.matches(flow):
-                continue
+        for flow in self._shown():
             proc = flow.process
             groups.setdefault((proc.pid if proc else None, proc.name if proc else "?"), []).append(
                 flow

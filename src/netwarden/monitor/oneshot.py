@@ -71,7 +71,7 @@ def write_flows_json(
     if flow_filter.transport in (None, "tcp"):
         for group in rows.groups(found):
             flow = _stand_in_flow(group, sources.processes, is_root, now, sources.netns)
-            templates[group] = _split(dumps(flow.to_json())) if by_process.matches(flow) else None
+            templates[group] = _template(flow) if by_process.matches(flow) else None
     others_flows = sorted(
         (f for f in monitor.snapshot(others, now=now) if flow_filter.matches(f)),
         key=flow_key_order,
@@ -116,10 +116,9 @@ def _stand_in_flow(
     )  # fmt: skip
 
 
-def _template(
-    group: tuple[int, int], resolver: ProcessResolver, is_root: bool, now: float, netns: str
-) -> RowTemplate:
-    return _split(dumps(_stand_in_flow(group, resolver, is_root, now, netns).to_json()))
+def _template(stand_in: Flow) -> RowTemplate:
+    """The JSON of a stand-in flow, cut where each row's own values go."""
+    return _split(dumps(stand_in.to_json()))
 
 
 def _split(text: str) -> RowTemplate:

@@ -121,8 +121,7 @@ class FlowTable:
         # Flows whose rates the next snapshot computes (new ones, moving ones, ones whose
         # rate is not zero yet): idle flows cost nothing per snapshot.
         self._rating: dict[FlowKey, _State] = {}
-        self._rated_at = 0.0  # when rates were last computed
-        self._last_snapshot = 0.0
+        self._last_snapshot = 0.0  # when the last snapshot was applied (and rates computed)
         self._udp_flows: dict[FlowKey, _State] = {}
         self._unknown: dict[FlowKey, _State] = {}  # socket flows whose process is unknown
 
@@ -200,10 +199,7 @@ class FlowTable:
                 changed.append(record)
         self._upsert_all(changed, now)
         seen.update(self._read_conntrack(conntrack, now))
-        for state in self._flows.values():
-            if state.key not in seen and state.closing_at is None:
-                self._close_later(state, now)
-        self._last_snapshot = now
+        self._close_unseen(self._flows.values(), seen, now)
         return self.tick(now, rates=True)
 
     def apply_changes(
@@ -227,11 +223,13 @@ class FlowTable:
                 gone.last_seen = max(gone.last_seen, self._last_snapshot)
                 self._close_later(gone, now)
         seen.update(self._read_conntrack(conntrack, now))
-        for state in self._udp_flows.values():
+        self._close_unseen(self._udp_flows.values(), seen, now)
+        return self.tick(now, rates=True)
+
+    def _close_unseen(self, states: Iterable[_State], seen: set[FlowKey], now: float) -> None:
+        for state in states:
             if state.key not in seen and state.closing_at is None:
                 self._close_later(state, now)
-        self._last_snapshot = now
-        return self.tick(now, rates=True)
 
     def _still(self, record: SocketRecord, now: float) -> bool:
         """Whether a dumped socket is the very record last applied, with nothing to
@@ -278,7 +276,7 @@ class FlowTable:
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
         if rates:
             pending = {**self._touched, **self._rating}.values()
-            self._rated_at = now
+            self._last_snapshot = now
         else:
             pending = self._touched.values()
         for state in pending:
@@ -464,9 +462,9 @@ class FlowTable:
     def _moving(self, state: _State) -> None:
         """Its counters moved: its rate is due at the next snapshot."""
         if state.key not in self._rating:
-            if state.rate_time is not None and state.rate_time < self._rated_at:
+            if state.rate_time is not None and state.rate_time < self._last_snapshot:
                 # Idle since its last rate: the baseline still held at the last snapshot.
-                state.rate_time = self._rated_at
+                state.rate_time = self._last_snapshot
             self._rating[state.key] = state
 
     def _update_rate(self, state: _State, now: float) -> None:

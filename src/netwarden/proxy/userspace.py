@@ -111,6 +111,13 @@ class UserModeProxy:
                 return streams, (address, port)
         raise last
 
+    async def _pass_on(self, kind: str, client: Streams, upstream: Streams,
+                       destination: tuple[str, int], early: bytes) -> None:  # fmt: skip
+        """What the client sent after its request, then both ways; the flow reported."""
+        if early:
+            upstream[1].write(early)
+        self._report(kind, client[1], destination, await self._relay(client, upstream))
+
     async def _relay(self, client: Streams, upstream: Streams) -> RelayStats:
         """After the handshake nothing is inspected: the kernel fast path where there
         is one."""
@@ -159,11 +166,8 @@ class UserModeProxy:
                 return
             bound = upstream[1].get_extra_info("sockname")
             writer.write(socks5.reply(socks5.Reply.SUCCEEDED, (str(bound[0]), int(bound[1]))))
-            early = protocol.leftover()
-            if early:
-                upstream[1].write(early)
-            stats = await self._relay((reader, writer), upstream)
-            self._report("socks5", writer, destination, stats)
+            await self._pass_on("socks5", (reader, writer), upstream, destination,
+                                protocol.leftover())  # fmt: skip
         except (OSError, TimeoutError) as exc:
             log.info("socks5: client %s", exc)
         finally:
@@ -197,10 +201,7 @@ class UserModeProxy:
                 writer.write(http_proxy.ESTABLISHED)
             else:
                 upstream[1].write(request.head)
-            if buffer[end:]:
-                upstream[1].write(buffer[end:])
-            stats = await self._relay((reader, writer), upstream)
-            self._report("http", writer, destination, stats)
+            await self._pass_on("http", (reader, writer), upstream, destination, buffer[end:])
         except (OSError, TimeoutError) as exc:
             log.info("http proxy: client %s", exc)
         finally:

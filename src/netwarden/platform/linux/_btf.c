@@ -200,6 +200,15 @@ int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn 
     return 0;
 }
 
+int bpf_iterator_build(int (*build)(const btf_t *b, int *link), int *link) {
+    btf_t b;
+    int error = btf_load(&b);
+    if (error == 0)
+        error = build(&b, link);
+    btf_free(&b);
+    return error;
+}
+
 int bpf_iterator_read(int link, unsigned char **data, size_t *size) {
     *data = NULL;
     *size = 0;

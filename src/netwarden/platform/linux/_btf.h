@@ -34,6 +34,8 @@ long btf_offset(const btf_t *b, const char *type, const char *member);
    links it: 0 and *link, or an errno value (the verifier's complaint goes nowhere). */
 int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn *prog,
                       size_t count, const char *name, int *link);
+/* Reads the kernel's BTF, has `build` load and link a program with it: 0 or an errno. */
+int bpf_iterator_build(int (*build)(const btf_t *b, int *link), int *link);
 /* One pass of a linked iterator, read whole: 0 with *data (malloc'ed) and *size. */
 int bpf_iterator_read(int link, unsigned char **data, size_t *size);
 
@@ -48,5 +50,11 @@ int bpf_iterator_read(int link, unsigned char **data, size_t *size);
 #define JUMPI(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
 #define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
+/* An iterator program's output: the `size` bytes below the frame pointer, written to
+   the seq_file of the context in r6 (ctx->meta->seq). Six instructions. */
+#define SEQ_WRITE(size)                                                                    \
+    LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 0), LDX(BPF_DW, BPF_REG_1, BPF_REG_1, 0),            \
+        MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -(size)),                     \
+        MOVI(BPF_REG_3, (size)), CALL(BPF_FUNC_seq_write)
 
 #endif

@@ -32,12 +32,7 @@ static int load_program(const btf_t *b, int *link_out) {
         STX(BPF_DW, BPF_REG_10, BPF_REG_5, -16),
         LDX(BPF_W, BPF_REG_5, BPF_REG_2, (short)tgid),
         STX(BPF_DW, BPF_REG_10, BPF_REG_5, -8),
-        LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 0), /* meta */
-        LDX(BPF_DW, BPF_REG_1, BPF_REG_1, 0), /* meta->seq */
-        MOV(BPF_REG_2, BPF_REG_10),
-        ALUI(BPF_ADD, BPF_REG_2, -16),
-        MOVI(BPF_REG_3, 16),
-        CALL(BPF_FUNC_seq_write),
+        SEQ_WRITE(16),
         MOVI(BPF_REG_0, 0),
         EXIT(),
     };
@@ -50,18 +45,12 @@ static int cached_link = -1;
 int taskfiles_read(owner_pair_t **pairs, size_t *count) {
     *pairs = NULL;
     *count = 0;
-    if (cached_link < 0) {
-        btf_t b;
-        int error = btf_load(&b);
-        if (error == 0)
-            error = load_program(&b, &cached_link);
-        btf_free(&b);
-        if (error != 0)
-            return error;
-    }
+    int error = cached_link < 0 ? bpf_iterator_build(load_program, &cached_link) : 0;
+    if (error != 0)
+        return error;
     unsigned char *data;
     size_t size;
-    int error = bpf_iterator_read(cached_link, &data, &size);
+    error = bpf_iterator_read(cached_link, &data, &size);
     if (error != 0)
         return error;
     *pairs = (owner_pair_t *)data;

@@ -112,12 +112,7 @@ static int load_program(const btf_t *b, int *link) {
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -16),
         LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)(o.v6_daddr + 8)),
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -8),
-        LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 0), /* meta */
-        LDX(BPF_DW, BPF_REG_1, BPF_REG_1, 0), /* meta->seq */
-        MOV(BPF_REG_2, BPF_REG_10),
-        ALUI(BPF_ADD, BPF_REG_2, -96),
-        MOVI(BPF_REG_3, 96),
-        CALL(BPF_FUNC_seq_write),
+        SEQ_WRITE(96),
         MOVI(BPF_REG_0, 0), /* out */
         EXIT(),
     };
@@ -133,11 +128,7 @@ int tcptrack_open(tcptrack_t *t, int netns_fd) {
                              : open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (t->netns < 0)
         return errno;
-    btf_t b;
-    int error = btf_load(&b);
-    if (error == 0)
-        error = load_program(&b, &t->link);
-    btf_free(&b);
+    int error = bpf_iterator_build(load_program, &t->link);
     if (error != 0) {
         close(t->netns);
         t->netns = -1;

@@ -206,9 +206,16 @@ class SockDiagTable:
     def snapshot(self) -> list[SocketRecord]:
         """Every socket; a socket whose state and counters did not move since the last
         dump is handed back as the very same record object, unparsed."""
+        return self._dump(self._requests)
+
+    def _udp_records(self) -> list[SocketRecord]:
+        """The UDP sockets, dumped as snapshot() dumps (TCP ones come natively then)."""
+        return self._dump([r for r in self._requests if r[0] is Transport.UDP])
+
+    def _dump(self, requests: list[tuple[Transport, bytes]]) -> list[SocketRecord]:
         records: list[SocketRecord] = []
         previous, current = self._previous, {}
-        for transport, req in self._requests:
+        for transport, req in requests:
             tcp = transport is Transport.TCP
             for msg_type, _flags, payload in netlink.dump(self._sock, req):
                 if msg_type != SOCK_DIAG_BY_FAMILY or len(payload) < _MSG.size:
@@ -272,17 +279,6 @@ class SockDiagTable:
         }
         same = sum(1 for r in read if dumped.get(r[2:6]) == without_cookie(r))
         return same * 10 >= len(read) * 9
-
-    def _udp_records(self) -> list[SocketRecord]:
-        udp: list[SocketRecord] = []
-        for transport, req in self._requests:
-            if transport is Transport.UDP:
-                for msg_type, _flags, payload in netlink.dump(self._sock, req):
-                    if msg_type == SOCK_DIAG_BY_FAMILY:
-                        record = parse(payload, transport)
-                        if record is not None:
-                            udp.append(record)
-        return udp
 
     def _signature(self, payload: memoryview) -> bytes:
         """State plus the tcp_info byte counters: what parse() would read and change."""
