@@ -239,3 +239,31 @@ def test_the_history_table_says_each_flows_part_in_a_relayed_connection() -> Non
     lines = table([flow, proxy_side]).splitlines()
     assert lines[1].endswith("flow-event proxied")
     assert lines[2].endswith("relay proxy-out")
+
+
+def test_an_unconnected_udp_sockets_stamp_names_each_of_its_conversations() -> None:
+    table = FlowTable(FakeResolver())
+    table.add_stamps([_stamp("0.0.0.0:40000", "0.0.0.0:0", CURL, Transport.UDP)])
+    table.add_stamps([_stamp("10.0.0.5:40001", "0.0.0.0:0", NGINX, Transport.UDP)])
+    conversations = [
+        udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=10, down=20),
+        udp_conntrack("10.0.0.1:40000", "10.0.0.3:53", up=10, down=20),
+        udp_conntrack("10.0.0.1:40001", "10.0.0.3:53", up=10, down=20),  # another address
+    ]
+    table.apply_snapshot([], conversations, 1.0)
+    flows = {(f.key.local.port, f.key.remote.address): f for f in table.flows()}
+    for peer in ("10.0.0.2", "10.0.0.3"):
+        assert flows[(40000, peer)].process == CURL
+        assert flows[(40000, peer)].attribution.method is AttributionMethod.FLOW_EVENT
+    assert (40001, "10.0.0.3") not in flows  # nothing of this host's names it
+
+
+def test_a_late_stamp_of_an_unconnected_udp_socket_names_its_flows_already_shown() -> None:
+    resolver = FakeResolver(owners={}, processes={})
+    table = FlowTable(resolver)
+    sockets = [udp_socket("0.0.0.0:40000", inode=5)]
+    table.apply_snapshot(sockets, [udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", 1, 2)], 1.0)
+    table.add_stamps([_stamp("0.0.0.0:40000", "0.0.0.0:0", CURL, Transport.UDP)])
+    flows = {f.key.remote.port: f for f in table.flows()}
+    assert flows[53].process == CURL
+    assert flows[53].attribution.method is AttributionMethod.FLOW_EVENT

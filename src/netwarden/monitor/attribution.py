@@ -11,20 +11,47 @@ StampKey = tuple[Transport, Endpoint, Endpoint]
 STAMP_TTL = 600.0
 
 
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def is_socket_wide(stamp: ProcessStamp) -> bool:
+    """A stamp of an unconnected UDP socket: its local side only, for every peer."""
+    return stamp.transport is Transport.UDP and stamp.remote.port == 0
+
+
+def serves(stamp: ProcessStamp, local: Endpoint) -> bool:
+    """Whether the socket-wide stamp's socket is the local end of a flow from local."""
+    return stamp.local.port == local.port and stamp.local.address in (local.address, *WILDCARDS)
+
+
 @dataclass
 class StampBook:
     """Processes named by flow events, kept until their flow is closed or they expire."""
 
     _stamps: dict[StampKey, ProcessStamp] = field(default_factory=dict)
+    # Stamps of unconnected UDP sockets by local port.
+    _udp_sockets: dict[int, list[ProcessStamp]] = field(default_factory=dict)
 
     def add(self, stamp: ProcessStamp) -> None:
-        if not stamp.closed:
-            self._stamps[(stamp.transport, stamp.local, stamp.remote)] = stamp
+        if stamp.closed:
+            return
+        if is_socket_wide(stamp):
+            port = stamp.local.port
+            same = [s for s in self._udp_sockets.get(port, []) if s.local != stamp.local]
+            self._udp_sockets[port] = [*same, stamp]
+            return
+        self._stamps[(stamp.transport, stamp.local, stamp.remote)] = stamp
 
     def get(self, key: StampKey) -> ProcessStamp | None:
-        return self._stamps.get(key)
+        found = self._stamps.get(key)
+        if found is None and key[0] is Transport.UDP and self._udp_sockets:
+            return next((s for s in self._udp_sockets.get(key[1].port, ()) if serves(s, key[1])),
+                        None)  # fmt: skip
+        return found
 
     def has(self, transport: Transport) -> bool:
+        if transport is Transport.UDP and self._udp_sockets:
+            return True
         return any(key[0] is transport for key in self._stamps)
 
     def forget(self, key: StampKey) -> None:
@@ -34,9 +61,14 @@ class StampBook:
         stale = [k for k, s in self._stamps.items() if now - s.timestamp > STAMP_TTL]
         for key in stale:
             del self._stamps[key]
+        self._udp_sockets = {
+            port: fresh
+            for port, stamps in self._udp_sockets.items()
+            if (fresh := [s for s in stamps if now - s.timestamp <= STAMP_TTL])
+        }
 
     def __len__(self) -> int:
-        return len(self._stamps)
+        return len(self._stamps) + sum(len(s) for s in self._udp_sockets.values())
 
 
 def by_stamp(

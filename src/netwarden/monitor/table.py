@@ -22,7 +22,7 @@ from netwarden.model import (
     RelayLink,
     Transport,
 )
-from netwarden.monitor.attribution import StampBook, by_owner, by_stamp
+from netwarden.monitor.attribution import StampBook, by_owner, by_stamp, is_socket_wide, serves
 from netwarden.platform.base import (
     ConntrackEventType,
     ConntrackRecord,
@@ -144,12 +144,19 @@ class FlowTable:
                     self._close_later(state, stamp.timestamp)
                 continue
             self._stamps.add(stamp)
-            state = self._flows.get(key)
-            if state is not None and state.attribution.method is not AttributionMethod.FLOW_EVENT:
-                state.process, state.attribution = by_stamp(stamp, state.process)
-                self._unknown.pop(key, None)
-                state.dirty = True
-                self._touched[key] = state
+            for state in self._stamped(stamp, key):
+                if state.attribution.method is not AttributionMethod.FLOW_EVENT:
+                    state.process, state.attribution = by_stamp(stamp, state.process)
+                    self._unknown.pop(state.key, None)
+                    state.dirty = True
+                    self._touched[state.key] = state
+
+    def _stamped(self, stamp: ProcessStamp, key: FlowKey) -> list[_State]:
+        """The flows a stamp names: its own, or an unconnected UDP socket's."""
+        if is_socket_wide(stamp):
+            return [s for s in self._udp_flows.values() if serves(stamp, s.key.local)]
+        state = self._flows.get(key)
+        return [] if state is None else [state]
 
     def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
         for record in records:

@@ -157,11 +157,9 @@ static long member_offset(const btf_t *b, uint32_t id, const char *name, int dep
     return -1;
 }
 
-static long bpf_call(int command, union bpf_attr *attr) {
+long bpf_call(int command, union bpf_attr *attr) {
     return syscall(__NR_bpf, command, attr, sizeof *attr);
 }
-
-
 
 long btf_member_offset(const btf_t *b, int32_t id, const char *name) {
     return id < 0 ? -1 : member_offset(b, (uint32_t)id, name, 0);
@@ -171,15 +169,16 @@ long btf_offset(const btf_t *b, const char *type, const char *member) {
     return btf_member_offset(b, btf_find(b, BTF_KIND_STRUCT, type), member);
 }
 
-int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn *prog,
-                      size_t count, const char *name, int *link) {
-    int32_t func = btf_find(b, BTF_KIND_FUNC, target);
+int bpf_tracing_link(const btf_t *b, uint32_t kind, const char *target,
+                     enum bpf_attach_type attach, const struct bpf_insn *prog, size_t count,
+                     const char *name, int *link) {
+    int32_t func = btf_find(b, kind, target);
     if (func < 0)
         return ENOENT;
     union bpf_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.prog_type = BPF_PROG_TYPE_TRACING;
-    attr.expected_attach_type = BPF_TRACE_ITER;
+    attr.expected_attach_type = attach;
     attr.attach_btf_id = (uint32_t)func;
     attr.insns = (uint64_t)(uintptr_t)prog;
     attr.insn_cnt = (uint32_t)count;
@@ -190,7 +189,7 @@ int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn 
         return errno;
     memset(&attr, 0, sizeof attr);
     attr.link_create.prog_fd = (uint32_t)prog_fd;
-    attr.link_create.attach_type = BPF_TRACE_ITER;
+    attr.link_create.attach_type = attach;
     int fd = (int)bpf_call(BPF_LINK_CREATE, &attr);
     int error = errno;
     close(prog_fd);
@@ -198,6 +197,11 @@ int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn 
         return error;
     *link = fd;
     return 0;
+}
+
+int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn *prog,
+                      size_t count, const char *name, int *link) {
+    return bpf_tracing_link(b, BTF_KIND_FUNC, target, BPF_TRACE_ITER, prog, count, name, link);
 }
 
 int bpf_iterator_build(int (*build)(const btf_t *b, int *link), int *link) {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #define BTF_KIND_STRUCT 4
+#define BTF_KIND_TYPEDEF 8
 #define BTF_KIND_FUNC 12
 
 typedef struct {
@@ -30,6 +31,14 @@ long btf_member_offset(const btf_t *b, int32_t id, const char *name);
 /* Byte offset of a member of the struct named `type`, or -1. */
 long btf_offset(const btf_t *b, const char *type, const char *member);
 
+/* The bpf() system call. */
+long bpf_call(int command, union bpf_attr *attr);
+/* Loads a TRACING program attached (`attach`: BPF_TRACE_ITER, BPF_TRACE_RAW_TP) to the
+   BTF type `target` of that kind (a function; a tracepoint's btf_trace_* typedef) and
+   links it: 0 and *link, or an errno value. */
+int bpf_tracing_link(const btf_t *b, uint32_t kind, const char *target,
+                     enum bpf_attach_type attach, const struct bpf_insn *prog, size_t count,
+                     const char *name, int *link);
 /* Loads an iterator program for the kernel function `target` (e.g. bpf_iter_tcp) and
    links it: 0 and *link, or an errno value (the verifier's complaint goes nowhere). */
 int bpf_iterator_link(const btf_t *b, const char *target, const struct bpf_insn *prog,
@@ -48,6 +57,8 @@ int bpf_iterator_read(int link, unsigned char **data, size_t *size);
 #define ALUI(op, d, i) INSN(BPF_ALU64 | (op) | BPF_K, d, 0, 0, i)
 #define ALU(op, d, s) INSN(BPF_ALU64 | (op) | BPF_X, d, s, 0, 0)
 #define JUMPI(op, d, i, o) INSN(BPF_JMP | (op) | BPF_K, d, 0, o, i)
+#define LD_MAP_FD(d, fd)                                                                   \
+    INSN(BPF_LD | BPF_DW | BPF_IMM, d, BPF_PSEUDO_MAP_FD, 0, fd), INSN(0, 0, 0, 0, 0)
 #define CALL(f) INSN(BPF_JMP | BPF_CALL, 0, 0, 0, f)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 /* An iterator program's output: the `size` bytes below the frame pointer, written to

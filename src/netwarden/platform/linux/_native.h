@@ -15,6 +15,7 @@ void nw_address_text(int family, const uint32_t *raw, char *out);
 
 extern PyTypeObject nw_TcpBatchType;
 extern PyTypeObject nw_TcpTrackerType;
+extern PyTypeObject nw_FlowEventsType;
 
 PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
 PyObject *nw_scan_socket_inodes(PyObject *self, PyObject *args, PyObject *kwargs);

@@ -134,6 +134,12 @@ class LinuxBackend:
                 "show as unknown"
             )
             return None
+        from netwarden.platform.linux.flow_events import FlowEventsUnavailable, KernelFlowStamps
+
+        try:
+            return KernelFlowStamps(read_process, netns)
+        except (OSError, FlowEventsUnavailable) as exc:
+            log.info("netwarden's BPF flow events unavailable (%s); trying pydivert", exc)
         try:
             from netwarden.platform.divert_flows import DivertFlowStamps
 

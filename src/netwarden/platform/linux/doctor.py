@@ -146,6 +146,17 @@ def probe_flow_events() -> Capability:
     enables = "process attribution for connections of processes that exit within milliseconds"
     if not may_load_bpf():
         return Capability("flow events", False, "needs root (CAP_BPF)", enables)
+    from netwarden.platform.linux.flow_events import FlowEventsUnavailable, KernelFlowStamps
+
+    try:
+        KernelFlowStamps(lambda _pid: None, None).close()
+        return Capability(
+            "flow events", True,
+            "netwarden's BPF programs on the socket send/receive tracepoints verified",
+            enables,
+        )  # fmt: skip
+    except (OSError, FlowEventsUnavailable) as exc:
+        own = f"netwarden's BPF programs unavailable ({exc})"
     try:
         import pydivert
 
@@ -154,9 +165,9 @@ def probe_flow_events() -> Capability:
         )
         divert.open()
         divert.close()
-        ok, detail = True, f"eBPF flow layer (pydivert {pydivert.__version__}) opened"
+        ok, detail = True, f"{own}; eBPF flow layer (pydivert {pydivert.__version__}) opened"
     except Exception as exc:  # any failure here only means the feature is unavailable
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
+        ok, detail = False, f"{own}; pydivert: {type(exc).__name__}: {exc}"
     return Capability("flow events", ok, detail, enables)
 
 

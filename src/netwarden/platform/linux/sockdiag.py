@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # One TCP socket as the native module gives it: family, state, local address and port,
 # remote address and port, uid, inode, cookie, cgroup id, bytes sent, bytes received.
 NativeFields = tuple[int, int, str, int, str, int, int, int, int, int, int, int]
+TRUST_ATTEMPTS = 5  # readings of the tcp iterator compared with dumps before giving up
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -248,9 +249,11 @@ class SockDiagTable:
             return None
         if restart:
             self._tracker.forget()
+        before = None if self._tracker_trusted else self._dump_fields()
         changed, vanished = self._tracker.refresh()
-        if not self._tracker_trusted and changed:
-            self._tracker_trusted = self._agrees_with_a_dump(changed)
+        if before is not None and changed:
+            # (Until trusted every reading before was empty: nothing vanished since.)
+            self._tracker_trusted, changed = self._trust(changed, before)
             if not self._tracker_trusted:
                 log.warning("the tcp iterator misreads this kernel; dumping sockets instead")
                 self._tracker = None
@@ -264,21 +267,27 @@ class SockDiagTable:
             self._udp_records(),
         )
 
-    def _agrees_with_a_dump(self, read: list[NativeFields]) -> bool:
-        """Whether the iterator's first reading is what sock_diag says of the same
-        sockets. Its program is assembled from offsets found in the kernel's BTF: a
-        kernel whose structures that lookup misreads must not feed the monitor. (Some
-        sockets move or go between the two reads, hence a majority.)"""
+    def _dump_fields(self) -> dict[tuple[object, ...], NativeFields]:
         assert _native is not None
+        return {r[2:6]: r for r in _native.dump_tcp(self._sock.fileno()).records()}
 
-        def without_cookie(fields: NativeFields) -> tuple[object, ...]:
-            return fields[:8] + fields[9:]
-
-        dumped = {
-            r[2:6]: without_cookie(r) for r in _native.dump_tcp(self._sock.fileno()).records()
-        }
-        same = sum(1 for r in read if dumped.get(r[2:6]) == without_cookie(r))
-        return same * 10 >= len(read) * 9
+    def _trust(
+        self, read: list[NativeFields], before: dict[tuple[object, ...], NativeFields]
+    ) -> tuple[bool, list[NativeFields]]:
+        """Whether to trust the iterator, whose first reading (read) came between the
+        dump `before` and one made now. Sockets that go meanwhile say nothing; when all
+        of them do (heavy churn), the comparison is made again a few times, and without
+        any socket to compare the iterator is trusted on the offsets BTF gave. Returns
+        the verdict and the reading it was made on (the tracker's latest)."""
+        assert self._tracker is not None
+        for _attempt in range(TRUST_ATTEMPTS):
+            verdict = reads_like_dumps(read, before, self._dump_fields())
+            if verdict is not None:
+                return verdict, read
+            before = self._dump_fields()
+            self._tracker.forget()
+            read, _vanished = self._tracker.refresh()
+        return True, read
 
     def _signature(self, payload: memoryview) -> bytes:
         """State plus the tcp_info byte counters: what parse() would read and change."""
@@ -308,6 +317,34 @@ def _tcp_tracker(netns_fd: int) -> _native.TcpTracker | None:
     except OSError as exc:
         log.debug("no tcp iterator (%s): the monitor dumps sockets in full", exc)
         return None
+
+
+def reads_like_dumps(
+    read: list[NativeFields],
+    before: dict[tuple[object, ...], NativeFields],
+    after: dict[tuple[object, ...], NativeFields],
+) -> bool | None:
+    """Whether the iterator's reading says what sock_diag said of the same sockets just
+    before and just after it: family, uid, cgroup and inode as either dump (a closing
+    socket loses its inode), counters between the two (they only grow). A program
+    assembled from offsets this kernel's BTF misled would read other fields.
+    None when no socket was in all three readings."""
+    compared = wrong = 0
+    for fields in read:
+        key = fields[2:6]
+        first, last = before.get(key), after.get(key)
+        if first is None or last is None:
+            continue
+        compared += 1
+        if not (
+            fields[0] == first[0] and fields[6] == first[6] and fields[9] == first[9]
+            and fields[7] in (first[7], last[7])
+            and first[10] <= fields[10] <= last[10] and first[11] <= fields[11] <= last[11]
+        ):  # fmt: skip
+            wrong += 1
+    if compared == 0:
+        return None
+    return wrong * 10 < compared
 
 
 def _record(

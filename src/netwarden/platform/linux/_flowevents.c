@@ -1,0 +1,254 @@
+/* Flow events with the process behind them: one small BPF program, assembled here with
+   offsets from the kernel's BTF, runs on the tracepoints sock_send_length and
+   sock_recv_length (every sendmsg/recvmsg, in the calling process). For a TCP or UDP
+   socket of the watched network namespace it reports (process, command name, uid, the
+   socket's addresses and ports) to a ring buffer the monitor maps, once per process and
+   conversation in ~30 seconds (an LRU hash remembers what was reported). So the first
+   byte a process sends or reads on a connection names it, even when the process exits
+   a millisecond later; an unconnected UDP socket is reported with its local side only.
+   The programs cost the sending process a hash lookup per call and the monitor nothing
+   until it reads. (fentry/kprobes would fire on connect and accept, but this kernel
+   has neither.) See _flowevents.h. */
+#include "_flowevents.h"
+
+#include "_btf.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define RING_SIZE (1u << 20)
+#define SEEN_ENTRIES 16384
+#define KEY_SIZE 56 /* the event up to its command name: process and conversation */
+#define MAX_INSNS 96
+#define MAX_OUTS 8
+
+typedef struct {
+    long family, protocol, num, dport, rcv_saddr, daddr, v6_rcv_saddr, v6_daddr, net, ns_inum;
+} offsets_t;
+
+static int find_offsets(const btf_t *b, offsets_t *o) {
+    long net_ns = btf_offset(b, "net", "ns"), inum = btf_offset(b, "ns_common", "inum");
+    o->family = btf_offset(b, "sock_common", "skc_family");
+    o->protocol = btf_offset(b, "sock", "sk_protocol");
+    o->num = btf_offset(b, "sock_common", "skc_num");
+    o->dport = btf_offset(b, "sock_common", "skc_dport");
+    o->rcv_saddr = btf_offset(b, "sock_common", "skc_rcv_saddr");
+    o->daddr = btf_offset(b, "sock_common", "skc_daddr");
+    o->v6_rcv_saddr = btf_offset(b, "sock_common", "skc_v6_rcv_saddr");
+    o->v6_daddr = btf_offset(b, "sock_common", "skc_v6_daddr");
+    o->net = btf_offset(b, "sock_common", "skc_net");
+    o->ns_inum = net_ns < 0 || inum < 0 ? -1 : net_ns + inum;
+    const long *all = &o->family;
+    for (size_t i = 0; i < sizeof *o / sizeof(long); i++)
+        if (all[i] < 0 || all[i] > 0x7fff)
+            return ENOENT;
+    return 0;
+}
+
+/* A program being assembled; jumps to its end ("out") are patched when it is done. */
+typedef struct {
+    struct bpf_insn insn[MAX_INSNS];
+    size_t n, outs[MAX_OUTS], nouts;
+} program_t;
+
+static void op(program_t *p, struct bpf_insn insn) {
+    if (p->n < MAX_INSNS)
+        p->insn[p->n] = insn;
+    p->n++;
+}
+
+static void ops(program_t *p, const struct bpf_insn *insns, size_t count) {
+    for (size_t i = 0; i < count; i++)
+        op(p, insns[i]);
+}
+#define OPS(p, ...)                                                                        \
+    do {                                                                                   \
+        const struct bpf_insn list_[] = {__VA_ARGS__};                                     \
+        ops(p, list_, sizeof list_ / sizeof list_[0]);                                     \
+    } while (0)
+
+static void jump_out(program_t *p, struct bpf_insn insn) {
+    if (p->nouts < MAX_OUTS)
+        p->outs[p->nouts++] = p->n;
+    op(p, insn);
+}
+
+static int finish(program_t *p) {
+    size_t out = p->n;
+    OPS(p, MOVI(BPF_REG_0, 0), EXIT());
+    if (p->n > MAX_INSNS || p->nouts == MAX_OUTS)
+        return E2BIG;
+    for (size_t i = 0; i < p->nouts; i++)
+        p->insn[p->outs[i]].off = (short)(out - p->outs[i] - 1);
+    return 0;
+}
+
+/* Skips the event unless this conversation of this process was not reported in the
+   last ~30 seconds (the map holds when it was). */
+static void once_in_a_while(program_t *p, int seen) {
+    OPS(p, LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80),
+        CALL(BPF_FUNC_map_lookup_elem), JUMPI(BPF_JEQ, BPF_REG_0, 0, 5),
+        LDX(BPF_DW, BPF_REG_9, BPF_REG_0, 0), CALL(BPF_FUNC_ktime_get_ns),
+        ALU(BPF_SUB, BPF_REG_0, BPF_REG_9), ALUI(BPF_RSH, BPF_REG_0, 30));
+    jump_out(p, JUMPI(BPF_JLT, BPF_REG_0, 28, 0)); /* 28 x 2^30 ns: about 30 seconds */
+    OPS(p, CALL(BPF_FUNC_ktime_get_ns), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -88),
+        LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80),
+        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -88), MOVI(BPF_REG_4, BPF_ANY),
+        CALL(BPF_FUNC_map_update_elem));
+}
+
+/* ctx: the tracepoint's arguments, the socket first. The socket in r7; the event at
+   fp-80 in the layout of flow_event_t, its first 56 bytes the key of `seen`. */
+static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int ring, int seen) {
+    memset(p, 0, sizeof *p);
+    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_1, 0));
+    jump_out(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0));
+    if (netns != 0) {
+        OPS(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)o->net),
+            LDX(BPF_W, BPF_REG_1, BPF_REG_1, (short)o->ns_inum));
+        jump_out(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_1, 0, 0, (int32_t)netns));
+    }
+    OPS(p, LDX(BPF_H, BPF_REG_8, BPF_REG_7, (short)o->family),
+        JUMPI(BPF_JEQ, BPF_REG_8, AF_INET, 1));
+    jump_out(p, JUMPI(BPF_JNE, BPF_REG_8, AF_INET6, 0));
+    OPS(p, LDX(BPF_H, BPF_REG_9, BPF_REG_7, (short)o->protocol),
+        JUMPI(BPF_JEQ, BPF_REG_9, IPPROTO_UDP, 3));
+    jump_out(p, JUMPI(BPF_JNE, BPF_REG_9, IPPROTO_TCP, 0));
+    OPS(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->dport));
+    jump_out(p, JUMPI(BPF_JEQ, BPF_REG_1, 0, 0)); /* TCP without a peer: not a flow yet */
+    OPS(p, CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -80),
+        /* family | protocol << 16 | local port << 32 | remote port << 48 */
+        ALUI(BPF_LSH, BPF_REG_9, 16), ALU(BPF_OR, BPF_REG_8, BPF_REG_9),
+        LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->num), ALUI(BPF_LSH, BPF_REG_1, 32),
+        ALU(BPF_OR, BPF_REG_8, BPF_REG_1), LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->dport),
+        ALUI(BPF_LSH, BPF_REG_1, 48), ALU(BPF_OR, BPF_REG_8, BPF_REG_1),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_8, -72),
+        /* v4 local | v4 remote << 32, then the v6 addresses */
+        LDX(BPF_W, BPF_REG_1, BPF_REG_7, (short)o->rcv_saddr),
+        LDX(BPF_W, BPF_REG_2, BPF_REG_7, (short)o->daddr), ALUI(BPF_LSH, BPF_REG_2, 32),
+        ALU(BPF_OR, BPF_REG_1, BPF_REG_2), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -64),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)o->v6_rcv_saddr),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_1, -56),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)(o->v6_rcv_saddr + 8)),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_1, -48),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)o->v6_daddr),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_1, -40),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)(o->v6_daddr + 8)),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_1, -32));
+    once_in_a_while(p, seen);
+    OPS(p, MOV(BPF_REG_1, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_1, -24), MOVI(BPF_REG_2, 16),
+        CALL(BPF_FUNC_get_current_comm), CALL(BPF_FUNC_get_current_uid_gid),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8), LD_MAP_FD(BPF_REG_1, ring),
+        MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80), MOVI(BPF_REG_3, 80),
+        MOVI(BPF_REG_4, 0), CALL(BPF_FUNC_ringbuf_output));
+    return finish(p);
+}
+
+static int create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
+                      const char *name) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_type = type;
+    attr.key_size = key;
+    attr.value_size = value;
+    attr.max_entries = entries;
+    strncpy(attr.map_name, name, sizeof attr.map_name - 1);
+    return (int)bpf_call(BPF_MAP_CREATE, &attr);
+}
+
+static const char *const HOOKS[FLOW_HOOKS][2] = {
+    {"btf_trace_sock_send_length", "nw_flow_send"},
+    {"btf_trace_sock_recv_length", "nw_flow_recv"},
+};
+
+static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
+    offsets_t o;
+    int error = find_offsets(b, &o);
+    if (error != 0)
+        return error;
+    f->ring = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, "nw_flow_events");
+    f->seen = create_map(BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, SEEN_ENTRIES, "nw_flows_seen");
+    if (f->ring < 0 || f->seen < 0)
+        return errno;
+    program_t p;
+    error = assemble(&p, &o, netns, f->ring, f->seen);
+    for (size_t i = 0; i < FLOW_HOOKS && error == 0; i++)
+        error = bpf_tracing_link(b, BTF_KIND_TYPEDEF, HOOKS[i][0], BPF_TRACE_RAW_TP, p.insn,
+                                 p.n, HOOKS[i][1], &f->links[i]);
+    if (error != 0)
+        return error;
+    long page = sysconf(_SC_PAGESIZE);
+    void *consumer = mmap(NULL, (size_t)page, PROT_READ | PROT_WRITE, MAP_SHARED, f->ring, 0);
+    if (consumer == MAP_FAILED)
+        return errno;
+    f->consumer = consumer;
+    /* the producer's page, then the data twice over (a record may wrap around) */
+    void *producer = mmap(NULL, (size_t)page + 2 * RING_SIZE, PROT_READ, MAP_SHARED, f->ring, page);
+    if (producer == MAP_FAILED)
+        return errno;
+    f->producer = producer;
+    f->data = (const unsigned char *)producer + page;
+    f->size = RING_SIZE;
+    return 0;
+}
+
+int flowevents_open(flowevents_t *f, uint32_t netns) {
+    memset(f, 0, sizeof *f);
+    f->ring = f->seen = -1;
+    for (size_t i = 0; i < FLOW_HOOKS; i++)
+        f->links[i] = -1;
+    btf_t b;
+    int error = btf_load(&b);
+    if (error == 0)
+        error = attach_all(f, &b, netns);
+    btf_free(&b);
+    if (error != 0)
+        flowevents_close(f);
+    return error;
+}
+
+void flowevents_close(flowevents_t *f) {
+    long page = sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < FLOW_HOOKS; i++)
+        if (f->links[i] >= 0)
+            close(f->links[i]);
+    if (f->consumer != NULL)
+        munmap(f->consumer, (size_t)page);
+    if (f->producer != NULL)
+        munmap((void *)f->producer, (size_t)page + 2 * f->size);
+    if (f->ring >= 0)
+        close(f->ring);
+    if (f->seen >= 0)
+        close(f->seen);
+    memset(f, 0, sizeof *f);
+    f->ring = f->seen = -1;
+    for (size_t i = 0; i < FLOW_HOOKS; i++)
+        f->links[i] = -1;
+}
+
+size_t flowevents_read(flowevents_t *f, flow_event_t *out, size_t max) {
+    if (f->consumer == NULL)
+        return 0;
+    unsigned long consumed = __atomic_load_n(f->consumer, __ATOMIC_RELAXED);
+    unsigned long produced = __atomic_load_n(f->producer, __ATOMIC_ACQUIRE);
+    size_t count = 0;
+    while (consumed < produced && count < max) {
+        const unsigned char *header = f->data + (consumed & (f->size - 1));
+        uint32_t length = __atomic_load_n((const uint32_t *)header, __ATOMIC_ACQUIRE);
+        if (length & BPF_RINGBUF_BUSY_BIT)
+            break; /* being written */
+        int discarded = (length & BPF_RINGBUF_DISCARD_BIT) != 0;
+        length &= ~(uint32_t)(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT);
+        if (!discarded && length == sizeof(flow_event_t))
+            memcpy(&out[count++], header + BPF_RINGBUF_HDR_SZ, sizeof(flow_event_t));
+        consumed += (length + BPF_RINGBUF_HDR_SZ + 7) & ~7ul;
+        __atomic_store_n(f->consumer, consumed, __ATOMIC_RELEASE);
+    }
+    return count;
+}
+
+_Static_assert(sizeof(flow_event_t) == 80, "the programs write 80 bytes an event");

@@ -1,0 +1,72 @@
+"""netwarden's own BPF flow events (the socket send/receive tracepoints) against real
+processes in netlab: who is named, with which addresses, and what stays out."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from netwarden.platform.base import ProcessStamp
+from netwarden.platform.linux.flow_events import KernelFlowStamps
+from netwarden.platform.linux.procfs import read_process
+from netwarden.testing.netlab import Host, Lab
+from tests.integration.conftest import start_server, traffic
+
+pytestmark = pytest.mark.root
+
+UDP_SENDER = """
+import json, os, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):
+    sock.sendto(b"d" * 100, (sys.argv[1], 5601))
+print(json.dumps({"pid": os.getpid(), "local_port": sock.getsockname()[1]}))
+"""
+
+
+def _collect(stamps: KernelFlowStamps, wanted: int, seconds: float = 5) -> list[ProcessStamp]:
+    found: list[ProcessStamp] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(found) < wanted:
+        time.sleep(0.05)
+        found.extend(stamps.drain())
+    return found
+
+
+def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) -> None:
+    watched, elsewhere = lab.host("watched"), lab.host("elsewhere")
+    lab.link(watched, elsewhere)
+    start_server(watched, "tcp-server", "--bind", "127.0.0.1", "--port", "5600")
+    start_server(elsewhere, "tcp-server", "--bind", "127.0.0.1", "--port", "5600")
+    stamps = KernelFlowStamps(read_process, watched.netns)
+    try:
+        quick = traffic(watched, "quick-exit", "--host", "127.0.0.1", "--port", "5600",
+                        "--send", "100000")  # fmt: skip
+        hidden = traffic(elsewhere, "quick-exit", "--host", "127.0.0.1", "--port", "5600",
+                         "--send", "100000")  # fmt: skip
+        udp = json.loads(_run_udp_sender(watched, elsewhere.ipv4))
+        found = _collect(stamps, wanted=3)
+    finally:
+        stamps.close()
+    by_port = {(s.transport.value, s.local.port): s for s in found}
+    client = by_port[("tcp", quick["local_port"])]
+    assert client.process.pid == quick["pid"]
+    assert client.process.name.startswith("python")
+    assert client.remote.address == "127.0.0.1"
+    assert client.remote.port == 5600
+    # The server's side is named by the server reading it.
+    server = next(s for s in found if s.local.port == 5600 and s.remote.port == quick["local_port"])
+    assert "tcp-server" in server.process.cmdline
+    # An unconnected UDP socket: its local side, for every peer.
+    sender = by_port[("udp", udp["local_port"])]
+    assert sender.process.pid == udp["pid"]
+    assert sender.remote.port == 0
+    assert [s for s in found if s.process.pid == hidden["pid"]] == []
+    # Each conversation once, however many datagrams it carried.
+    assert len([s for s in found if s.local.port == udp["local_port"]]) == 1
+
+
+def _run_udp_sender(host: Host, target: str) -> str:
+    return host.run([sys.executable, "-c", UDP_SENDER, target]).stdout.strip()
