@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,48 @@ def test_a_tcp_iterator_that_misreads_the_kernel_is_not_trusted(lab: Lab) -> Non
         misread = [(*r[:10], r[10] + 7, r[11]) for r in read]  # bytes sent misread
         assert reads_like_dumps(misread, before, table._dump_fields()) is False
         assert reads_like_dumps(read, {}, table._dump_fields()) is None
+
+
+def test_destroy_broadcasts_read_in_c_are_what_python_reads(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netwarden.platform.linux import netns, sockdiag
+
+    host = lab.host("closing")
+    with netns.entered(host.netns):
+        native, python = sockdiag.SockDiagDestroyEvents(), sockdiag.SockDiagDestroyEvents()
+    try:
+        host.run([sys.executable, "-c", CLOSE_SOME_SOCKETS])
+        time.sleep(0.2)
+        read_in_c = native.drain()
+        monkeypatch.setattr(sockdiag, "_native", None)
+        read_in_python = python.drain()
+    finally:
+        native.close()
+        python.close()
+    assert read_in_c == read_in_python
+    kinds = {(r.transport, r.local.address) for r in read_in_c}
+    assert {(Transport.TCP, "127.0.0.1"), (Transport.TCP, "::1"), (Transport.UDP, "::1")} <= kinds
+    sent = {r.bytes_sent for r in read_in_c if r.transport is Transport.TCP}
+    assert 70_000 in sent  # counters come through, the FIN taken out
+
+
+CLOSE_SOME_SOCKETS = """
+import socket
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    server = socket.socket(family)
+    server.bind((host, 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname()[:2])
+    accepted, _ = server.accept()
+    client.sendall(b"x" * 70_000)
+    got = 0
+    while got < 70_000:
+        got += len(accepted.recv(65536))
+    accepted.sendall(b"y" * 3_000)
+    client.recv(65536)
+    client.close(); accepted.close(); server.close()
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    udp.bind((host, 0))
+    udp.close()
+"""

@@ -124,6 +124,24 @@ class ProcessInfo:
         )
 
 
+# ProcessInfo.to_json() of the processes seen lately, by identity: a process with many
+# flows is written out once, not once per event. (The process is kept, so its id stays
+# its own.) The documents are shared: read them, never change them.
+_PROCESS_JSON: dict[int, tuple[ProcessInfo, dict[str, Any]]] = {}
+_PROCESS_JSON_LIMIT = 4096
+
+
+def process_json(process: ProcessInfo) -> dict[str, Any]:
+    cached = _PROCESS_JSON.get(id(process))
+    if cached is not None and cached[0] is process:
+        return cached[1]
+    if len(_PROCESS_JSON) >= _PROCESS_JSON_LIMIT:
+        _PROCESS_JSON.clear()
+    document = process.to_json()
+    _PROCESS_JSON[id(process)] = (process, document)
+    return document
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     method: AttributionMethod
@@ -162,13 +180,13 @@ class Flow:
             "remote_address": self.key.remote.address,
             "remote_port": self.key.remote.port,
             "state": self.state,
-            "process": None if self.process is None else self.process.to_json(),
+            "process": None if self.process is None else process_json(self.process),
             "attribution": str(self.attribution.method),
             "attribution_reason": self.attribution.reason,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
-            "send_rate": round(self.send_rate, 1),
-            "receive_rate": round(self.receive_rate, 1),
+            "send_rate": round(self.send_rate, 1) if self.send_rate else 0.0,
+            "receive_rate": round(self.receive_rate, 1) if self.receive_rate else 0.0,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "closed": self.closed,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from netwarden.jsontext import dumps
 from netwarden.model import Attribution, AttributionMethod, Endpoint, Flow, FlowKey, Transport
-from netwarden.model.flow import ProcessInfo
+from netwarden.model.flow import ProcessInfo, process_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -147,7 +147,7 @@ def _row(flow: Flow) -> tuple[object, ...]:
         None if process is None else process.pid,
         None if process is None else process.name,
         None if process is None else process.exe,
-        None if process is None else dumps(process.to_json()),
+        None if process is None else dumps(process_json(process)),
         str(flow.attribution.method), flow.attribution.reason,
         flow.bytes_sent, flow.bytes_received, flow.first_seen, flow.last_seen,
         flow.uid, flow.cgroup, flow.netns, flow.relay,

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[FlowEvent]], None]
 BATCH_SECONDS = 0.05
+# Closed flows are written to history in one transaction at most this often (and when
+# the monitor stops): a commit per batch of events cost more than the rows.
+HISTORY_SECONDS = 1.0
 # A conntrack dump that took t seconds is not repeated for CONNTRACK_COST_FACTOR * t
 # seconds: at most 2% of a core goes to dumps however large the table.
 CONNTRACK_COST_FACTOR = 50
@@ -48,6 +51,8 @@ class Monitor:
             sources.processes, netns=sources.netns, is_root=is_root, record_events=record_events
         )
         self._last_prune = 0.0
+        self._unwritten: list[Flow] = []  # closed flows not yet in history
+        self._last_write = 0.0
         self._next_conntrack = 0.0
         self._by_changes: bool | None = None  # None until the platform was asked
 
@@ -160,19 +165,25 @@ class Monitor:
         # Flows already closing are reported without waiting out their grace time.
         now = time.time()
         self._drain(now)
-        self._emit(sink, self._refresh(now, full=True) + self.table.tick(now + CLOSE_GRACE))
+        closing = self._refresh(now, full=True) + self.table.tick(now + CLOSE_GRACE)
+        self._emit(sink, closing, last=True)
 
-    def _emit(self, sink: EventSink, events: list[FlowEvent]) -> None:
-        if not events:
-            return
+    def _emit(self, sink: EventSink, events: list[FlowEvent], *, last: bool = False) -> None:
         if self.history is not None:
-            closed = [e.flow for e in events if e.kind is FlowEventKind.CLOSED]
-            try:
-                self.history.record(closed)
-                now = time.monotonic()
-                if now - self._last_prune > 3600:
-                    self._last_prune = now
-                    self.history.prune()
-            except Exception as exc:  # keep monitoring even when the disk is full
-                log.error("could not write history: %s", exc)
-        sink(events)
+            self._unwritten.extend(e.flow for e in events if e.kind is FlowEventKind.CLOSED)
+            now = time.monotonic()
+            if self._unwritten and (last or now - self._last_write >= HISTORY_SECONDS):
+                self._write_history(self.history, now)
+        if events:
+            sink(events)
+
+    def _write_history(self, history: HistoryStore, now: float) -> None:
+        closed, self._unwritten = self._unwritten, []
+        self._last_write = now
+        try:
+            history.record(closed)
+            if now - self._last_prune > 3600:
+                self._last_prune = now
+                history.prune()
+        except Exception as exc:  # keep monitoring even when the disk is full
+            log.error("could not write history: %s", exc)

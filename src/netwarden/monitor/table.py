@@ -7,6 +7,8 @@ flow stamps, socket closes, conntrack events, then a snapshot.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -112,6 +114,10 @@ class FlowTable:
         # a tick between snapshots looks at these only.
         self._touched: dict[FlowKey, _State] = {}
         self._closing: dict[FlowKey, _State] = {}
+        # (closing_at, n, key) of the flows in _closing, soonest first; entries of flows
+        # that came back before closing stay until popped (closing_at tells them apart).
+        self._closing_order: list[tuple[float, int, FlowKey]] = []
+        self._closing_count = itertools.count()
         # Conntrack keeps a UDP conversation for a while after its sockets close: the
         # counters at close are remembered so the entry does not bring the flow back.
         self._tombstones: dict[FlowKey, tuple[int, int, float]] = {}
@@ -268,10 +274,7 @@ class FlowTable:
     def tick(self, now: float, *, rates: bool = False) -> list[FlowEvent]:
         """Finish closes whose grace has passed; hand out the events. Rates are
         computed on snapshots, when every counter has just been read."""
-        done = [
-            s for s in self._closing.values() if s.closing_at is not None and s.closing_at <= now
-        ]
-        for state in done:
+        for state in self._closing_due(now):
             self._announce(state)
             del self._flows[state.key]
             del self._closing[state.key]
@@ -416,6 +419,19 @@ class FlowTable:
         if state.closing_at is None:
             state.closing_at = now + CLOSE_GRACE
             self._closing[state.key] = state
+            entry = (state.closing_at, next(self._closing_count), state.key)
+            heapq.heappush(self._closing_order, entry)
+
+    def _closing_due(self, now: float) -> list[_State]:
+        """The closing flows whose grace has passed (taken out of the order)."""
+        due = []
+        order = self._closing_order
+        while order and order[0][0] <= now:
+            at, _n, key = heapq.heappop(order)
+            state = self._closing.get(key)
+            if state is not None and state.closing_at == at:
+                due.append(state)
+        return due
 
     def _index_udp(self, sockets: list[SocketRecord]) -> None:
         ports: dict[int, list[SocketRecord]] = {}

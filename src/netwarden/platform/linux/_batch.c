@@ -8,6 +8,7 @@
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,8 +68,12 @@ static uint64_t u64_at(const unsigned char *p) {
     return v;
 }
 
-/* 1: a record; 0: not one we report (another family, a time-wait mini-socket). */
-static int parse_message(const struct nlmsghdr *h, record_t *r) {
+
+/* Fills r from one inet_diag message: 1, or 0 for a family we do not handle. A
+   destroyed socket has closed: its peer's FIN is taken out of bytes_received whatever
+   its last state; *protocol is what the message says (0 when it does not). */
+static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int *protocol,
+                      int *has_info) {
     size_t size = h->nlmsg_len - NLMSG_HDRLEN;
     const struct inet_diag_msg *m = NLMSG_DATA(h);
     if (size < sizeof *m || (m->idiag_family != AF_INET && m->idiag_family != AF_INET6))
@@ -76,6 +81,7 @@ static int parse_message(const struct nlmsghdr *h, record_t *r) {
     const unsigned char *base = (const unsigned char *)m, *info = NULL;
     size_t offset = sizeof *m, info_len = 0;
     r->cgroup = 0;
+    *protocol = 0;
     while (offset + 4 <= size) {
         const struct nlattr *a = (const void *)(base + offset);
         size_t len = a->nla_len;
@@ -88,11 +94,12 @@ static int parse_message(const struct nlmsghdr *h, record_t *r) {
             info_len = avail - 4;
         } else if (kind == CGROUP_ID_ATTR && avail >= 12) {
             r->cgroup = u64_at(base + offset + 4);
+        } else if (kind == INET_DIAG_PROTOCOL && avail >= 5) {
+            *protocol = base[offset + 4];
         }
         offset += (len + 3) & ~(size_t)3;
     }
-    if (info == NULL)
-        return 0;
+    *has_info = info != NULL;
     r->family = m->idiag_family;
     r->state = m->idiag_state;
     r->sport = ntohs(m->id.idiag_sport);
@@ -103,7 +110,7 @@ static int parse_message(const struct nlmsghdr *h, record_t *r) {
     nw_address_text(r->family, m->id.idiag_src, r->local);
     nw_address_text(r->family, m->id.idiag_dst, r->remote);
     r->sent = r->received = 0;
-    if (info_len >= TCP_INFO_BYTES_OFFSET + 16) {
+    if (info_len >= TCP_INFO_BYTES_OFFSET + 16 && *protocol != IPPROTO_UDP) {
         uint64_t acked = u64_at(info + TCP_INFO_BYTES_OFFSET);
         r->received = u64_at(info + TCP_INFO_BYTES_OFFSET + 8);
         r->sent = acked;
@@ -112,10 +119,60 @@ static int parse_message(const struct nlmsghdr *h, record_t *r) {
             r->sent = sent < acked ? sent : acked;
         }
         /* the peer's FIN counts one in bytes_received (CLOSE_WAIT, LAST_ACK, CLOSING) */
-        if (r->received && (r->state == 8 || r->state == 9 || r->state == 11))
+        if (r->received && (destroyed || r->state == 8 || r->state == 9 || r->state == 11))
             r->received -= 1;
     }
     return 1;
+}
+
+/* 1: a record; 0: not one we report (another family, a time-wait mini-socket). */
+static int parse_message(const struct nlmsghdr *h, record_t *r) {
+    int protocol, has_info;
+    return parse_inet(h, r, 0, &protocol, &has_info) && has_info;
+}
+
+/* read_destroyed(fd) -> [(protocol, family, state, local, port, remote, remote port, uid,
+   inode, cookie, cgroup, sent, received)]: every destroy broadcast already queued on
+   the non-blocking sock_diag socket fd (dropped ones, ENOBUFS, are skipped). */
+PyObject *nw_read_destroyed(PyObject *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd))
+        return NULL;
+    static unsigned char buffer[1 << 16];
+    PyObject *result = PyList_New(0);
+    while (result != NULL) {
+        ssize_t n = recv(fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n < 0 && (errno == ENOBUFS || errno == EINTR))
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0) {
+            Py_DECREF(result);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (n == 0)
+            break;
+        size_t left = (size_t)n;
+        for (const struct nlmsghdr *h = (const void *)buffer; NLMSG_OK(h, left);
+             h = NLMSG_NEXT(h, left)) {
+            record_t r;
+            int protocol, has_info;
+            if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || !parse_inet(h, &r, 1, &protocol, &has_info))
+                continue;
+            PyObject *item = Py_BuildValue(
+                "(iiisisiIIKKKK)", protocol, r.family, r.state, r.local, r.sport, r.remote,
+                r.dport, r.uid, r.inode, (unsigned long long)r.cookie,
+                (unsigned long long)r.cgroup, (unsigned long long)r.sent,
+                (unsigned long long)r.received);
+            if (item == NULL || PyList_Append(result, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(result);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    }
+    return result;
 }
 
 static int grow(TcpBatch *b) {

@@ -11,6 +11,10 @@ static PyMethodDef module_methods[] = {
     {"dump_tcp", nw_dump_tcp, METH_VARARGS,
      "dump_tcp(fd) -> TcpBatch: every TCP socket (IPv4, then IPv6) with its tcp_info "
      "counters, through the NETLINK_SOCK_DIAG socket fd."},
+    {"read_destroyed", nw_read_destroyed, METH_VARARGS,
+     "read_destroyed(fd) -> [(protocol, family, state, local, port, remote, remote port, "
+     "uid, inode, cookie, cgroup, sent, received)]: the sock_diag destroy broadcasts "
+     "queued on the non-blocking socket fd."},
     {"scan_socket_inodes", (PyCFunction)(void (*)(void))nw_scan_socket_inodes,
      METH_VARARGS | METH_KEYWORDS,
      "scan_socket_inodes(proc='/proc', threads=2) -> ({inode: lowest pid}, processes "

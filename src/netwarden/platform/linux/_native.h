@@ -18,6 +18,7 @@ extern PyTypeObject nw_TcpTrackerType;
 extern PyTypeObject nw_FlowEventsType;
 
 PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
+PyObject *nw_read_destroyed(PyObject *self, PyObject *args);
 PyObject *nw_scan_socket_inodes(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *nw_task_socket_owners(PyObject *self, PyObject *unused);
 

@@ -358,6 +358,23 @@ def _record(
     )  # fmt: skip
 
 
+def _destroyed(
+    protocol: int, family: int, state: int, local: str, port: int, remote: str,
+    remote_port: int, uid: int, inode: int, cookie: int, cgroup: int, sent: int,
+    received: int,
+) -> SocketRecord:  # fmt: skip
+    """A SocketRecord from the native module's fields of a destroy broadcast (as parse()
+    with destroyed=True makes it)."""
+    if protocol == socket.IPPROTO_UDP:
+        transport, name = Transport.UDP, "UNCONN" if state == 7 else TCP_STATES.get(state)
+    else:
+        transport, name = Transport.TCP, TCP_STATES.get(state)
+    return SocketRecord(
+        transport, Endpoint(local, port), Endpoint(remote, remote_port), name or str(state),
+        inode, uid, cookie, cgroup, sent, received, True,
+    )  # fmt: skip
+
+
 # The JSON text of each TCP state number, for the native renderer.
 _STATE_JSON = tuple(dumps(TCP_STATES.get(n) or str(n)).encode() for n in range(256))
 
@@ -399,6 +416,8 @@ class SockDiagDestroyEvents:
         return self._sock.fileno()
 
     def drain(self) -> list[SocketRecord]:
+        if _native is not None:
+            return [_destroyed(*fields) for fields in _native.read_destroyed(self._sock.fileno())]
         records: list[SocketRecord] = []
         for datagram in netlink.recv_nowait(self._sock, self._buffer):
             for msg_type, _flags, payload in netlink.iter_messages(datagram):
