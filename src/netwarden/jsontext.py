@@ -19,4 +19,14 @@ def _pick() -> Callable[[Any], str]:
     return lambda document: orjson.dumps(document).decode()
 
 
+def _pick_lines() -> Callable[[list[Any]], bytes]:
+    try:
+        import orjson
+    except ImportError:
+        return lambda documents: "".join(_stdlib_dumps(d) + "\n" for d in documents).encode()
+    return lambda documents: b"\n".join(map(orjson.dumps, documents)) + b"\n"
+
+
 dumps = _pick()
+# NDJSON: one line per document, as UTF-8 bytes.
+dumps_lines = _pick_lines()

@@ -113,11 +113,15 @@ class FlowStampThread:
                     time.sleep(GATHER_SECONDS)
                 last_wake = now
                 for reader, handle in readers:
-                    while (address := reader.read()) is not None:
-                        handle(address)
+                    self._read_all(reader, handle)
             except OSError as exc:
                 self._stopped(exc)
                 return
+
+    def _read_all(self, reader: EventReader, handle: Handler) -> None:
+        """Everything the reader has now."""
+        while (address := reader.read()) is not None:
+            handle(address)
 
     def _blocking_loop(self, reader: EventReader, handle: Handler) -> None:
         while not self._stop.is_set():
@@ -156,14 +160,27 @@ class FlowStampThread:
         self._pid_checks[pid] = (now, accepted)
         return accepted
 
+    def known_process(self, pid: int, now: float) -> ProcessInfo | None:
+        """What was read of pid within the last EARLY_TTL seconds (monotonic now)."""
+        early = self._early.get(pid)
+        if early is not None and now - early[0] < EARLY_TTL:
+            return early[1]
+        return None
+
+    def remember(self, info: ProcessInfo, now: float) -> None:
+        if len(self._early) > 4096:
+            self._early = {p: v for p, v in self._early.items() if now - v[0] < EARLY_TTL}
+        self._early[info.pid] = (now, info)
+
     def _on_flow(self, address: FlowAddress) -> None:
         stamp = self.stamp(address)
         if stamp is not None:
-            self.hand_over(stamp)
+            self.hand_over([stamp])
 
-    def hand_over(self, stamp: ProcessStamp) -> None:
-        wake = not self._pending
-        self._pending.append(stamp)
+    def hand_over(self, stamps: list[ProcessStamp], *, wake: bool = True) -> None:
+        """wake: tell the monitor (not needed when it is the one asking)."""
+        wake = wake and not self._pending
+        self._pending.extend(stamps)
         if wake:  # the reader drains everything, so one wake-up per batch will do
             with contextlib.suppress(BlockingIOError):
                 self._wake_writer.send(b"x")

@@ -18,10 +18,12 @@
 #include <sys/mman.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING_SIZE (1u << 20)
 #define SEEN_ENTRIES 16384
+#define KNOWN_ENTRIES 4096
 #define KEY_SIZE 56 /* the event up to its command name: process and conversation */
 #define MAX_INSNS 96
 #define MAX_OUTS 8
@@ -101,9 +103,23 @@ static void once_in_a_while(program_t *p, int seen) {
         CALL(BPF_FUNC_map_update_elem));
 }
 
+/* r6: the ring buffer flags of the event. A process the monitor read in the last second
+   (the map holds when) waits for the monitor's next pass; any other wakes it at once,
+   so that it is read before it can exit. Each wake-up costs the monitor more than the
+   event itself. */
+static void wake_for_strangers(program_t *p, int known) {
+    OPS(p, MOVI(BPF_REG_6, 0), LDX(BPF_DW, BPF_REG_1, BPF_REG_10, -80),
+        ALUI(BPF_RSH, BPF_REG_1, 32), STX(BPF_W, BPF_REG_10, BPF_REG_1, -96),
+        LD_MAP_FD(BPF_REG_1, known), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -96),
+        CALL(BPF_FUNC_map_lookup_elem), JUMPI(BPF_JEQ, BPF_REG_0, 0, 6),
+        LDX(BPF_DW, BPF_REG_9, BPF_REG_0, 0), CALL(BPF_FUNC_ktime_get_ns),
+        ALU(BPF_SUB, BPF_REG_0, BPF_REG_9), ALUI(BPF_RSH, BPF_REG_0, 30),
+        JUMPI(BPF_JGE, BPF_REG_0, 1, 1), MOVI(BPF_REG_6, BPF_RB_NO_WAKEUP));
+}
+
 /* ctx: the tracepoint's arguments, the socket first. The socket in r7; the event at
    fp-80 in the layout of flow_event_t, its first 56 bytes the key of `seen`. */
-static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int ring, int seen) {
+static int assemble(program_t *p, const offsets_t *o, uint32_t netns, const flowevents_t *f) {
     memset(p, 0, sizeof *p);
     op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_1, 0));
     jump_out(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0));
@@ -139,12 +155,13 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int ring, 
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -40),
         LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)(o->v6_daddr + 8)),
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -32));
-    once_in_a_while(p, seen);
+    once_in_a_while(p, f->seen);
+    wake_for_strangers(p, f->known);
     OPS(p, MOV(BPF_REG_1, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_1, -24), MOVI(BPF_REG_2, 16),
         CALL(BPF_FUNC_get_current_comm), CALL(BPF_FUNC_get_current_uid_gid),
-        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8), LD_MAP_FD(BPF_REG_1, ring),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8), LD_MAP_FD(BPF_REG_1, f->ring),
         MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80), MOVI(BPF_REG_3, 80),
-        MOVI(BPF_REG_4, 0), CALL(BPF_FUNC_ringbuf_output));
+        MOV(BPF_REG_4, BPF_REG_6), CALL(BPF_FUNC_ringbuf_output));
     return finish(p);
 }
 
@@ -172,10 +189,11 @@ static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
         return error;
     f->ring = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, "nw_flow_events");
     f->seen = create_map(BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, SEEN_ENTRIES, "nw_flows_seen");
-    if (f->ring < 0 || f->seen < 0)
+    f->known = create_map(BPF_MAP_TYPE_LRU_HASH, 4, 8, KNOWN_ENTRIES, "nw_known_pids");
+    if (f->ring < 0 || f->seen < 0 || f->known < 0)
         return errno;
     program_t p;
-    error = assemble(&p, &o, netns, f->ring, f->seen);
+    error = assemble(&p, &o, netns, f);
     for (size_t i = 0; i < FLOW_HOOKS && error == 0; i++)
         error = bpf_tracing_link(b, BTF_KIND_TYPEDEF, HOOKS[i][0], BPF_TRACE_RAW_TP, p.insn,
                                  p.n, HOOKS[i][1], &f->links[i]);
@@ -198,7 +216,7 @@ static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
 
 int flowevents_open(flowevents_t *f, uint32_t netns) {
     memset(f, 0, sizeof *f);
-    f->ring = f->seen = -1;
+    f->ring = f->seen = f->known = -1;
     for (size_t i = 0; i < FLOW_HOOKS; i++)
         f->links[i] = -1;
     btf_t b;
@@ -224,10 +242,25 @@ void flowevents_close(flowevents_t *f) {
         close(f->ring);
     if (f->seen >= 0)
         close(f->seen);
+    if (f->known >= 0)
+        close(f->known);
     memset(f, 0, sizeof *f);
-    f->ring = f->seen = -1;
+    f->ring = f->seen = f->known = -1;
     for (size_t i = 0; i < FLOW_HOOKS; i++)
         f->links[i] = -1;
+}
+
+int flowevents_know(flowevents_t *f, uint32_t pid) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now); /* the clock of bpf_ktime_get_ns */
+    uint64_t when = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_fd = (uint32_t)f->known;
+    attr.key = (uint64_t)(uintptr_t)&pid;
+    attr.value = (uint64_t)(uintptr_t)&when;
+    attr.flags = BPF_ANY;
+    return bpf_call(BPF_MAP_UPDATE_ELEM, &attr) < 0 ? errno : 0;
 }
 
 size_t flowevents_read(flowevents_t *f, flow_event_t *out, size_t max) {

@@ -24,6 +24,7 @@ typedef struct {
 typedef struct {
     int ring;              /* the ring buffer map */
     int seen;              /* conversations reported lately (an LRU hash) */
+    int known;             /* pids the monitor read lately, with when (an LRU hash) */
     int links[FLOW_HOOKS]; /* the attached programs, -1 when not */
     size_t size;           /* of the ring's data area */
     unsigned long *consumer;
@@ -35,6 +36,9 @@ typedef struct {
    inode is netns (0: every namespace). 0, or an errno value (nothing left open). */
 int flowevents_open(flowevents_t *f, uint32_t netns);
 void flowevents_close(flowevents_t *f);
+/* Tells the programs that pid was just read: its events wake the reader no more for a
+   second. 0 or an errno value. */
+int flowevents_know(flowevents_t *f, uint32_t pid);
 /* Copies out up to max waiting events: how many. */
 size_t flowevents_read(flowevents_t *f, flow_event_t *out, size_t max);
 

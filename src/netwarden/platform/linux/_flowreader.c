@@ -85,6 +85,28 @@ static PyObject *events_read(FlowEvents *self, PyObject *unused) {
     return result;
 }
 
+static PyObject *events_know(FlowEvents *self, PyObject *pids) {
+    PyObject *iterator = PyObject_GetIter(pids), *item;
+    if (iterator == NULL)
+        return NULL;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        unsigned long pid = PyLong_AsUnsignedLong(item);
+        Py_DECREF(item);
+        if (PyErr_Occurred())
+            break;
+        int error = self->events.known >= 0 ? flowevents_know(&self->events, (uint32_t)pid) : EBADF;
+        if (error != 0) {
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            break;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *events_fileno(FlowEvents *self, PyObject *unused) {
     if (self->events.ring < 0) {
         PyErr_SetString(PyExc_ValueError, "closed");
@@ -103,6 +125,9 @@ static PyMethodDef events_methods[] = {
      "read() -> [(protocol, pid, uid, name, local, local port, remote, remote port)]: "
      "the events waiting (IPPROTO_TCP or _UDP; an unconnected UDP socket's remote is "
      "the unspecified address, port 0)."},
+    {"know", (PyCFunction)events_know, METH_O,
+     "know(pids): these processes were just read; for a second their events wait for "
+     "the next read() instead of waking wait()."},
     {"fileno", (PyCFunction)events_fileno, METH_NOARGS,
      "fileno() -> the ring buffer's descriptor: readable when events wait."},
     {"close", (PyCFunction)events_close, METH_NOARGS, "close(): detaches the programs."},
