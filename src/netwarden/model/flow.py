@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from netwarden.memo import IdentityMemo
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _HOST_PORT = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>\d+))?$"
@@ -124,22 +126,9 @@ class ProcessInfo:
         )
 
 
-# ProcessInfo.to_json() of the processes seen lately, by identity: a process with many
-# flows is written out once, not once per event. (The process is kept, so its id stays
-# its own.) The documents are shared: read them, never change them.
-_PROCESS_JSON: dict[int, tuple[ProcessInfo, dict[str, Any]]] = {}
-_PROCESS_JSON_LIMIT = 4096
-
-
-def process_json(process: ProcessInfo) -> dict[str, Any]:
-    cached = _PROCESS_JSON.get(id(process))
-    if cached is not None and cached[0] is process:
-        return cached[1]
-    if len(_PROCESS_JSON) >= _PROCESS_JSON_LIMIT:
-        _PROCESS_JSON.clear()
-    document = process.to_json()
-    _PROCESS_JSON[id(process)] = (process, document)
-    return document
+# A process with many flows is written out once, not once per event. The documents are
+# shared: read them, never change them.
+process_json: IdentityMemo[ProcessInfo, dict[str, Any]] = IdentityMemo(ProcessInfo.to_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +141,9 @@ class Attribution:
         return cls(AttributionMethod.UNKNOWN, reason)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: a frozen dataclass takes ~6x as long to
+# build, and the monitor builds several per flow.
+@dataclass(slots=True)
 class Flow:
     """A snapshot of one flow. Byte counts are application payload bytes."""
 
@@ -243,7 +234,9 @@ class FlowEventKind(enum.StrEnum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: a frozen dataclass takes ~6x as long to
+# build, and the monitor builds several per flow.
+@dataclass(slots=True)
 class FlowEvent:
     kind: FlowEventKind
     flow: Flow

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netwarden.jsontext import dumps
+from netwarden.memo import IdentityMemo
 from netwarden.model import Attribution, AttributionMethod, Endpoint, Flow, FlowKey, Transport
 from netwarden.model.flow import ProcessInfo, process_json
 
@@ -139,6 +140,10 @@ class HistoryStore:
         self._db.close()
 
 
+# The process column's JSON, written once per process rather than per flow.
+_process_text: IdentityMemo[ProcessInfo, str] = IdentityMemo(lambda p: dumps(process_json(p)))
+
+
 def _row(flow: Flow) -> tuple[object, ...]:
     process = flow.process
     return (
@@ -147,7 +152,7 @@ def _row(flow: Flow) -> tuple[object, ...]:
         None if process is None else process.pid,
         None if process is None else process.name,
         None if process is None else process.exe,
-        None if process is None else dumps(process_json(process)),
+        None if process is None else _process_text(process),
         str(flow.attribution.method), flow.attribution.reason,
         flow.bytes_sent, flow.bytes_received, flow.first_seen, flow.last_seen,
         flow.uid, flow.cgroup, flow.netns, flow.relay,

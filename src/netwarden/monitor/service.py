@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[list[FlowEvent]], None]
-BATCH_SECONDS = 0.05
+BATCH_SECONDS = 0.1
 # Closed flows are written to history in one transaction at most this often (and when
 # the monitor stops): a commit per batch of events cost more than the rows.
 HISTORY_SECONDS = 1.0

@@ -45,7 +45,7 @@ RELAY_TTL = 30.0
 MAX_PENDING_RELAYS = 4096
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     key: FlowKey
     state: str
@@ -282,7 +282,7 @@ class FlowTable:
                 index.pop(state.key, None)
             if state.key.transport is Transport.UDP:
                 self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
-            self._stamps.forget((state.key.transport, state.key.local, state.key.remote))
+            self._stamps.forget(state.key)
             self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
         if rates:
             pending = {**self._touched, **self._rating}.values()

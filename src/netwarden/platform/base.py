@@ -27,7 +27,9 @@ class PlatformError(RuntimeError):
     in one sentence."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: a frozen dataclass takes ~6x as long to
+# build, and the monitor builds several per flow.
+@dataclass(slots=True)
 class SocketRecord:
     """One socket from the socket table (or its last state when it was destroyed)."""
 
@@ -46,7 +48,7 @@ class SocketRecord:
 
     def __post_init__(self) -> None:
         # Built once per record: unchanged sockets keep their record across dumps.
-        object.__setattr__(self, "key", FlowKey(self.transport, self.local, self.remote))
+        self.key = FlowKey(self.transport, self.local, self.remote)
 
 
 class ConntrackEventType(enum.Enum):
@@ -87,7 +89,9 @@ class ConntrackRecord:
         return max(0, self.reply_bytes - self.reply_packets * self.header_bytes)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: a frozen dataclass takes ~6x as long to
+# build, and the monitor builds several per flow.
+@dataclass(slots=True)
 class ProcessStamp:
     """A kernel event that named the process of a flow as it was established."""
 
