@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from netwarden.platform.base import ProcessStamp
+from netwarden.model import Transport
+from netwarden.platform.base import FlowStamps, ProcessStamp
 from netwarden.platform.linux.flow_events import KernelFlowStamps
 from netwarden.platform.linux.procfs import read_process
 from netwarden.testing.netlab import Host, Lab
@@ -26,7 +27,7 @@ print(json.dumps({"pid": os.getpid(), "local_port": sock.getsockname()[1]}))
 """
 
 
-def _collect(stamps: KernelFlowStamps, wanted: int, seconds: float = 5) -> list[ProcessStamp]:
+def _collect(stamps: FlowStamps, wanted: int, seconds: float = 5) -> list[ProcessStamp]:
     found: list[ProcessStamp] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and len(found) < wanted:
@@ -70,3 +71,34 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
 
 def _run_udp_sender(host: Host, target: str) -> str:
     return host.run([sys.executable, "-c", UDP_SENDER, target]).stdout.strip()
+
+
+def test_without_netwardens_programs_pydivert_names_the_process(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback for kernels without the tracepoints (or a module built without a
+    compiler): pydivert's FLOW and SOCKET layers through the same stamp thread."""
+    from netwarden.platform.linux import flow_events
+    from netwarden.platform.linux.backend import LinuxBackend
+
+    def unavailable(*_args: object) -> None:
+        raise flow_events.FlowEventsUnavailable("switched off by the test")
+
+    monkeypatch.setattr(flow_events, "KernelFlowStamps", unavailable)
+    host = lab.host("watched")
+    start_server(host, "tcp-server", "--bind", "127.0.0.1", "--port", "5602")
+    missing: list[str] = []
+    stamps = LinuxBackend._flow_stamps(host.netns, missing)
+    assert stamps is not None, missing
+    assert type(stamps).__name__ == "DivertFlowStamps"
+    try:
+        quick = traffic(host, "quick-exit", "--host", "127.0.0.1", "--port", "5602",
+                        "--send", "100000")  # fmt: skip
+        found = _collect(stamps, wanted=2)
+    finally:
+        stamps.close()
+    client = [
+        s for s in found if s.transport is Transport.TCP and s.local.port == quick["local_port"]
+    ]
+    assert client, found
+    assert client[0].process.pid == quick["pid"]
