@@ -256,12 +256,7 @@ PyObject *nw_dump_tcp(PyObject *self, PyObject *args) {
         error = dump_family(fd, AF_INET6, b, buffer, size);
     Py_END_ALLOW_THREADS
     free(buffer);
-    if (error != 0) {
-        Py_DECREF(b);
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return (PyObject *)b;
+    return nw_or_oserror((PyObject *)b, error);
 }
 
 static void batch_dealloc(TcpBatch *b) {

@@ -52,12 +52,7 @@ static PyObject *events_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     Py_BEGIN_ALLOW_THREADS
     error = flowevents_open(&self->events, netns);
     Py_END_ALLOW_THREADS
-    if (error != 0) {
-        Py_DECREF(self);
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return (PyObject *)self;
+    return nw_or_oserror((PyObject *)self, error);
 }
 
 static void events_dealloc(FlowEvents *self) {
@@ -126,8 +121,8 @@ static PyMethodDef events_methods[] = {
      "the events waiting (IPPROTO_TCP or _UDP; an unconnected UDP socket's remote is "
      "the unspecified address, port 0)."},
     {"know", (PyCFunction)events_know, METH_O,
-     "know(pids): these processes were just read; for a second their events wait for "
-     "the next read() instead of waking wait()."},
+     "know(pids): these processes were just read; for a second their events do not wake "
+     "a thread waiting on fileno(): the next read() picks them up."},
     {"fileno", (PyCFunction)events_fileno, METH_NOARGS,
      "fileno() -> the ring buffer's descriptor: readable when events wait."},
     {"close", (PyCFunction)events_close, METH_NOARGS, "close(): detaches the programs."},

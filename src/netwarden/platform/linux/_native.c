@@ -7,6 +7,16 @@
    Optional: netwarden runs without it. */
 #include "_native.h"
 
+#include <errno.h>
+
+PyObject *nw_or_oserror(PyObject *obj, int error) {
+    if (error == 0)
+        return obj;
+    Py_XDECREF(obj);
+    errno = error;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 static PyMethodDef module_methods[] = {
     {"dump_tcp", nw_dump_tcp, METH_VARARGS,
      "dump_tcp(fd) -> TcpBatch: every TCP socket (IPv4, then IPv6) with its tcp_info "

@@ -10,6 +10,9 @@
 
 #define ADDR_TEXT 48
 
+/* obj when error is 0; else obj dropped and OSError(error) raised (NULL). */
+PyObject *nw_or_oserror(PyObject *obj, int error);
+
 /* The text of an address as the Python side writes it (IPv4-mapped IPv6 as IPv4). */
 void nw_address_text(int family, const uint32_t *raw, char *out);
 

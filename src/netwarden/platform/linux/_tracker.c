@@ -167,12 +167,7 @@ static PyObject *tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     Py_BEGIN_ALLOW_THREADS
     error = tcptrack_open(&self->track, netns_fd);
     Py_END_ALLOW_THREADS
-    if (error != 0) {
-        Py_DECREF(self);
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return (PyObject *)self;
+    return nw_or_oserror((PyObject *)self, error);
 }
 
 static void tracker_dealloc(TcpTracker *self) {
