@@ -18,6 +18,12 @@ from tests.integration.conftest import start_server, traffic
 
 pytestmark = pytest.mark.root
 
+SILENT_CLIENT = """
+import json, os, socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print(json.dumps({"pid": os.getpid(), "local_port": sock.getsockname()[1]}))
+sock.close()
+"""
 UDP_SENDER = """
 import json, os, socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -48,7 +54,8 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
         hidden = traffic(elsewhere, "quick-exit", "--host", "127.0.0.1", "--port", "5600",
                          "--send", "100000")  # fmt: skip
         udp = json.loads(_run_udp_sender(watched, elsewhere.ipv4))
-        found = _collect(stamps, wanted=3)
+        silent = json.loads(watched.run([sys.executable, "-c", SILENT_CLIENT, "5600"]).stdout)
+        found = _collect(stamps, wanted=5)
     finally:
         stamps.close()
     by_port = {(s.transport.value, s.local.port): s for s in found}
@@ -65,6 +72,8 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
     assert sender.process.pid == udp["pid"]
     assert sender.remote.port == 0
     assert [s for s in found if s.process.pid == hidden["pid"]] == []
+    # A connection that never carries a byte (a port scan) is named when it is made.
+    assert by_port[("tcp", silent["local_port"])].process.pid == silent["pid"]
     # Each conversation once, however many datagrams it carried.
     assert len([s for s in found if s.local.port == udp["local_port"]]) == 1
 

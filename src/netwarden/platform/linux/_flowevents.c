@@ -24,9 +24,10 @@
 #define RING_SIZE (1u << 20)
 #define SEEN_ENTRIES 16384
 #define KNOWN_ENTRIES 4096
+#define TCP_SYN_SENT_STATE 2
 #define KEY_SIZE 56 /* the event up to its command name: process and conversation */
-#define MAX_INSNS 96
-#define MAX_OUTS 8
+#define MAX_INSNS 192
+#define MAX_OUTS 16
 
 typedef struct {
     long family, protocol, num, dport, rcv_saddr, daddr, v6_rcv_saddr, v6_daddr, net, ns_inum;
@@ -117,27 +118,23 @@ static void wake_for_strangers(program_t *p, int known) {
         JUMPI(BPF_JGE, BPF_REG_0, 1, 1), MOVI(BPF_REG_6, BPF_RB_NO_WAKEUP));
 }
 
-/* ctx: the tracepoint's arguments, the socket first. The socket in r7; the event at
-   fp-80 in the layout of flow_event_t, its first 56 bytes the key of `seen`. */
-static int assemble(program_t *p, const offsets_t *o, uint32_t netns, const flowevents_t *f) {
-    memset(p, 0, sizeof *p);
+/* r7: the socket (checked not NULL, in the namespace, IPv4 or IPv6), r8 its family. */
+static void socket_of_namespace(program_t *p, const offsets_t *o, uint32_t netns) {
     op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_1, 0));
     jump_out(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0));
     if (netns != 0) {
-        OPS(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)o->net),
-            LDX(BPF_W, BPF_REG_1, BPF_REG_1, (short)o->ns_inum));
-        jump_out(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_1, 0, 0, (int32_t)netns));
+        OPS(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net),
+            LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
+        jump_out(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns));
     }
     OPS(p, LDX(BPF_H, BPF_REG_8, BPF_REG_7, (short)o->family),
         JUMPI(BPF_JEQ, BPF_REG_8, AF_INET, 1));
     jump_out(p, JUMPI(BPF_JNE, BPF_REG_8, AF_INET6, 0));
-    OPS(p, LDX(BPF_H, BPF_REG_9, BPF_REG_7, (short)o->protocol),
-        JUMPI(BPF_JEQ, BPF_REG_9, IPPROTO_UDP, 3));
-    jump_out(p, JUMPI(BPF_JNE, BPF_REG_9, IPPROTO_TCP, 0));
-    OPS(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->dport));
-    jump_out(p, JUMPI(BPF_JEQ, BPF_REG_1, 0, 0)); /* TCP without a peer: not a flow yet */
-    OPS(p, CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -80),
-        /* family | protocol << 16 | local port << 32 | remote port << 48 */
+}
+
+/* The event's flow from the socket in r7 (family in r8, protocol in r9): fp-72 to fp-33. */
+static void flow_of_socket(program_t *p, const offsets_t *o) {
+    OPS(p, /* family | protocol << 16 | local port << 32 | remote port << 48 */
         ALUI(BPF_LSH, BPF_REG_9, 16), ALU(BPF_OR, BPF_REG_8, BPF_REG_9),
         LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->num), ALUI(BPF_LSH, BPF_REG_1, 32),
         ALU(BPF_OR, BPF_REG_8, BPF_REG_1), LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->dport),
@@ -155,14 +152,83 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, const flow
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -40),
         LDX(BPF_DW, BPF_REG_1, BPF_REG_7, (short)(o->v6_daddr + 8)),
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -32));
-    once_in_a_while(p, f->seen);
-    wake_for_strangers(p, f->known);
+}
+
+/* The current process's command name (fp-24) and uid (fp-8). */
+static void current_process(program_t *p) {
     OPS(p, MOV(BPF_REG_1, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_1, -24), MOVI(BPF_REG_2, 16),
         CALL(BPF_FUNC_get_current_comm), CALL(BPF_FUNC_get_current_uid_gid),
-        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8), LD_MAP_FD(BPF_REG_1, f->ring),
-        MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80), MOVI(BPF_REG_3, 80),
-        MOV(BPF_REG_4, BPF_REG_6), CALL(BPF_FUNC_ringbuf_output));
+        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
+}
+
+/* The event at fp-80, unless reported lately, out to the ring. */
+static int send_event(program_t *p, const flowevents_t *f) {
+    once_in_a_while(p, f->seen);
+    wake_for_strangers(p, f->known);
+    OPS(p, LD_MAP_FD(BPF_REG_1, f->ring), MOV(BPF_REG_2, BPF_REG_10),
+        ALUI(BPF_ADD, BPF_REG_2, -80), MOVI(BPF_REG_3, 80), MOV(BPF_REG_4, BPF_REG_6),
+        CALL(BPF_FUNC_ringbuf_output));
     return finish(p);
+}
+
+/* sock_send_length / sock_recv_length (sk, ret, flags): the process that sends or reads.
+   The event at fp-80 in the layout of flow_event_t, its first 56 bytes the key of
+   `seen`. */
+static int assemble_first_byte(program_t *p, const offsets_t *o, uint32_t netns,
+                               const flowevents_t *f) {
+    memset(p, 0, sizeof *p);
+    socket_of_namespace(p, o, netns);
+    OPS(p, LDX(BPF_H, BPF_REG_9, BPF_REG_7, (short)o->protocol),
+        JUMPI(BPF_JEQ, BPF_REG_9, IPPROTO_UDP, 3));
+    jump_out(p, JUMPI(BPF_JNE, BPF_REG_9, IPPROTO_TCP, 0));
+    OPS(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->dport));
+    jump_out(p, JUMPI(BPF_JEQ, BPF_REG_1, 0, 0)); /* TCP without a peer: not a flow yet */
+    OPS(p, CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -80));
+    flow_of_socket(p, o);
+    current_process(p);
+    return send_event(p, f);
+}
+
+/* inet_sock_set_state (sk, old state, new state), for connections that never carry a
+   byte (a port scan, a refused connect): entering SYN-SENT happens in connect(), in the
+   connecting process, but before the local port is chosen, so the process is kept by
+   socket (fp-104 the key; pid, uid, command name the value) until SYN-SENT is left
+   (established or failed, in any context), and reported then. */
+static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
+                            const flowevents_t *f) {
+    memset(p, 0, sizeof *p);
+    OPS(p, LDX(BPF_DW, BPF_REG_6, BPF_REG_1, 8), LDX(BPF_DW, BPF_REG_9, BPF_REG_1, 16));
+    socket_of_namespace(p, o, netns);
+    OPS(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->protocol));
+    jump_out(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0));
+    op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_7, -104));
+    size_t leaving = p->n;
+    op(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_9, 0, 0, TCP_SYN_SENT_STATE));
+    OPS(p, /* entering SYN-SENT: remember who connects (value at fp-40: pid, uid, comm) */
+        CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -40),
+        CALL(BPF_FUNC_get_current_uid_gid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -32),
+        MOV(BPF_REG_1, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_1, -24), MOVI(BPF_REG_2, 16),
+        CALL(BPF_FUNC_get_current_comm), LD_MAP_FD(BPF_REG_1, f->connecting),
+        MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -104));
+    OPS(p, MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -40), MOVI(BPF_REG_4, BPF_ANY),
+        CALL(BPF_FUNC_map_update_elem));
+    jump_out(p, JUMPI(BPF_JA, 0, 0, 0));
+    if (leaving < MAX_INSNS)
+        p->insn[leaving].off = (short)(p->n - leaving - 1);
+    /* leaving SYN-SENT: the connect is over, its ports known */
+    jump_out(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_6, 0, 0, TCP_SYN_SENT_STATE));
+    OPS(p, LD_MAP_FD(BPF_REG_1, f->connecting), MOV(BPF_REG_2, BPF_REG_10),
+        ALUI(BPF_ADD, BPF_REG_2, -104), CALL(BPF_FUNC_map_lookup_elem));
+    jump_out(p, JUMPI(BPF_JEQ, BPF_REG_0, 0, 0));
+    OPS(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_0, 0), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -80),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_0, 8), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -8),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_0, 16), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -24),
+        LDX(BPF_DW, BPF_REG_1, BPF_REG_0, 24), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -16),
+        LD_MAP_FD(BPF_REG_1, f->connecting), MOV(BPF_REG_2, BPF_REG_10),
+        ALUI(BPF_ADD, BPF_REG_2, -104), CALL(BPF_FUNC_map_delete_elem),
+        MOVI(BPF_REG_9, IPPROTO_TCP));
+    flow_of_socket(p, o);
+    return send_event(p, f);
 }
 
 static int create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
@@ -177,9 +243,15 @@ static int create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint
     return (int)bpf_call(BPF_MAP_CREATE, &attr);
 }
 
-static const char *const HOOKS[FLOW_HOOKS][2] = {
-    {"btf_trace_sock_send_length", "nw_flow_send"},
-    {"btf_trace_sock_recv_length", "nw_flow_recv"},
+typedef int (*assembler_t)(program_t *, const offsets_t *, uint32_t, const flowevents_t *);
+
+static const struct {
+    const char *tracepoint, *name;
+    assembler_t assemble;
+} HOOKS[FLOW_HOOKS] = {
+    {"btf_trace_sock_send_length", "nw_flow_send", assemble_first_byte},
+    {"btf_trace_sock_recv_length", "nw_flow_recv", assemble_first_byte},
+    {"btf_trace_inet_sock_set_state", "nw_flow_connect", assemble_connect},
 };
 
 static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
@@ -190,13 +262,16 @@ static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
     f->ring = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, "nw_flow_events");
     f->seen = create_map(BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, SEEN_ENTRIES, "nw_flows_seen");
     f->known = create_map(BPF_MAP_TYPE_LRU_HASH, 4, 8, KNOWN_ENTRIES, "nw_known_pids");
-    if (f->ring < 0 || f->seen < 0 || f->known < 0)
+    f->connecting = create_map(BPF_MAP_TYPE_LRU_HASH, 8, 32, KNOWN_ENTRIES, "nw_connecting");
+    if (f->ring < 0 || f->seen < 0 || f->known < 0 || f->connecting < 0)
         return errno;
     program_t p;
-    error = assemble(&p, &o, netns, f);
-    for (size_t i = 0; i < FLOW_HOOKS && error == 0; i++)
-        error = bpf_tracing_link(b, BTF_KIND_TYPEDEF, HOOKS[i][0], BPF_TRACE_RAW_TP, p.insn,
-                                 p.n, HOOKS[i][1], &f->links[i]);
+    for (size_t i = 0; i < FLOW_HOOKS && error == 0; i++) {
+        error = HOOKS[i].assemble(&p, &o, netns, f);
+        if (error == 0)
+            error = bpf_tracing_link(b, BTF_KIND_TYPEDEF, HOOKS[i].tracepoint, BPF_TRACE_RAW_TP,
+                                     p.insn, p.n, HOOKS[i].name, &f->links[i]);
+    }
     if (error != 0)
         return error;
     long page = sysconf(_SC_PAGESIZE);
@@ -216,7 +291,7 @@ static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
 
 int flowevents_open(flowevents_t *f, uint32_t netns) {
     memset(f, 0, sizeof *f);
-    f->ring = f->seen = f->known = -1;
+    f->ring = f->seen = f->known = f->connecting = -1;
     for (size_t i = 0; i < FLOW_HOOKS; i++)
         f->links[i] = -1;
     btf_t b;
@@ -244,8 +319,10 @@ void flowevents_close(flowevents_t *f) {
         close(f->seen);
     if (f->known >= 0)
         close(f->known);
+    if (f->connecting >= 0)
+        close(f->connecting);
     memset(f, 0, sizeof *f);
-    f->ring = f->seen = f->known = -1;
+    f->ring = f->seen = f->known = f->connecting = -1;
     for (size_t i = 0; i < FLOW_HOOKS; i++)
         f->links[i] = -1;
 }

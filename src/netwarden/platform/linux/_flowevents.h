@@ -19,12 +19,13 @@ typedef struct {
     uint64_t uid_gid;
 } flow_event_t;
 
-#define FLOW_HOOKS 2
+#define FLOW_HOOKS 3
 
 typedef struct {
     int ring;              /* the ring buffer map */
     int seen;              /* conversations reported lately (an LRU hash) */
     int known;             /* pids the monitor read lately, with when (an LRU hash) */
+    int connecting;        /* sockets in SYN-SENT, with their process (an LRU hash) */
     int links[FLOW_HOOKS]; /* the attached programs, -1 when not */
     size_t size;           /* of the ring's data area */
     unsigned long *consumer;

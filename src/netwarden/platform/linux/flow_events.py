@@ -108,6 +108,8 @@ class KernelFlowStamps(FlowStampThread):
         read: list[int] = []
         stamps = []
         for protocol, pid, _uid, name, local, local_port, remote, remote_port in events:
+            if local_port == 0:  # a connect refused before it had a port: no flow
+                continue
             info = self.known_process(pid, mono)
             if info is None:
                 info = self._read_process(pid)
