@@ -2,7 +2,8 @@
 
 Run inside a netlab host: TCP listeners on IPv4 and IPv6, two SO_REUSEPORT listeners
 sharing one address (two sockets, one flow key), connections with bytes both ways, an
-orphan that still has data to send (a socket without a file), UDP sockets.
+orphan that still has data to send (a socket without a file), TCP sockets bound to a
+port but neither listening nor connected (port 7303), UDP sockets.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def main() -> None:
         shared.listen(4)
         held.append(shared)
     held.append(_orphan())
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        bound = socket.socket(family)
+        bound.bind((host, 7303))
+        held.append(bound)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 7302))
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -62,6 +62,8 @@ def test_native_listing_is_the_flow_tables_listing(lab: Lab, tmp_path: Path) -> 
     assert {f["transport"] for f in owned} == {"tcp", "udp"}
     assert any(f["bytes_sent"] == 70_000 and ":" in f["local_address"] for f in owned)
     assert any(f["bytes_received"] == 70_000 and "." in f["local_address"] for f in owned)
+    bound = [f for f in owned if f["local_port"] == 7303]  # bound, not listening
+    assert sorted(f["local_address"] for f in bound) == ["127.0.0.1", "::1"], flows
     orphans = [f for f in flows if f["state"] == "FIN_WAIT1"]
     assert orphans, flows
     assert all(f["process"] is None and "no file" in f["attribution_reason"] for f in orphans)
@@ -108,7 +110,7 @@ def test_tcp_changes_read_what_a_dump_reads(lab: Lab) -> None:
         third = sources.sockets.changes()
         assert third is not None
         gone = {(k.local.address, k.local.port) for k in third.vanished}
-        assert ("127.0.0.1", 7301) in gone
+        assert {("127.0.0.1", 7301), ("127.0.0.1", 7303), ("::1", 7303)} <= gone
         assert not any(r.key.local.port == 7301 for r in third.changed)
 
 

@@ -75,3 +75,10 @@ def test_destroy_broadcast_says_its_protocol() -> None:
     assert tcp is not None
     assert tcp.transport is Transport.TCP
     assert tcp.destroyed
+
+
+def test_a_socket_bound_but_inactive_is_listed_without_counters() -> None:
+    msg = inet_diag_msg(socket.AF_INET, sockdiag.TCP_CLOSE, "10.0.0.1", 7303, "0.0.0.0", 0)
+    record = _parse(msg)  # no tcp_info attribute
+    assert record is not None
+    assert (record.state, record.bytes_sent, record.bytes_received) == ("CLOSE", 0, 0)

@@ -125,10 +125,14 @@ static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int 
     return 1;
 }
 
-/* 1: a record; 0: not one we report (another family, a time-wait mini-socket). */
+/* 1: a record; 0: not one we report (another family, a time-wait or request
+   mini-socket: no tcp_info, and time-wait reports its sub-state). A bound but inactive
+   socket comes without tcp_info too, in state CLOSE: counters 0. */
 static int parse_message(const struct nlmsghdr *h, record_t *r) {
     int protocol, has_info;
-    return parse_inet(h, r, 0, &protocol, &has_info) && has_info;
+    if (!parse_inet(h, r, 0, &protocol, &has_info))
+        return 0;
+    return has_info || r->state == 7;
 }
 
 /* read_destroyed(fd) -> [(protocol, family, state, local, port, remote, remote port, uid,

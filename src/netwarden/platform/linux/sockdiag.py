@@ -54,6 +54,10 @@ TCP_STATES = {
 }
 # TIME_WAIT and NEW_SYN_RECV are kernel mini-sockets with no owner and no counters.
 ALL_BUT_MINISOCKS = 0xFFFFFFFF & ~(1 << 6) & ~(1 << 12)
+# Sockets bound to a port but neither listening nor connecting (kernel 6.5+ dumps them,
+# without tcp_info, in state CLOSE), which the tcp iterator does not walk.
+BOUND_INACTIVE = 1 << 13
+TCP_CLOSE = 7
 
 _REQUEST = struct.Struct("=BBBxI48s")
 _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
@@ -67,9 +71,9 @@ _ATTR = struct.Struct("=HH")
 _COOKIE = slice(44, 52)  # idiag_cookie inside inet_diag_msg
 
 
-def request(family: int, transport: Transport) -> bytes:
+def request(family: int, transport: Transport, states: int = ALL_BUT_MINISOCKS) -> bytes:
     ext = 1 << (INET_DIAG_INFO - 1)
-    payload = _REQUEST.pack(family, transport.number, ext, ALL_BUT_MINISOCKS, b"")
+    payload = _REQUEST.pack(family, transport.number, ext, states, b"")
     return netlink.pack_message(
         SOCK_DIAG_BY_FAMILY, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, payload
     )
@@ -131,7 +135,8 @@ def parse(
     as the message's protocol attribute says, which destroy broadcasts carry).
 
     None for a family we do not handle, and for TCP mini-sockets (time-wait, reported
-    with their sub-state and without tcp_info) in dumps.
+    with their sub-state and without tcp_info) in dumps. A bound but inactive socket
+    (state CLOSE) has no tcp_info either: its counters are 0.
     """
     end = len(payload)
     if end < _MSG.size:
@@ -159,8 +164,8 @@ def parse(
         transport = Transport.UDP if protocol == 17 else Transport.TCP
     sent = received = 0
     if transport is Transport.TCP:
-        if info is None and not destroyed:
-            return None
+        if info is None and not destroyed and state != TCP_CLOSE:
+            return None  # a mini-socket (time-wait reports its sub-state, FIN_WAIT2 too)
         if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
             sent, received = _tcp_payload_bytes(info, state, destroyed)
         state_name = TCP_STATES.get(state) or str(state)
@@ -191,6 +196,11 @@ class SockDiagTable:
             for transport in (Transport.TCP, Transport.UDP)
             for family in (socket.AF_INET, socket.AF_INET6)
         ]
+        self._bound_requests = [
+            (Transport.TCP, request(family, Transport.TCP, BOUND_INACTIVE))
+            for family in (socket.AF_INET, socket.AF_INET6)
+        ]
+        self._bound: dict[FlowKey, SocketRecord] = {}  # bound-inactive, last changes()
 
         # The namespace, for the native reader of changes (made on first use).
         try:
@@ -201,7 +211,8 @@ class SockDiagTable:
         self._tracker_tried = False
         self._tracker_trusted = False  # until it agreed once with a dump
         # Last dump's record per socket cookie, with the bytes that would change it.
-        self._previous: dict[bytes, tuple[bytes, SocketRecord]] = {}
+        # By request: each socket's cookie -> (what the dump said, the record made of it).
+        self._previous: dict[bytes, dict[bytes, tuple[bytes, SocketRecord]]] = {}
         self._info_offset = -1  # where tcp_info sat in the last TCP message
 
     def snapshot(self) -> list[SocketRecord]:
@@ -214,10 +225,12 @@ class SockDiagTable:
         return self._dump([r for r in self._requests if r[0] is Transport.UDP])
 
     def _dump(self, requests: list[tuple[Transport, bytes]]) -> list[SocketRecord]:
+        """The sockets of these requests; each request keeps its own cache of what it
+        read last, so dumps of different requests do not undo each other's."""
         records: list[SocketRecord] = []
-        previous, current = self._previous, {}
         for transport, req in requests:
             tcp = transport is Transport.TCP
+            previous, current = self._previous.get(req, {}), {}
             for msg_type, _flags, payload in netlink.dump(self._sock, req):
                 if msg_type != SOCK_DIAG_BY_FAMILY or len(payload) < _MSG.size:
                     continue
@@ -231,7 +244,7 @@ class SockDiagTable:
                 if record is not None:
                     records.append(record)
                     current[cookie] = (signature, record)
-        self._previous = current
+            self._previous[req] = current
         return records
 
     def split_snapshot(self) -> tuple[NativeTcpRows, list[SocketRecord]] | None:
@@ -258,14 +271,26 @@ class SockDiagTable:
                 log.warning("the tcp iterator misreads this kernel; dumping sockets instead")
                 self._tracker = None
                 return None
+        bound, bound_vanished = self._bound_changes(restart)
         return SocketChanges(
-            [_record(*fields) for fields in changed],
+            [_record(*fields) for fields in changed] + bound,
             [
                 FlowKey(Transport.TCP, Endpoint(local, port), Endpoint(remote, remote_port))
                 for _family, local, port, remote, remote_port in vanished
-            ],
+            ]
+            + bound_vanished,
             self._udp_records(),
         )
+
+    def _bound_changes(self, restart: bool) -> tuple[list[SocketRecord], list[FlowKey]]:
+        """Bound-inactive TCP sockets (which the iterator does not see) new or changed
+        since the last call, and those gone: a dump of just them, a few at most."""
+        if restart:
+            self._bound = {}
+        now = {r.key: r for r in self._dump(self._bound_requests)}
+        last, self._bound = self._bound, now
+        changed = [r for key, r in now.items() if last.get(key) is not r]
+        return changed, [key for key in last if key not in now]
 
     def _dump_fields(self) -> dict[tuple[object, ...], NativeFields]:
         assert _native is not None
