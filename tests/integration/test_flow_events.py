@@ -24,6 +24,13 @@ sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 print(json.dumps({"pid": os.getpid(), "local_port": sock.getsockname()[1]}))
 sock.close()
 """
+BRIEF_LISTENER = """
+import json, os, socket
+sock = socket.socket()
+sock.bind(("127.0.0.1", 5604))
+sock.listen()
+print(json.dumps({"pid": os.getpid()}))
+"""
 UDP_SENDER = """
 import json, os, socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -55,7 +62,8 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
                          "--send", "100000")  # fmt: skip
         udp = json.loads(_run_udp_sender(watched, elsewhere.ipv4))
         silent = json.loads(watched.run([sys.executable, "-c", SILENT_CLIENT, "5600"]).stdout)
-        found = _collect(stamps, wanted=5)
+        listener = json.loads(watched.run([sys.executable, "-c", BRIEF_LISTENER]).stdout)
+        found = _collect(stamps, wanted=6)
     finally:
         stamps.close()
     by_port = {(s.transport.value, s.local.port): s for s in found}
@@ -74,6 +82,9 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
     assert [s for s in found if s.process.pid == hidden["pid"]] == []
     # A connection that never carries a byte (a port scan) is named when it is made.
     assert by_port[("tcp", silent["local_port"])].process.pid == silent["pid"]
+    # So is a listener, as it starts listening.
+    assert by_port[("tcp", 5604)].process.pid == listener["pid"]
+    assert by_port[("tcp", 5604)].remote.port == 0
     # Each conversation once, however many datagrams it carried.
     assert len([s for s in found if s.local.port == udp["local_port"]]) == 1
 

@@ -25,9 +25,10 @@
 #define SEEN_ENTRIES 16384
 #define KNOWN_ENTRIES 4096
 #define TCP_SYN_SENT_STATE 2
+#define TCP_LISTEN_STATE 10
 #define KEY_SIZE 56 /* the event up to its command name: process and conversation */
-#define MAX_INSNS 192
-#define MAX_OUTS 16
+#define MAX_INSNS 320
+#define MAX_OUTS 24
 
 typedef struct {
     long family, protocol, num, dport, rcv_saddr, daddr, v6_rcv_saddr, v6_daddr, net, ns_inum;
@@ -162,13 +163,18 @@ static void current_process(program_t *p) {
 }
 
 /* The event at fp-80, unless reported lately, out to the ring. */
-static int send_event(program_t *p, const flowevents_t *f) {
+static void emit_event(program_t *p, const flowevents_t *f) {
     once_in_a_while(p, f->seen);
     wake_for_strangers(p, f->known);
     OPS(p, LD_MAP_FD(BPF_REG_1, f->ring), MOV(BPF_REG_2, BPF_REG_10),
         ALUI(BPF_ADD, BPF_REG_2, -80), MOVI(BPF_REG_3, 80), MOV(BPF_REG_4, BPF_REG_6),
         CALL(BPF_FUNC_ringbuf_output));
-    return finish(p);
+}
+
+/* The jump at `at` goes to the next instruction to be added. */
+static void land_here(program_t *p, size_t at) {
+    if (at < MAX_INSNS)
+        p->insn[at].off = (short)(p->n - at - 1);
 }
 
 /* sock_send_length / sock_recv_length (sk, ret, flags): the process that sends or reads.
@@ -186,14 +192,16 @@ static int assemble_first_byte(program_t *p, const offsets_t *o, uint32_t netns,
     OPS(p, CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -80));
     flow_of_socket(p, o);
     current_process(p);
-    return send_event(p, f);
+    emit_event(p, f);
+    return finish(p);
 }
 
-/* inet_sock_set_state (sk, old state, new state), for connections that never carry a
-   byte (a port scan, a refused connect): entering SYN-SENT happens in connect(), in the
-   connecting process, but before the local port is chosen, so the process is kept by
-   socket (fp-104 the key; pid, uid, command name the value) until SYN-SENT is left
-   (established or failed, in any context), and reported then. */
+/* inet_sock_set_state (sk, old state, new state), for sockets that never carry a byte:
+   a listener is reported as it starts listening, in listen(). A connection (a port
+   scan, a refused connect) enters SYN-SENT in connect(), in the connecting process,
+   but before the local port is chosen, so the process is kept by socket (fp-104 the
+   key; pid, uid, command name the value) until SYN-SENT is left (established or
+   failed, in any context), and reported then. */
 static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
                             const flowevents_t *f) {
     memset(p, 0, sizeof *p);
@@ -201,6 +209,15 @@ static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
     socket_of_namespace(p, o, netns);
     OPS(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->protocol));
     jump_out(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0));
+    size_t not_listening = p->n;
+    op(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_9, 0, 0, TCP_LISTEN_STATE));
+    OPS(p, CALL(BPF_FUNC_get_current_pid_tgid), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -80),
+        MOVI(BPF_REG_9, IPPROTO_TCP));
+    flow_of_socket(p, o);
+    current_process(p);
+    emit_event(p, f);
+    jump_out(p, JUMPI(BPF_JA, 0, 0, 0));
+    land_here(p, not_listening);
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_7, -104));
     size_t leaving = p->n;
     op(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_9, 0, 0, TCP_SYN_SENT_STATE));
@@ -213,8 +230,7 @@ static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
     OPS(p, MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -40), MOVI(BPF_REG_4, BPF_ANY),
         CALL(BPF_FUNC_map_update_elem));
     jump_out(p, JUMPI(BPF_JA, 0, 0, 0));
-    if (leaving < MAX_INSNS)
-        p->insn[leaving].off = (short)(p->n - leaving - 1);
+    land_here(p, leaving);
     /* leaving SYN-SENT: the connect is over, its ports known */
     jump_out(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_6, 0, 0, TCP_SYN_SENT_STATE));
     OPS(p, LD_MAP_FD(BPF_REG_1, f->connecting), MOV(BPF_REG_2, BPF_REG_10),
@@ -228,7 +244,8 @@ static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
         ALUI(BPF_ADD, BPF_REG_2, -104), CALL(BPF_FUNC_map_delete_elem),
         MOVI(BPF_REG_9, IPPROTO_TCP));
     flow_of_socket(p, o);
-    return send_event(p, f);
+    emit_event(p, f);
+    return finish(p);
 }
 
 static int create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
