@@ -1,14 +1,18 @@
-/* Flow events with the process behind them: one small BPF program, assembled here with
-   offsets from the kernel's BTF, runs on the tracepoints sock_send_length and
-   sock_recv_length (every sendmsg/recvmsg, in the calling process). For a TCP or UDP
-   socket of the watched network namespace it reports (process, command name, uid, the
-   socket's addresses and ports) to a ring buffer the monitor maps, once per process and
-   conversation in ~30 seconds (an LRU hash remembers what was reported). So the first
-   byte a process sends or reads on a connection names it, even when the process exits
-   a millisecond later; an unconnected UDP socket is reported with its local side only.
-   The programs cost the sending process a hash lookup per call and the monitor nothing
-   until it reads. (fentry/kprobes would fire on connect and accept, but this kernel
-   has neither.) See _flowevents.h. */
+/* Flow events with the process behind them, from small BPF programs assembled here
+   with offsets from the kernel's BTF, on three tracepoints:
+   - sock_send_length and sock_recv_length (every sendmsg/recvmsg, in the calling
+     process): the first byte a process sends or reads on a TCP or UDP socket names it,
+     even when the process exits a millisecond later; an unconnected UDP socket is
+     reported with its local side only;
+   - inet_sock_set_state: sockets that carry no byte, a listener as it starts listening
+     and a connection from its connect() (see assemble_connect).
+   For sockets of the watched network namespace only, each writes (process, command
+   name, uid, addresses, ports) to a ring buffer the monitor maps, once per process and
+   conversation in ~30 seconds (an LRU hash remembers what was reported), and wakes the
+   monitor only for a process it has not read lately. The programs cost the process a
+   hash lookup per call on a watched socket and the monitor nothing until it reads.
+   (fentry on tcp_connect and inet_csk_accept would be the obvious hooks, but this
+   kernel refuses fentry and has no kprobes.) See _flowevents.h. */
 #include "_flowevents.h"
 
 #include "_btf.h"

@@ -1,5 +1,5 @@
 /* Flow events with the process behind them, from BPF programs on the kernel's socket
-   send and receive tracepoints, read from a ring buffer (see _flowevents.c). */
+   send, receive and state tracepoints, read from a ring buffer (see _flowevents.c). */
 #ifndef NETWARDEN_FLOWEVENTS_H
 #define NETWARDEN_FLOWEVENTS_H
 

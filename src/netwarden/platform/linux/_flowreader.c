@@ -135,8 +135,9 @@ PyTypeObject nw_FlowEventsType = {
     .tp_dealloc = (destructor)events_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "FlowEvents(netns=0): TCP and UDP conversations with the process that sends "
-              "or reads on them, from BPF programs on the sock_send_length and "
-              "sock_recv_length tracepoints, for sockets of the network namespace with "
+              "or reads on them (listeners and silent connections when they are made), "
+              "from BPF programs on the sock_send_length, sock_recv_length and "
+              "inet_sock_set_state tracepoints, for sockets of the network namespace with "
               "that inode (0: all). Needs CAP_BPF and BTF (kernel 6.4 or later).",
     .tp_methods = events_methods,
     .tp_new = events_new,

@@ -1,8 +1,9 @@
 """Flow stamps from netwarden's own BPF programs (the C module's FlowEvents, see
 _flowevents.c): the first send or receive of a process on a TCP or UDP socket of
-the watched namespace names it, filtered by namespace in the kernel. Reading them
-costs the monitor a few microseconds an event, where pydivert's libebpfdivert
-costs ~6% of a core per layer at 1k connections a second."""
+the watched namespace names it (a listener or a silent connection when it is made),
+filtered by namespace in the kernel. Reading them costs the monitor a few microseconds
+an event, where pydivert's libebpfdivert costs ~6% of a core per layer at 1k
+connections a second."""
 
 from __future__ import annotations
 
