@@ -121,7 +121,7 @@ def test_a_tcp_iterator_that_misreads_the_kernel_is_not_trusted(lab: Lab) -> Non
     """The iterator's program uses offsets found in BTF: its first reading is checked
     against sock_diag, and a reading that disagrees sends the monitor back to dumps."""
     from netwarden.platform.linux import _native
-    from netwarden.platform.linux.sockdiag import SockDiagTable, reads_like_dumps
+    from netwarden.platform.linux.sockdiag import SockDiagTable, reads_like_a_dump
 
     host = lab.host("zoo")
     zoo = host.popen([sys.executable, "-m", "tests.integration.socket_zoo"],
@@ -131,12 +131,13 @@ def test_a_tcp_iterator_that_misreads_the_kernel_is_not_trusted(lab: Lab) -> Non
     with current().open_sources(host.netns, events=False) as sources:
         table = sources.sockets
         assert isinstance(table, SockDiagTable)
-        before = table._dump_fields()
         read, _vanished = _native.TcpTracker(table._netns).refresh()
-        assert reads_like_dumps(read, before, table._dump_fields())
+        assert reads_like_a_dump(read, table._dump_fields())
         misread = [(*r[:10], r[10] + 7, r[11]) for r in read]  # bytes sent misread
-        assert reads_like_dumps(misread, before, table._dump_fields()) is False
-        assert reads_like_dumps(read, {}, table._dump_fields()) is None
+        assert reads_like_a_dump(misread, table._dump_fields()) is False
+        foreign = [(*r[:6], r[6] + 1, *r[7:]) for r in read]  # uid misread
+        assert reads_like_a_dump(foreign, table._dump_fields()) is False
+        assert reads_like_a_dump(read, {}) is None  # nothing to compare: undecided
 
 
 def test_destroy_broadcasts_read_in_c_are_what_python_reads(

@@ -265,11 +265,10 @@ class SockDiagTable:
             return None
         if restart:
             self._tracker.forget()
-        before = None if self._tracker_trusted else self._dump_fields()
         changed, vanished = self._tracker.refresh()
-        if before is not None and changed:
+        if not self._tracker_trusted and changed:
             # (Until trusted every reading before was empty: nothing vanished since.)
-            self._tracker_trusted, changed = self._trust(changed, before)
+            self._tracker_trusted, changed = self._trust(changed)
             if not self._tracker_trusted:
                 log.warning("the tcp iterator misreads this kernel; dumping sockets instead")
                 self._tracker = None
@@ -303,20 +302,17 @@ class SockDiagTable:
         assert _native is not None
         return {r[2:6]: r for r in _native.dump_tcp(self._sock.fileno()).records()}
 
-    def _trust(
-        self, read: list[NativeFields], before: dict[tuple[object, ...], NativeFields]
-    ) -> tuple[bool, list[NativeFields]]:
-        """Whether to trust the iterator, whose first reading (read) came between the
-        dump `before` and one made now. Sockets that go meanwhile say nothing; when all
-        of them do (heavy churn), the comparison is made again a few times, and without
-        any socket to compare the iterator is trusted on the offsets BTF gave. Returns
-        the verdict and the reading it was made on (the tracker's latest)."""
+    def _trust(self, read: list[NativeFields]) -> tuple[bool, list[NativeFields]]:
+        """Whether to trust the iterator, judged on its first reading (read) against a
+        dump made now. Sockets that go meanwhile say nothing; when all of them do (heavy
+        churn), the comparison is made again a few times, and without any socket to
+        compare the iterator is trusted on the offsets BTF gave. Returns the verdict and
+        the reading it was made on (the tracker's latest)."""
         assert self._tracker is not None
         for _attempt in range(TRUST_ATTEMPTS):
-            verdict = reads_like_dumps(read, before, self._dump_fields())
+            verdict = reads_like_a_dump(read, self._dump_fields())
             if verdict is not None:
                 return verdict, read
-            before = self._dump_fields()
             self._tracker.forget()
             read, _vanished = self._tracker.refresh()
         return True, read
@@ -351,27 +347,24 @@ def _tcp_tracker(netns_fd: int) -> _native.TcpTracker | None:
         return None
 
 
-def reads_like_dumps(
-    read: list[NativeFields],
-    before: dict[tuple[object, ...], NativeFields],
-    after: dict[tuple[object, ...], NativeFields],
+def reads_like_a_dump(
+    read: list[NativeFields], after: dict[tuple[object, ...], NativeFields]
 ) -> bool | None:
-    """Whether the iterator's reading says what sock_diag said of the same sockets just
-    before and just after it: family, uid, cgroup and inode as either dump (a closing
-    socket loses its inode), counters between the two (they only grow). A program
-    assembled from offsets this kernel's BTF misled would read other fields.
-    None when no socket was in all three readings."""
+    """Whether the iterator's reading says what a sock_diag dump made just after it says
+    of the same sockets: family, uid, cgroup and inode the same (or the inode gone: the
+    socket closed meanwhile), counters no larger (they only grow). A program assembled
+    from offsets this kernel's BTF misled would read other fields. None when no socket
+    was in both readings."""
     compared = wrong = 0
     for fields in read:
-        key = fields[2:6]
-        first, last = before.get(key), after.get(key)
-        if first is None or last is None:
+        last = after.get(fields[2:6])
+        if last is None:
             continue
         compared += 1
         if not (
-            fields[0] == first[0] and fields[6] == first[6] and fields[9] == first[9]
-            and fields[7] in (first[7], last[7])
-            and first[10] <= fields[10] <= last[10] and first[11] <= fields[11] <= last[11]
+            fields[0] == last[0] and fields[6] == last[6] and fields[9] == last[9]
+            and last[7] in (fields[7], 0)
+            and fields[10] <= last[10] and fields[11] <= last[11]
         ):  # fmt: skip
             wrong += 1
     if compared == 0:
