@@ -31,6 +31,18 @@ sock.bind(("127.0.0.1", 5604))
 sock.listen()
 print(json.dumps({"pid": os.getpid()}))
 """
+SAME_PORT_PAIR = """
+import json, os, socket, struct, sys
+for _ in range(3):  # one port pair, three connections (closed by reset: no time-wait)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.bind(("127.0.0.1", 5700))
+    sock.connect(("127.0.0.1", int(sys.argv[1])))
+    sock.sendall(b"x")
+    sock.close()
+print(json.dumps({"pid": os.getpid()}))
+"""
 UDP_SENDER = """
 import json, os, socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -63,7 +75,8 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
         udp = json.loads(_run_udp_sender(watched, elsewhere.ipv4))
         silent = json.loads(watched.run([sys.executable, "-c", SILENT_CLIENT, "5600"]).stdout)
         listener = json.loads(watched.run([sys.executable, "-c", BRIEF_LISTENER]).stdout)
-        found = _collect(stamps, wanted=6)
+        reused = json.loads(watched.run([sys.executable, "-c", SAME_PORT_PAIR, "5600"]).stdout)
+        found = _collect(stamps, wanted=9)
     finally:
         stamps.close()
     by_port = {(s.transport.value, s.local.port): s for s in found}
@@ -82,6 +95,9 @@ def test_first_bytes_name_the_process_in_the_watched_namespace_only(lab: Lab) ->
     assert [s for s in found if s.process.pid == hidden["pid"]] == []
     # A connection that never carries a byte (a port scan) is named when it is made.
     assert by_port[("tcp", silent["local_port"])].process.pid == silent["pid"]
+    # Each connection on a port pair used a moment before is named again.
+    again = [s for s in found if s.local.port == 5700 and s.process.pid == reused["pid"]]
+    assert len(again) == 3, again
     # So is a listener, as it starts listening.
     assert by_port[("tcp", 5604)].process.pid == listener["pid"]
     assert by_port[("tcp", 5604)].remote.port == 0

@@ -267,3 +267,23 @@ def test_a_late_stamp_of_an_unconnected_udp_socket_names_its_flows_already_shown
     flows = {f.key.remote.port: f for f in table.flows()}
     assert flows[53].process == CURL
     assert flows[53].attribution.method is AttributionMethod.FLOW_EVENT
+
+
+def test_a_new_connection_on_the_port_pair_of_a_closing_one_is_a_flow_of_its_own() -> None:
+    """Under churn the kernel reuses a port pair within the close grace time."""
+    table = FlowTable(FakeResolver())
+    pair = ("10.0.0.1:40000", "10.0.0.2:80")
+    table.add_stamps([_stamp(*pair, CURL, at=1.0)])
+    table.add_socket_closes(
+        [tcp_socket(*pair, sent=100, received=10, destroyed=True, cookie=1)], 1.0
+    )
+    table.add_stamps([_stamp(*pair, NGINX, at=1.2)])
+    table.add_socket_closes([tcp_socket(*pair, sent=50, received=5, destroyed=True, cookie=2)], 1.2)
+    events = table.tick(1.2 + CLOSE_GRACE)
+    closed = [(e.flow.bytes_sent, e.flow.bytes_received, e.flow.process) for e in events
+              if e.kind is FlowEventKind.CLOSED]  # fmt: skip
+    assert closed == [(100, 10, CURL), (50, 5, NGINX)]
+    # The same socket seen again while closing is still one flow.
+    table.add_socket_closes([tcp_socket(*pair, sent=7, destroyed=True, cookie=3)], 5.0)
+    table.apply_snapshot([tcp_socket(*pair, sent=9, cookie=3)], [], 5.5)
+    assert [f.bytes_sent for f in table.flows()] == [9]

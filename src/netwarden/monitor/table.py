@@ -67,6 +67,7 @@ class _State:
     announced: bool = False  # the OPENED event went out
     record: SocketRecord | None = None  # the socket record last applied
     relay: str = ""
+    cookie: int = 0  # the kernel's id of the first socket seen for the flow
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
         return Flow(
@@ -275,15 +276,8 @@ class FlowTable:
         """Finish closes whose grace has passed; hand out the events. Rates are
         computed on snapshots, when every counter has just been read."""
         for state in self._closing_due(now):
-            self._announce(state)
-            del self._flows[state.key]
-            del self._closing[state.key]
-            for index in (self._touched, self._rating, self._udp_flows, self._unknown):
-                index.pop(state.key, None)
-            if state.key.transport is Transport.UDP:
-                self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
+            self._finish(state, now)
             self._stamps.forget(state.key)
-            self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
         if rates:
             pending = {**self._touched, **self._rating}.values()
             self._last_snapshot = now
@@ -383,11 +377,39 @@ class FlowTable:
             if self._record_events:
                 self._events.append(FlowEvent(FlowEventKind.OPENED, state.snapshot(self._netns)))
 
+    def _finish(self, state: _State, now: float) -> None:
+        """The flow is closed: out of the table, its CLOSED event out."""
+        self._announce(state)
+        del self._flows[state.key]
+        del self._closing[state.key]
+        for index in (self._touched, self._rating, self._udp_flows, self._unknown):
+            index.pop(state.key, None)
+        if state.key.transport is Transport.UDP:
+            self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
+        self._events.append(FlowEvent(FlowEventKind.CLOSED, state.snapshot(self._netns, True)))
+
+    @staticmethod
+    def _another_connection(state: _State, record: SocketRecord) -> bool:
+        """Whether record is a new connection on the 4-tuple of a closing flow (the
+        kernel reuses a port pair within the grace time under churn), not the same
+        socket seen again."""
+        return (
+            state.closing_at is not None
+            and record.remote.port != 0  # SO_REUSEPORT listeners share a key
+            and record.cookie != 0
+            and state.cookie not in (0, record.cookie)
+        )
+
     def _upsert_socket(self, record: SocketRecord, now: float, owner: int | None = None) -> _State:
         key = record.key
         state = self._flows.get(key)
+        if state is not None and self._another_connection(state, record):
+            self._finish(state, now)  # its stamp, if any, is the new connection's now
+            state = None
         if state is None:
             state = self._new_state(key, record.state, now)
+        if not state.cookie:
+            state.cookie = record.cookie
         if state.attribution.method is AttributionMethod.UNKNOWN:
             inode = 0 if record.destroyed else record.inode
             found = by_owner(self._resolver, owner, inode, self._is_root)

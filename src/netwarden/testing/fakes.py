@@ -51,10 +51,13 @@ class FakeResolver:
 def tcp_socket(
     local: str, remote: str, *, inode: int = 0, state: str = "ESTABLISHED",
     sent: int = 0, received: int = 0, destroyed: bool = False, uid: int = 0,
+    cookie: int | None = None,
 ) -> SocketRecord:  # fmt: skip
-    """A TCP socket record from "addr:port" strings ("[v6]:port" for IPv6)."""
+    """A TCP socket record from "addr:port" strings ("[v6]:port" for IPv6); its cookie
+    is its inode unless given."""
     return SocketRecord(
-        Transport.TCP, endpoint(local), endpoint(remote), state, inode, uid, inode,
+        Transport.TCP, endpoint(local), endpoint(remote), state, inode, uid,
+        inode if cookie is None else cookie,
         bytes_sent=sent, bytes_received=received, destroyed=destroyed,
     )  # fmt: skip
 

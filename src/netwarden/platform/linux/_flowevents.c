@@ -8,7 +8,7 @@
      and a connection from its connect() (see assemble_connect).
    For sockets of the watched network namespace only, each writes (process, command
    name, uid, addresses, ports) to a ring buffer the monitor maps, once per process and
-   conversation in ~30 seconds (an LRU hash remembers what was reported), and wakes the
+   socket in ~30 seconds (an LRU hash remembers what was reported), and wakes the
    monitor only for a process it has not read lately. The programs cost the process a
    hash lookup per call on a watched socket and the monitor nothing until it reads.
    (fentry on tcp_connect and inet_csk_accept would be the obvious hooks, but this
@@ -30,7 +30,7 @@
 #define KNOWN_ENTRIES 4096
 #define TCP_SYN_SENT_STATE 2
 #define TCP_LISTEN_STATE 10
-#define KEY_SIZE 56 /* the event up to its command name: process and conversation */
+#define KEY_SIZE 16 /* pid and socket cookie */
 #define MAX_INSNS 320
 #define MAX_OUTS 24
 
@@ -95,16 +95,20 @@ static int finish(program_t *p) {
     return 0;
 }
 
-/* Skips the event unless this conversation of this process was not reported in the
-   last ~30 seconds (the map holds when it was). */
+/* Skips the event unless this process has not been reported for this socket (r7) in the
+   last ~30 seconds (the map holds when it was, by pid and socket cookie at fp-120: a
+   cookie is never reused, where a port pair comes back within seconds under churn). */
 static void once_in_a_while(program_t *p, int seen) {
-    OPS(p, LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80),
+    OPS(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_10, -80), STX(BPF_DW, BPF_REG_10, BPF_REG_1, -120),
+        MOV(BPF_REG_1, BPF_REG_7), CALL(BPF_FUNC_get_socket_cookie),
+        STX(BPF_DW, BPF_REG_10, BPF_REG_0, -112),
+        LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -120),
         CALL(BPF_FUNC_map_lookup_elem), JUMPI(BPF_JEQ, BPF_REG_0, 0, 5),
         LDX(BPF_DW, BPF_REG_9, BPF_REG_0, 0), CALL(BPF_FUNC_ktime_get_ns),
         ALU(BPF_SUB, BPF_REG_0, BPF_REG_9), ALUI(BPF_RSH, BPF_REG_0, 30));
     jump_out(p, JUMPI(BPF_JLT, BPF_REG_0, 28, 0)); /* 28 x 2^30 ns: about 30 seconds */
     OPS(p, CALL(BPF_FUNC_ktime_get_ns), STX(BPF_DW, BPF_REG_10, BPF_REG_0, -88),
-        LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -80),
+        LD_MAP_FD(BPF_REG_1, seen), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -120),
         MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -88), MOVI(BPF_REG_4, BPF_ANY),
         CALL(BPF_FUNC_map_update_elem));
 }
@@ -182,8 +186,7 @@ static void land_here(program_t *p, size_t at) {
 }
 
 /* sock_send_length / sock_recv_length (sk, ret, flags): the process that sends or reads.
-   The event at fp-80 in the layout of flow_event_t, its first 56 bytes the key of
-   `seen`. */
+   The event at fp-80 in the layout of flow_event_t. */
 static int assemble_first_byte(program_t *p, const offsets_t *o, uint32_t netns,
                                const flowevents_t *f) {
     memset(p, 0, sizeof *p);
