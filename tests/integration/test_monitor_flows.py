@@ -147,6 +147,35 @@ def test_200_short_connections_all_reach_history(
         assert within(flow["bytes_received"], 500), flow
 
 
+def test_a_thousand_loopback_connections_all_reach_history_with_both_processes(
+    pair: tuple[Host, Host], history_db: Path, monitor_client: MonitorProcess
+) -> None:
+    """Load: both ends of each connection are in the watched namespace (2,000 flows of
+    processes that make them back to back); every flow is named and counted."""
+    client, _server = pair
+    start_server(client, "tcp-server", "--bind", "127.0.0.1", "--port", "5005", "--send", "500")
+    report = traffic(client, "tcp-client", "--host", "127.0.0.1", "--port", "5005",
+                     "--send", "1000", "--recv", "500", "--count", "1000", "--quiet")  # fmt: skip
+    monitor_client.wait_closed(lambda e: 5005 in (e["local_port"], e["remote_port"]), count=2000)
+    assert monitor_client.stop() == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "netwarden", "history", "--db", str(history_db),
+         "--port", "5005", "--format", "json", "--limit", "5000"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    flows = json.loads(result.stdout)
+    clients = [f for f in flows if f["remote_port"] == 5005]
+    servers = [f for f in flows if f["local_port"] == 5005 and f["remote_port"] != 0]
+    assert len(clients) == len(servers) == 1000
+    assert len({f["local_port"] for f in clients}) == 1000
+    for flow in clients:
+        assert flow["process"]["pid"] == report["pid"], flow
+        assert within(flow["bytes_sent"], 1000), flow
+    for flow in servers:
+        assert "tcp-server" in flow["process"]["cmdline"], flow
+        assert within(flow["bytes_received"], 1000), flow
+
+
 def test_monitor_removes_its_table_when_stopped(
     pair: tuple[Host, Host], monitor_client: MonitorProcess
 ) -> None:
