@@ -287,3 +287,15 @@ def test_a_new_connection_on_the_port_pair_of_a_closing_one_is_a_flow_of_its_own
     table.add_socket_closes([tcp_socket(*pair, sent=7, destroyed=True, cookie=3)], 5.0)
     table.apply_snapshot([tcp_socket(*pair, sent=9, cookie=3)], [], 5.5)
     assert [f.bytes_sent for f in table.flows()] == [9]
+
+
+def test_two_connections_on_one_port_pair_closing_in_one_batch_close_once_each() -> None:
+    table = FlowTable(FakeResolver())
+    pair = ("127.0.0.1:7200", "127.0.0.1:60240")
+    closes = [tcp_socket(*pair, sent=n, destroyed=True, cookie=n) for n in (1, 2)]
+    table.add_socket_closes(closes, 1.0)  # one batch, one clock reading
+    events = table.tick(1.0 + CLOSE_GRACE)
+    closed = [e.flow.bytes_sent for e in events if e.kind is FlowEventKind.CLOSED]
+    assert closed == [1, 2]
+    assert table.tick(10.0) == []
+    assert len(table) == 0

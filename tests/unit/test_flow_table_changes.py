@@ -3,9 +3,12 @@ same table fed with full dumps: the same flows, events and rates."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from netwarden.model import FlowEvent, FlowKey, ProcessInfo, Transport
 from netwarden.monitor.table import FlowTable
@@ -112,3 +115,29 @@ def test_a_monitor_whose_changes_fail_goes_on_with_full_dumps() -> None:
     assert [f.process for f in monitor.snapshot()] == [CURL]
     sockets.records = []
     assert monitor.snapshot()[0].key.local.port == 5000  # closing, not yet closed
+
+
+def test_a_failing_monitor_step_is_logged_and_the_monitor_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in the bookkeeping must not stop a running monitor."""
+    from netwarden.monitor.service import Monitor
+    from netwarden.testing.fakes import FakeSocketTable, FakeSources
+
+    class Flaky(FakeSocketTable):
+        calls = 0
+
+        def snapshot(self) -> list[SocketRecord]:
+            self.calls += 1
+            if self.calls <= 3:
+                raise KeyError("a bug in the monitor's own bookkeeping")
+            return super().snapshot()
+
+    sockets = Flaky([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)])
+    resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
+    monitor = Monitor(FakeSources(sockets=sockets, processes=resolver), interval=0.01)
+    seen: list[FlowEvent] = []
+    monitor.run(seen.extend, threading.Event(), duration=0.5)
+    assert [e.flow.process for e in seen] == [CURL]
+    failures = [r for r in caplog.records if "a monitor step failed" in r.getMessage()]
+    assert len(failures) == 1  # the same failure again is not logged again

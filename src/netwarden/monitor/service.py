@@ -52,6 +52,7 @@ class Monitor:
         )
         self._last_prune = 0.0
         self._unwritten: list[Flow] = []  # closed flows not yet in history
+        self._last_failure = ("", 0.0)  # the last failure logged, and when
         self._last_write = 0.0
         self._next_conntrack = 0.0
         self._by_changes: bool | None = None  # None until the platform was asked
@@ -147,8 +148,7 @@ class Monitor:
                 break
             if mono >= next_snapshot:
                 now = time.time()
-                self._drain(now)
-                self._emit(sink, self._refresh(now))
+                self._emit(sink, self._guarded(self._snapshot_step, now))
                 next_snapshot = mono + self.interval
                 continue
             timeout = max(0.0, min(next_snapshot - mono, 0.25))
@@ -156,9 +156,7 @@ class Monitor:
             if not streams:
                 time.sleep(timeout)
             now = time.time()
-            if ready:
-                self._drain(now)
-            self._emit(sink, self.table.tick(now))
+            self._emit(sink, self._guarded(self._events_step if ready else self.table.tick, now))
             if ready:
                 # Let events gather: one pass per batch costs far less than one per event.
                 stop.wait(BATCH_SECONDS)
@@ -167,6 +165,26 @@ class Monitor:
         self._drain(now)
         closing = self._refresh(now, full=True) + self.table.tick(now + CLOSE_GRACE)
         self._emit(sink, closing, last=True)
+
+    def _snapshot_step(self, now: float) -> list[FlowEvent]:
+        self._drain(now)
+        return self._refresh(now)
+
+    def _events_step(self, now: float) -> list[FlowEvent]:
+        self._drain(now)
+        return self.table.tick(now)
+
+    def _guarded(self, step: Callable[[float], list[FlowEvent]], now: float) -> list[FlowEvent]:
+        """A failure in the monitor's own bookkeeping is logged (once a minute at most
+        for the same failure), not fatal: a monitor that stops watching is worse."""
+        try:
+            return step(now)
+        except Exception as exc:
+            now, text = time.monotonic(), f"{type(exc).__name__}: {exc}"
+            if text != self._last_failure[0] or now - self._last_failure[1] > 60:
+                self._last_failure = (text, now)
+                log.exception("a monitor step failed; going on")
+            return []
 
     def _emit(self, sink: EventSink, events: list[FlowEvent], *, last: bool = False) -> None:
         if self.history is not None:

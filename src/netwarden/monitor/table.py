@@ -381,7 +381,7 @@ class FlowTable:
         """The flow is closed: out of the table, its CLOSED event out."""
         self._announce(state)
         del self._flows[state.key]
-        del self._closing[state.key]
+        self._closing.pop(state.key, None)
         for index in (self._touched, self._rating, self._udp_flows, self._unknown):
             index.pop(state.key, None)
         if state.key.transport is Transport.UDP:
@@ -445,13 +445,16 @@ class FlowTable:
             heapq.heappush(self._closing_order, entry)
 
     def _closing_due(self, now: float) -> list[_State]:
-        """The closing flows whose grace has passed (taken out of the order)."""
+        """The closing flows whose grace has passed, taken out of the order and out of
+        _closing (each once: a flow that replaced a finished one on the same key can
+        have an entry of its own at the same time)."""
         due = []
         order = self._closing_order
         while order and order[0][0] <= now:
             at, _n, key = heapq.heappop(order)
             state = self._closing.get(key)
             if state is not None and state.closing_at == at:
+                del self._closing[key]
                 due.append(state)
         return due
 
