@@ -187,18 +187,21 @@ def _watch_cpu(
         while "watching" not in monitor.stderr.readline():
             pass
         time.sleep(1)
-        before, started = cpu_seconds(monitor.pid), time.monotonic()
+        before = cpu_seconds(monitor.pid)
         target = ["--to", to] if to else []
         result = host.run(
             [sys.executable, "-m", "benchmarks.monitor_snapshot", "--churn", "--rate", str(rate),
              "--seconds", str(seconds), *target], timeout=seconds + 60,
         )  # fmt: skip
         time.sleep(1.5)  # let the last closes through their grace time
-        used, elapsed = cpu_seconds(monitor.pid) - before, time.monotonic() - started
+        used = cpu_seconds(monitor.pid) - before
         monitor.terminate()
         monitor.wait(timeout=30)
         monitor.stderr.close()
-    return used / elapsed, json.loads(result.stdout)
+    churned = json.loads(result.stdout)
+    # All the CPU the churn cost (its last closes included) per second of churn: the
+    # seconds around it (the client starting, the grace time) do not dilute it.
+    return used / churned["seconds"], churned
 
 
 def main() -> None:
