@@ -116,5 +116,6 @@ def by_owner(
             "access to their open files"
         )
     return None, Attribution.unknown(
-        "no process holds the socket any more and no flow event named one"
+        "no process was found holding the socket (it may have closed meanwhile), and no "
+        "flow event named one"
     )
