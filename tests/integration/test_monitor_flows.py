@@ -132,12 +132,7 @@ def test_200_short_connections_all_reach_history(
     assert report["connections"] == 200
     monitor_client.wait_closed(lambda e: e["remote_port"] == 5004, count=200)
     assert monitor_client.stop() == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "netwarden", "history", "--db", str(history_db),
-         "--port", "5004", "--format", "json", "--limit", "5000"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    flows = json.loads(result.stdout)
+    flows = _history(history_db, 5004)
     ports = {f["local_port"] for f in flows}
     assert len(flows) == 200, f"{len(flows)} flows in {elapsed:.2f}s"
     assert len(ports) == 200
@@ -158,12 +153,7 @@ def test_a_thousand_loopback_connections_all_reach_history_with_both_processes(
                      "--send", "1000", "--recv", "500", "--count", "1000", "--quiet")  # fmt: skip
     monitor_client.wait_closed(lambda e: 5005 in (e["local_port"], e["remote_port"]), count=2000)
     assert monitor_client.stop() == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "netwarden", "history", "--db", str(history_db),
-         "--port", "5005", "--format", "json", "--limit", "5000"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    flows = json.loads(result.stdout)
+    flows = _history(history_db, 5005)
     clients = [f for f in flows if f["remote_port"] == 5005]
     servers = [f for f in flows if f["local_port"] == 5005 and f["remote_port"] != 0]
     assert len(clients) == len(servers) == 1000
@@ -174,6 +164,17 @@ def test_a_thousand_loopback_connections_all_reach_history_with_both_processes(
     for flow in servers:
         assert "tcp-server" in flow["process"]["cmdline"], flow
         assert within(flow["bytes_received"], 1000), flow
+
+
+def _history(db: Path, port: int) -> list[dict[str, Any]]:
+    """`netwarden history --port PORT --format json` of the database."""
+    result = subprocess.run(
+        [sys.executable, "-m", "netwarden", "history", "--db", str(db),
+         "--port", str(port), "--format", "json", "--limit", "5000"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    flows: list[dict[str, Any]] = json.loads(result.stdout)
+    return flows
 
 
 def test_monitor_removes_its_table_when_stopped(

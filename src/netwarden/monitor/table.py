@@ -24,7 +24,14 @@ from netwarden.model import (
     RelayLink,
     Transport,
 )
-from netwarden.monitor.attribution import StampBook, by_owner, by_stamp, is_socket_wide, serves
+from netwarden.monitor.attribution import (
+    WILDCARDS,
+    StampBook,
+    by_owner,
+    by_stamp,
+    is_socket_wide,
+    serves,
+)
 from netwarden.platform.base import (
     ConntrackEventType,
     ConntrackRecord,
@@ -467,7 +474,7 @@ class FlowTable:
 
     def _udp_socket_for(self, local: Endpoint) -> SocketRecord | None:
         for record in self._udp_ports.get(local.port, ()):
-            if record.local.address in (local.address, "0.0.0.0", "::"):
+            if record.local.address in (local.address, *WILDCARDS):
                 return record
         return None
 

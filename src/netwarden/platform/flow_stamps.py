@@ -62,7 +62,8 @@ class FlowStampThread:
     """Reads its readers in a thread; :meth:`drain` hands over the stamps made.
 
     readers: (reader, early) pairs; an early reader's events (a socket's connect or
-    bind) only read the process ahead of its flow event. accept_pid: whether a pid's
+    bind) only read the process ahead of its flow event. A subclass that reads its
+    source itself passes none and overrides _select_loop. accept_pid: whether a pid's
     events belong to the watched network namespace (for sources that cannot tell)."""
 
     def __init__(
@@ -113,15 +114,11 @@ class FlowStampThread:
                     time.sleep(GATHER_SECONDS)
                 last_wake = now
                 for reader, handle in readers:
-                    self._read_all(reader, handle)
+                    while (address := reader.read()) is not None:
+                        handle(address)
             except OSError as exc:
                 self._stopped(exc)
                 return
-
-    def _read_all(self, reader: EventReader, handle: Handler) -> None:
-        """Everything the reader has now."""
-        while (address := reader.read()) is not None:
-            handle(address)
 
     def _blocking_loop(self, reader: EventReader, handle: Handler) -> None:
         while not self._stop.is_set():
@@ -138,16 +135,12 @@ class FlowStampThread:
             log.warning("kernel flow events stopped: %s", exc)
 
     def _on_socket(self, address: FlowAddress) -> None:
-        pid = address.pid
-        now = time.monotonic()
-        cached = self._early.get(pid)
-        if pid == 0 or (cached is not None and now - cached[0] < EARLY_TTL):
+        pid, now = address.pid, time.monotonic()
+        if pid == 0 or self.known_process(pid, now) is not None:
             return
-        if len(self._early) > 4096:
-            self._early = {p: v for p, v in self._early.items() if now - v[0] < EARLY_TTL}
         info = self._read_process(pid)
         if info is not None:
-            self._early[pid] = (now, info)
+            self.remember(info, now)
 
     def _accepted(self, pid: int) -> bool:
         now = time.monotonic()
@@ -193,13 +186,13 @@ class FlowStampThread:
         if pid == 0 or not self._accepted(pid):  # pid 0: raised in kernel context
             return None
         info = None
-        early = self._early.get(pid)
+        now = time.monotonic()
         if event == FLOW_ESTABLISHED:
             # A process making many connections is read once a second, not per flow.
-            fresh = early is not None and time.monotonic() - early[0] < EARLY_TTL
-            info = early[1] if fresh and early is not None else self._read_process(pid)
+            info = self.known_process(pid, now) or self._read_process(pid)
             if info is not None and info.exe:
-                self._early[pid] = (time.monotonic(), info)
+                self.remember(info, now)
+        early = self._early.get(pid)
         if early is not None and (info is None or not info.exe):
             info = early[1]
         return ProcessStamp(

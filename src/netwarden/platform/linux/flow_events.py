@@ -17,12 +17,7 @@ from collections.abc import Callable
 
 from netwarden.model import Endpoint, ProcessInfo, Transport
 from netwarden.platform.base import ProcessStamp
-from netwarden.platform.flow_stamps import (
-    EventReader,
-    FlowAddress,
-    FlowStampThread,
-    Handler,
-)
+from netwarden.platform.flow_stamps import EventReader, FlowStampThread, Handler
 from netwarden.platform.linux import netns as netns_api
 
 try:
@@ -38,20 +33,6 @@ Event = tuple[int, int, int, str, str, int, str, int]
 
 class FlowEventsUnavailable(RuntimeError):
     pass
-
-
-class _Reader:
-    """Stands for the ring buffer in FlowStampThread (which is read in batches by
-    KernelFlowStamps._select_loop, not event by event)."""
-
-    def __init__(self, events: _native.FlowEvents) -> None:
-        self._events = events
-
-    def fileno(self) -> int:
-        return self._events.fileno()
-
-    def read(self) -> FlowAddress | None:
-        raise NotImplementedError
 
 
 _TRANSPORTS = {socket.IPPROTO_TCP: Transport.TCP, socket.IPPROTO_UDP: Transport.UDP}
@@ -75,10 +56,10 @@ class KernelFlowStamps(FlowStampThread):
         self._waiting = waiting
         self._read_process = read_process
         self._lock = threading.Lock()  # one reader of the ring at a time
-        super().__init__([(_Reader(self._events), False)], read_process)
+        super().__init__([], read_process)  # the ring is read by _select_loop below
         self.start()
 
-    def _select_loop(self, readers: list[tuple[EventReader, Handler]]) -> None:
+    def _select_loop(self, _readers: list[tuple[EventReader, Handler]]) -> None:
         """Wakes when the programs see a process not read in the last second (see
         _flowevents.c): it is read at once, before it can exit. Events of processes
         already known wait in the ring for drain(), which the monitor calls anyway:

@@ -170,9 +170,7 @@ def parse(
             return None  # a mini-socket (time-wait reports its sub-state, FIN_WAIT2 too)
         if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
             sent, received = _tcp_payload_bytes(info, state, destroyed)
-        state_name = TCP_STATES.get(state) or str(state)
-    else:
-        state_name = "UNCONN" if state == 7 else TCP_STATES.get(state) or str(state)
+    state_name = _state_name(transport, state)
     return SocketRecord(
         transport,
         Endpoint(_address(family, src), int.from_bytes(sport, "big")),
@@ -383,6 +381,13 @@ def _record(
     )  # fmt: skip
 
 
+def _state_name(transport: Transport, state: int) -> str:
+    """A socket state as ss names it (an unconnected UDP socket is UNCONN)."""
+    if transport is Transport.UDP and state == TCP_CLOSE:
+        return "UNCONN"
+    return TCP_STATES.get(state) or str(state)
+
+
 def _destroyed(
     protocol: int, family: int, state: int, local: str, port: int, remote: str,
     remote_port: int, uid: int, inode: int, cookie: int, cgroup: int, sent: int,
@@ -390,12 +395,10 @@ def _destroyed(
 ) -> SocketRecord:  # fmt: skip
     """A SocketRecord from the native module's fields of a destroy broadcast (as parse()
     with destroyed=True makes it)."""
-    if protocol == socket.IPPROTO_UDP:
-        transport, name = Transport.UDP, "UNCONN" if state == 7 else TCP_STATES.get(state)
-    else:
-        transport, name = Transport.TCP, TCP_STATES.get(state)
+    transport = Transport.UDP if protocol == socket.IPPROTO_UDP else Transport.TCP
     return SocketRecord(
-        transport, Endpoint(local, port), Endpoint(remote, remote_port), name or str(state),
+        transport, Endpoint(local, port), Endpoint(remote, remote_port),
+        _state_name(transport, state),
         inode, uid, cookie, cgroup, sent, received, True,
     )  # fmt: skip
 
