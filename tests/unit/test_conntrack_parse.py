@@ -4,7 +4,7 @@ import socket
 import struct
 
 from netwarden.model import Endpoint, Transport
-from netwarden.platform.base import ConntrackEventType
+from netwarden.platform.base import CountedFlowEvent
 from netwarden.platform.linux import conntrack as ct
 from tests.unit.builders import attr, nested
 
@@ -52,7 +52,7 @@ def test_new_udp_entry_with_payload_bytes() -> None:
     msg_type = (ct.NFNL_SUBSYS_CTNETLINK << 8) | ct.IPCTNL_MSG_CT_NEW
     record = ct.parse(msg_type, ct.NLM_F_CREATE, memoryview(_message()))
     assert record is not None
-    assert record.event is ConntrackEventType.NEW
+    assert record.event is CountedFlowEvent.NEW
     assert record.transport is Transport.UDP
     assert record.orig_src == Endpoint("10.0.0.1", 40000)
     assert record.reply_src == Endpoint("10.0.0.2", 53)
@@ -66,10 +66,10 @@ def test_destroy_and_update_are_told_apart() -> None:
     parsed_destroy = ct.parse(destroy, 0, memoryview(_message(v6=True)))
     parsed_update = ct.parse(update, 0, memoryview(_message()))
     assert parsed_destroy is not None
-    assert parsed_destroy.event is ConntrackEventType.DESTROY
+    assert parsed_destroy.event is CountedFlowEvent.DESTROY
     assert parsed_destroy.orig_src.address == "fd00::1"
     assert parsed_update is not None
-    assert parsed_update.event is ConntrackEventType.UPDATE
+    assert parsed_update.event is CountedFlowEvent.UPDATE
 
 
 def test_ipv6_header_size_is_used_for_payload() -> None:

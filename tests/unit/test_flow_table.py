@@ -14,7 +14,7 @@ from netwarden.model import (
     Transport,
 )
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
-from netwarden.platform.base import ConntrackEventType, ProcessStamp
+from netwarden.platform.base import CountedFlowEvent, ProcessStamp
 from netwarden.testing.fakes import (
     FakeResolver,
     endpoint,
@@ -164,7 +164,7 @@ def test_conntrack_destroy_closes_a_udp_flow() -> None:
         [udp_socket("10.0.0.1:40000", "10.0.0.2:53")],
         [udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=10, down=20)], 1.0,
     )  # fmt: skip
-    gone = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", 10, 20, ConntrackEventType.DESTROY)
+    gone = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", 10, 20, CountedFlowEvent.DESTROY)
     table.add_conntrack([gone], 2.0)
     events = table.tick(2.0 + CLOSE_GRACE)
     assert (FlowEventKind.CLOSED, 40000) in _kinds(events)

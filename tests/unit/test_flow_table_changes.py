@@ -12,7 +12,7 @@ import pytest
 
 from netwarden.model import FlowEvent, FlowKey, ProcessInfo, Transport
 from netwarden.monitor.table import FlowTable
-from netwarden.platform.base import ConntrackRecord, SocketChanges, SocketRecord
+from netwarden.platform.base import CountedFlow, SocketChanges, SocketRecord
 from netwarden.testing.fakes import FakeResolver, tcp_socket, udp_conntrack, udp_socket
 
 CURL = ProcessInfo(pid=42, name="curl", exe="/usr/bin/curl")
@@ -39,7 +39,7 @@ def _view(events: list[FlowEvent]) -> list[tuple[str, FlowKey, Any, int, int, fl
 
 
 def _both(
-    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]],
+    dumps: list[tuple[float, list[SocketRecord], list[CountedFlow] | None]],
     resolver: FakeResolver,
     owners_later: dict[int, int] | None = None,
 ) -> tuple[FlowTable, FlowTable]:
@@ -61,7 +61,7 @@ def test_changes_give_the_events_and_rates_of_full_dumps() -> None:
     b = tcp_socket("10.0.0.1:80", "10.0.0.3:4000", inode=12, sent=10)
     udp = udp_socket("10.0.0.1:5353", inode=13)
     ct = [udp_conntrack("10.0.0.1:5353", "10.0.0.9:53", 40, 120)]
-    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+    dumps: list[tuple[float, list[SocketRecord], list[CountedFlow] | None]] = [
         (1.0, [a, udp], ct),
         (2.0, [a, b, udp], None),
         (3.0, [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=5000), b, udp], None),
@@ -79,7 +79,7 @@ def test_an_idle_flow_that_moves_again_has_its_true_rate() -> None:
     """Only moving flows have their rates computed, yet a flow idle for a while gets
     the rate of the last interval, not of the whole idle time."""
     resolver = FakeResolver(owners={11: 42}, processes={42: CURL})
-    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+    dumps: list[tuple[float, list[SocketRecord], list[CountedFlow] | None]] = [
         (float(t), [tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11, sent=sent)], None)
         for t, sent in ((1, 0), (2, 100), (3, 100), (4, 100), (5, 100), (6, 1100))
     ]
@@ -92,7 +92,7 @@ def test_an_idle_flow_that_moves_again_has_its_true_rate() -> None:
 def test_an_owner_found_later_is_found_from_changes_too() -> None:
     resolver = FakeResolver(processes={42: CURL})
     socket = tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)
-    dumps: list[tuple[float, list[SocketRecord], list[ConntrackRecord] | None]] = [
+    dumps: list[tuple[float, list[SocketRecord], list[CountedFlow] | None]] = [
         (float(t), [socket], None) for t in range(1, 5)
     ]
     full, delta = _both(dumps, resolver, owners_later={11: 42})

@@ -7,6 +7,7 @@ import threading
 
 from textual.widgets import DataTable, Input, Static
 
+from netwarden.engine.core import Engine
 from netwarden.model import ProcessInfo
 from netwarden.monitor.service import Monitor
 from netwarden.testing.fakes import FakeResolver, FakeSocketTable, FakeSources, tcp_socket
@@ -27,7 +28,7 @@ def _app() -> MonitorApp:
         tcp_socket("10.0.0.1:80", "198.51.100.3:51001", inode=3, sent=100),
     ])  # fmt: skip
     sources = FakeSources(sockets=sockets, processes=resolver)
-    return MonitorApp(Monitor(sources, interval=0.1), threading.Event())
+    return MonitorApp(Engine(sources, Monitor(sources, interval=0.1), True), threading.Event())
 
 
 def _column(table: DataTable[object], index: int) -> list[str]:

@@ -9,10 +9,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -22,9 +23,9 @@ from netwarden.jsontext import dumps_lines
 GC_YOUNGEST_THRESHOLD = 10_000  # allocations between collections (Python's default: 700)
 
 if TYPE_CHECKING:
+    from netwarden.engine.core import Engine
     from netwarden.monitor.filters import FlowFilter
     from netwarden.monitor.history import HistoryStore
-    from netwarden.platform.base import Sources
 
 app = typer.Typer(
     help="Monitor and control network traffic per process.\n\n"
@@ -144,18 +145,18 @@ def monitor(
     )  # fmt: skip
 
 
-def _open_sources(stack: ExitStack, netns: str | None, events: bool) -> Sources:
-    from netwarden.cli.once import CommandError, open_sources
+def _open_engine(stack: ExitStack, netns: str | None, **options: Any) -> Engine:
+    from netwarden.engine.core import Engine, EngineError
 
     try:
-        return open_sources(stack, netns, events)
-    except CommandError as exc:
+        return stack.enter_context(Engine.open(netns, **options))
+    except EngineError as exc:
         fail(str(exc))
 
 
 def _open_history(path: Path | None, disabled: bool, retention_days: float) -> HistoryStore | None:
+    from netwarden.engine.host import is_privileged
     from netwarden.monitor.history import HistoryError, HistoryStore, default_path
-    from netwarden.platform.select import is_privileged
 
     if disabled:
         return None
@@ -185,8 +186,6 @@ def _monitor_live(
     retention_days: float,
 ) -> None:
     from netwarden.model import FlowEvent
-    from netwarden.monitor.service import Monitor
-    from netwarden.platform.select import is_privileged
 
     stop = threading.Event()
     _settle_garbage_collector()
@@ -194,24 +193,28 @@ def _monitor_live(
         history = _open_history(history_path, no_history, retention_days)
         if history is not None:
             stack.callback(history.close)
-        sources = _open_sources(stack, netns, events=True)
-        mon = Monitor(sources, history=history, interval=interval, is_root=is_privileged())
+        engine = _open_engine(stack, netns, history=history, interval=interval)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         if sys.platform != "win32":
             signal.signal(signal.SIGHUP, lambda *_: stop.set())
         if watch:
-            for line in sources.missing:
+            for line in engine.missing:
                 typer.echo(f"note: {line}", err=True)
             typer.echo(f"netwarden: watching {netns or 'this host'}", err=True)
 
-            def write(events: list[FlowEvent]) -> None:
-                documents = [e.to_json() for e in events if flow_filter.matches(e.flow)]
+            def write(events: Sequence[object]) -> None:
+                documents = [
+                    e.to_json()
+                    for e in events
+                    if isinstance(e, FlowEvent) and flow_filter.matches(e.flow)
+                ]
                 if documents:
                     sys.stdout.buffer.write(dumps_lines(documents))
                     sys.stdout.buffer.flush()
 
+            engine.bus.subscribe(write)
             try:
-                mon.run(write, stop, duration)
+                engine.run(stop, duration)
             except KeyboardInterrupt:
                 stop.set()
             except BrokenPipeError:
@@ -219,7 +222,7 @@ def _monitor_live(
             return
         from netwarden.tui.app import MonitorApp
 
-        tui = MonitorApp(mon, stop, flow_filter, duration)
+        tui = MonitorApp(engine, stop, flow_filter, duration)
 
         def quit_tui(*_: object) -> None:
             stop.set()
@@ -251,8 +254,8 @@ def history(
       netwarden history --host 192.0.2.7 --port 443 --format json
     """
     from netwarden.cli.render import table
+    from netwarden.engine.host import is_privileged
     from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore, default_path
-    from netwarden.platform.select import is_privileged
 
     path = db or default_path(is_privileged())
     if not path.exists():
@@ -278,11 +281,11 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Say which kernel mechanisms work here and which netwarden features they enable."""
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import current
+    from netwarden.engine.host import PlatformError
+    from netwarden.engine.host import capabilities as read_capabilities
 
     try:
-        capabilities = current().capabilities()
+        capabilities = read_capabilities()
     except PlatformError as exc:
         fail(str(exc))
     if as_json:
@@ -322,13 +325,12 @@ def run(
     """
     import re
 
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import current
+    from netwarden.engine.host import PlatformError, run_scoped
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", scope):
         fail(f"{scope!r} is not a scope name (letters, digits, _ . -)")
     try:
-        code = current().run_scoped(scope, command)
+        code = run_scoped(scope, command)
     except PlatformError as exc:
         fail(str(exc), 1)
     raise typer.Exit(code if code >= 0 else 128 - code)
@@ -353,13 +355,11 @@ def up(
 
     from netwarden.cli.policy import _load
     from netwarden.daemon.up import run as run_daemon
-    from netwarden.platform.base import PlatformError
+    from netwarden.engine.host import PlatformError, is_privileged
     from netwarden.proxy.transparent import FlowReport
 
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
     logging.getLogger("pydivert").setLevel(logging.WARNING)
-    from netwarden.platform.select import is_privileged
-
     if not is_privileged():
         fail("netwarden up needs root: it changes nftables and routing", 1)
     loaded = _load(policy)

@@ -11,7 +11,7 @@ import typer
 from netwarden.jsontext import dumps
 
 if TYPE_CHECKING:
-    from netwarden.platform.base import Firewall
+    from netwarden.engine.host import Firewall
     from netwarden.policy.model import Policy
 
 app = typer.Typer(
@@ -30,11 +30,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _firewall() -> Firewall:
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import current
+    from netwarden.engine.host import PlatformError, firewall
 
     try:
-        return current().firewall()
+        return firewall()
     except PlatformError as exc:
         _fail(f"netwarden: {exc}", 1)
         raise  # unreachable: _fail exits
@@ -84,11 +83,12 @@ def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     A policy with any problem changes nothing; if the kernel refuses it, the previous
     policy stays in force.
     """
-    from netwarden.platform.base import PlatformError
+    from netwarden.engine.enforce import apply_policy
+    from netwarden.engine.host import PlatformError
 
     policy = _load(path)
     try:
-        rules = _firewall().apply(policy)
+        _compiled, rules = apply_policy(policy, _firewall())
     except PlatformError as exc:
         _fail(f"netwarden: policy not applied, nothing changed: {exc}", 1)
     typer.echo(f"applied {path}: {len(policy.rules)} rules ({rules} kernel rules) "
@@ -101,7 +101,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The live policy's rules with their packet and byte counters."""
-    from netwarden.platform.base import PlatformError
+    from netwarden.engine.host import PlatformError
 
     firewall = _firewall()
     try:
@@ -154,7 +154,7 @@ def test(
 @app.command()
 def off(table: TableOption = "netwarden") -> None:
     """Remove netwarden's policy table, and nothing else."""
-    from netwarden.platform.base import PlatformError
+    from netwarden.engine.host import PlatformError
 
     try:
         removed = _firewall().remove(table)

@@ -41,19 +41,19 @@ def redirect(
     """Send chosen outgoing TCP connections to a local listener instead.
 
     The listener learns where each connection was going with
-    netwarden.platform.select.original_destination(sock) (see docs/redirect.md).
+    netwarden.engine.host.original_destination(sock) (see docs/redirect.md).
     Connections from sockets marked 0x4e500001 (a proxy's own upstream connections)
     are never redirected. `netwarden down` removes the redirection. Needs root.
 
     Example, the brief's: every outgoing connection to port 80 reaches a local server.\n
       netwarden redirect --dport 80 --to 127.0.0.1:55555 --to [::1]:55555
     """
-    from netwarden.platform.base import PlatformError, QuickRedirect
-    from netwarden.platform.select import current
+    from netwarden.engine.host import PlatformError, QuickRedirect
+    from netwarden.engine.host import firewall as host_firewall
     from netwarden.policy.model import PortRange
 
     try:
-        firewall = current().firewall()
+        firewall = host_firewall()
     except PlatformError as exc:
         _fail(f"netwarden: {exc}", 1)
         return
@@ -112,13 +112,13 @@ def down() -> None:
     import time
 
     from netwarden.daemon import state
-    from netwarden.platform.base import PlatformError
-    from netwarden.platform.select import current
+    from netwarden.engine.host import PlatformError
+    from netwarden.engine.host import firewall as host_firewall
 
     said = []
     running = state.read()
     try:
-        firewall = current().firewall()
+        firewall = host_firewall()
         if running is not None and state.alive(running.pid):
             os.kill(running.pid, signal.SIGTERM)
             deadline = time.monotonic() + 15

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from netwarden.platform.select import current
+from netwarden.engine import host
 
 RUN_DIR = Path("/run/netwarden")
 
@@ -50,4 +50,4 @@ def clear() -> None:
 
 
 def alive(pid: int) -> bool:
-    return current().process_alive(pid)
+    return host.process_alive(pid)

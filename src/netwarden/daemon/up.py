@@ -5,7 +5,6 @@ history, until SIGTERM; then remove everything it set up."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
@@ -13,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from netwarden.daemon import state
-from netwarden.model import FlowEvent, RelayLink
+from netwarden.engine import host
+from netwarden.engine.bus import PolicyApplied
+from netwarden.engine.core import Engine, EngineError
+from netwarden.engine.enforce import apply_policy
+from netwarden.engine.host import Firewall, PlatformError, is_privileged
+from netwarden.model import RelayLink
 from netwarden.monitor.history import HistoryStore
-from netwarden.monitor.service import Monitor
-from netwarden.platform.base import Firewall, PlatformError
-from netwarden.platform.select import current, is_privileged
+from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.model import Policy
 from netwarden.proxy.gate import policy_gate
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
@@ -107,7 +109,7 @@ def needs_proxy(policy: Policy) -> bool:
 MARK_CHECK_SECONDS = 2.0
 
 
-def _keep_marks(firewall: Firewall, policy: Policy, stop: threading.Event) -> None:
+def _keep_marks(firewall: Firewall, policy: CompiledPolicy, stop: threading.Event) -> None:
     """A unit that restarts gets a new cgroup, without the socket marks its rules need:
     give them again (the rules match the mark, which does not change)."""
     while not stop.wait(MARK_CHECK_SECONDS):
@@ -144,45 +146,32 @@ def run(
 
     if not is_privileged():
         raise PlatformError("netwarden up needs root: it changes nftables and routing")
-    backend = current()
-    firewall = backend.firewall()
+    firewall = host.firewall()
     claim(policy, firewall)
     state.write(
         state.DaemonState(
-            os.getpid(), policy.settings.table, policy.source, backend.monitor_table(os.getpid())
+            os.getpid(), policy.settings.table, policy.source, host.monitor_table(os.getpid())
         )
     )
     proxy: ProxyThread | None = None
     keeper: threading.Thread | None = None
-    links: collections.deque[RelayLink] = collections.deque()
     try:
-        if needs_proxy(policy):
-            proxy = ProxyThread(policy, on_flow, links.append)
-            proxy.start()
-        rules = firewall.apply(policy)
-        if any(rule.cgroup is not None for rule in (*policy.rules, *policy.redirects)):
-            keeper = threading.Thread(target=_keep_marks, args=(firewall, policy, stop),
-                                      daemon=True, name="netwarden-marks")  # fmt: skip
-            keeper.start()
-        with backend.open_sources(None, events=True) as sources:
-            monitor = Monitor(sources, history=history, is_root=is_privileged(),
-                              relay_links=links)  # fmt: skip
-            summary = (
-                f"up: {len(policy.rules)} rules, {len(policy.redirects)} redirects "
-                f"({rules} kernel rules) in table inet {policy.settings.table}"
-            )
-            if proxy is not None and needs_transparent(policy):
-                summary += f"; proxy on port {policy.settings.proxy_port}"
-            for kind, listeners in (("SOCKS5", policy.settings.socks5),
-                                    ("HTTP proxy", policy.settings.http_proxy)):  # fmt: skip
-                if listeners:
-                    summary += f"; {kind} on " + ", ".join(f"{h}:{p}" for h, p in listeners)
-            on_ready(summary)
-
-            def discard(_events: list[FlowEvent]) -> None:
-                pass  # the history store records closed flows; nothing else to show
-
-            monitor.run(discard, stop)
+        with contextlib.ExitStack() as stack:
+            try:
+                engine = stack.enter_context(Engine.open(None, events=True, history=history))
+            except EngineError as exc:
+                raise PlatformError(str(exc)) from None
+            if needs_proxy(policy):
+                proxy = ProxyThread(policy, on_flow, engine.relay_links.append)
+                proxy.start()
+            compiled, rules = apply_policy(policy, firewall)
+            engine.publish([PolicyApplied(policy.source, compiled.table, rules)])
+            if compiled.cgroup_marks:
+                keeper = threading.Thread(target=_keep_marks, args=(firewall, compiled, stop),
+                                          daemon=True, name="netwarden-marks")  # fmt: skip
+                keeper.start()
+            on_ready(_summary(policy, rules, proxy is not None))
+            engine.run(stop)
     finally:
         stop.set()
         if keeper is not None:
@@ -192,3 +181,17 @@ def run(
         if proxy is not None:
             proxy.stop()
         state.clear()
+
+
+def _summary(policy: Policy, rules: int, proxied: bool) -> str:
+    summary = (
+        f"up: {len(policy.rules)} rules, {len(policy.redirects)} redirects "
+        f"({rules} kernel rules) in table inet {policy.settings.table}"
+    )
+    if proxied and needs_transparent(policy):
+        summary += f"; proxy on port {policy.settings.proxy_port}"
+    for kind, listeners in (("SOCKS5", policy.settings.socks5),
+                            ("HTTP proxy", policy.settings.http_proxy)):  # fmt: skip
+        if listeners:
+            summary += f"; {kind} on " + ", ".join(f"{h}:{p}" for h, p in listeners)
+    return summary

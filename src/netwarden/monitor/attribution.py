@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo, Transport
-from netwarden.platform.base import ProcessResolver, ProcessStamp
+from netwarden.model.observations import ProcessResolver, ProcessStamp
 
 StampKey = tuple[Transport, Endpoint, Endpoint]
 STAMP_TTL = 600.0

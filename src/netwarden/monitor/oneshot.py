@@ -16,10 +16,10 @@ from typing import BinaryIO
 
 from netwarden.jsontext import dumps
 from netwarden.model import Endpoint, Flow, FlowKey, Transport
+from netwarden.model.observations import NO_FILE, ProcessResolver, RowFilter, RowHole, RowTemplate
 from netwarden.monitor.attribution import by_owner
 from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.service import Monitor
-from netwarden.platform.base import NO_FILE, ProcessResolver, RowFilter, RowHole, RowTemplate
 
 # Stand-ins that Flow.to_json writes where each row's own values go, as JSON text.
 _STRING_HOLES = (RowHole.LOCAL_ADDRESS, RowHole.REMOTE_ADDRESS, RowHole.STATE)

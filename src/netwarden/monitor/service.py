@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
+from netwarden.model.observations import CountedFlow, SocketChanges, SocketRecord, Sources
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
-from netwarden.platform.base import ConntrackRecord, SocketChanges, SocketRecord, Sources
 
 if TYPE_CHECKING:
     from netwarden.monitor.history import HistoryStore
@@ -102,17 +102,17 @@ class Monitor:
 
     def _conntrack_snapshot(
         self, full: bool, sockets: list[SocketRecord]
-    ) -> list[ConntrackRecord] | None:
+    ) -> list[CountedFlow] | None:
         """A conntrack dump, unless the last one was too dear to repeat so soon: the
         kernel walks every entry (a busy host's TCP ones too) even though only UDP ones
         are returned. Between dumps, UDP flows keep their last counters. No dump
         either when nothing UDP could use one."""
-        if self.sources.conntrack is None or not self.table.wants_conntrack(sockets):
+        if self.sources.flow_counters is None or not self.table.wants_conntrack(sockets):
             return None
         if not full and time.monotonic() < self._next_conntrack and not self.table.udp_closing():
             return None  # (a closing UDP conversation needs its final counters now)
         started = time.monotonic()
-        records = self.sources.conntrack.snapshot()
+        records = self.sources.flow_counters.snapshot()
         self._next_conntrack = started + (time.monotonic() - started) * CONNTRACK_COST_FACTOR
         return records
 
@@ -123,10 +123,10 @@ class Monitor:
         src = self.sources
         if src.flow_stamps is not None:
             self.table.add_stamps(src.flow_stamps.drain())
-        if src.socket_closes is not None:
-            self.table.add_socket_closes(src.socket_closes.drain(), now)
-        if src.conntrack_events is not None:
-            self.table.add_conntrack(src.conntrack_events.drain(), now)
+        if src.closed_sockets is not None:
+            self.table.add_socket_closes(src.closed_sockets.drain(), now)
+        if src.flow_counter_events is not None:
+            self.table.add_conntrack(src.flow_counter_events.drain(), now)
 
     def run(self, sink: EventSink, stop: threading.Event, duration: float | None = None) -> None:
         """Feed sink until stop is set (or duration passes). Flows still open are not
@@ -135,8 +135,8 @@ class Monitor:
             s
             for s in (
                 self.sources.flow_stamps,
-                self.sources.socket_closes,
-                self.sources.conntrack_events,
+                self.sources.closed_sockets,
+                self.sources.flow_counter_events,
             )
             if s is not None
         ]

@@ -24,6 +24,14 @@ from netwarden.model import (
     RelayLink,
     Transport,
 )
+from netwarden.model.observations import (
+    CountedFlow,
+    CountedFlowEvent,
+    ProcessResolver,
+    ProcessStamp,
+    SocketChanges,
+    SocketRecord,
+)
 from netwarden.monitor.attribution import (
     WILDCARDS,
     StampBook,
@@ -31,14 +39,6 @@ from netwarden.monitor.attribution import (
     by_stamp,
     is_socket_wide,
     serves,
-)
-from netwarden.platform.base import (
-    ConntrackEventType,
-    ConntrackRecord,
-    ProcessResolver,
-    ProcessStamp,
-    SocketChanges,
-    SocketRecord,
 )
 
 NOT_YET_SEEN = Attribution.unknown("not yet seen")
@@ -182,18 +182,18 @@ class FlowTable:
             state = self._upsert_socket(record, now)
             self._close_later(state, now)
 
-    def add_conntrack(self, records: Iterable[ConntrackRecord], now: float) -> None:
+    def add_conntrack(self, records: Iterable[CountedFlow], now: float) -> None:
         for record in records:
             if record.transport is not Transport.UDP:
                 continue  # TCP bytes come from tcp_info, per socket
             for key, sent, received in self._conntrack_views(record):
                 base_sent, base_received, _ = self._tombstones.get(key, (0, 0, 0.0))
-                if record.event is ConntrackEventType.DESTROY:
+                if record.event is CountedFlowEvent.DESTROY:
                     self._tombstones.pop(key, None)
                 sent, received = sent - base_sent, received - base_received
                 state = self._flows.get(key)
                 if state is None:
-                    if record.event is ConntrackEventType.DESTROY or sent + received <= 0:
+                    if record.event is CountedFlowEvent.DESTROY or sent + received <= 0:
                         continue
                     state = self._new_state(key, "ESTABLISHED", now)
                     self._attribute_udp(state)
@@ -201,13 +201,13 @@ class FlowTable:
                 if state.set_bytes(sent, received):
                     self._moving(state)
                 self._touched[key] = state
-                if record.event is ConntrackEventType.DESTROY:
+                if record.event is CountedFlowEvent.DESTROY:
                     self._close_later(state, now)
 
     def apply_snapshot(
         self,
         sockets: list[SocketRecord],
-        conntrack: list[ConntrackRecord] | None,
+        conntrack: list[CountedFlow] | None,
         now: float,
     ) -> list[FlowEvent]:
         """Bring the table in line with a full dump; return what happened since last time."""
@@ -224,7 +224,7 @@ class FlowTable:
         return self.tick(now, rates=True)
 
     def apply_changes(
-        self, changes: SocketChanges, conntrack: list[ConntrackRecord] | None, now: float
+        self, changes: SocketChanges, conntrack: list[CountedFlow] | None, now: float
     ) -> list[FlowEvent]:
         """The same from what changed since the last look (TCP sockets) and a full dump
         of the others: work in proportion to what changed, not to the table."""
@@ -271,7 +271,7 @@ class FlowTable:
         for record in records:
             self._upsert_socket(record, now, owners.get(record.inode)).record = record
 
-    def _read_conntrack(self, conntrack: list[ConntrackRecord] | None, now: float) -> set[FlowKey]:
+    def _read_conntrack(self, conntrack: list[CountedFlow] | None, now: float) -> set[FlowKey]:
         """Apply a conntrack dump (None: none was read, the last one stands); the flows
         it shows."""
         if conntrack is not None:
@@ -485,7 +485,7 @@ class FlowTable:
             or self._udp_socket_for(key.local) is not None
         )
 
-    def _conntrack_views(self, record: ConntrackRecord) -> list[tuple[FlowKey, int, int]]:
+    def _conntrack_views(self, record: CountedFlow) -> list[tuple[FlowKey, int, int]]:
         """The conversation as the initiator's side and as the responder's side sees it,
         keeping the sides that belong to this host."""
         client = FlowKey(record.transport, record.orig_src, record.orig_dst)

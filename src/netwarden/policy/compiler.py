@@ -67,6 +67,8 @@ class CompiledPolicy:
     counters: tuple[str, ...]
     redirects: dict[Direction, tuple[CompiledRule, ...]]  # out and forward
     proxy_mark: int
+    cgroup_marks: tuple[tuple[CgroupMatch, int], ...] = ()  # scopes and services, marked
+    tproxy: bool = False  # some redirect uses TPROXY (it needs policy routing)
 
 
 def counter_name(rule: Rule) -> str:
@@ -113,6 +115,12 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         counters=counters,
         redirects={d: tuple(rules) for d, rules in redirects.items()},
         proxy_mark=policy.settings.proxy_mark,
+        cgroup_marks=tuple(
+            (rule.cgroup, rule.cgroup.mark(policy.settings.mark_base))
+            for rule in (*policy.rules, *policy.redirects)
+            if rule.cgroup is not None
+        ),
+        tproxy=any(r.target is not None and r.target.tproxy for r in policy.redirects),
     )
 
 

@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 
 from netwarden.model import Endpoint, ProcessInfo, Transport
 from netwarden.platform.base import (
-    ConntrackEvents,
-    ConntrackEventType,
-    ConntrackRecord,
-    ConntrackTable,
+    CountedFlow,
+    CountedFlowEvent,
+    FlowCounterEvents,
+    FlowCounterTable,
     FlowStamps,
     NativeTcpRows,
     ProcessResolver,
     SocketChanges,
-    SocketCloseEvents,
+    SocketClosedEvents,
     SocketRecord,
     SocketTable,
 )
@@ -69,12 +69,12 @@ def udp_socket(local: str, remote: str = "0.0.0.0:0", *, inode: int = 0) -> Sock
 
 def udp_conntrack(
     client: str, server: str, up: int, down: int,
-    event: ConntrackEventType = ConntrackEventType.SNAPSHOT,
-) -> ConntrackRecord:  # fmt: skip
+    event: CountedFlowEvent = CountedFlowEvent.SNAPSHOT,
+) -> CountedFlow:  # fmt: skip
     """A UDP conversation with `up` payload bytes from client and `down` back, 1 packet each way."""
     c, s = endpoint(client), endpoint(server)
     header = 28 if c.version == 4 else 48
-    return ConntrackRecord(event, Transport.UDP, c, s, s, c, 1, up + header, 1, down + header)
+    return CountedFlow(event, Transport.UDP, c, s, s, c, 1, up + header, 1, down + header)
 
 
 def endpoint(text: str) -> Endpoint:
@@ -107,9 +107,9 @@ class FakeSources:
 
     sockets: SocketTable = field(default_factory=FakeSocketTable)
     processes: ProcessResolver = field(default_factory=FakeResolver)
-    socket_closes: SocketCloseEvents | None = None
-    conntrack: ConntrackTable | None = None
-    conntrack_events: ConntrackEvents | None = None
+    closed_sockets: SocketClosedEvents | None = None
+    flow_counters: FlowCounterTable | None = None
+    flow_counter_events: FlowCounterEvents | None = None
     flow_stamps: FlowStamps | None = None
     missing: tuple[str, ...] = ()
     netns: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -17,10 +18,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static
 
 from netwarden.cli.render import how_label, human_bytes
+from netwarden.engine.core import Engine
 from netwarden.model import FlowEvent
 from netwarden.monitor.filters import FlowFilter
 from netwarden.monitor.live import LiveView, Row, RowStatus, SortKey
-from netwarden.monitor.service import Monitor
 
 FLOW_COLUMNS: tuple[tuple[str, SortKey | None], ...] = (
     ("Process", SortKey.PROCESS),
@@ -97,13 +98,13 @@ class MonitorApp(App[None]):
 
     def __init__(
         self,
-        monitor: Monitor,
+        engine: Engine,
         stop: threading.Event,
         flow_filter: FlowFilter | None = None,
         duration: float | None = None,
     ) -> None:
         super().__init__()
-        self.monitor = monitor
+        self.engine = engine
         self.stop = stop
         self.duration = duration
         self.view = LiveView()
@@ -129,15 +130,19 @@ class MonitorApp(App[None]):
         self.query_one("#totals", DataTable).add_columns(*TOTAL_COLUMNS)
         self._thread = threading.Thread(target=self._run_monitor, daemon=True)
         self._thread.start()
-        self.set_interval(min(self.monitor.interval, 1.0), self.redraw)
+        self.set_interval(min(self.engine.monitor.interval, 1.0), self.redraw)
 
     def _run_monitor(self) -> None:
         try:
-            self.monitor.run(self._pending.append, self.stop, self.duration)
+            self.engine.bus.subscribe(self._take)
+            self.engine.run(self.stop, self.duration)
         except Exception as exc:  # shown in the status line instead of killing the UI
             self._error = f"monitor stopped: {exc}"
         if self.duration is not None and not self.stop.is_set():
             self.call_from_thread(self.exit)
+
+    def _take(self, events: Sequence[object]) -> None:
+        self._pending.append([e for e in events if isinstance(e, FlowEvent)])
 
     def redraw(self) -> None:
         now = time.time()
@@ -156,11 +161,7 @@ class MonitorApp(App[None]):
             f"first {MAX_ROWS} of {self.view.matching()} shown (filter with /)"
         )  # fmt: skip
         self._drawn = draw_rows(table, rows, self._drawn)
-        missing = (
-            "  |  " + "; ".join(self.monitor.sources.missing)
-            if self.monitor.sources.missing
-            else ""
-        )
+        missing = "  |  " + "; ".join(self.engine.missing) if self.engine.missing else ""
         order = "desc" if self.view.descending else "asc"
         self.query_one("#status", Static).update(
             f"{len(self.view)} live flows, {shown}  |  sort: {self.view.sort_key} "

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from netwarden.platform.base import (
     Capability,
-    ConntrackEvents,
-    ConntrackTable,
     Firewall,
+    FlowCounterEvents,
+    FlowCounterTable,
     FlowStamps,
     ProcessResolver,
-    SocketCloseEvents,
+    SocketClosedEvents,
     SocketTable,
 )
 from netwarden.platform.linux import netns as netns_api
@@ -41,19 +42,19 @@ class LinuxSources:
     sockets: SocketTable
     processes: ProcessResolver
     netns: str
-    socket_closes: SocketCloseEvents | None = None
-    conntrack: ConntrackTable | None = None
-    conntrack_events: ConntrackEvents | None = None
+    closed_sockets: SocketClosedEvents | None = None
+    flow_counters: FlowCounterTable | None = None
+    flow_counter_events: FlowCounterEvents | None = None
     flow_stamps: FlowStamps | None = None
     missing: tuple[str, ...] = ()
 
     def close(self) -> None:
-        for source in (self.flow_stamps, self.conntrack_events, self.socket_closes):
+        for source in (self.flow_stamps, self.flow_counter_events, self.closed_sockets):
             if source is not None:
                 source.close()
         self.sockets.close()
-        if self.conntrack is not None:
-            self.conntrack.close()
+        if self.flow_counters is not None:
+            self.flow_counters.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -94,22 +95,22 @@ class LinuxBackend:
                 )
             try:
                 dump = ConntrackDump()
-                sources.conntrack = dump
+                sources.flow_counters = dump
                 dump.check_access()  # reading it needs CAP_NET_ADMIN: find out now
                 if events:
                     if is_root:
                         activation.enable()
-                    sources.conntrack_events = ConntrackEventStream()
+                    sources.flow_counter_events = ConntrackEventStream()
             except (OSError, RuntimeError) as exc:
-                if sources.conntrack is not None:
-                    sources.conntrack.close()
-                    sources.conntrack = None
+                if sources.flow_counters is not None:
+                    sources.flow_counters.close()
+                    sources.flow_counters = None
                 missing.append(
                     f"conntrack unavailable ({_reason(exc)}): UDP flows have no byte counts"
                 )
             if events:
                 try:
-                    sources.socket_closes = SockDiagDestroyEvents()
+                    sources.closed_sockets = SockDiagDestroyEvents()
                 except OSError as exc:
                     missing.append(
                         f"sock_diag destroy events unavailable ({exc}): short connections "
@@ -174,3 +175,8 @@ class LinuxBackend:
         from netwarden.platform.linux.doctor import probe_all
 
         return probe_all()
+
+    def original_destination(self, sock: socket.socket) -> tuple[str, int]:
+        from netwarden.platform.linux.original_dst import original_destination
+
+        return original_destination(sock)

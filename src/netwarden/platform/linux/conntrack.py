@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from netwarden.model import Endpoint, Transport
-from netwarden.platform.base import ConntrackEventType, ConntrackRecord
+from netwarden.platform.base import CountedFlow, CountedFlowEvent
 from netwarden.platform.linux import netlink
 from netwarden.platform.linux.procfs import pid_alive
 
@@ -81,7 +81,7 @@ def _counters(data: memoryview | None) -> tuple[int, int]:
 
 def parse(
     msg_type: int, flags: int, payload: memoryview, *, snapshot: bool = False
-) -> ConntrackRecord | None:
+) -> CountedFlow | None:
     """A TCP or UDP conntrack message; None for other protocols or malformed ones."""
     if len(payload) < _NFGEN.size:
         return None
@@ -95,17 +95,17 @@ def parse(
     if orig_tuple is None or reply_tuple is None or orig_tuple[0] not in (6, 17):
         return None
     if snapshot:
-        event = ConntrackEventType.SNAPSHOT
+        event = CountedFlowEvent.SNAPSHOT
     elif msg_type & 0xFF == IPCTNL_MSG_CT_DELETE:
-        event = ConntrackEventType.DESTROY
+        event = CountedFlowEvent.DESTROY
     elif flags & NLM_F_CREATE:
-        event = ConntrackEventType.NEW
+        event = CountedFlowEvent.NEW
     else:
-        event = ConntrackEventType.UPDATE
+        event = CountedFlowEvent.UPDATE
     orig_packets, orig_bytes = _counters(attrs.get(CTA_COUNTERS_ORIG))
     reply_packets, reply_bytes = _counters(attrs.get(CTA_COUNTERS_REPLY))
     ct_id = attrs.get(CTA_ID)
-    return ConntrackRecord(
+    return CountedFlow(
         event=event,
         transport=Transport.from_number(orig_tuple[0]),
         orig_src=orig_tuple[1],
@@ -173,7 +173,7 @@ class ConntrackDump:
             if exc.errno != errno.EINVAL:
                 raise
 
-    def snapshot(self) -> list[ConntrackRecord]:
+    def snapshot(self) -> list[CountedFlow]:
         try:
             return self._dump(self._requests)
         except netlink.NetlinkError as exc:
@@ -182,7 +182,7 @@ class ConntrackDump:
             self._requests = [full_dump_request()]  # a kernel without dump filters
             return self._dump(self._requests)
 
-    def _dump(self, requests: list[bytes]) -> list[ConntrackRecord]:
+    def _dump(self, requests: list[bytes]) -> list[CountedFlow]:
         records = []
         for request in requests:
             for msg_type, flags, payload in netlink.dump(self._sock, request):
@@ -207,7 +207,7 @@ class ConntrackEventStream:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def drain(self) -> list[ConntrackRecord]:
+    def drain(self) -> list[CountedFlow]:
         records = []
         for datagram in netlink.recv_nowait(self._sock, self._buffer):
             for msg_type, flags, payload in netlink.iter_messages(datagram):

@@ -14,9 +14,8 @@ from netwarden.platform.linux.cgroup_marks import sync as cgroup_marks_sync
 from netwarden.platform.linux.nft_policy import FAMILY, read_counters, render
 from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.platform.linux.scopes import remove_idle_scopes
-from netwarden.policy.compiler import compile_policy
+from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.environment import SCOPE_PARENT, Environment, scope_path
-from netwarden.policy.model import Policy
 
 
 def _uid(name: str) -> int | None:
@@ -50,29 +49,27 @@ def environment() -> Environment:
     return Environment(_uid, _gid, _service, scope_path)
 
 
-def wanted_marks(policy: Policy) -> dict[Path, int]:
+def wanted_marks(policy: CompiledPolicy) -> dict[Path, int]:
     """cgroup directory -> mark, for every scope and service the policy names."""
     mount = cgroup2_mount()
-    cgroups = [rule.cgroup for rule in (*policy.rules, *policy.redirects) if rule.cgroup]
-    if not cgroups:
+    if not policy.cgroup_marks:
         return {}
     if mount is None:
         raise PlatformError(
             "rules on scopes and services need the cgroup v2 hierarchy, and none is mounted "
             "here (`ip netns exec` mounts a /sys without it: use `nsenter --net=...`)"
         )
-    return {mount / c.path: c.mark(policy.settings.mark_base) for c in cgroups}
+    return {mount / cgroup.path: mark for cgroup, mark in policy.cgroup_marks}
 
 
-def apply(policy: Policy) -> int:
+def apply(compiled: CompiledPolicy) -> int:
     """Replace netwarden's table with this policy in one atomic batch; return the number
     of nft rules. On any error nothing changes and the previous policy stays in force.
 
     Scopes and services get their socket marks first (so that no socket of theirs
     escapes the new rules) and lose them again if nft refuses the table."""
-    compiled = compile_policy(policy)
     body = render(compiled)
-    wanted = wanted_marks(policy)
+    wanted = wanted_marks(compiled)
     for cgroup in wanted:
         if cgroup.parent.name == SCOPE_PARENT:  # a scope may start after the policy
             try:
@@ -80,10 +77,9 @@ def apply(policy: Policy) -> int:
             except OSError as exc:
                 raise PlatformError(_cgroup_problem(exc)) from exc
     changes = cgroup_marks_sync(wanted)
-    uses_tproxy = any(r.target is not None and r.target.tproxy for r in policy.redirects)
     try:
         nftables.replace_table(FAMILY, compiled.table, body)
-        if uses_tproxy:
+        if compiled.tproxy:
             tproxy.setup_routing()
         else:
             tproxy.teardown_routing()
@@ -136,7 +132,7 @@ class LinuxFirewall:
     def environment(self) -> Environment:
         return environment()
 
-    def apply(self, policy: Policy) -> int:
+    def apply(self, policy: CompiledPolicy) -> int:
         return apply(policy)
 
     def show(self, table: str) -> tuple[list[RuleCounters], bool]:
@@ -147,7 +143,7 @@ class LinuxFirewall:
 
         return {str(cgroup): mark for cgroup, mark in marked_cgroups().items()}
 
-    def remark(self, policy: Policy) -> list[str]:
+    def remark(self, policy: CompiledPolicy) -> list[str]:
         from netwarden.platform.linux import cgroup_marks
 
         remarked = []

@@ -1,0 +1,20 @@
+"""Putting a policy in force: compiled once here, applied by the backend's firewall."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from netwarden.engine import host
+from netwarden.policy.compiler import CompiledPolicy, compile_policy
+
+if TYPE_CHECKING:
+    from netwarden.platform.base import Firewall
+    from netwarden.policy.model import Policy
+
+
+def apply_policy(policy: Policy, firewall: Firewall | None = None) -> tuple[CompiledPolicy, int]:
+    """Replace the live policy atomically: (what was applied, number of kernel rules).
+    A policy the kernel refuses changes nothing (PlatformError)."""
+    compiled = compile_policy(policy)
+    rules = (firewall or host.firewall()).apply(compiled)
+    return compiled, rules

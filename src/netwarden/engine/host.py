@@ -1,0 +1,68 @@
+"""What the faces ask of the operating system, through the one backend the engine
+picked: privileges, capabilities, the firewall, application scopes."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from functools import cache
+from typing import TYPE_CHECKING
+
+from netwarden.platform.base import Capability, PlatformError, QuickRedirect, RuleCounters
+from netwarden.platform.select import current, is_privileged
+
+if TYPE_CHECKING:
+    from netwarden.platform.base import Backend, Firewall
+else:
+    from netwarden.platform.base import Firewall
+
+__all__ = [
+    "Capability",
+    "Firewall",
+    "PlatformError",
+    "QuickRedirect",
+    "RuleCounters",
+    "backend",
+    "capabilities",
+    "firewall",
+    "is_privileged",
+    "monitor_table",
+    "original_destination",
+    "process_alive",
+    "run_scoped",
+]
+
+
+@cache
+def backend() -> Backend:
+    return current()
+
+
+def firewall() -> Firewall:
+    return backend().firewall()
+
+
+def capabilities() -> list[Capability]:
+    return backend().capabilities()
+
+
+def run_scoped(scope: str, argv: Sequence[str]) -> int:
+    return backend().run_scoped(scope, argv)
+
+
+def process_alive(pid: int) -> bool:
+    return backend().process_alive(pid)
+
+
+def monitor_table(pid: int) -> str:
+    """What a monitor of process `pid` may leave behind if it crashes ("" if nothing)."""
+    return backend().monitor_table(pid)
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where an accepted, redirected TCP connection was originally going.
+
+    For any local listener that netwarden redirects connections to: call it on the
+    accepted socket. See docs/redirect.md.
+    """
+    return backend().original_destination(sock)
