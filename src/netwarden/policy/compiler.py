@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.model import (
     Action,
     Addresses,
@@ -69,6 +70,7 @@ class CompiledPolicy:
     proxy_mark: int
     cgroup_marks: tuple[tuple[CgroupMatch, int], ...] = ()  # scopes and services, marked
     tproxy: bool = False  # some redirect uses TPROXY (it needs policy routing)
+    connect: ConnectLayer | None = None  # first packets decided by callouts
 
 
 def counter_name(rule: Rule) -> str:
@@ -79,7 +81,8 @@ def default_counter(direction: Direction) -> str:
     return f"default_{direction.value}"
 
 
-def compile_policy(policy: Policy) -> CompiledPolicy:
+def compile_policy(policy: Policy, connect: ConnectLayer | None = None) -> CompiledPolicy:
+    """connect: the CONNECT layer the daemon runs, when it does."""
     sets: dict[tuple[str, int], PrefixTable] = {}
     for name, address_set in policy.sets.items():
         for version in FAMILIES:
@@ -121,6 +124,7 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
             if rule.cgroup is not None
         ),
         tproxy=any(r.target is not None and r.target.tproxy for r in policy.redirects),
+        connect=connect,
     )
 
 

@@ -6,6 +6,7 @@ names checked by the loader); nothing is ever pasted into nft command text.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from netwarden.policy.compiler import (
     default_counter,
     hashed_lengths,
 )
+from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.model import Action, Direction
 from netwarden.policy.prefixes import BITS, Network, PrefixTable, address_text, mask
 
@@ -43,6 +45,10 @@ def render(policy: CompiledPolicy) -> list[JSON]:
             "policy": "drop" if default is Action.BLOCK else "accept",
         }}})  # fmt: skip
         rule = {**where, "chain": chain}
+        if policy.connect is not None and direction is not Direction.FORWARD:
+            permitted = [*_connect_code(policy.connect, "ct", policy.connect.permit_code)]
+            expr = [*permitted, {"accept": None}]
+            commands.append({"add": {"rule": {**rule, "comment": "permitted", "expr": expr}}})
         # Decisions are made for the first packet of a flow; the rest of an allowed flow
         # and its replies pass, as with WFP's ALE layers.
         commands.append({"add": {"rule": {**rule, "expr": [
@@ -63,6 +69,53 @@ def render(policy: CompiledPolicy) -> list[JSON]:
             commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
                                               "expr": tail}}})  # fmt: skip
     commands += _redirect_chains(policy)
+    if policy.connect is not None:
+        commands += _connect_chains(policy, policy.connect)
+    return commands
+
+
+CONNECT_CHAINS = (("connect_out", "output"), ("connect_in", "input"))
+# Right after the mangle hooks, where the queue (iptables-nft mangle) gave the verdict.
+CONNECT_PRIORITY = -140
+
+
+def _connect_code(layer: ConnectLayer, where: str, code: int) -> list[JSON]:
+    key = {"ct": {"key": "mark"}} if where == "ct" else {"meta": {"key": "mark"}}
+    return [_match({"&": [key, layer.mask]}, code)]
+
+
+def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
+    """A verdict code in a packet's mark moves into its connection's conntrack mark and
+    leaves the packet; a blocked connection is refused at once. Redirect codes are
+    carried out in the nat chain (see _redirect_chains)."""
+    where = {"family": FAMILY, "table": policy.table}
+    keep = 0xFFFFFFFF & ~layer.mask
+    commands: list[JSON] = []
+    codes = [layer.permit_code, layer.block_code, *layer.redirect_codes.values()]
+    for chain, hook in CONNECT_CHAINS:
+        commands.append({"add": {"chain": {**where, "name": chain, "type": "filter",
+                                           "hook": hook, "prio": CONNECT_PRIORITY,
+                                           "policy": "accept"}}})  # fmt: skip
+        for code in codes:
+            ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
+            expr = [
+                *_connect_code(layer, "meta", code),
+                {"mangle": {"key": ct_mark, "value": {"|": [{"&": [ct_mark, keep]}, code]}}},
+                {"mangle": {"key": mark, "value": {"&": [mark, keep]}}},
+            ]
+            tails: list[list[JSON]] = [[]]
+            if code == layer.block_code:  # refused at once: a reset, or port unreachable
+                tails = [[TCP_ONLY, {"counter": None}, TCP_RESET],
+                         [{"counter": None}, {"reject": None}]]  # fmt: skip
+            for tail in tails:
+                rule = {**where, "chain": chain, "expr": [*expr, *tail],
+                        "comment": f"verdict {code:#x}"}  # fmt: skip
+                commands.append({"add": {"rule": rule}})
+        # Later datagrams of a blocked UDP conversation (a refused TCP connection ends).
+        later = [*_connect_code(layer, "ct", layer.block_code),
+                 _match({"meta": {"key": "l4proto"}}, "udp"), {"drop": None}]  # fmt: skip
+        commands.append({"add": {"rule": {**where, "chain": chain, "expr": later,
+                                          "comment": "blocked"}}})  # fmt: skip
     return commands
 
 
@@ -77,7 +130,9 @@ def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
     commands: list[JSON] = []
     for direction, (chain, hook) in NAT_CHAINS.items():
         rules = [r for r in policy.redirects.get(direction, ()) if not _is_tproxy(r)]
-        if not rules:
+        connect = policy.connect if direction is Direction.OUT else None
+        targets = connect.redirect_codes if connect is not None else {}
+        if not rules and not targets:
             continue
         commands.append({"add": {"chain": {**where, "name": chain, "type": "nat", "hook": hook,
                                            "prio": -100, "policy": "accept"}}})  # fmt: skip
@@ -86,12 +141,34 @@ def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
             comment = "the proxy's own connections"
             commands.append({"add": {"rule": {**where, "chain": chain, "expr": guard,
                                               "comment": comment}}})  # fmt: skip
+        for target, code in targets.items():
+            assert connect is not None
+            address = ipaddress.ip_address(target.address)
+            to = _nat_to(address, target.port)
+            expr = [
+                _match({"meta": {"key": "nfproto"}}, "ipv4" if address.version == 4 else "ipv6"),
+                TCP_ONLY,
+                *_connect_code(connect, "ct", code),
+                {"counter": None},
+                to,
+            ]
+            comment = f"redirected at connect to {target}"
+            commands.append({"add": {"rule": {**where, "chain": chain, "expr": expr,
+                                              "comment": comment}}})  # fmt: skip
         for compiled in rules:
             for expr in _expressions(compiled):
                 commands.append({"add": {"rule": {
                     **where, "chain": chain, "comment": compiled.rule.name[:120], "expr": expr,
                 }}})  # fmt: skip
     return commands + _tproxy_chain(policy)
+
+
+def _nat_to(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> JSON:
+    """To a local listener: `redirect` reaches the primary address of the interface
+    (127.0.0.1, ::1); any other address takes a dnat."""
+    if address in (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1")):
+        return {"redirect": {"port": port}}
+    return {"dnat": {"family": L4[address.version], "addr": str(address), "port": port}}
 
 
 def _is_tproxy(compiled: CompiledRule) -> bool:

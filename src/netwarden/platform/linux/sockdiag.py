@@ -458,3 +458,50 @@ class SockDiagDestroyEvents:
 
     def close(self) -> None:
         self._sock.close()
+
+
+_NO_COOKIE = b"\xff" * 8
+
+
+def lookup_request(transport: Transport, local: Endpoint, remote: Endpoint) -> bytes:
+    """A request for the one socket of a connection (the kernel's own lookup: for UDP
+    it finds an unconnected socket bound to the local port as well)."""
+    family = socket.AF_INET6 if ":" in local.address else socket.AF_INET
+
+    def raw(address: str) -> bytes:
+        return socket.inet_pton(family, address).ljust(16, b"\0")
+
+    sockid = (
+        struct.pack(">HH", local.port, remote.port)
+        + raw(local.address)
+        + raw(remote.address)
+        + struct.pack("=I", 0)
+        + _NO_COOKIE
+    )
+    ext = 1 << (INET_DIAG_INFO - 1)  # tcp_info: without it a record reads as a mini-socket
+    payload = _REQUEST.pack(family, transport.number, ext, 0xFFFFFFFF, sockid)
+    return netlink.pack_message(SOCK_DIAG_BY_FAMILY, netlink.NLM_F_REQUEST, payload)
+
+
+class SocketLookup:
+    """Finds the socket of one connection by its addresses."""
+
+    def __init__(self) -> None:
+        self._sock = netlink.open_socket(NETLINK_SOCK_DIAG)
+        self._buffer = bytearray(1 << 16)
+
+    def find(self, transport: Transport, local: Endpoint, remote: Endpoint) -> SocketRecord | None:
+        if transport is Transport.UDP:  # the kernel looks UDP up as for a datagram received
+            local, remote = remote, local
+        try:
+            self._sock.send(lookup_request(transport, local, remote))
+            size = self._sock.recv_into(self._buffer)
+            for msg_type, _flags, payload in netlink.iter_messages(memoryview(self._buffer)[:size]):
+                if msg_type == SOCK_DIAG_BY_FAMILY:
+                    return parse(payload, transport)
+        except OSError:  # ENOENT: no such socket (it closed, or none is local)
+            return None
+        return None
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,58 @@
+"""New connections held at their first packet (WFP's ALE connect and accept layers),
+and the verdicts that release them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from netwarden.model.flow import Endpoint, Transport
+
+
+class ConnectDirection(enum.StrEnum):
+    OUT = "out"  # this host connects (or sends the first datagram)
+    IN = "in"  # a connection (or first datagram) arrives for this host
+
+
+class Action(enum.StrEnum):
+    PERMIT = "permit"
+    BLOCK = "block"
+    REDIRECT = "redirect"
+    CONTINUE = "continue"  # no opinion: the next callout decides, then the policy
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    target: Endpoint | None = None  # REDIRECT only: a local listener
+
+    def __str__(self) -> str:
+        return f"redirect to {self.target}" if self.target is not None else str(self.action)
+
+
+PERMIT = Verdict(Action.PERMIT)
+BLOCK = Verdict(Action.BLOCK)
+CONTINUE = Verdict(Action.CONTINUE)
+
+
+def redirect(address: str, port: int) -> Verdict:
+    """Send the connection to a local listener instead (outgoing TCP only)."""
+    return Verdict(Action.REDIRECT, Endpoint(address, port))
+
+
+@dataclass(slots=True)
+class ConnectRequest:
+    """A new connection the kernel holds until it is decided. `ticket` is the
+    backend's handle on it."""
+
+    ticket: int
+    transport: Transport
+    direction: ConnectDirection
+    local: Endpoint
+    remote: Endpoint
+    uid: int | None = None  # of the local socket, when the kernel said
+    interface: int = 0  # interface index the packet leaves or arrives by
+
+    def __str__(self) -> str:
+        arrow = "->" if self.direction is ConnectDirection.OUT else "<-"
+        return f"{self.transport} {self.direction} {self.local} {arrow} {self.remote}"

@@ -1,0 +1,207 @@
+"""The CONNECT layer on Linux: the first packet of each new TCP or UDP connection,
+outgoing and incoming, is queued (NFQUEUE) for a verdict, with the process that owns
+its socket.
+
+Queueing uses the iptables-nft NFQUEUE target in a chain netwarden owns in the
+mangle table (NETWARDEN-CONNECT, jumped to from OUTPUT and INPUT). Connections whose
+conntrack mark already carries a verdict, and those of netwarden's proxy, are not
+queued. With fail-open the rule has --queue-bypass and the queue accepts when full,
+so traffic flows while no daemon listens; with fail-closed it waits for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from types import TracebackType
+
+from netwarden.model import Attribution, AttributionMethod, ProcessInfo
+from netwarden.model.connect import ConnectDirection, ConnectRequest
+from netwarden.platform.base import PlatformError
+from netwarden.platform.linux.nfqueue import NfQueue
+from netwarden.platform.linux.procfs import ProcResolver
+from netwarden.platform.linux.sockdiag import SocketLookup
+from netwarden.platform.packet_headers import parse_ip
+from netwarden.policy.connect_layer import ConnectLayer
+
+log = logging.getLogger(__name__)
+
+CHAIN = "NETWARDEN-CONNECT"
+HOOKS = ("OUTPUT", "INPUT")
+NF_INET_LOCAL_IN = 1
+TOOLS = ("iptables", "ip6tables")
+RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
+
+
+def _holds(pid: int, inode: int) -> bool:
+    """Whether process pid has the socket open (a walk of its descriptors)."""
+    wanted = f"socket:[{inode}]"
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as entries:
+            return any(_readlink(entry.path) == wanted for entry in entries)
+    except OSError:
+        return False
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool, "-w", "-t", "mangle", *args], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+
+
+def queue_rules(layer: ConnectLayer) -> list[list[str]]:
+    """The rules of netwarden's chain (iptables arguments after -A CHAIN)."""
+    bypass = ["--queue-bypass"] if layer.fail_open else []
+    rules = [
+        ["-m", "mark", "--mark", f"{layer.proxy_mark:#x}", "-j", "RETURN"],
+        ["-m", "connmark", "!", "--mark", f"0/{layer.mask:#x}", "-j", "RETURN"],
+    ]
+    for protocol in ("tcp", "udp"):
+        rules.append(["-p", protocol, "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE",
+                      "--queue-num", str(layer.queue), *bypass])  # fmt: skip
+    return rules
+
+
+def remove_queue_rules() -> bool:
+    """Remove netwarden's chain and the jumps to it (nothing else); True if any was
+    there. Also what a crashed daemon left."""
+    found = False
+    for tool in TOOLS:
+        for hook in HOOKS:
+            while _run(tool, "-D", hook, "-j", CHAIN).returncode == 0:
+                found = True
+        if _run(tool, "-F", CHAIN).returncode == 0:
+            found = True
+            _run(tool, "-X", CHAIN)
+    return found
+
+
+def install_queue_rules(layer: ConnectLayer) -> None:
+    remove_queue_rules()
+    try:
+        for tool in TOOLS:
+            result = _run(tool, "-N", CHAIN)
+            if result.returncode != 0:
+                raise PlatformError(f"{tool}: {result.stderr.strip() or 'cannot add a chain'}")
+            for rule in queue_rules(layer):
+                result = _run(tool, "-A", CHAIN, *rule)
+                if result.returncode != 0:
+                    raise PlatformError(
+                        f"{tool} refused the NFQUEUE rule ({result.stderr.strip()}); "
+                        "`netwarden doctor` says whether this kernel can queue packets"
+                    )
+            for hook in HOOKS:
+                _run(tool, "-I", hook, "1", "-j", CHAIN)
+    except FileNotFoundError:
+        remove_queue_rules()
+        raise PlatformError("the CONNECT layer needs iptables (iptables-nft)") from None
+    except PlatformError:
+        remove_queue_rules()
+        raise
+
+
+class LinuxConnectQueue:
+    """The queue of first packets in this network namespace, and who sent them."""
+
+    mechanism = "iptables-nft NFQUEUE"
+
+    def __init__(self, layer: ConnectLayer) -> None:
+        self.layer = layer
+        self._queue = NfQueue(layer.queue, fail_open=layer.fail_open)
+        self._lookup = SocketLookup()
+        self._resolver = ProcResolver()
+        self._recent: dict[int, list[int]] = {}  # uid -> pids that connected lately
+        self._marks: dict[int, int] = {}  # ticket -> the packet's mark as it came
+        try:
+            install_queue_rules(layer)
+        except BaseException:
+            self._queue.close()
+            self._lookup.close()
+            raise
+
+    def __enter__(self) -> LinuxConnectQueue:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.close()
+
+    def fileno(self) -> int:
+        return self._queue.fileno()
+
+    def receive(self) -> list[ConnectRequest]:
+        requests = []
+        for packet in self._queue.receive():
+            addresses = parse_ip(packet.payload)
+            if addresses is None:  # not TCP or UDP (the rules queue only those)
+                self._queue.verdict(packet.packet_id, True)
+                continue
+            transport, source, destination = addresses
+            if packet.hook == NF_INET_LOCAL_IN:
+                direction, local, remote = ConnectDirection.IN, destination, source
+            else:
+                direction, local, remote = ConnectDirection.OUT, source, destination
+            self._marks[packet.packet_id] = packet.mark
+            requests.append(ConnectRequest(
+                packet.packet_id, transport, direction, local, remote, packet.uid,
+                packet.indev or packet.outdev,
+            ))  # fmt: skip
+        return requests
+
+    def decide(self, request: ConnectRequest, code: int | None) -> None:
+        """Release the packet: with the verdict code in its mark, or dropped (None)."""
+        mark = self._marks.pop(request.ticket, 0)
+        if code is None:
+            self._queue.verdict(request.ticket, False)
+        else:
+            self._queue.verdict(request.ticket, True, (mark & ~self.layer.mask) | code)
+
+    def owner(self, request: ConnectRequest) -> tuple[ProcessInfo | None, Attribution]:
+        """The process holding the connection's socket, read now (it is waiting for
+        the verdict of its connect, or has just sent its first datagram)."""
+        record = self._lookup.find(request.transport, request.local, request.remote)
+        if record is None:
+            return None, Attribution.unknown("no socket of this host holds the connection")
+        if not record.inode:
+            return None, Attribution.unknown("the socket has no file (closed, or the kernel's)")
+        pid = self._owner_of(record.inode, record.uid)
+        if pid is None:
+            return None, Attribution.unknown("no process was found holding the socket")
+        info = self._resolver.info(pid)
+        if info is None:
+            return None, Attribution.unknown(f"process {pid} exited before it was read")
+        return info, Attribution(AttributionMethod.SOCKET_OWNER)
+
+    def _owner_of(self, inode: int, uid: int) -> int | None:
+        """The pid holding a socket: first among the processes of the same user that
+        made connections lately (a new socket is most often theirs), then by a scan of
+        every process."""
+        for pid in reversed(self._recent.get(uid, [])):
+            if _holds(pid, inode):
+                self._remember(uid, pid)
+                return pid
+        found = self._resolver.all_owners().get(inode)
+        if found is not None:
+            self._remember(uid, found)
+        return found
+
+    def _remember(self, uid: int, pid: int) -> None:
+        recent = self._recent.setdefault(uid, [])
+        if pid in recent:
+            recent.remove(pid)
+        recent.append(pid)
+        del recent[:-RECENT_PROCESSES]
+
+    def close(self) -> None:
+        remove_queue_rules()
+        self._queue.close()
+        self._lookup.close()

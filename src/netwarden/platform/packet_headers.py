@@ -1,0 +1,55 @@
+"""The addresses and ports of an IP packet's first bytes, for any backend that is
+handed raw packets (NFQUEUE on Linux, WinDivert on Windows). Bytes in, values out."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from netwarden.model import Endpoint, Transport
+
+_TRANSPORTS = {6: Transport.TCP, 17: Transport.UDP}
+_IPV6_EXTENSIONS = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
+_IPV6_FRAGMENT = 44
+_PORTS = struct.Struct(">HH")
+
+Addresses = tuple[Transport, Endpoint, Endpoint]  # transport, source, destination
+
+
+def parse_ip(packet: bytes) -> Addresses | None:
+    """(transport, source, destination) of a TCP or UDP packet; None for anything else
+    or for bytes too short to say."""
+    if not packet:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        header = (packet[0] & 0x0F) * 4
+        if len(packet) < 20 or header < 20:
+            return None
+        protocol = packet[9]
+        if struct.unpack_from(">H", packet, 6)[0] & 0x1FFF:
+            return None  # a later fragment carries no ports
+        source = socket.inet_ntop(socket.AF_INET, packet[12:16])
+        destination = socket.inet_ntop(socket.AF_INET, packet[16:20])
+    elif version == 6:
+        if len(packet) < 40:
+            return None
+        protocol, header = packet[6], 40
+        while protocol in _IPV6_EXTENSIONS or protocol == _IPV6_FRAGMENT:
+            if len(packet) < header + 8:
+                return None
+            if protocol == _IPV6_FRAGMENT:
+                if struct.unpack_from(">H", packet, header + 2)[0] & 0xFFF8:
+                    return None
+                protocol, header = packet[header], header + 8
+            else:
+                protocol, header = packet[header], header + (packet[header + 1] + 1) * 8
+        source = socket.inet_ntop(socket.AF_INET6, packet[8:24])
+        destination = socket.inet_ntop(socket.AF_INET6, packet[24:40])
+    else:
+        return None
+    transport = _TRANSPORTS.get(protocol)
+    if transport is None or len(packet) < header + 4:
+        return None
+    sport, dport = _PORTS.unpack_from(packet, header)
+    return transport, Endpoint(source, sport), Endpoint(destination, dport)
