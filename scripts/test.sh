@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
-ruff check src tests benchmarks setup.py
-ruff format --check src tests benchmarks setup.py
+ruff check src tests benchmarks examples setup.py
+ruff format --check src tests benchmarks examples setup.py
 mypy
 mypy --platform win32 src/netwarden --exclude 'src/netwarden/platform/linux/' \
   --exclude 'src/netwarden/testing/'

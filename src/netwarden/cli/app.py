@@ -23,6 +23,7 @@ from netwarden.jsontext import dumps_lines
 GC_YOUNGEST_THRESHOLD = 10_000  # allocations between collections (Python's default: 700)
 
 if TYPE_CHECKING:
+    from netwarden.daemon.up import CalloutOptions
     from netwarden.engine.core import Engine
     from netwarden.monitor.filters import FlowFilter
     from netwarden.monitor.history import HistoryStore
@@ -339,16 +340,40 @@ def run(
 @app.command()
 def up(
     policy: Annotated[Path, typer.Option(help="The policy file to enforce.")],
+    callouts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--callouts",
+            help="Callouts from a Python file (its `callouts` list) or an installed entry "
+            "point (group netwarden.callouts); repeatable.",
+        ),
+    ] = None,
+    fail_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="When a callout fails or no daemon runs: open (permit) or closed "
+            "(block). Default: the policy's fail_mode setting, else open."
+        ),
+    ] = None,
+    budget_ms: Annotated[
+        float, typer.Option("--callout-budget-ms", help="Time a callout may take.", min=0.1)
+    ] = 50.0,
+    decisions: Annotated[
+        bool,
+        typer.Option("--decisions", help="Print each CONNECT decision as an NDJSON line."),
+    ] = False,
     history_path: HistoryPath = None,
     no_history: NoHistory = False,
     retention_days: RetentionDays = 30.0,
 ) -> None:
-    """Run netwarden: enforce the policy, run the proxy its redirects name, and record
-    every connection in the history; until SIGTERM or `netwarden down`, which remove
+    """Run netwarden: enforce the policy, decide new connections by its program rules
+    and the callouts given, run the proxy its redirects name, and record every
+    connection in the history; until SIGTERM or `netwarden down`, which remove
     everything it set up. A daemon that crashed is cleaned up by the next `up`.
 
-    Example:\n
-      netwarden up --policy /etc/netwarden/policy.toml
+    Examples:\n
+      netwarden up --policy /etc/netwarden/policy.toml\n
+      netwarden up --policy policy.toml --callouts examples/callouts/block_by_exe.py
     """
     import json as json_module
     import logging
@@ -363,6 +388,7 @@ def up(
     if not is_privileged():
         fail("netwarden up needs root: it changes nftables and routing", 1)
     loaded = _load(policy)
+    options = _callout_options(callouts or [], fail_mode, budget_ms / 1000)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -382,8 +408,19 @@ def up(
         }) + "\n")  # fmt: skip
         sys.stdout.flush()
 
+    def decision(events: Sequence[object]) -> None:
+        from netwarden.engine.bus import DecisionTaken
+
+        lines = [{"decision": e.verdict, "flow": e.flow, "process": e.process, "by": e.by,
+                  **({"detail": e.detail} if e.detail else {})}
+                 for e in events if isinstance(e, DecisionTaken)]  # fmt: skip
+        if lines:
+            sys.stdout.buffer.write(dumps_lines(lines))
+            sys.stdout.flush()
+
     try:
-        run_daemon(loaded, history, stop, ready, flow)
+        run_daemon(loaded, history, stop, ready, flow, options,
+                   subscribers=[decision] if decisions else [])  # fmt: skip
     except PlatformError as exc:
         fail(str(exc), 1)
     finally:
@@ -392,12 +429,30 @@ def up(
     typer.echo("netwarden: down, everything removed", err=True)
 
 
+def _callout_options(sources: list[str], fail_mode: str | None, budget: float) -> CalloutOptions:
+    from netwarden.callout.loading import CalloutLoadError, load
+    from netwarden.callout.registry import FailMode
+    from netwarden.daemon.up import CalloutOptions
+
+    if fail_mode is not None and fail_mode not in ("open", "closed"):
+        fail(f"--fail-mode is open or closed, not {fail_mode!r}")
+    loaded = []
+    for source in sources:
+        try:
+            loaded += load(source)
+        except CalloutLoadError as exc:
+            fail(str(exc))
+    return CalloutOptions(tuple(loaded), FailMode(fail_mode) if fail_mode else None, budget)
+
+
 def _register_subcommands() -> None:
+    from netwarden.cli.callouts import app as callouts_app
     from netwarden.cli.policy import app as policy_app
     from netwarden.cli.proxy import proxy
     from netwarden.cli.redirect import down, redirect
 
     app.add_typer(policy_app, name="policy")
+    app.add_typer(callouts_app, name="callouts")
     app.command()(redirect)
     app.command()(down)
     app.command()(proxy)

@@ -112,7 +112,7 @@ def down() -> None:
     import time
 
     from netwarden.daemon import state
-    from netwarden.engine.host import PlatformError
+    from netwarden.engine.host import PlatformError, clear_connect_queue
     from netwarden.engine.host import firewall as host_firewall
 
     said = []
@@ -133,6 +133,8 @@ def down() -> None:
             said.append(f"removed table inet {running.table} left by pid {running.pid}")
         if firewall.remove_quick_redirects():
             said.append("redirection removed")
+        if clear_connect_queue():
+            said.append("removed the CONNECT layer's queue rules")
     except PlatformError as exc:
         _fail(str(exc), 1)
     typer.echo("; ".join(said) if said else "nothing was up")

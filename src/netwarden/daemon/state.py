@@ -42,9 +42,30 @@ def write(state: DaemonState) -> None:
     path.write_text(json.dumps(asdict(state)))
 
 
+def callouts_file() -> Path:
+    """What the daemon's callouts did so far (for `netwarden callouts list`)."""
+    return state_file().with_suffix(".callouts.json")
+
+
+def write_callouts(document: dict[str, object]) -> None:
+    path = callouts_file()
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(document))
+    partial.replace(path)
+
+
+def read_callouts() -> dict[str, object] | None:
+    try:
+        data = json.loads(callouts_file().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def clear() -> None:
-    with contextlib.suppress(FileNotFoundError):
-        state_file().unlink()
+    for path in (state_file(), callouts_file()):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     with contextlib.suppress(OSError):  # other namespaces' daemons may still use it
         RUN_DIR.rmdir()
 

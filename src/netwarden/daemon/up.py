@@ -8,18 +8,28 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from netwarden.callout.api import Layer
+from netwarden.callout.registry import DEFAULT_BUDGET, FailMode, LoadedCallout
 from netwarden.daemon import state
 from netwarden.engine import host
-from netwarden.engine.bus import PolicyApplied
+from netwarden.engine.bus import PolicyApplied, Subscriber
+from netwarden.engine.callouts import (
+    CalloutHost,
+    connect_layer_for,
+    failure_publisher,
+    registry_for,
+)
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
-from netwarden.model import RelayLink
+from netwarden.model import Endpoint, RelayLink
 from netwarden.monitor.history import HistoryStore
-from netwarden.policy.compiler import CompiledPolicy
+from netwarden.policy.compiler import CompiledPolicy, compile_policy
+from netwarden.policy.connect_layer import ConnectLayer
+from netwarden.policy.loader import connect_mask_problems
 from netwarden.policy.model import Policy
 from netwarden.proxy.gate import policy_gate
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
@@ -30,6 +40,13 @@ log = logging.getLogger(__name__)
 
 class AlreadyRunning(PlatformError):
     pass
+
+
+@dataclass(frozen=True)
+class CalloutOptions:
+    loaded: tuple[LoadedCallout, ...] = ()
+    fail_mode: FailMode | None = None  # None: the policy's setting
+    budget: float = DEFAULT_BUDGET
 
 
 @dataclass
@@ -132,6 +149,7 @@ def claim(policy: Policy, firewall: Firewall) -> None:
         log.warning("cleaning up after a daemon that did not stop (pid %d)", previous.pid)
         with contextlib.suppress(PlatformError):
             firewall.remove(previous.table)
+        host.backend().clear_connect_queue()
         state.clear()
 
 
@@ -141,8 +159,13 @@ def run(
     stop: threading.Event,
     on_ready: Callable[[str], None],
     on_flow: Callable[[FlowReport], None],
+    callouts: CalloutOptions | None = None,
+    subscribers: Sequence[Subscriber] = (),
 ) -> None:
     import os
+
+    callouts = callouts or CalloutOptions()
+    fail_mode = callouts.fail_mode or FailMode(policy.settings.fail_mode)
 
     if not is_privileged():
         raise PlatformError("netwarden up needs root: it changes nftables and routing")
@@ -155,25 +178,47 @@ def run(
     )
     proxy: ProxyThread | None = None
     keeper: threading.Thread | None = None
+    callout_host: CalloutHost | None = None
     try:
         with contextlib.ExitStack() as stack:
             try:
                 engine = stack.enter_context(Engine.open(None, events=True, history=history))
             except EngineError as exc:
                 raise PlatformError(str(exc)) from None
+            for subscriber in subscribers:
+                engine.bus.subscribe(subscriber)
             if needs_proxy(policy):
                 proxy = ProxyThread(policy, on_flow, engine.relay_links.append)
                 proxy.start()
-            compiled, rules = apply_policy(policy, firewall)
+            registry = registry_for(policy, callouts.loaded, fail_mode, callouts.budget,
+                                    failure_publisher(engine.publish))  # fmt: skip
+            layer = connect_layer_for(policy, registry)
+            if layer is not None and (problems := connect_mask_problems(policy.settings)):
+                raise PlatformError(problems[0])
+            compiled, rules = apply_policy(policy, firewall, layer)
+
+            def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
+                firewall.add_connect_target(compile_policy(policy, new_layer), target)
+
+            callout_host = CalloutHost(engine, registry, layer, relayout, state.write_callouts)
+            callout_host.start(stop)
             engine.publish([PolicyApplied(policy.source, compiled.table, rules)])
             if compiled.cgroup_marks:
                 keeper = threading.Thread(target=_keep_marks, args=(firewall, compiled, stop),
                                           daemon=True, name="netwarden-marks")  # fmt: skip
                 keeper.start()
-            on_ready(_summary(policy, rules, proxy is not None))
+            summary = _summary(policy, rules, proxy is not None)
+            if callout_host.queue is not None and layer is not None:
+                count = len(registry.at(Layer.CONNECT))
+                summary += (f"; CONNECT layer: {count} classifying callout(s), "
+                            f"{callout_host.queue.mechanism} queue {layer.queue}, "
+                            f"fail-{fail_mode}")  # fmt: skip
+            on_ready(summary)
             engine.run(stop)
     finally:
         stop.set()
+        if callout_host is not None:
+            callout_host.stop()
         if keeper is not None:
             keeper.join(timeout=10)  # not marking again while the marks are removed
         with contextlib.suppress(PlatformError):

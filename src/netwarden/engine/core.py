@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from netwarden.engine import host
 from netwarden.engine.bus import EngineEvent, EventBus
-from netwarden.model import FlowEvent, RelayLink
+from netwarden.model import FlowEvent, FlowKey, ProcessInfo, RelayLink
 from netwarden.platform.base import PlatformError
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class Engine:
     @property
     def netns(self) -> str:
         return self.sources.netns
+
+    def flow_process(self, key: FlowKey) -> ProcessInfo | None:
+        """The process the kernel's flow events named for a flow (they outlive a
+        process that exits at once); None when none did yet."""
+        return self.monitor.table.stamped_process(key)
 
     def publish(self, events: Sequence[EngineEvent]) -> None:
         self.bus.publish(events)

@@ -6,15 +6,19 @@ from typing import TYPE_CHECKING
 
 from netwarden.engine import host
 from netwarden.policy.compiler import CompiledPolicy, compile_policy
+from netwarden.policy.connect_layer import ConnectLayer
 
 if TYPE_CHECKING:
     from netwarden.platform.base import Firewall
     from netwarden.policy.model import Policy
 
 
-def apply_policy(policy: Policy, firewall: Firewall | None = None) -> tuple[CompiledPolicy, int]:
+def apply_policy(
+    policy: Policy, firewall: Firewall | None = None, connect: ConnectLayer | None = None
+) -> tuple[CompiledPolicy, int]:
     """Replace the live policy atomically: (what was applied, number of kernel rules).
-    A policy the kernel refuses changes nothing (PlatformError)."""
-    compiled = compile_policy(policy)
+    A policy the kernel refuses changes nothing (PlatformError). connect: the CONNECT
+    layer the daemon runs with it."""
+    compiled = compile_policy(policy, connect)
     rules = (firewall or host.firewall()).apply(compiled)
     return compiled, rules

@@ -24,6 +24,7 @@ __all__ = [
     "RuleCounters",
     "backend",
     "capabilities",
+    "clear_connect_queue",
     "firewall",
     "is_privileged",
     "monitor_table",
@@ -52,6 +53,11 @@ def run_scoped(scope: str, argv: Sequence[str]) -> int:
 
 def process_alive(pid: int) -> bool:
     return backend().process_alive(pid)
+
+
+def clear_connect_queue() -> bool:
+    """Remove what queues first packets for the CONNECT layer (a crashed daemon's)."""
+    return backend().clear_connect_queue()
 
 
 def monitor_table(pid: int) -> str:

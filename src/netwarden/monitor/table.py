@@ -149,6 +149,12 @@ class FlowTable:
 
     # -- inputs ------------------------------------------------------------------
 
+    def stamped_process(self, key: FlowKey) -> ProcessInfo | None:
+        """The process a flow event named for this flow, if one did (safe to call from
+        another thread: a lookup only)."""
+        stamp = self._stamps.get((key.transport, key.local, key.remote))
+        return stamp.process if stamp is not None else None
+
     def add_stamps(self, stamps: Iterable[ProcessStamp]) -> None:
         for stamp in stamps:
             key = FlowKey(stamp.transport, stamp.local, stamp.remote)

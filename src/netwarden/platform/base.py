@@ -37,7 +37,10 @@ from netwarden.model.observations import (
 if TYPE_CHECKING:  # the monitor's commands do not need the policy modules loaded
     import ipaddress
 
+    from netwarden.model import Attribution, Endpoint, ProcessInfo
+    from netwarden.model.connect import ConnectRequest
     from netwarden.policy.compiler import CompiledPolicy
+    from netwarden.policy.connect_layer import ConnectLayer
     from netwarden.policy.environment import Environment
     from netwarden.policy.model import PortRange
     from netwarden.policy.prefixes import Network
@@ -47,6 +50,7 @@ __all__ = [
     "NO_OWNER",
     "Backend",
     "Capability",
+    "ConnectQueue",
     "CountedFlow",
     "CountedFlowEvent",
     "Firewall",
@@ -125,6 +129,11 @@ class Firewall(Protocol):
         """Per-rule counters of the live policy; False when none is applied."""
         ...
 
+    def add_connect_target(self, policy: CompiledPolicy, target: Endpoint) -> None:
+        """Make REDIRECT verdicts to `target` work in the live policy (which `policy`,
+        with the target in its CONNECT layer, describes), without replacing it."""
+        ...
+
     def marked_owners(self) -> dict[str, int]:
         """Where this policy marks sockets for scope and service rules: owner -> mark."""
         ...
@@ -141,6 +150,30 @@ class Firewall(Protocol):
     def apply_quick_redirects(self, redirects: list[QuickRedirect]) -> None: ...
 
     def remove_quick_redirects(self) -> bool: ...
+
+
+class ConnectQueue(Protocol):
+    """New connections held at their first packet until decided (the CONNECT layer)."""
+
+    mechanism: str  # how the kernel queues them, in words for `doctor` and logs
+
+    def fileno(self) -> int: ...
+
+    def receive(self) -> list[ConnectRequest]:
+        """The connections waiting now (none: an empty list)."""
+        ...
+
+    def decide(self, request: ConnectRequest, code: int | None) -> None:
+        """Release one with the verdict code of the compiled CONNECT layer (None: drop)."""
+        ...
+
+    def owner(self, request: ConnectRequest) -> tuple[ProcessInfo | None, Attribution]:
+        """The process that holds the connection's socket, read while it waits."""
+        ...
+
+    def parent_of(self, pid: int) -> ProcessInfo | None: ...
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -164,4 +197,12 @@ class Backend(Protocol):
 
     def original_destination(self, sock: socket.socket) -> tuple[str, int]:
         """Where an accepted, redirected TCP connection was originally going."""
+        ...
+
+    def connect_queue(self, layer: ConnectLayer) -> ConnectQueue:
+        """Start queueing the first packets of new connections (close() stops)."""
+        ...
+
+    def clear_connect_queue(self) -> bool:
+        """Remove what queues first packets, also a crashed daemon's; True if any was."""
         ...

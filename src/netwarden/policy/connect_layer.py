@@ -38,30 +38,37 @@ class ConnectLayer:
     proxy_mark: int = 0x4E500001  # connections of netwarden's proxy are not queued
 
     @property
-    def permit_code(self) -> int:
+    def continue_code(self) -> int:
+        """Decided, without an opinion: the policy's other rules decide."""
         return codes_of(self.mask)[0]
 
     @property
-    def block_code(self) -> int:
+    def permit_code(self) -> int:
         return codes_of(self.mask)[1]
 
     @property
+    def block_code(self) -> int:
+        return codes_of(self.mask)[2]
+
+    @property
     def redirect_codes(self) -> dict[Endpoint, int]:
-        return dict(zip(self.redirects, codes_of(self.mask)[2:], strict=False))
+        return dict(zip(self.redirects, codes_of(self.mask)[3:], strict=False))
 
     @property
     def capacity(self) -> int:
         """How many redirect targets the mask can name."""
-        return max(0, len(codes_of(self.mask)) - 2)
+        return max(0, len(codes_of(self.mask)) - 3)
 
     def code(self, verdict: Verdict) -> int | None:
         """The mark code of a verdict; None for a redirect to an unknown target (the
         layer must be applied again with it first)."""
         if verdict.action is Action.BLOCK:
             return self.block_code
+        if verdict.action is Action.PERMIT:
+            return self.permit_code
         if verdict.action is Action.REDIRECT:
             return self.redirect_codes.get(verdict.target) if verdict.target else None
-        return self.permit_code
+        return self.continue_code
 
     def with_redirect(self, target: Endpoint) -> ConnectLayer:
         if target in self.redirects:

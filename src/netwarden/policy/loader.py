@@ -53,6 +53,7 @@ from netwarden.policy.model import (
     Direction,
     Policy,
     PortRange,
+    ProgramMatch,
     Protocol,
     RedirectTarget,
     Rule,
@@ -65,6 +66,7 @@ DEFAULT_SETTINGS = Settings()
 TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
 SETTINGS_KEYS = {
     "table", "priority", "proxy_port", "proxy_mark", "mark_base", "socks5", "http_proxy",
+    "connect_queue", "connect_mask", "fail_mode",
 }  # fmt: skip
 REDIRECT_KEYS = {
     "name", "to", "direction", "destination", "port", "interface", "user", "group", "scope",
@@ -85,7 +87,14 @@ RULE_KEYS = {
     "group",
     "scope",
     "service",
+    "exe",
+    "process",
+    "sha256",
+    "parent_exe",
+    "cmdline",
 }
+PROGRAM_KEYS = ("exe", "process", "sha256", "parent_exe", "cmdline")
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 OWNER_KEYS = ("user", "group", "scope", "service")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -113,6 +122,16 @@ def parse(text: str, filename: str, environment: Environment, base: Path | None 
 
 
 MAX_MARK = 2**32 - 1  # marks, user and group ids are 32-bit
+
+
+def connect_mask_problems(settings: Settings) -> list[str]:
+    """The CONNECT layer's verdict bits must not overlap netwarden's other marks."""
+    return [
+        f"connect_mask {settings.connect_mask:#x} overlaps {name} {mark:#x}: "
+        "set connect_mask to bits that no mark uses"
+        for name, mark in (("proxy_mark", settings.proxy_mark), ("mark_base", settings.mark_base))
+        if mark & settings.connect_mask
+    ]
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -165,6 +184,9 @@ class _Loader:
             if redirect is not None:
                 redirects.append(redirect)
         self._check_marks((*rules, *redirects), settings)
+        if any(rule.program is not None for rule in rules):
+            for problem in connect_mask_problems(settings):
+                self.problem(self.lines.key("settings", "connect_mask"), problem)
         for line, message in redirect_loops(tuple(redirects), settings.proxy_mark):
             self.problem(line, message)
         if self.problems:
@@ -229,9 +251,24 @@ class _Loader:
             mark_base = DEFAULT_SETTINGS.mark_base
         listeners = {key: self._endpoints(raw.get(key, []), at(key)) for key in
                      ("socks5", "http_proxy")}  # fmt: skip
+        connect_queue = raw.get("connect_queue", DEFAULT_SETTINGS.connect_queue)
+        if not _whole(connect_queue, 0, 65535):
+            self.problem(at("connect_queue"), "connect_queue must be a queue number, 0 to 65535")
+            connect_queue = DEFAULT_SETTINGS.connect_queue
+        connect_mask = raw.get("connect_mask", DEFAULT_SETTINGS.connect_mask)
+        if not _whole(connect_mask, 1, MAX_MARK) or bin(connect_mask).count("1") < 2:
+            self.problem(at("connect_mask"), "connect_mask must be mark bits (at least two) "
+                         "that no other program's marks use, such as 0xB0000000")  # fmt: skip
+            connect_mask = DEFAULT_SETTINGS.connect_mask
+        fail_mode = raw.get("fail_mode", DEFAULT_SETTINGS.fail_mode)
+        if fail_mode not in ("open", "closed"):
+            self.problem(at("fail_mode"), 'fail_mode must be "open" or "closed"')
+            fail_mode = DEFAULT_SETTINGS.fail_mode
         return Settings(table=table, priority=priority, proxy_port=proxy_port,
                         proxy_mark=proxy_mark, mark_base=mark_base,
-                        socks5=listeners["socks5"], http_proxy=listeners["http_proxy"])  # fmt: skip
+                        socks5=listeners["socks5"], http_proxy=listeners["http_proxy"],
+                        connect_queue=connect_queue, connect_mask=connect_mask,
+                        fail_mode=fail_mode)  # fmt: skip
 
     def _endpoints(self, raw: Any, line: int) -> tuple[tuple[str, int], ...]:
         if isinstance(raw, str):
@@ -404,6 +441,7 @@ class _Loader:
             self.problem(at("interface"), f"{interface!r} is not an interface name")
             interface = ""
         uid, gid, cgroup = self._owner(raw, at, direction)
+        program = self._program(raw, at, direction, protocol) if block is None else None
         if len(self.problems) > before or action is None or direction is None:
             return None
         return Rule(
@@ -421,7 +459,49 @@ class _Loader:
             gid=gid,
             cgroup=cgroup,
             line=header,
+            program=program,
         )
+
+    def _program(
+        self, raw: dict[str, Any], at: Where, direction: Direction | None, protocol: Protocol
+    ) -> ProgramMatch | None:
+        given = [key for key in PROGRAM_KEYS if key in raw]
+        if not given:
+            return None
+        line = at(given[0])
+        if direction not in (Direction.OUT, Direction.IN, None):
+            self.problem(line, f"{given[0]} applies to connections in or out, not forwarded ones")
+        if protocol is Protocol.ICMP:
+            self.problem(line, f"{given[0]} applies to tcp and udp connections, not icmp")
+        values = {}
+        for key in ("exe", "process", "sha256", "parent_exe"):
+            value = raw.get(key, [])
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                self.problem(at(key), f"{key} must be a string or a list of strings")
+                items = []
+            values[key] = tuple(items)
+        for key in ("exe", "parent_exe"):
+            for path in values[key]:
+                if not path.startswith(("/", "*")):
+                    message = f"{path!r} is not an absolute path (or a glob such as */curl)"
+                    self.problem(at(key), message)
+        for digest in values["sha256"]:
+            if not SHA256.match(digest):
+                self.problem(at("sha256"), f"{digest!r} is not a SHA-256 digest (64 hex digits)")
+        cmdline = raw.get("cmdline", "")
+        if not isinstance(cmdline, str):
+            self.problem(at("cmdline"), "cmdline must be a regular expression (a string)")
+            cmdline = ""
+        try:
+            re.compile(cmdline)
+        except re.error as exc:
+            self.problem(at("cmdline"), f"cmdline is not a valid regular expression: {exc}")
+        return ProgramMatch(
+            exe=values["exe"], process=values["process"],
+            sha256=tuple(d.lower() for d in values["sha256"]),
+            parent_exe=values["parent_exe"], cmdline=cmdline,
+        )  # fmt: skip
 
     # -- values ------------------------------------------------------------------
 

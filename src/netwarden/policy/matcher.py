@@ -3,13 +3,24 @@ compiled from the same policy must agree with it (a property test checks)."""
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from netwarden.model.flow import IPAddress, parse_host_port
 from netwarden.policy.environment import Environment
-from netwarden.policy.model import Action, Addresses, Direction, Policy, PortRange, Rule
+from netwarden.policy.model import (
+    Action,
+    Addresses,
+    Direction,
+    Policy,
+    PortRange,
+    ProgramMatch,
+    Rule,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,18 @@ class FlowQuery:
     gid: int | None = None
     cgroup: str = ""  # the sending socket's cgroup path under the cgroup v2 root
     mark: int = 0  # the sending socket's mark (a proxy's upstream connections carry one)
+    program: ProgramFacts | None = None  # the local process, where it is known
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramFacts:
+    """The local process of a flow, as program rules look at it."""
+
+    name: str = ""
+    exe: str = ""
+    cmdline: str = ""
+    parent_exe: str = ""
+    sha256: Callable[[], str] = lambda: ""  # of the executable, read when a rule asks
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +71,13 @@ def redirect_for(policy: Policy, flow: FlowQuery) -> Rule | None:
 
 
 def decide(policy: Policy, flow: FlowQuery) -> Decision:
-    """What happens to a flow: a redirect (nat, before the filters) rewrites where it
-    goes, then the filter rules decide about the rewritten flow."""
+    """What happens to a flow: rules that name a program decide first (at the CONNECT
+    layer, when the connection starts); then a redirect (nat, before the filters)
+    rewrites where it goes, and the other rules decide about the rewritten flow."""
+    by_program = decide_by_program(policy, flow)
+    if by_program.rule is not None:
+        return by_program
+    logged = by_program.logged
     redirect = redirect_for(policy, flow)
     if redirect is not None and redirect.target is not None:
         target = redirect.target
@@ -61,13 +89,35 @@ def decide(policy: Policy, flow: FlowQuery) -> Decision:
             direction=Direction.IN if flow.direction is Direction.FORWARD else flow.direction,
         )
         decision = _filter(policy, flow)
-        return replace(decision, redirect=redirect)
-    return _filter(policy, flow)
+        return replace(decision, redirect=redirect, logged=logged + decision.logged)
+    decision = _filter(policy, flow)
+    return replace(decision, logged=logged + decision.logged)
+
+
+def decide_by_program(policy: Policy, flow: FlowQuery) -> Decision:
+    """The first rule naming a program that matches (rule None: none does; those
+    that only log are in `logged` either way)."""
+    logged: list[Rule] = []
+    if flow.protocol not in ("tcp", "udp") or flow.direction is Direction.FORWARD:
+        return Decision(Action.ALLOW, None, (), "")
+    for rule in policy.program_rules:
+        if not matches(rule, flow, policy):
+            continue
+        if not rule.action.terminal:
+            logged.append(rule)
+            continue
+        assert rule.program is not None
+        return Decision(rule.action, rule, tuple(logged),
+                        f"rule {rule.name!r} ({policy.source}:{rule.line}) matches "
+                        f"{rule.program.describe()} when the connection starts")  # fmt: skip
+    return Decision(Action.ALLOW, None, tuple(logged), "")
 
 
 def _filter(policy: Policy, flow: FlowQuery) -> Decision:
     logged: list[Rule] = []
     for rule in policy.rules:
+        if rule.program is not None:
+            continue
         if not matches(rule, flow, policy):
             continue
         if not rule.action.terminal:
@@ -109,7 +159,28 @@ def matches(rule: Rule, flow: FlowQuery, policy: Policy) -> bool:
         cgroup = flow.cgroup.strip("/")
         if cgroup != path and not cgroup.startswith(path + "/"):
             return False
-    return True
+    return rule.program is None or (
+        flow.program is not None and program_matches(rule.program, flow.program)
+    )
+
+
+def program_matches(match: ProgramMatch, facts: ProgramFacts) -> bool:
+    if match.exe and not any(fnmatch.fnmatchcase(facts.exe, p) for p in match.exe):
+        return False
+    if match.process and facts.name not in match.process:
+        return False
+    if match.parent_exe and not any(
+        fnmatch.fnmatchcase(facts.parent_exe, p) for p in match.parent_exe
+    ):
+        return False
+    if match.cmdline and _pattern(match.cmdline).search(facts.cmdline) is None:
+        return False
+    return not match.sha256 or facts.sha256() in match.sha256
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
 
 
 def _in_addresses(address: ipaddress.IPv4Address | ipaddress.IPv6Address, spec: Addresses,
@@ -154,10 +225,11 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
     for word in extra:
         key, sep, value = word.partition("=")
         if not sep or key not in (
-            "uid", "gid", "user", "group", "scope", "service", "iface", "mark"
+            "uid", "gid", "user", "group", "scope", "service", "iface", "mark", *PROGRAM_DETAILS
         ):  # fmt: skip
             raise FlowSyntaxError(f"unknown flow detail {word!r}: use uid=, gid=, user=, "
-                                  "group=, scope=, service=, iface=")  # fmt: skip
+                                  "group=, scope=, service=, iface=, exe=, process=, "
+                                  "parent_exe=, sha256=, cmdline=")  # fmt: skip
         fields[key] = value
     uid = _identity(fields, "uid", "user", environment.uid_of)
     gid = _identity(fields, "gid", "group", environment.gid_of)
@@ -173,8 +245,19 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
         mark = int(fields.get("mark", "0"), 0)
     except ValueError:
         raise FlowSyntaxError("mark must be a number, e.g. mark=0x4e500001") from None
+    program = None
+    if any(key in fields for key in PROGRAM_DETAILS):
+        digest = fields.get("sha256", "").lower()
+        program = ProgramFacts(
+            name=fields.get("process", ""), exe=fields.get("exe", ""),
+            cmdline=fields.get("cmdline", ""), parent_exe=fields.get("parent_exe", ""),
+            sha256=lambda: digest,
+        )  # fmt: skip
     return FlowQuery(protocol, direction, source, destination, source_port, destination_port,
-                     fields.get("iface", ""), uid, gid, cgroup, mark)  # fmt: skip
+                     fields.get("iface", ""), uid, gid, cgroup, mark, program)  # fmt: skip
+
+
+PROGRAM_DETAILS = ("exe", "process", "parent_exe", "sha256", "cmdline")
 
 
 def _endpoint(text: str, protocol: str) -> tuple[IPAddress, int | None]:

@@ -124,6 +124,26 @@ class RedirectTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgramMatch:
+    """The program behind a connection, as a rule names it. Each given field must
+    match (any of its values); decided at the CONNECT layer by `netwarden up`."""
+
+    exe: tuple[str, ...] = ()  # executable paths; * ? [ ] as in shell globs
+    process: tuple[str, ...] = ()  # process names (as ps shows them)
+    sha256: tuple[str, ...] = ()  # of the executable, lower-case hex
+    parent_exe: tuple[str, ...] = ()  # the parent process's executable, globs
+    cmdline: str = ""  # a regular expression searched in the command line
+
+    def describe(self) -> str:
+        parts = [f"{key}={' or '.join(values)}" for key, values in (
+            ("exe", self.exe), ("process", self.process), ("sha256", self.sha256),
+            ("parent_exe", self.parent_exe)) if values]  # fmt: skip
+        if self.cmdline:
+            parts.append(f"cmdline~{self.cmdline}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     index: int
     name: str
@@ -141,6 +161,7 @@ class Rule:
     line: int = 0
     target: RedirectTarget | None = None  # redirect rules only
     mark: int | None = None  # redirect rules only: the socket mark a connection must carry
+    program: ProgramMatch | None = None  # decided per connection by `netwarden up`
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +173,9 @@ class Settings:
     mark_base: int = 0x4E570000  # scope and service marks: this | 16 bits per cgroup
     socks5: tuple[tuple[str, int], ...] = ()  # `netwarden up` runs SOCKS5 listeners here
     http_proxy: tuple[tuple[str, int], ...] = ()  # ... and HTTP proxy listeners here
+    connect_queue: int = 20055  # NFQUEUE number of the CONNECT layer
+    connect_mask: int = 0xB0000000  # mark bits carrying CONNECT verdicts
+    fail_mode: str = "open"  # a failing callout, or no daemon: open permits, closed blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +186,7 @@ class Policy:
     settings: Settings = field(default_factory=Settings)
     source: str = ""  # the file it came from
     redirects: tuple[Rule, ...] = ()  # tried before the filters, for new TCP connections
+
+    @property
+    def program_rules(self) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self.rules if rule.program is not None)

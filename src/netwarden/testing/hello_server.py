@@ -7,7 +7,7 @@ and says where the connection was originally going.
                                     (header X-Original-Destination: 192.0.2.7:80)
 
 It listens on 127.0.0.1 and ::1. It is also the example of
-netwarden.platform.select.original_destination for third-party listeners.
+netwarden.engine.host.original_destination for third-party listeners.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import socket
 import threading
 
-from netwarden.platform.select import original_destination
+from netwarden.engine.host import original_destination
 
 BODY = b"Hello from local server\n"
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from netwarden.platform.base import (
     Capability,
+    ConnectQueue,
     Firewall,
     FlowCounterEvents,
     FlowCounterTable,
@@ -27,6 +28,7 @@ from netwarden.platform.linux.conntrack import (
 )
 from netwarden.platform.linux.procfs import ProcResolver, may_load_bpf, read_process
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
+from netwarden.policy.connect_layer import ConnectLayer
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +182,13 @@ class LinuxBackend:
         from netwarden.platform.linux.original_dst import original_destination
 
         return original_destination(sock)
+
+    def connect_queue(self, layer: ConnectLayer) -> ConnectQueue:
+        from netwarden.platform.linux.connect_queue import LinuxConnectQueue
+
+        return LinuxConnectQueue(layer)
+
+    def clear_connect_queue(self) -> bool:
+        from netwarden.platform.linux.connect_queue import remove_queue_rules
+
+        return remove_queue_rules()

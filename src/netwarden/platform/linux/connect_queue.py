@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import subprocess
 from types import TracebackType
 
 from netwarden.model import Attribution, AttributionMethod, ProcessInfo
 from netwarden.model.connect import ConnectDirection, ConnectRequest
 from netwarden.platform.base import PlatformError
+from netwarden.platform.linux import nftables
 from netwarden.platform.linux.nfqueue import NfQueue
 from netwarden.platform.linux.procfs import ProcResolver
 from netwarden.platform.linux.sockdiag import SocketLookup
@@ -30,8 +32,18 @@ log = logging.getLogger(__name__)
 CHAIN = "NETWARDEN-CONNECT"
 HOOKS = ("OUTPUT", "INPUT")
 NF_INET_LOCAL_IN = 1
-TOOLS = ("iptables", "ip6tables")
+TOOLS = (("iptables", "ip"), ("ip6tables", "ip6"))
+CREATED_TABLE = "netwarden made this table"
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
+
+
+def parent_pid(pid: int) -> int:
+    """The parent's pid (0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _holds(pid: int, inode: int) -> bool:
@@ -70,23 +82,34 @@ def queue_rules(layer: ConnectLayer) -> list[list[str]]:
 
 
 def remove_queue_rules() -> bool:
-    """Remove netwarden's chain and the jumps to it (nothing else); True if any was
+    """Remove netwarden's chain and the jumps to it (nothing else), and the mangle
+    table too where netwarden made it and nothing else uses it; True if any was
     there. Also what a crashed daemon left."""
     found = False
-    for tool in TOOLS:
-        for hook in HOOKS:
-            while _run(tool, "-D", hook, "-j", CHAIN).returncode == 0:
+    for tool, family in TOOLS:
+        listing = _run(tool, "-S")
+        if listing.returncode != 0:
+            continue
+        made_table = CREATED_TABLE in listing.stdout
+        for line in listing.stdout.splitlines():
+            words = shlex.split(line)
+            if words[:1] == ["-A"] and words[-2:] == ["-j", CHAIN]:
                 found = True
+                _run(tool, "-D", *words[1:])
         if _run(tool, "-F", CHAIN).returncode == 0:
             found = True
             _run(tool, "-X", CHAIN)
+        if made_table and "-A " not in _run(tool, "-S").stdout:
+            subprocess.run(["nft", "delete", "table", family, "mangle"], capture_output=True,
+                           check=False)  # fmt: skip
     return found
 
 
 def install_queue_rules(layer: ConnectLayer) -> None:
     remove_queue_rules()
     try:
-        for tool in TOOLS:
+        for tool, family in TOOLS:
+            made_table = not nftables.table_exists(family, "mangle")
             result = _run(tool, "-N", CHAIN)
             if result.returncode != 0:
                 raise PlatformError(f"{tool}: {result.stderr.strip() or 'cannot add a chain'}")
@@ -97,8 +120,9 @@ def install_queue_rules(layer: ConnectLayer) -> None:
                         f"{tool} refused the NFQUEUE rule ({result.stderr.strip()}); "
                         "`netwarden doctor` says whether this kernel can queue packets"
                     )
+            note = ["-m", "comment", "--comment", CREATED_TABLE] if made_table else []
             for hook in HOOKS:
-                _run(tool, "-I", hook, "1", "-j", CHAIN)
+                _run(tool, "-I", hook, "1", *note, "-j", CHAIN)
     except FileNotFoundError:
         remove_queue_rules()
         raise PlatformError("the CONNECT layer needs iptables (iptables-nft)") from None
@@ -180,6 +204,10 @@ class LinuxConnectQueue:
         if info is None:
             return None, Attribution.unknown(f"process {pid} exited before it was read")
         return info, Attribution(AttributionMethod.SOCKET_OWNER)
+
+    def parent_of(self, pid: int) -> ProcessInfo | None:
+        parent = parent_pid(pid)
+        return self._resolver.info(parent) if parent else None
 
     def _owner_of(self, inode: int, uid: int) -> int | None:
         """The pid holding a socket: first among the processes of the same user that

@@ -8,6 +8,7 @@ import grp
 import pwd
 from pathlib import Path
 
+from netwarden.model import Endpoint
 from netwarden.platform.base import PlatformError, QuickRedirect, RuleCounters
 from netwarden.platform.linux import nftables, redirect, tproxy
 from netwarden.platform.linux.cgroup_marks import sync as cgroup_marks_sync
@@ -137,6 +138,14 @@ class LinuxFirewall:
 
     def show(self, table: str) -> tuple[list[RuleCounters], bool]:
         return show(table)
+
+    def add_connect_target(self, policy: CompiledPolicy, target: Endpoint) -> None:
+        from netwarden.platform.linux.nft_policy import connect_target_commands
+
+        try:
+            nftables.run(connect_target_commands(policy, target))
+        except nftables.NftError as exc:
+            raise PlatformError(str(exc)) from exc
 
     def marked_owners(self) -> dict[str, int]:
         from netwarden.platform.linux.cgroup_marks import marked_cgroups

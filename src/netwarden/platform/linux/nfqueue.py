@@ -9,6 +9,7 @@ uid; a verdict accepts (optionally with a new packet mark) or drops.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import struct
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ NFQA_GID = 17
 
 NF_DROP = 0
 NF_ACCEPT = 1
+
+log = logging.getLogger(__name__)
 
 COPY_BYTES = 80  # an IPv6 header and a TCP header with options fit
 _NFGEN = struct.Struct("=BBH")
@@ -136,11 +139,16 @@ class NfQueue:
         """Every packet already waiting (none: an empty list)."""
         packets = []
         for datagram in netlink.recv_nowait(self._sock, self._buffer):
-            for msg_type, _flags, payload in netlink.iter_messages(datagram):
-                if msg_type == NFQNL_MSG_PACKET:
-                    packet = parse_packet(payload)
-                    if packet is not None:
-                        packets.append(packet)
+            try:
+                for msg_type, _flags, payload in netlink.iter_messages(datagram):
+                    if msg_type == NFQNL_MSG_PACKET:
+                        packet = parse_packet(payload)
+                        if packet is not None:
+                            packets.append(packet)
+            except netlink.NetlinkError as exc:
+                # A verdict for a packet the kernel no longer holds (it drops what is
+                # queued when a netfilter hook goes away): nothing to do.
+                log.debug("the queue answered a verdict with %s", exc)
         return packets
 
     def verdict(self, packet_id: int, accept: bool, mark: int | None = None) -> None:

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
+from netwarden.model import Endpoint
 from netwarden.platform.linux.tproxy import TPROXY_MARK
 from netwarden.policy.compiler import (
     AddressMatch,
@@ -71,6 +72,8 @@ def render(policy: CompiledPolicy) -> list[JSON]:
     commands += _redirect_chains(policy)
     if policy.connect is not None:
         commands += _connect_chains(policy, policy.connect)
+        for target in policy.connect.redirects:
+            commands += connect_target_commands(policy, target)
     return commands
 
 
@@ -89,34 +92,65 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
     leaves the packet; a blocked connection is refused at once. Redirect codes are
     carried out in the nat chain (see _redirect_chains)."""
     where = {"family": FAMILY, "table": policy.table}
-    keep = 0xFFFFFFFF & ~layer.mask
     commands: list[JSON] = []
-    codes = [layer.permit_code, layer.block_code, *layer.redirect_codes.values()]
     for chain, hook in CONNECT_CHAINS:
         commands.append({"add": {"chain": {**where, "name": chain, "type": "filter",
                                            "hook": hook, "prio": CONNECT_PRIORITY,
                                            "policy": "accept"}}})  # fmt: skip
-        for code in codes:
-            ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
-            expr = [
-                *_connect_code(layer, "meta", code),
-                {"mangle": {"key": ct_mark, "value": {"|": [{"&": [ct_mark, keep]}, code]}}},
-                {"mangle": {"key": mark, "value": {"&": [mark, keep]}}},
-            ]
-            tails: list[list[JSON]] = [[]]
-            if code == layer.block_code:  # refused at once: a reset, or port unreachable
-                tails = [[TCP_ONLY, {"counter": None}, TCP_RESET],
-                         [{"counter": None}, {"reject": None}]]  # fmt: skip
-            for tail in tails:
-                rule = {**where, "chain": chain, "expr": [*expr, *tail],
-                        "comment": f"verdict {code:#x}"}  # fmt: skip
-                commands.append({"add": {"rule": rule}})
+        for code in (layer.continue_code, layer.permit_code, layer.block_code):
+            commands += _verdict_rules(where, chain, layer, code)
         # Later datagrams of a blocked UDP conversation (a refused TCP connection ends).
         later = [*_connect_code(layer, "ct", layer.block_code),
                  _match({"meta": {"key": "l4proto"}}, "udp"), {"drop": None}]  # fmt: skip
         commands.append({"add": {"rule": {**where, "chain": chain, "expr": later,
                                           "comment": "blocked"}}})  # fmt: skip
     return commands
+
+
+def _verdict_rules(where: JSON, chain: str, layer: ConnectLayer, code: int) -> list[JSON]:
+    keep = 0xFFFFFFFF & ~layer.mask
+    ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
+    expr = [
+        *_connect_code(layer, "meta", code),
+        {"mangle": {"key": ct_mark, "value": {"|": [{"&": [ct_mark, keep]}, code]}}},
+        {"mangle": {"key": mark, "value": {"&": [mark, keep]}}},
+    ]
+    tails: list[list[JSON]] = [[]]
+    if code == layer.block_code:  # refused at once: a reset, or port unreachable
+        tails = [[TCP_ONLY, {"counter": None}, TCP_RESET], [{"counter": None}, {"reject": None}]]
+    return [
+        {"add": {"rule": {**where, "chain": chain, "expr": [*expr, *tail],
+                          "comment": f"verdict {code:#x}"}}}
+        for tail in tails
+    ]  # fmt: skip
+
+
+def connect_target_commands(policy: CompiledPolicy, target: Endpoint) -> list[JSON]:
+    """The rules that carry out REDIRECT verdicts to one more target, added to the
+    live table (replacing the table would drop the packets waiting in the queue)."""
+    layer = policy.connect
+    assert layer is not None
+    assert target in layer.redirect_codes
+    code = layer.redirect_codes[target]
+    where = {"family": FAMILY, "table": policy.table}
+    commands: list[JSON] = []
+    for chain, _hook in CONNECT_CHAINS:
+        commands += _verdict_rules(where, chain, layer, code)
+    return [*commands, _connect_redirect(where, layer, target, code)]
+
+
+def _connect_redirect(where: JSON, layer: ConnectLayer, target: Endpoint, code: int) -> JSON:
+    address = ipaddress.ip_address(target.address)
+    expr = [
+        _match({"meta": {"key": "nfproto"}}, "ipv4" if address.version == 4 else "ipv6"),
+        TCP_ONLY,
+        *_connect_code(layer, "ct", code),
+        {"counter": None},
+        _nat_to(address, target.port),
+    ]
+    chain = NAT_CHAINS[Direction.OUT][0]
+    comment = f"redirected at connect to {target}"
+    return {"add": {"rule": {**where, "chain": chain, "expr": expr, "comment": comment}}}
 
 
 NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
@@ -131,8 +165,7 @@ def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
     for direction, (chain, hook) in NAT_CHAINS.items():
         rules = [r for r in policy.redirects.get(direction, ()) if not _is_tproxy(r)]
         connect = policy.connect if direction is Direction.OUT else None
-        targets = connect.redirect_codes if connect is not None else {}
-        if not rules and not targets:
+        if not rules and connect is None:
             continue
         commands.append({"add": {"chain": {**where, "name": chain, "type": "nat", "hook": hook,
                                            "prio": -100, "policy": "accept"}}})  # fmt: skip
@@ -140,20 +173,6 @@ def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
             guard = [_match({"meta": {"key": "mark"}}, policy.proxy_mark), {"return": None}]
             comment = "the proxy's own connections"
             commands.append({"add": {"rule": {**where, "chain": chain, "expr": guard,
-                                              "comment": comment}}})  # fmt: skip
-        for target, code in targets.items():
-            assert connect is not None
-            address = ipaddress.ip_address(target.address)
-            to = _nat_to(address, target.port)
-            expr = [
-                _match({"meta": {"key": "nfproto"}}, "ipv4" if address.version == 4 else "ipv6"),
-                TCP_ONLY,
-                *_connect_code(connect, "ct", code),
-                {"counter": None},
-                to,
-            ]
-            comment = f"redirected at connect to {target}"
-            commands.append({"add": {"rule": {**where, "chain": chain, "expr": expr,
                                               "comment": comment}}})  # fmt: skip
         for compiled in rules:
             for expr in _expressions(compiled):
