@@ -25,6 +25,12 @@ def _run(*args: str) -> tuple[int, str]:
         (("monitor", "--once", "--netns", "../etc"), "not a network namespace name"),
         (("monitor",), "needs a terminal"),
         (("history", "--db", "/nonexistent/h.sqlite"), "no history at"),
+        (("history", "--port", "70000"), "70000"),
+        (("history", "--limit", "-1"), "-1"),
+        (("history", "--host", "example.org"), "not an IP address or network"),
+        (("monitor", "--once", "--filter", "port:99999"), "from 0 to 65535"),
+        (("callouts", "list", "--file", "/nonexistent/c.py"), "no such file"),
+        (("up", "--policy", "/dev/null", "--fail-mode", "sideways"), "open or closed"),
     ],
 )
 def test_user_errors_exit_2_with_one_clear_sentence(args: tuple[str, ...], message: str) -> None:

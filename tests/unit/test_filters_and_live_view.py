@@ -132,3 +132,13 @@ def test_per_process_totals_follow_new_events_and_filters() -> None:
     assert {t.name: t.bytes_sent for t in view.totals()} == {"curl": 70, "wget": 5}
     view.filter = FlowFilter(process="wget")
     assert [t.name for t in view.totals()] == ["wget"]
+
+
+def test_address_filters_take_networks_and_ports_are_bounded() -> None:
+    from netwarden.monitor.filters import FlowFilter
+
+    assert FlowFilter.parse("addr:10.0.0.0/8").network is not None
+    assert FlowFilter.parse("addr:[fd00::1]").network is not None
+    for bad in ("port:99999", "port:x", "addr:10.0.0.0/99"):
+        with pytest.raises(ValueError, match=r"port must be|not an address"):
+            FlowFilter.parse(bad)

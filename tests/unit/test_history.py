@@ -90,3 +90,18 @@ def test_a_database_from_before_the_relay_column_is_upgraded(tmp_path: Path) -> 
     flow = dataclasses.replace(_flow(5000), relay="proxied: the proxy's upstream is x -> y")
     store.record([flow])
     assert store.query(HistoryQuery()) == [flow]
+
+
+def test_host_takes_networks_and_bracketed_ipv6(store: HistoryStore) -> None:
+    store.record([_flow(5000, "10.77.0.9:443"), _flow(5001, "[fd00:77::2]:80"),
+                  _flow(5002, "192.0.2.7:443")])  # fmt: skip
+
+    def ports(host: str) -> list[int]:
+        return sorted(f.key.local.port for f in store.query(HistoryQuery(host=host)))
+
+    assert ports("10.77.0.0/24") == [5000]
+    assert ports("[fd00:77::2]") == [5001]
+    assert ports("fd00:77::/64") == [5001]
+    assert ports("10.0.0.0/8") == [5000, 5001, 5002]  # every flow's local side is 10.0.0.1
+    with pytest.raises(ValueError, match="not an IP address or network"):
+        store.query(HistoryQuery(host="example.org"))

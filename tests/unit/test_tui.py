@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from textual.binding import Binding
 from textual.widgets import DataTable, Input, Static
 
 from netwarden.engine.core import Engine
@@ -48,7 +49,7 @@ def test_table_shows_flows_and_filters_and_totals() -> None:
             assert sorted(_column(flows, 0)) == ["curl", "nginx", "nginx"]
 
             await pilot.press("b")  # sort by bytes sent, most first
-            assert _column(flows, 6)[0] == "4.9 KB"
+            assert _column(flows, 6)[0] == "4.9 KiB"
 
             await pilot.press("slash")
             box = app.query_one("#filter", Input)
@@ -78,5 +79,22 @@ def test_bad_filter_is_reported_and_keeps_the_old_one() -> None:
             assert app.view.filter.process is None
             assert app.query_one("#flows", DataTable).row_count == 3
             await pilot.press("q")
+
+    asyncio.run(scenario())
+
+
+def test_keys_work_from_a_fresh_start_and_the_footer_lists_them() -> None:
+    async def scenario() -> None:
+        app = _app()
+        async with app.run_test(size=(200, 30)) as pilot:
+            await pilot.pause(0.3)
+            assert isinstance(app.focused, DataTable)
+            await pilot.press("t")  # the very first key acts
+            assert app.has_class("totals")
+            assert app.view.filter.process is None
+            shown = {b.key for b in app.BINDINGS if isinstance(b, Binding) and b.show}
+            assert {"q", "slash", "t", "p", "r", "b", "s", "l", "a"} <= shown
+            await pilot.press("t", "q")
+        assert app.return_code == 0
 
     asyncio.run(scenario())

@@ -25,6 +25,7 @@ GC_YOUNGEST_THRESHOLD = 10_000  # allocations between collections (Python's defa
 if TYPE_CHECKING:
     from netwarden.daemon.up import CalloutOptions
     from netwarden.engine.core import Engine
+    from netwarden.engine.host import Capability
     from netwarden.monitor.filters import FlowFilter
     from netwarden.monitor.history import HistoryStore
 
@@ -242,22 +243,49 @@ def history(
     ] = None,
     since: Annotated[str | None, typer.Option(help="ISO time or age (15m, 2h, 7d).")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time or age.")] = None,
-    host: Annotated[str | None, typer.Option(help="Remote or local address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Remote or local port.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many flows, newest first.")] = 1000,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Remote or local address or network: 192.0.2.7, 10.0.0.0/8, [fd00::1], fd00::/64."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Remote or local port.", min=0, max=65535)
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(help="At most this many flows, newest first.", min=1)
+    ] = 1000,
     output: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.table,
-    db: Annotated[Path | None, typer.Option(help="History database.")] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="History database; default /var/lib/netwarden/history.sqlite as "
+            "root, else ~/.local/state/netwarden/history.sqlite."
+        ),
+    ] = None,
 ) -> None:
-    """Query closed connections recorded by `netwarden monitor`.
+    """Query closed connections recorded by `netwarden monitor` and `netwarden up`.
 
     Examples:\n
       netwarden history --process curl --since 1h\n
-      netwarden history --host 192.0.2.7 --port 443 --format json
+      netwarden history --host 192.0.2.7 --port 443 --format json\n
+      netwarden history --host 10.0.0.0/8
     """
     from netwarden.cli.render import table
     from netwarden.engine.host import is_privileged
-    from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore, default_path
+    from netwarden.monitor.history import (
+        HistoryError,
+        HistoryQuery,
+        HistoryStore,
+        default_path,
+        parse_network,
+    )
 
+    if host is not None:
+        try:
+            parse_network(host)
+        except ValueError as exc:
+            fail(f"--host: {exc}")
     path = db or default_path(is_privileged())
     if not path.exists():
         fail(f"no history at {path}: run `netwarden monitor` first, or pass --db")
@@ -287,6 +315,7 @@ def doctor(
 
     try:
         capabilities = read_capabilities()
+        capabilities.append(_connect_layer(capabilities))
     except PlatformError as exc:
         fail(str(exc))
     if as_json:
@@ -309,6 +338,36 @@ def doctor(
         mark = "ok  " if cap.available else "MISSING"
         typer.echo(f"[{mark:7}] {cap.name}: {cap.detail}")
         typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
+
+
+def _connect_layer(probed: list[Capability]) -> Capability:
+    """The CONNECT layer: how this kernel queues first packets, and what a running
+    daemon uses (its queue and fail mode)."""
+    from netwarden.daemon import state
+    from netwarden.engine.host import Capability as Cap
+
+    found = {c.name: c for c in probed}
+    nft, iptables = found.get("nft queue"), found.get("iptables NFQUEUE")
+    if nft is not None and nft.available:
+        mechanism = "nft queue"
+    elif iptables is not None and iptables.available:
+        mechanism = "iptables-nft NFQUEUE (this kernel has no nft queue statement)"
+    else:
+        mechanism = ""
+    running = state.read()
+    status = state.read_callouts() if running and state.alive(running.pid) else None
+    if status is not None and status.get("queue"):
+        detail = (f"in use by netwarden up (pid {running.pid if running else '?'}): "
+                  f"{status['queue']}, fail-{status['fail_mode']}, "
+                  f"{len(status.get('callouts', []))} callout(s), "  # type: ignore[arg-type]
+                  f"{status.get('decided', 0)} connections decided")  # fmt: skip
+    elif mechanism:
+        detail = f"available through {mechanism}; not in use (netwarden up runs it when "
+        detail += "rules name a program or callouts classify; fail-open unless set)"
+    else:
+        detail = "no way to queue packets here (neither nft queue nor the NFQUEUE target)"
+    return Cap("CONNECT layer", bool(mechanism), detail,
+               "rules by program and callouts deciding each new connection")  # fmt: skip
 
 
 @app.command(context_settings={"ignore_unknown_options": True})

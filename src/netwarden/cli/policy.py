@@ -55,12 +55,14 @@ def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     """Validate a policy file; print every problem with file:line (exit code 2).
 
     The format, in short (docs/policy.md has it all):\n
-      \\[settings]      table, priority, proxy_port, proxy_mark, mark_base, socks5, http_proxy\n
+      \\[settings]      table, priority, proxy_port, proxy_mark, mark_base, socks5, http_proxy,
+      connect_queue, connect_mask, fail_mode\n
       \\[defaults]      out = "allow"   in = "block"   forward = "allow"\n
       \\[sets.NAME]     addresses = ["192.0.2.0/24"]   file = "list.txt"\n
       \\[\\[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
       protocol (tcp|udp|icmp|any), from, to (addresses or @sets), from_port, port,
-      interface; out only: user, group, scope, service\n
+      interface; out only: user, group, scope, service; by program (with `netwarden
+      up`): exe, process, sha256, parent_exe, cmdline\n
       \\[\\[redirect]]    name, to ("proxy" or ADDRESS:PORT), direction (out|forward),
       destination, port, user, group, scope, service, mark, method (nat|tproxy),
       target_mark
@@ -71,7 +73,9 @@ def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     typer.echo(
         f"{path}: valid: {len(policy.rules)} rules "
         f"({', '.join(f'{n} {d}' for d, n in counts.items())}), "
-        f"{len(policy.redirects)} redirects, {len(policy.sets)} sets; "
+        f"{len(policy.redirects)} redirects, {len(policy.sets)} sets"
+        + (f", {len(policy.program_rules)} by program" if policy.program_rules else "")
+        + "; "
         f"defaults: {defaults}"
     )
 
@@ -87,6 +91,10 @@ def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     from netwarden.engine.host import PlatformError
 
     policy = _load(path)
+    if policy.program_rules:
+        names = ", ".join(repr(rule.name) for rule in policy.program_rules)
+        _fail(f"netwarden: {path}: rule(s) {names} name a program; such rules are decided "
+              "as each connection starts, by `netwarden up --policy FILE`", 2)  # fmt: skip
     try:
         _compiled, rules = apply_policy(policy, _firewall())
     except PlatformError as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from netwarden.model.flow import parse_host_port
+from netwarden.model.flow import IPAddress, parse_host_port
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -58,7 +58,7 @@ def redirect(
         _fail(f"netwarden: {exc}", 1)
         return
 
-    targets = []
+    targets: list[tuple[IPAddress, int]] = []
     for text in to:
         try:
             address, port = parse_host_port(text)
@@ -68,6 +68,9 @@ def redirect(
         if port is None:
             _fail(f"--to {text!r} needs a port")
             return
+        if any(other.version == address.version for other, _port in targets):
+            _fail(f"--to {text!r}: one listener per address family (IPv4 and [IPv6]); "
+                  "the first would take every connection")  # fmt: skip
         targets.append((address, port))
     ports = []
     for text in dport:

@@ -10,11 +10,12 @@ from netwarden.model.flow import relay_role
 
 
 def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1024 or unit == "GB":
+    """Binary multiples, labelled as such: 1,000,000 bytes are 976.6 KiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
-    return f"{count:.1f} GB"
+    return f"{count:.1f} GiB"
 
 
 def process_label(flow: Flow) -> tuple[str, str]:

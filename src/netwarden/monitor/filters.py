@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from netwarden.model import Flow
@@ -14,6 +15,7 @@ class FlowFilter:
     state: str | None = None  # e.g. ESTABLISHED, LISTEN (case-insensitive)
     address: str | None = None  # substring of local or remote address
     transport: str | None = None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # addr:10.0.0.0/8
 
     def matches(self, flow: Flow) -> bool:
         if self.process:
@@ -32,6 +34,10 @@ class FlowFilter:
             return False
         if self.address and not (
             self.address in key.local.address or self.address in key.remote.address
+        ):
+            return False
+        if self.network is not None and not (
+            _within(key.local.address, self.network) or _within(key.remote.address, self.network)
         ):
             return False
         return not (self.transport and str(key.transport) != self.transport.lower())
@@ -58,12 +64,28 @@ class FlowFilter:
             else:
                 raise ValueError(f"unknown filter {name!r}: use proc:, port:, state:, addr:")
         port = values.get("port")
-        if port is not None and not port.isdigit():
-            raise ValueError(f"port must be a number, not {port!r}")
+        if port is not None and not (port.isdigit() and int(port) <= 65535):
+            raise ValueError(f"port must be a number from 0 to 65535, not {port!r}")
+        address, network = values.get("address"), None
+        if address is not None and ("/" in address or address.startswith("[")):
+            bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
+            try:
+                network = ipaddress.ip_network(bare, strict=False)
+            except ValueError:
+                raise ValueError(f"addr: {address!r} is not an address or network") from None
+            address = None
         return cls(
             process=values.get("process"),
             port=int(port) if port is not None else None,
             state=values.get("state"),
-            address=values.get("address"),
+            address=address,
             transport=values.get("transport"),
+            network=network,
         )
+
+
+def _within(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return ipaddress.ip_address(address) in network
+    except ValueError:
+        return False

@@ -91,8 +91,8 @@ class MonitorApp(App[None]):
         Binding("r", "sort('rate')", "Sort rate"),
         Binding("b", "sort('sent')", "Sort sent"),
         Binding("s", "sort('state')", "Sort state"),
-        Binding("l", "sort('local')", "Sort local", show=False),
-        Binding("a", "sort('age')", "Sort age", show=False),
+        Binding("l", "sort('local')", "Sort local port"),
+        Binding("a", "sort('age')", "Sort age"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
@@ -128,6 +128,7 @@ class MonitorApp(App[None]):
         for label, sort in FLOW_COLUMNS:
             flows.add_column(label, key=sort.value if sort else label.lower())
         self.query_one("#totals", DataTable).add_columns(*TOTAL_COLUMNS)
+        flows.focus()  # keys act on the table from the start, not on the hidden filter box
         self._thread = threading.Thread(target=self._run_monitor, daemon=True)
         self._thread.start()
         self.set_interval(min(self.engine.monitor.interval, 1.0), self.redraw)
@@ -212,6 +213,7 @@ class MonitorApp(App[None]):
     def action_clear_filter(self) -> None:
         self.view.filter = FlowFilter()
         self.query_one("#filter", Input).remove_class("shown")
+        self.query_one("#flows", DataTable).focus()
         self.redraw()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

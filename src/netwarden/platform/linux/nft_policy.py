@@ -69,7 +69,7 @@ def render(policy: CompiledPolicy) -> list[JSON]:
         for tail in tails:
             commands.append({"add": {"rule": {**rule, "comment": f"default {direction}",
                                               "expr": tail}}})  # fmt: skip
-    commands += _redirect_chains(policy)
+    commands += redirect_chains(policy)
     if policy.connect is not None:
         commands += _connect_chains(policy, policy.connect)
         for target in policy.connect.redirects:
@@ -90,7 +90,7 @@ def _connect_code(layer: ConnectLayer, where: str, code: int) -> list[JSON]:
 def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
     """A verdict code in a packet's mark moves into its connection's conntrack mark and
     leaves the packet; a blocked connection is refused at once. Redirect codes are
-    carried out in the nat chain (see _redirect_chains)."""
+    carried out in the nat chain (see redirect_chains)."""
     where = {"family": FAMILY, "table": policy.table}
     commands: list[JSON] = []
     for chain, hook in CONNECT_CHAINS:
@@ -157,7 +157,7 @@ NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
               Direction.FORWARD: ("redirect_forward", "prerouting")}  # fmt: skip
 
 
-def _redirect_chains(policy: CompiledPolicy) -> list[JSON]:
+def redirect_chains(policy: CompiledPolicy) -> list[JSON]:
     """nat chains for redirect rules, only when the policy has any. The proxy's own
     connections (its mark) are never redirected: the loop guard."""
     where = {"family": FAMILY, "table": policy.table}
@@ -427,14 +427,11 @@ def _verdict(compiled: CompiledRule) -> JSON:
         case Action.REDIRECT:
             target = compiled.rule.target
             assert target is not None
-            if (
-                target.address is None
-                or target.address.is_loopback
-                or (compiled.rule.direction is Direction.FORWARD)
-            ):
+            # A forwarded connection is redirected on arrival to the receiving
+            # interface's own address: the listener must accept there (0.0.0.0:PORT).
+            if target.address is None or compiled.rule.direction is Direction.FORWARD:
                 return {"redirect": {"port": target.port}}
-            family = "ip" if target.address.version == 4 else "ip6"
-            return {"dnat": {"family": family, "addr": str(target.address), "port": target.port}}
+            return _nat_to(target.address, target.port)
 
 
 def read_counters(table_listing: list[JSON]) -> dict[str, tuple[int, int]]:

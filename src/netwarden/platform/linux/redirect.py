@@ -1,5 +1,7 @@
-"""Connect redirection on nftables: chosen outgoing TCP connections go to a local
-listener instead (the brief's ALE_CONNECT_REDIRECT), in a table netwarden owns.
+"""`netwarden redirect`: chosen outgoing TCP connections go to a local listener instead
+(the brief's ALE_CONNECT_REDIRECT), as [[redirect]] rules of a policy compiled and
+rendered exactly as a policy file's, in a table of its own that `netwarden down`
+removes.
 
 Sockets carrying the proxy mark are never redirected: a local proxy marks its upstream
 connections (SO_MARK) so they leave for the real destination instead of looping back.
@@ -11,62 +13,50 @@ from typing import Any
 
 from netwarden.platform.base import PlatformError, QuickRedirect
 from netwarden.platform.linux import nftables
+from netwarden.platform.linux.nft_policy import redirect_chains
+from netwarden.policy.compiler import compile_policy
+from netwarden.policy.model import (
+    Action,
+    Addresses,
+    Direction,
+    Policy,
+    Protocol,
+    RedirectTarget,
+    Rule,
+    Settings,
+)
 
 TABLE = "netwarden_redirect"
 PROXY_MARK = 0x4E500001
 JSON = dict[str, Any]
 
 
-def _match(left: JSON, right: Any) -> JSON:
-    return {"match": {"op": "==", "left": left, "right": right}}
-
-
-def _rule(redirect: QuickRedirect) -> list[JSON]:
-    address, port = redirect.target
-    family = "ipv4" if redirect.family == 4 else "ipv6"
-    payload = "ip" if redirect.family == 4 else "ip6"
-    expr: list[JSON] = [
-        _match({"meta": {"key": "nfproto"}}, family),
-        _match({"meta": {"key": "l4proto"}}, "tcp"),
-    ]
-    destinations = [n for n in redirect.destinations if n.version == redirect.family]
-    if destinations:
-        values = [{"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
-                  for n in destinations]  # fmt: skip
-        expr.append(_match({"payload": {"protocol": payload, "field": "daddr"}},
-                           values[0] if len(values) == 1 else {"set": values}))  # fmt: skip
-    if redirect.ports:
-        ports = [r.low if r.low == r.high else {"range": [r.low, r.high]} for r in redirect.ports]
-        expr.append(_match({"payload": {"protocol": "tcp", "field": "dport"}},
-                           ports[0] if len(ports) == 1 else {"set": ports}))  # fmt: skip
-    if redirect.uid is not None:
-        expr.append(_match({"meta": {"key": "skuid"}}, redirect.uid))
-    expr.append({"counter": None})
-    if address.is_loopback or redirect.forwarded:
-        expr.append({"redirect": {"port": port}})
-    else:
-        expr.append({"dnat": {"family": payload, "addr": str(address), "port": port}})
-    return expr
+def as_policy(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> Policy:
+    """The one-liner's redirects as the [[redirect]] rules of a policy."""
+    rules = tuple(
+        Rule(
+            index=index, name=f"redirect-{index + 1}", action=Action.REDIRECT,
+            direction=Direction.FORWARD if redirect.forwarded else Direction.OUT,
+            protocol=Protocol.TCP,
+            destination=Addresses(tuple(n for n in redirect.destinations
+                                        if n.version == redirect.family)),
+            destination_ports=redirect.ports, uid=redirect.uid,
+            target=RedirectTarget(redirect.target[1], redirect.target[0]),
+        )
+        for index, redirect in enumerate(redirects)
+    )  # fmt: skip
+    return Policy(rules=(), defaults=dict.fromkeys(Direction, Action.ALLOW), sets={},
+                  settings=Settings(table=TABLE, proxy_mark=mark), redirects=rules)  # fmt: skip
 
 
 def render(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> list[JSON]:
-    where = {"family": "inet", "table": TABLE}
-    commands: list[JSON] = [
-        {"add": {"chain": {**where, "name": "out", "type": "nat", "hook": "output",
-                           "prio": -100, "policy": "accept"}}},
-        {"add": {"rule": {**where, "chain": "out", "comment": "the proxy's own connections",
-                          "expr": [_match({"meta": {"key": "mark"}}, mark), {"return": None}]}}},
-    ]  # fmt: skip
-    if any(r.forwarded for r in redirects):
-        # A forwarded connection is redirected on arrival to the receiving interface's
-        # own address: the listener must accept there (0.0.0.0:PORT, [::]:PORT).
-        commands.append({"add": {"chain": {**where, "name": "pre", "type": "nat",
-                                           "hook": "prerouting", "prio": -100,
-                                           "policy": "accept"}}})  # fmt: skip
-    for redirect in redirects:
-        chain = "pre" if redirect.forwarded else "out"
-        commands.append({"add": {"rule": {**where, "chain": chain, "expr": _rule(redirect)}}})
-    return commands
+    compiled = compile_policy(as_policy(redirects, mark))
+    counters: list[JSON] = [
+        {"add": {"counter": {"family": "inet", "table": TABLE, "name": name}}}
+        for name in compiled.counters
+        if name.startswith("rule_")
+    ]
+    return counters + redirect_chains(compiled)
 
 
 def apply(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> None:
