@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,9 @@ def serve() -> None:
     """Inside the server namespace: a 1-byte echo and a sink."""
 
     def echo(conn: socket.socket) -> None:
+        # Closed with a reset: no TIME_WAIT piles up, so later runs meet the same host
+        # (thousands of TIME_WAIT connections slowed every later connect ~100-fold).
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with conn:
             data = conn.recv(1)
             if data:
@@ -134,6 +138,7 @@ def _measure(client: Host, server: Host, samples: int, seconds: float,
 
 class Netwarden:
     def __init__(self, client: Host, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
         callout = directory / "trivial.py"
         callout.write_text(TRIVIAL)
         policy = directory / "empty.toml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -180,3 +181,28 @@ def test_up_marks_a_restarted_service_again(
         time.sleep(0.5)
     client.run([PY, "-m", "netwarden", "down"])
     assert probe(client, server.ipv4, 5002, prefix=in_cgroup(directory)) == "connected"
+
+
+def test_policy_apply_and_off_refuse_to_change_a_running_daemons_table(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, _server = pair
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    other = tmp_path / "other.toml"
+    other.write_text('[[rule]]\naction = "block"\ndirection = "out"\nport = 9\n')
+    daemon = _up(client, policy, tmp_path / "history.sqlite")
+
+    def rules() -> str:  # the table without its counters' values
+        listing = client.run(["nft", "list", "table", "inet", "netwarden"]).stdout
+        return re.sub(r"packets \d+ bytes \d+", "", listing)
+
+    before = rules()
+    for command in (["policy", "apply", str(other)], ["policy", "off"]):
+        result = client.run([PY, "-m", "netwarden", *command], check=False)
+        assert result.returncode == 1
+        assert "netwarden up (pid" in result.stderr
+        assert "netwarden down" in result.stderr
+    assert rules() == before
+    client.run([PY, "-m", "netwarden", "down"])
+    assert daemon.wait(timeout=15) == 0

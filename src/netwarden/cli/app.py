@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import inspect
 import json
 import signal
 import sys
@@ -373,7 +374,9 @@ def _connect_layer(probed: list[Capability]) -> Capability:
 @app.command(context_settings={"ignore_unknown_options": True})
 def run(
     scope: Annotated[str, typer.Option(help="The scope's name, as policy rules name it.")],
-    command: Annotated[list[str], typer.Argument(help="The command, after --.")],
+    command: Annotated[
+        list[str], typer.Argument(help="The command, after --.", metavar="COMMAND...")
+    ],
 ) -> None:
     """Run a command in an application scope that policy rules can name.
 
@@ -504,6 +507,30 @@ def _callout_options(sources: list[str], fail_mode: str | None, budget: float) -
     return CalloutOptions(tuple(loaded), FailMode(fail_mode) if fail_mode else None, budget)
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: each paragraph's lines joined into one (the terminal
+    wraps them), while indented lines (examples, formats) keep their own line."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and not line.startswith(" ") and not lines[-1].startswith(" "):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(*apps: typer.Typer) -> None:
+    for typer_app in apps:
+        for command in typer_app.registered_commands:
+            if command.help is None and command.callback is not None:
+                command.help = reflow(command.callback.__doc__)
+
+
 def _register_subcommands() -> None:
     from netwarden.cli.callouts import app as callouts_app
     from netwarden.cli.policy import app as policy_app
@@ -515,6 +542,7 @@ def _register_subcommands() -> None:
     app.command()(redirect)
     app.command()(down)
     app.command()(proxy)
+    _reflow_help(app, policy_app, callouts_app)
 
 
 _register_subcommands()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from netwarden.jsontext import dumps
+from netwarden.wording import count
 
 if TYPE_CHECKING:
     from netwarden.engine.host import Firewall
@@ -39,6 +40,18 @@ def _firewall() -> Firewall:
         raise  # unreachable: _fail exits
 
 
+def _refuse_while_up(table: str, doing: str) -> None:
+    """The daemon owns its table while it runs: changing it underneath would leave the
+    daemon enforcing something it no longer knows."""
+    from netwarden.daemon import state
+
+    running = state.read()
+    if running is not None and running.table == table and state.alive(running.pid):
+        _fail(f"netwarden: netwarden up (pid {running.pid}) enforces table inet {table} "
+              f"from {running.policy}; it was not {doing}. Stop it with `netwarden down`, "
+              "or restart it with the new policy", 1)  # fmt: skip
+
+
 def _load(path: Path) -> Policy:
     from netwarden.policy.errors import PolicyError
     from netwarden.policy.loader import load
@@ -51,7 +64,9 @@ def _load(path: Path) -> Policy:
 
 
 @app.command()
-def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> None:
+def check(
+    path: Annotated[Path, typer.Argument(help="Policy file (TOML).", metavar="FILE")],
+) -> None:
     """Validate a policy file; print every problem with file:line (exit code 2).
 
     The format, in short (docs/policy.md has it all):\n
@@ -71,9 +86,9 @@ def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
     counts = {d.value: sum(1 for r in policy.rules if r.direction == d) for d in policy.defaults}
     defaults = ", ".join(f"{d} {a}" for d, a in policy.defaults.items())
     typer.echo(
-        f"{path}: valid: {len(policy.rules)} rules "
+        f"{path}: valid: {count(len(policy.rules), 'rule')} "
         f"({', '.join(f'{n} {d}' for d, n in counts.items())}), "
-        f"{len(policy.redirects)} redirects, {len(policy.sets)} sets"
+        f"{count(len(policy.redirects), 'redirect')}, {count(len(policy.sets), 'set')}"
         + (f", {len(policy.program_rules)} by program" if policy.program_rules else "")
         + "; "
         f"defaults: {defaults}"
@@ -81,7 +96,9 @@ def check(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
 
 
 @app.command()
-def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> None:
+def apply(
+    path: Annotated[Path, typer.Argument(help="Policy file (TOML).", metavar="FILE")],
+) -> None:
     """Validate, then replace the live policy in one atomic step.
 
     A policy with any problem changes nothing; if the kernel refuses it, the previous
@@ -95,11 +112,13 @@ def apply(path: Annotated[Path, typer.Argument(help="Policy file (TOML).")]) -> 
         names = ", ".join(repr(rule.name) for rule in policy.program_rules)
         _fail(f"netwarden: {path}: rule(s) {names} name a program; such rules are decided "
               "as each connection starts, by `netwarden up --policy FILE`", 2)  # fmt: skip
+    _refuse_while_up(policy.settings.table, "replaced")
     try:
         _compiled, rules = apply_policy(policy, _firewall())
     except PlatformError as exc:
         _fail(f"netwarden: policy not applied, nothing changed: {exc}", 1)
-    typer.echo(f"applied {path}: {len(policy.rules)} rules ({rules} kernel rules) "
+    typer.echo(f"applied {path}: {count(len(policy.rules), 'rule')} "
+               f"({count(rules, 'kernel rule')}) "
                f"in table inet {policy.settings.table}")  # fmt: skip
 
 
@@ -135,7 +154,7 @@ def show(
 
 @app.command()
 def test(
-    path: Annotated[Path, typer.Argument(help="Policy file (TOML).")],
+    path: Annotated[Path, typer.Argument(help="Policy file (TOML).", metavar="FILE")],
     flow: Annotated[
         str, typer.Option(help="e.g. 'tcp out 10.0.0.5:40000 -> 192.0.2.7:443 uid=1000'.")
     ],
@@ -164,6 +183,7 @@ def off(table: TableOption = "netwarden") -> None:
     """Remove netwarden's policy table, and nothing else."""
     from netwarden.engine.host import PlatformError
 
+    _refuse_while_up(table, "removed")
     try:
         removed = _firewall().remove(table)
     except PlatformError as exc:

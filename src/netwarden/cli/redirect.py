@@ -45,7 +45,7 @@ def redirect(
     Connections from sockets marked 0x4e500001 (a proxy's own upstream connections)
     are never redirected. `netwarden down` removes the redirection. Needs root.
 
-    Example, the brief's: every outgoing connection to port 80 reaches a local server.\n
+    Example: every outgoing connection to port 80 reaches a local server.\n
       netwarden redirect --dport 80 --to 127.0.0.1:55555 --to [::1]:55555
     """
     from netwarden.engine.host import PlatformError, QuickRedirect

@@ -34,6 +34,7 @@ from netwarden.policy.model import Policy
 from netwarden.proxy.gate import policy_gate
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
 from netwarden.proxy.userspace import UserModeProxy
+from netwarden.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,11 @@ def claim(policy: Policy, firewall: Firewall) -> None:
             f"netwarden is already up here (pid {previous.pid}, policy {previous.policy}); "
             "`netwarden down` stops it"
         )
+    table = policy.settings.table
+    if previous is None and firewall.show(table)[1]:
+        log.warning("replacing the policy in table inet %s (applied with `netwarden "
+                    "policy apply`); `netwarden down` removes it when this daemon stops",
+                    table)  # fmt: skip
     if previous is not None:
         log.warning("cleaning up after a daemon that did not stop (pid %d)", previous.pid)
         with contextlib.suppress(PlatformError):
@@ -230,8 +236,8 @@ def run(
 
 def _summary(policy: Policy, rules: int, proxied: bool) -> str:
     summary = (
-        f"up: {len(policy.rules)} rules, {len(policy.redirects)} redirects "
-        f"({rules} kernel rules) in table inet {policy.settings.table}"
+        f"up: {count(len(policy.rules), 'rule')}, {count(len(policy.redirects), 'redirect')} "
+        f"({count(rules, 'kernel rule')}) in table inet {policy.settings.table}"
     )
     if proxied and needs_transparent(policy):
         summary += f"; proxy on port {policy.settings.proxy_port}"

@@ -1,5 +1,5 @@
-"""The brief's local server: answers every HTTP request with "Hello from local server"
-and says where the connection was originally going.
+"""The local server of the classic redirect example: answers every HTTP request with
+"Hello from local server" and says where the connection was originally going.
 
     python -m netwarden.testing.hello_server --port 55555
     netwarden redirect --dport 80 --to 127.0.0.1:55555 --to [::1]:55555
