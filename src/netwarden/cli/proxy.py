@@ -76,6 +76,14 @@ def proxy(
         bool,
         typer.Option(help="Transparent flows move through splice(2), not through Python."),
     ] = True,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Connections each listener relays at once; beyond, new ones are "
+            "refused and logged. Default: what the open-file limit allows.",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
     """Relay connections, one NDJSON line per finished flow.
 
@@ -141,7 +149,8 @@ def proxy(
         names = [f"{h}:{p}" for h, p in transparent + socks + http_listeners]
         if socks or http_listeners:
             user_mode = UserModeProxy(gate, users, idle_timeout=idle_timeout,
-                                      on_flow=proxied_flow)  # fmt: skip
+                                      on_flow=proxied_flow, mark=mark_value,
+                                      max_connections=max_connections)  # fmt: skip
             servers = await user_mode.start(socks, http_listeners)
             tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]
         if transparent:
@@ -153,6 +162,7 @@ def proxy(
                 chain=chain,
                 idle_timeout=idle_timeout,
                 on_flow=transparent_flow,
+                max_connections=max_connections,
             )
             tasks.append(asyncio.ensure_future(relay.serve(transparent, ready.set)))
             waiter = asyncio.ensure_future(ready.wait())
@@ -163,8 +173,15 @@ def proxy(
         typer.echo(f"netwarden: proxy listening on {', '.join(names)}", err=True)
         everything = asyncio.gather(*tasks)
         loop = asyncio.get_running_loop()
+
+        def stop(_signum: int, _frame: object) -> None:
+            # A plain handler, not loop.add_signal_handler: that one hears of a signal
+            # through the loop's wake-up pipe, which a busy proxy can fill (the signal
+            # is then lost); this one runs in the main thread whatever the pipe holds.
+            loop.call_soon_threadsafe(everything.cancel)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, everything.cancel)
+            signal.signal(sig, stop)
         with contextlib.suppress(asyncio.CancelledError):
             await everything
 

@@ -28,6 +28,7 @@ from typing import Any
 from netwarden.model import Endpoint, RelayLink
 from netwarden.platform.select import original_destination
 from netwarden.proxy.kernel_relay import kernel_relay
+from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
 from netwarden.proxy.upstream import Hop, connect_direct, open_upstream
 from netwarden.proxy.workers import Workers
@@ -112,6 +113,7 @@ class TransparentProxy:
         idle_timeout: float = 300.0,
         on_flow: Callable[[FlowReport], None] | None = None,
         on_link: Callable[[RelayLink], None] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         """on_flow gets each flow once it has ended; on_link (called from any thread)
         each flow's sockets once it is connected upstream, for the monitor."""
@@ -128,6 +130,8 @@ class TransparentProxy:
         # before the handshake): one arriving back at a listener means the redirection
         # loops, and it is refused instead of spinning (the hop guard).
         self._own_ports: set[tuple[bool, int]] = set()  # (IPv6?, port)
+        self._max_connections = max_connections
+        self._limits: dict[int, ConnectionLimit] = {}  # listener fd -> its bound
 
     async def serve(
         self, listeners: list[tuple[str, int]], ready: Callable[[], None] | None = None
@@ -138,6 +142,8 @@ class TransparentProxy:
         try:
             for host, port in listeners:
                 sockets.append(_listener(host, port, self.tproxy))
+                self._limits[sockets[-1].fileno()] = ConnectionLimit(
+                    f"transparent listener {host}:{port}", self._max_connections)  # fmt: skip
             if ready is not None:
                 ready()
             if self.fast_path and not self.chain:
@@ -189,9 +195,15 @@ class TransparentProxy:
                     time.sleep(0.1)  # out of descriptors or memory: the backlog waits
                 successor()
             return  # otherwise the listener was shut down
+        limit = self._limits[listener.fileno()]
+        if not limit.enter():
+            conn.close()
+            successor()
+            return
         try:
             self._handle_blocking(conn, peer, report, successor)
         finally:
+            limit.leave()
             successor()
 
     def _handle_blocking(self, conn: socket.socket, peer: tuple[str, int],
@@ -268,11 +280,16 @@ class TransparentProxy:
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        limit = self._limits[listener.fileno()]
         while True:
             conn, peer = await loop.sock_accept(listener)
+            if not limit.enter():
+                conn.close()
+                continue
             task = asyncio.ensure_future(self._handle(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+            task.add_done_callback(lambda _task: limit.leave())
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

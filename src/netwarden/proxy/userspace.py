@@ -9,12 +9,14 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
 from netwarden.proxy.kernel_relay import Streams
+from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,19 @@ class UserModeProxy:
         connect_timeout: float = 10.0,
         idle_timeout: float = 300.0,
         on_flow: Callable[[ProxiedFlow], None] | None = None,
+        mark: int = 0,
+        max_connections: int | None = None,
     ) -> None:
+        """mark: SO_MARK of the upstream connections (needs CAP_NET_ADMIN), which
+        redirect rules skip, so that a redirect covering their destination does not
+        send them back into a proxy."""
         self.gate = gate
+        self.mark = mark
+        self._mark_refused = False
+        self._max_connections = max_connections
+        # Local ports of this proxy's own upstream connections: one arriving back at a
+        # listener is a redirection loop, refused instead of relayed (the hop guard).
+        self._own_ports: set[tuple[bool, int]] = set()
         self.users = users
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -60,21 +73,37 @@ class UserModeProxy:
         asyncio.Server
     ]:  # fmt: skip
         servers = []
-        for handler, addresses in ((self._socks, socks), (self._http, http)):
+        for kind, handler, addresses in (("SOCKS5", self._socks, socks),
+                                         ("HTTP proxy", self._http, http)):  # fmt: skip
             for host, port in addresses:
+                limit = ConnectionLimit(f"{kind} listener {host}:{port}", self._max_connections)
                 servers.append(await asyncio.start_server(
-                    self._spawner(handler), host, port, reuse_address=True))  # fmt: skip
+                    self._spawner(handler, limit), host, port, reuse_address=True))  # fmt: skip
         return servers
 
     def _spawner(
-        self, handler: Handler
+        self, handler: Handler, limit: ConnectionLimit
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
         def spawn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self._looped(writer) or not limit.enter():
+                writer.transport.abort()
+                return
             task = asyncio.ensure_future(handler(reader, writer))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+            task.add_done_callback(lambda _task: limit.leave())
 
         return spawn
+
+    def _looped(self, writer: asyncio.StreamWriter) -> bool:
+        peer = writer.get_extra_info("peername")
+        if peer is None or (":" in str(peer[0]), int(peer[1])) not in self._own_ports:
+            return False
+        log.error(
+            "redirection loop: this proxy's own upstream connection came back to it; "
+            "give its upstream connections the mark the redirect rules skip (--mark)"
+        )
+        return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         """A client's handler ended; a bug in it must not take the listener down."""
@@ -100,9 +129,7 @@ class UserModeProxy:
                 last = Refused(socks5.Reply.NOT_ALLOWED, reason)
                 continue
             try:
-                streams = await asyncio.wait_for(
-                    asyncio.open_connection(address, port), self.connect_timeout
-                )
+                streams = await asyncio.wait_for(self._open(address, port), self.connect_timeout)
             except ConnectionRefusedError as exc:
                 last = Refused(socks5.Reply.CONNECTION_REFUSED, str(exc))
             except (OSError, TimeoutError) as exc:
@@ -110,6 +137,47 @@ class UserModeProxy:
             else:
                 return streams, (address, port)
         raise last
+
+    async def _open(self, address: str, port: int) -> Streams:
+        """A connection to address:port from a socket with the proxy's mark, its local
+        port known to the hop guard (until the handler's _forget)."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        own: tuple[bool, int] | None = None
+        try:
+            self._set_mark(sock)
+            sock.setblocking(False)
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            own = (family == socket.AF_INET6, int(sock.getsockname()[1]))
+            self._own_ports.add(own)
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            if own is not None:
+                self._own_ports.discard(own)
+            sock.close()
+            raise
+        return reader, writer
+
+    def _forget(self, upstream: Streams) -> None:
+        """The upstream connection is done with: its port leaves the hop guard."""
+        local = upstream[1].get_extra_info("sockname")
+        if local is not None:
+            self._own_ports.discard((":" in str(local[0]), int(local[1])))
+
+    def _set_mark(self, sock: socket.socket) -> None:
+        if not self.mark or sys.platform != "linux":
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+        except PermissionError:
+            if not self._mark_refused:
+                self._mark_refused = True
+                log.warning(
+                    "cannot mark upstream connections (SO_MARK needs CAP_NET_ADMIN): a "
+                    "redirect covering their destinations would send them back into a "
+                    "proxy; exempt this proxy's user from such redirects"
+                )
 
     async def _pass_on(self, kind: str, client: Streams, upstream: Streams,
                        destination: tuple[str, int], early: bytes) -> None:  # fmt: skip
@@ -164,10 +232,14 @@ class UserModeProxy:
                 writer.write(socks5.reply(exc.reply))
                 self._report("socks5", writer, destination, RelayStats(error=str(exc)))
                 return
-            bound = upstream[1].get_extra_info("sockname")
-            writer.write(socks5.reply(socks5.Reply.SUCCEEDED, (str(bound[0]), int(bound[1]))))
-            await self._pass_on("socks5", (reader, writer), upstream, destination,
-                                protocol.leftover())  # fmt: skip
+            try:
+                bound = upstream[1].get_extra_info("sockname")
+                writer.write(socks5.reply(socks5.Reply.SUCCEEDED,
+                                          (str(bound[0]), int(bound[1]))))  # fmt: skip
+                await self._pass_on("socks5", (reader, writer), upstream, destination,
+                                    protocol.leftover())  # fmt: skip
+            finally:
+                self._forget(upstream)
         except (OSError, TimeoutError) as exc:
             log.info("socks5: client %s", exc)
         finally:
@@ -197,11 +269,15 @@ class UserModeProxy:
                 writer.write(http_proxy.BadRequest(status, str(exc)).response())
                 self._report("http", writer, destination, RelayStats(error=str(exc)))
                 return
-            if isinstance(request, http_proxy.Tunnel):
-                writer.write(http_proxy.ESTABLISHED)
-            else:
-                upstream[1].write(request.head)
-            await self._pass_on("http", (reader, writer), upstream, destination, buffer[end:])
+            try:
+                if isinstance(request, http_proxy.Tunnel):
+                    writer.write(http_proxy.ESTABLISHED)
+                else:
+                    upstream[1].write(request.head)
+                await self._pass_on("http", (reader, writer), upstream, destination,
+                                    buffer[end:])  # fmt: skip
+            finally:
+                self._forget(upstream)
         except (OSError, TimeoutError) as exc:
             log.info("http proxy: client %s", exc)
         finally:
