@@ -3,10 +3,12 @@ marked upstream connections, bounded listeners, and one SIGTERM that stops them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,51 @@ except OSError as exc:
     _stops_on_one_sigterm(socks)
     _out, err = socks.communicate()
     assert "2 connections open, the limit; refusing new ones" in err
+
+
+COUNTING_SERVER = """
+import socket, sys
+listener = socket.socket(socket.AF_INET6)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("::", 8080)); listener.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = listener.accept()
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\\r\\n\\r\\n")
+    length = 0
+    for line in head.split(b"\\r\\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(body) < length:
+        body += conn.recv(65536)
+    total = str(len(head) + 4 + len(body)).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s"
+                 % (len(total), total))
+    conn.close()
+"""
+
+
+def test_the_http_proxy_counts_every_byte_of_absolute_uri_requests(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    counting = server.popen([PY, "-c", COUNTING_SERVER], stdout=subprocess.PIPE)
+    assert counting.stdout is not None
+    assert counting.stdout.readline().strip() == "ready"
+    proxy = _proxy(client, "--http", "127.0.0.1:3128")
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 1_000_000)
+    url = f"http://{server.ipv4}:8080/upload"
+    for extra in ([], ["--data-binary", f"@{body}"]):
+        answer = client.run(["curl", "-sS", "--max-time", "10", "-x", "http://127.0.0.1:3128",
+                             *extra, url])  # fmt: skip
+        received_by_server = int(answer.stdout)
+        assert proxy.stdout is not None
+        flow = json.loads(proxy.stdout.readline())
+        assert flow["bytes_up"] == received_by_server
+        assert flow["bytes_down"] > 0
+    assert received_by_server > 1_000_000
+    _stops_on_one_sigterm(proxy)

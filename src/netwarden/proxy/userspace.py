@@ -181,10 +181,13 @@ class UserModeProxy:
 
     async def _pass_on(self, kind: str, client: Streams, upstream: Streams,
                        destination: tuple[str, int], early: bytes) -> None:  # fmt: skip
-        """What the client sent after its request, then both ways; the flow reported."""
+        """What the client sent after its request (for absolute-URI HTTP, the request
+        itself too), then both ways; the flow reported with every payload byte."""
         if early:
             upstream[1].write(early)
-        self._report(kind, client[1], destination, await self._relay(client, upstream))
+        stats = await self._relay(client, upstream)
+        stats.client_to_server += len(early)
+        self._report(kind, client[1], destination, stats)
 
     async def _relay(self, client: Streams, upstream: Streams) -> RelayStats:
         """After the handshake nothing is inspected: the kernel fast path where there
@@ -270,12 +273,12 @@ class UserModeProxy:
                 self._report("http", writer, destination, RelayStats(error=str(exc)))
                 return
             try:
+                early = buffer[end:]
                 if isinstance(request, http_proxy.Tunnel):
                     writer.write(http_proxy.ESTABLISHED)
                 else:
-                    upstream[1].write(request.head)
-                await self._pass_on("http", (reader, writer), upstream, destination,
-                                    buffer[end:])  # fmt: skip
+                    early = request.head + early
+                await self._pass_on("http", (reader, writer), upstream, destination, early)
             finally:
                 self._forget(upstream)
         except (OSError, TimeoutError) as exc:
