@@ -47,3 +47,36 @@ def test_two_monitors_in_one_namespace_keep_their_own_tables(
     assert _tables(client).count("netwarden_monitor") == 1  # the second still tracks
     assert second.stop() == 0
     assert "netwarden_monitor" not in _tables(client)
+
+
+def _acct(host: Host) -> str:
+    return host.run(["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout.strip()
+
+
+def test_byte_accounting_is_restored_after_a_killed_monitor(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    from tests.integration.conftest import PY
+
+    client, _server = pair
+    client.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=0"])
+    crashed = MonitorProcess(client.netns, tmp_path / "h.sqlite")
+    assert _acct(client) == "1"
+    os.killpg(crashed.proc.pid, signal.SIGKILL)
+    crashed.stop()
+    assert _acct(client) == "1"  # nobody restored it yet
+
+    # The next monitor takes over what the dead one meant to restore, and restores it.
+    again = MonitorProcess(client.netns, tmp_path / "h.sqlite")
+    assert _acct(client) == "1"
+    assert again.stop() == 0
+    assert _acct(client) == "0"
+
+    # A crash with no monitor after it: `netwarden down` cleans up.
+    crashed = MonitorProcess(client.netns, tmp_path / "h.sqlite")
+    os.killpg(crashed.proc.pid, signal.SIGKILL)
+    crashed.stop()
+    said = client.run([PY, "-m", "netwarden", "down"]).stdout
+    assert "of a monitor that died" in said
+    assert _acct(client) == "0"
+    assert "netwarden_monitor" not in _tables(client)

@@ -115,7 +115,7 @@ def down() -> None:
     import time
 
     from netwarden.daemon import state
-    from netwarden.engine.host import PlatformError, clear_connect_queue
+    from netwarden.engine.host import PlatformError, clean_dead_monitors, clear_connect_queue
     from netwarden.engine.host import firewall as host_firewall
 
     said = []
@@ -138,6 +138,8 @@ def down() -> None:
             said.append("redirection removed")
         if clear_connect_queue():
             said.append("removed the CONNECT layer's queue rules")
+        for table in clean_dead_monitors():
+            said.append(f"removed table inet {table} of a monitor that died")
     except PlatformError as exc:
         _fail(str(exc), 1)
     typer.echo("; ".join(said) if said else "nothing was up")

@@ -24,6 +24,7 @@ __all__ = [
     "RuleCounters",
     "backend",
     "capabilities",
+    "clean_dead_monitors",
     "clear_connect_queue",
     "firewall",
     "is_privileged",
@@ -58,6 +59,11 @@ def process_alive(pid: int) -> bool:
 def clear_connect_queue() -> bool:
     """Remove what queues first packets for the CONNECT layer (a crashed daemon's)."""
     return backend().clear_connect_queue()
+
+
+def clean_dead_monitors() -> list[str]:
+    """Remove what monitors that died left behind here."""
+    return backend().clean_dead_monitors()
 
 
 def monitor_table(pid: int) -> str:

@@ -199,6 +199,11 @@ class Backend(Protocol):
         """Where an accepted, redirected TCP connection was originally going."""
         ...
 
+    def clean_dead_monitors(self) -> list[str]:
+        """Remove what monitors that died left (their tables, a setting to restore);
+        the names of what was removed."""
+        ...
+
     def connect_queue(self, layer: ConnectLayer) -> ConnectQueue:
         """Start queueing the first packets of new connections (close() stops)."""
         ...

@@ -192,3 +192,8 @@ class LinuxBackend:
         from netwarden.platform.linux.connect_queue import remove_queue_rules
 
         return remove_queue_rules()
+
+    def clean_dead_monitors(self) -> list[str]:
+        from netwarden.platform.linux.conntrack import clean_dead_monitors
+
+        return clean_dead_monitors(self.monitor_table_prefix)

@@ -265,16 +265,69 @@ def attach_udp_only_filter(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def tracking_table(name: str) -> list[dict[str, Any]]:
-    """A chain whose only job is to make the kernel track connections in this namespace."""
+ACCT_NOTE = "nf_conntrack_acct was "
+
+
+def tracking_table(name: str, old_acct: str | None = None) -> list[dict[str, Any]]:
+    """A chain whose only job is to make the kernel track connections in this namespace.
+    Its rule's comment records the accounting setting to restore (old_acct), so that a
+    monitor that dies without restoring it leaves the value with its table."""
     where = {"family": "inet", "table": name}
+    rule: dict[str, Any] = {**where, "chain": "track", "expr": [
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid"]}},
+    ]}  # fmt: skip
+    if old_acct is not None:
+        rule["comment"] = ACCT_NOTE + old_acct
     return [
         {"add": {"chain": {**where, "name": "track", "type": "filter", "hook": "output",
                            "prio": -150, "policy": "accept"}}},
-        {"add": {"rule": {**where, "chain": "track", "expr": [
-            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid"]}},
-        ]}}},
+        {"add": {"rule": rule}},
     ]  # fmt: skip
+
+
+def recorded_acct(table: str) -> str | None:
+    """The accounting setting a monitor's table says to restore, if it says one."""
+    from netwarden.platform.linux import nftables
+
+    try:
+        listing = nftables.list_json("table", "inet", table)
+    except nftables.NftError:
+        return None
+    for item in listing:
+        comment = str(item.get("rule", {}).get("comment", ""))
+        if comment.startswith(ACCT_NOTE) and comment[len(ACCT_NOTE) :].isdigit():
+            return comment[len(ACCT_NOTE) :]
+    return None
+
+
+def clean_dead_monitors(prefix: str) -> list[str]:
+    """Remove the tables of monitors that died, and restore the accounting setting one
+    of them recorded when no live monitor remains; the tables removed."""
+    from netwarden.platform.linux import nftables
+
+    removed, recorded, alive = [], None, False
+    for name, pid in monitor_tables(prefix):
+        if pid_alive(pid):
+            alive = True
+            continue
+        recorded = recorded_acct(name) or recorded
+        nftables.delete_table("inet", name)
+        removed.append(name)
+    if recorded is not None and not alive:
+        ACCT_SYSCTL.write_text(recorded + "\n")
+    return removed
+
+
+def monitor_tables(prefix: str) -> list[tuple[str, int]]:
+    """(table, pid) of every monitor's table in this namespace."""
+    from netwarden.platform.linux import nftables
+
+    found = []
+    for _family, name in nftables.list_tables():
+        suffix = name.removeprefix(prefix + "_")
+        if suffix != name and suffix.isdigit():
+            found.append((name, int(suffix)))
+    return found
 
 
 class ConntrackActivation:
@@ -293,27 +346,24 @@ class ConntrackActivation:
         self.created_table = False
 
     def _siblings(self) -> list[tuple[str, int]]:
-        from netwarden.platform.linux import nftables  # (a one-shot listing needs none)
-
-        found = []
-        for _family, name in nftables.list_tables():
-            suffix = name.removeprefix(self.prefix + "_")
-            if suffix != name and suffix.isdigit():
-                found.append((name, int(suffix)))
-        return found
+        return [(n, p) for n, p in monitor_tables(self.prefix) if n != self.table]
 
     def enable(self) -> None:
         from netwarden.platform.linux import nftables
 
+        # What to restore in the end: what the first monitor of a line of them found,
+        # as any of them (live or dead) recorded it; else the setting now.
+        inherited = None
         for name, pid in self._siblings():
+            inherited = recorded_acct(name) or inherited
             if not pid_alive(pid):
                 nftables.delete_table("inet", name)
-        nftables.replace_table("inet", self.table, tracking_table(self.table))
-        self.created_table = True
         current = ACCT_SYSCTL.read_text().strip()
+        self._old_acct = inherited or (current if current != "1" else None)
+        nftables.replace_table("inet", self.table, tracking_table(self.table, self._old_acct))
+        self.created_table = True
         if current != "1":
             ACCT_SYSCTL.write_text("1\n")
-            self._old_acct = current
 
     def disable(self) -> None:
         from netwarden.platform.linux import nftables
