@@ -302,3 +302,68 @@ def test_a_process_that_connects_and_exits_at_once_is_decided_with_its_exe(
     for decision in decided:
         assert "program-a (pid" in decision["process"], decided
         assert str(a) in decision["process"]
+
+
+WATCHER = """
+import os
+from netwarden.callout.api import Callout
+from netwarden.model.connect import BLOCK
+
+class NoSecrets(Callout):
+    def watch_packets(self, connection):
+        return connection.remote.port == 7010
+
+    def packet(self, packet):
+        with open(os.environ["NETWARDEN_PACKET_LOG"], "a") as log:
+            log.write(f"{packet.direction} {packet.size} {packet.payload!r}\\n")
+        return BLOCK if b"secret" in packet.payload else None
+
+callouts = [NoSecrets()]
+"""
+
+SENDER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(2)
+sock.connect((sys.argv[1], int(sys.argv[2])))
+answers = []
+for word in (b"first", b"a secret", b"last"):
+    sock.send(word)
+    try:
+        answers.append(sock.recv(100).decode())
+    except socket.timeout:
+        answers.append("-")
+print(" ".join(answers))
+"""
+
+
+def test_a_packet_callout_sees_every_packet_of_the_connections_it_watches(
+    pair: tuple[Host, Host], tmp_path: Path, daemons: list[Daemon],
+) -> None:  # fmt: skip
+    client, server = pair
+    echo = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    echo += "s.bind(('0.0.0.0', PORT))\nprint('ready', flush=True)\n"
+    echo += "while True:\n    data, peer = s.recvfrom(100)\n    s.sendto(b'ok:' + data, peer)\n"
+    for port in (7010, 7011):
+        proc = server.popen([PY, "-c", echo.replace("PORT", str(port))], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+    watcher = tmp_path / "watcher.py"
+    watcher.write_text(WATCHER)
+    log = tmp_path / "packets.log"
+    env = {"NETWARDEN_PACKET_LOG": str(log), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    daemons.append(Daemon(client, tmp_path, "", "--callouts", str(watcher), env=env))
+    sender = tmp_path / "sender.py"
+    sender.write_text(SENDER)
+    watched = client.run([PY, str(sender), server.ipv4, "7010"]).stdout.split()
+    assert watched == ["ok:first", "-", "ok:last"]  # the secret was dropped on its way out
+    other = client.run([PY, str(sender), server.ipv4, "7011"]).stdout.split()
+    assert other == ["ok:first", "ok:a", "secret", "ok:last"]  # not watched: untouched
+    # Every packet after the first (the first is the CONNECT layer's), both ways, with
+    # its IP size and payload; nothing of the connection to 7011.
+    assert log.read_text().splitlines() == [
+        "in 36 b'ok:first'",
+        "out 36 b'a secret'",
+        "out 32 b'last'",
+        "in 35 b'ok:last'",
+    ]

@@ -22,6 +22,7 @@ from netwarden.model.connect import (
     Action,
     ConnectDirection,
     ConnectRequest,
+    FlowPacket,
     Verdict,
     redirect,
 )
@@ -216,3 +217,21 @@ def test_redirect_verdicts_name_their_target() -> None:
     verdict = redirect("127.0.0.1", 55555)
     assert verdict.action is Action.REDIRECT
     assert str(verdict) == "redirect to 127.0.0.1:55555"
+
+
+class Watcher(Callout):
+    def watch_packets(self, connection: Connection) -> bool:
+        return connection.remote.port == 443
+
+    def packet(self, packet: object) -> Verdict | None:
+        return BLOCK
+
+
+def test_packet_callouts_choose_connections_and_decide_their_packets() -> None:
+    reg = registry(Watcher())
+    assert reg.at(Layer.PACKET)
+    assert reg.watches(connection(port=443))
+    assert not reg.watches(connection(port=80))
+    packet = FlowPacket(1, Transport.TCP, ConnectDirection.OUT, Endpoint("10.0.0.1", 4),
+                        Endpoint("192.0.2.7", 443), 60, b"x")  # fmt: skip
+    assert reg.classify_packet(packet).verdict == BLOCK

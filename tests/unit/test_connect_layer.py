@@ -160,3 +160,15 @@ def test_a_connect_mask_overlapping_netwardens_marks_is_refused() -> None:
     text = "[settings]\nconnect_mask = 0x4E000000\n" + PROGRAM_POLICY
     with pytest.raises(PolicyError, match="overlaps proxy_mark"):
         parse(text, "p.toml", fake_environment())
+
+
+def test_the_transport_payload_of_tcp_and_udp_packets() -> None:
+    from netwarden.platform.packet_headers import ip_length, transport_payload
+
+    udp = ipv4(17, 1000, 53)[:28] + b"query"
+    assert transport_payload(udp) == b"query"
+    tcp = bytearray(ipv4(6, 40000, 443)[:40]) + b"GET /"
+    tcp[32] = 5 << 4  # a 20-byte TCP header
+    assert transport_payload(bytes(tcp)) == b"GET /"
+    assert transport_payload(b"\x45") == b""
+    assert ip_length(ipv4(6, 1, 2)) == 40

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from netwarden.model import Attribution, Endpoint, Flow, ProcessInfo, Transport
-from netwarden.model.connect import ConnectDirection, ConnectRequest, Verdict
+from netwarden.model.connect import ConnectDirection, ConnectRequest, FlowPacket, Verdict
 
 
 class Layer(enum.StrEnum):
@@ -140,11 +140,21 @@ class Callout:
     def notify(self, change: Change) -> None:
         """The policy in force changed."""
 
+    def watch_packets(self, connection: Connection) -> bool:
+        """PACKET, opt-in: whether packet() should see every packet of this connection
+        (asked as it starts; the others never reach Python after their first packet)."""
+        return False
+
+    def packet(self, packet: FlowPacket) -> Verdict | None:
+        """PACKET: one packet of a watched connection; BLOCK drops it."""
+        return None
+
 
 HOOKS = {
     Layer.CONNECT: "classify",
     Layer.FLOW_ESTABLISHED: "flow_established",
     Layer.FLOW_DELETED: "flow_deleted",
+    Layer.PACKET: "packet",
 }
 
 

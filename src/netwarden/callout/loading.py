@@ -72,7 +72,7 @@ def _checked(callouts: Any, origin: str) -> list[LoadedCallout]:
             raise CalloutLoadError(f"{origin}: {item.__name__} is a class; list an instance "
                                    f"({item.__name__}())")  # fmt: skip
         if not layers_of(item):
-            raise CalloutLoadError(f"{origin}: {name_of(item)} defines no hook (classify, "
+            raise CalloutLoadError(f"{origin}: {name_of(item)} defines no hook (classify, packet, "
                                    "flow_established, flow_deleted)")  # fmt: skip
         loaded.append(LoadedCallout(item, origin))
     return loaded

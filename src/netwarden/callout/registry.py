@@ -14,7 +14,7 @@ from typing import Any
 
 from netwarden.callout.api import Change, Connection, Layer, layers_of, name_of
 from netwarden.model import Flow
-from netwarden.model.connect import BLOCK, CONTINUE, PERMIT, Action, Verdict
+from netwarden.model.connect import BLOCK, CONTINUE, PERMIT, Action, FlowPacket, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,28 @@ class CalloutRegistry:
                 return Decision(self.fail_mode.verdict, loaded.name, failure)
             loaded.stats.verdicts[str(verdict.action)] += 1
             if verdict.action is not Action.CONTINUE:
+                return Decision(verdict, loaded.name)
+        return Decision(CONTINUE, "")
+
+    def watches(self, connection: Connection) -> bool:
+        """Whether a PACKET callout wants every packet of this connection."""
+        for loaded in self._at[Layer.PACKET]:
+            hook = getattr(loaded.callout, "watch_packets", None)
+            if hook is None:
+                continue
+            wanted, failure = self._call(loaded, Layer.PACKET, hook, connection)
+            if not failure and wanted:
+                return True
+        return False
+
+    def classify_packet(self, packet: FlowPacket) -> Decision:
+        """Ask each PACKET callout until one decides; CONTINUE when none does."""
+        for loaded in self._at[Layer.PACKET]:
+            verdict, failure = self._call(loaded, Layer.PACKET, loaded.callout.packet, packet)
+            if failure:
+                return Decision(self.fail_mode.verdict, loaded.name, failure)
+            if isinstance(verdict, Verdict) and verdict.action is not Action.CONTINUE:
+                loaded.stats.verdicts[str(verdict.action)] += 1
                 return Decision(verdict, loaded.name)
         return Decision(CONTINUE, "")
 

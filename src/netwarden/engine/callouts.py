@@ -19,13 +19,13 @@ from netwarden.callout.registry import (
 )
 from netwarden.engine import host
 from netwarden.engine.bus import CalloutFailed, EngineEvent, PolicyApplied
-from netwarden.engine.connect import ConnectLoop
+from netwarden.engine.connect import ConnectLoop, PacketLoop
 from netwarden.model import Endpoint, FlowEvent, FlowEventKind
 from netwarden.policy.connect_layer import ConnectLayer
 
 if TYPE_CHECKING:
     from netwarden.engine.core import Engine
-    from netwarden.platform.base import ConnectQueue
+    from netwarden.platform.base import ConnectQueue, PacketQueue
     from netwarden.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,13 @@ def registry_for(
 
 def connect_layer_for(policy: Policy, registry: CalloutRegistry) -> ConnectLayer | None:
     """The CONNECT layer the policy and callouts need; None when nothing classifies."""
-    if not registry.at(Layer.CONNECT):
+    if not registry.at(Layer.CONNECT) and not registry.at(Layer.PACKET):
         return None
     settings = policy.settings
     return ConnectLayer(queue=settings.connect_queue, mask=settings.connect_mask,
                         fail_open=registry.fail_mode is FailMode.OPEN,
-                        proxy_mark=settings.proxy_mark)  # fmt: skip
+                        proxy_mark=settings.proxy_mark,
+                        packets=bool(registry.at(Layer.PACKET)))  # fmt: skip
 
 
 class CalloutHost:
@@ -71,6 +72,8 @@ class CalloutHost:
         self.write_status = write_status
         self.queue: ConnectQueue | None = None
         self.loop: ConnectLoop | None = None
+        self.packets: PacketQueue | None = None
+        self.packet_loop: PacketLoop | None = None
         self._threads: list[threading.Thread] = []
         engine.bus.subscribe(self._on_events)
 
@@ -80,6 +83,10 @@ class CalloutHost:
             self.loop = ConnectLoop(self.queue, self.registry, self.layer, self.relayout,
                                     self.engine.publish, self.engine.flow_process)  # fmt: skip
             self._spawn("netwarden-connect", self.loop.run, stop)
+            if self.layer.packets:
+                self.packets = host.backend().packet_queue(self.layer)
+                self.packet_loop = PacketLoop(self.packets, self.registry)
+                self._spawn("netwarden-packets", self.packet_loop.run, stop)
         if self.write_status is not None:
             self._spawn("netwarden-callout-status", self._report, stop)
 
@@ -95,6 +102,9 @@ class CalloutHost:
         if self.queue is not None:
             self.queue.close()
             self.queue = None
+        if self.packets is not None:
+            self.packets.close()
+            self.packets = None
 
     def status(self) -> dict[str, object]:
         return {
@@ -102,6 +112,8 @@ class CalloutHost:
             "budget_seconds": self.registry.budget,
             "queue": self.queue.mechanism if self.queue is not None else "",
             "decided": self.loop.decided if self.loop is not None else 0,
+            "packets": self.packet_loop.seen if self.packet_loop is not None else 0,
+            "packets_dropped": self.packet_loop.dropped if self.packet_loop is not None else 0,
             "callouts": self.registry.to_json(),
         }
 

@@ -21,8 +21,8 @@ from netwarden.model import (
     Transport,
 )
 from netwarden.model.connect import Action, ConnectDirection, ConnectRequest, Verdict
-from netwarden.platform.base import ConnectQueue, PlatformError
-from netwarden.policy.connect_layer import ConnectLayer
+from netwarden.platform.base import ConnectQueue, PacketQueue, PlatformError
+from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class ConnectLoop:
             decision = self.registry.classify(connection)
             verdict, by = decision.verdict, decision.by
             code = self._code(request, verdict)
+            if (code is not None and self.layer.packets and verdict.action is not Action.BLOCK
+                    and self.registry.watches(connection)):  # fmt: skip
+                code |= WATCH_BIT
         except Exception as exc:  # never leave a connection waiting
             log.exception("deciding %s failed", request)
             process, verdict, by = None, self.registry.fail_mode.verdict, "netwarden"
@@ -122,3 +125,33 @@ class ConnectLoop:
                 code = layer.code(verdict)
             return code
         return self.layer.code(verdict)
+
+
+class PacketLoop:
+    """The PACKET layer's loop: each packet of a watched connection put to the PACKET
+    callouts; BLOCK drops it, anything else lets it pass."""
+
+    def __init__(self, queue: PacketQueue, registry: CalloutRegistry) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.seen = 0
+        self.dropped = 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                ready, _w, _x = select.select([self.queue], [], [], 0.25)
+                if not ready:
+                    continue
+                for packet in self.queue.receive():
+                    self.seen += 1
+                    try:
+                        verdict = self.registry.classify_packet(packet).verdict
+                    except Exception:
+                        log.exception("deciding a packet of %s failed", packet)
+                        verdict = self.registry.fail_mode.verdict
+                    accept = verdict.action is not Action.BLOCK
+                    self.dropped += not accept
+                    self.queue.decide(packet, accept)
+            except Exception:  # the loop must go on: packets wait for it
+                log.exception("the PACKET loop failed; going on")

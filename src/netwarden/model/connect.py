@@ -56,3 +56,21 @@ class ConnectRequest:
     def __str__(self) -> str:
         arrow = "->" if self.direction is ConnectDirection.OUT else "<-"
         return f"{self.transport} {self.direction} {self.local} {arrow} {self.remote}"
+
+
+@dataclass(slots=True)
+class FlowPacket:
+    """One packet of a connection a callout watches (the PACKET layer), held until
+    decided: PERMIT or CONTINUE lets it pass, BLOCK drops it."""
+
+    ticket: int
+    transport: Transport
+    direction: ConnectDirection  # OUT: sent by this host; IN: arriving for it
+    local: Endpoint
+    remote: Endpoint
+    size: int  # of the IP packet
+    payload: bytes  # the transport's payload (what the application sent), as copied
+
+    def __str__(self) -> str:
+        arrow = "->" if self.direction is ConnectDirection.OUT else "<-"
+        return f"{self.transport} {self.local} {arrow} {self.remote}, {self.size} bytes"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the monitor's commands do not need the policy modules loade
     import ipaddress
 
     from netwarden.model import Attribution, Endpoint, ProcessInfo
-    from netwarden.model.connect import ConnectRequest
+    from netwarden.model.connect import ConnectRequest, FlowPacket
     from netwarden.policy.compiler import CompiledPolicy
     from netwarden.policy.connect_layer import ConnectLayer
     from netwarden.policy.environment import Environment
@@ -58,6 +58,7 @@ __all__ = [
     "FlowCounterTable",
     "FlowStamps",
     "NativeTcpRows",
+    "PacketQueue",
     "PlatformError",
     "ProcessResolver",
     "ProcessStamp",
@@ -176,6 +177,18 @@ class ConnectQueue(Protocol):
     def close(self) -> None: ...
 
 
+class PacketQueue(Protocol):
+    """Every packet of the connections callouts watch (the PACKET layer)."""
+
+    def fileno(self) -> int: ...
+
+    def receive(self) -> list[FlowPacket]: ...
+
+    def decide(self, packet: FlowPacket, accept: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Backend(Protocol):
     def open_sources(
         self, netns: str | None, *, events: bool
@@ -206,6 +219,11 @@ class Backend(Protocol):
 
     def connect_queue(self, layer: ConnectLayer) -> ConnectQueue:
         """Start queueing the first packets of new connections (close() stops)."""
+        ...
+
+    def packet_queue(self, layer: ConnectLayer) -> PacketQueue:
+        """Start taking the packets of watched connections (the rules are the CONNECT
+        queue's; close() stops)."""
         ...
 
     def clear_connect_queue(self) -> bool:

@@ -19,6 +19,35 @@ Addresses = tuple[Transport, Endpoint, Endpoint]  # transport, source, destinati
 def parse_ip(packet: bytes) -> Addresses | None:
     """(transport, source, destination) of a TCP or UDP packet; None for anything else
     or for bytes too short to say."""
+    parsed = _parse(packet)
+    return None if parsed is None else parsed[0]
+
+
+def ip_length(packet: bytes) -> int:
+    """The packet's length as its IP header says (it may have been copied in part)."""
+    if len(packet) >= 4 and packet[0] >> 4 == 4:
+        return int(struct.unpack_from(">H", packet, 2)[0])
+    if len(packet) >= 6 and packet[0] >> 4 == 6:
+        return 40 + int(struct.unpack_from(">H", packet, 4)[0])
+    return len(packet)
+
+
+def transport_payload(packet: bytes) -> bytes:
+    """The TCP or UDP payload of an IP packet (b"" when there is none, or for bytes
+    too short to say)."""
+    parsed = _parse(packet)
+    if parsed is None:
+        return b""
+    (transport, _source, _destination), header = parsed
+    if transport is Transport.UDP:
+        return packet[header + 8 :]
+    if len(packet) < header + 13:
+        return b""
+    return packet[header + (packet[header + 12] >> 4) * 4 :]
+
+
+def _parse(packet: bytes) -> tuple[Addresses, int] | None:
+    """The addresses and where the transport header starts."""
     if not packet:
         return None
     version = packet[0] >> 4
@@ -52,4 +81,4 @@ def parse_ip(packet: bytes) -> Addresses | None:
     if transport is None or len(packet) < header + 4:
         return None
     sport, dport = _PORTS.unpack_from(packet, header)
-    return transport, Endpoint(source, sport), Endpoint(destination, dport)
+    return (transport, Endpoint(source, sport), Endpoint(destination, dport)), header

@@ -18,6 +18,9 @@ DEFAULT_QUEUE = 20055
 # Bits no mark of netwarden's own (proxy 0x4E50xxxx, scopes 0x4E57xxxx, TPROXY
 # 0x4E5001xx) uses.
 DEFAULT_MASK = 0xB0000000
+# A connection whose packets a callout watches (the PACKET layer) carries this bit in
+# its conntrack mark: its later packets go to the queue after the CONNECT layer's.
+WATCH_BIT = 0x01000000
 
 
 def codes_of(mask: int) -> list[int]:
@@ -36,6 +39,11 @@ class ConnectLayer:
     fail_open: bool = True
     redirects: tuple[Endpoint, ...] = ()  # listeners REDIRECT verdicts may name
     proxy_mark: int = 0x4E500001  # connections of netwarden's proxy are not queued
+    packets: bool = False  # some callout watches packets: the PACKET layer's queue too
+
+    @property
+    def packet_queue(self) -> int:
+        return (self.queue + 1) % 65536
 
     @property
     def continue_code(self) -> int:
@@ -79,4 +87,4 @@ class ConnectLayer:
                 f"mark mask {self.mask:#x})"
             )
         return ConnectLayer(self.queue, self.mask, self.fail_open,
-                            (*self.redirects, target), self.proxy_mark)  # fmt: skip
+                            (*self.redirects, target), self.proxy_mark, self.packets)  # fmt: skip

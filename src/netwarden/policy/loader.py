@@ -126,10 +126,16 @@ MAX_MARK = 2**32 - 1  # marks, user and group ids are 32-bit
 
 def connect_mask_problems(settings: Settings) -> list[str]:
     """The CONNECT layer's verdict bits must not overlap netwarden's other marks."""
+    from netwarden.policy.connect_layer import WATCH_BIT
+
     return [
         f"connect_mask {settings.connect_mask:#x} overlaps {name} {mark:#x}: "
         "set connect_mask to bits that no mark uses"
-        for name, mark in (("proxy_mark", settings.proxy_mark), ("mark_base", settings.mark_base))
+        for name, mark in (
+            ("proxy_mark", settings.proxy_mark),
+            ("mark_base", settings.mark_base),
+            ("the PACKET layer's bit", WATCH_BIT),
+        )
         if mark & settings.connect_mask
     ]
 

@@ -16,6 +16,7 @@ from netwarden.platform.base import (
     FlowCounterEvents,
     FlowCounterTable,
     FlowStamps,
+    PacketQueue,
     ProcessResolver,
     SocketClosedEvents,
     SocketTable,
@@ -187,6 +188,11 @@ class LinuxBackend:
         from netwarden.platform.linux.connect_queue import LinuxConnectQueue
 
         return LinuxConnectQueue(layer)
+
+    def packet_queue(self, layer: ConnectLayer) -> PacketQueue:
+        from netwarden.platform.linux.packet_queue import LinuxPacketQueue
+
+        return LinuxPacketQueue(layer)
 
     def clear_connect_queue(self) -> bool:
         from netwarden.platform.linux.connect_queue import remove_queue_rules

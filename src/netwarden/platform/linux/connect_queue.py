@@ -25,7 +25,7 @@ from netwarden.platform.linux.nfqueue import NfQueue
 from netwarden.platform.linux.procfs import ProcResolver
 from netwarden.platform.linux.sockdiag import SocketLookup
 from netwarden.platform.packet_headers import parse_ip
-from netwarden.policy.connect_layer import ConnectLayer
+from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,12 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 def queue_rules(layer: ConnectLayer) -> list[list[str]]:
     """The rules of netwarden's chain (iptables arguments after -A CHAIN)."""
     bypass = ["--queue-bypass"] if layer.fail_open else []
-    rules = [
-        ["-m", "mark", "--mark", f"{layer.proxy_mark:#x}", "-j", "RETURN"],
-        ["-m", "connmark", "!", "--mark", f"0/{layer.mask:#x}", "-j", "RETURN"],
-    ]
+    rules = [["-m", "mark", "--mark", f"{layer.proxy_mark:#x}", "-j", "RETURN"]]
+    if layer.packets:  # every packet of a watched connection: the PACKET layer
+        watched = f"{WATCH_BIT:#x}/{WATCH_BIT:#x}"
+        rules.append(["-m", "connmark", "--mark", watched, "-j", "NFQUEUE", "--queue-num",
+                      str(layer.packet_queue), *bypass])  # fmt: skip
+    rules.append(["-m", "connmark", "!", "--mark", f"0/{layer.mask:#x}", "-j", "RETURN"])
     for protocol in ("tcp", "udp"):
         rules.append(["-p", protocol, "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE",
                       "--queue-num", str(layer.queue), *bypass])  # fmt: skip

@@ -66,7 +66,7 @@ class QueuedPacket:
 
     packet_id: int
     hook: int  # NF_INET_*: 1 local in, 3 local out
-    payload: bytes  # the first COPY_BYTES of the IP packet
+    payload: bytes  # the IP packet's first bytes, as many as the queue copies
     mark: int = 0
     uid: int | None = None  # of the sending socket, when there is one
     indev: int = 0
@@ -105,7 +105,9 @@ def parse_packet(payload: memoryview) -> QueuedPacket | None:
 class NfQueue:
     """One bound queue number in the current network namespace."""
 
-    def __init__(self, number: int, *, fail_open: bool, max_length: int = 4096) -> None:
+    def __init__(self, number: int, *, fail_open: bool, max_length: int = 4096,
+                 copy: int = COPY_BYTES) -> None:  # fmt: skip
+        """copy: how many bytes of each packet to read (its headers by default)."""
         self.number = number
         self._sock = netlink.open_socket(NETLINK_NETFILTER)
         self._buffer = bytearray(netlink.RECV_BUFFER)
@@ -113,7 +115,7 @@ class NfQueue:
             self._request(_config(number, _attribute(NFQA_CFG_CMD, struct.pack(
                 "=BxH", NFQNL_CFG_CMD_BIND, 0))))  # fmt: skip
             self._request(_config(number, _attribute(NFQA_CFG_PARAMS, struct.pack(
-                ">IB", COPY_BYTES, NFQNL_COPY_PACKET))))  # fmt: skip
+                ">IB", copy, NFQNL_COPY_PACKET))))  # fmt: skip
             self._request(_config(number, _attribute(NFQA_CFG_QUEUE_MAXLEN, _U32.pack(
                 max_length))))  # fmt: skip
             flags = NFQA_CFG_F_UID_GID | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)

@@ -20,7 +20,7 @@ from netwarden.policy.compiler import (
     default_counter,
     hashed_lengths,
 )
-from netwarden.policy.connect_layer import ConnectLayer
+from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 from netwarden.policy.model import Action, Direction
 from netwarden.policy.prefixes import BITS, Network, PrefixTable, address_text, mask
 
@@ -97,6 +97,15 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
         commands.append({"add": {"chain": {**where, "name": chain, "type": "filter",
                                            "hook": hook, "prio": CONNECT_PRIORITY,
                                            "policy": "accept"}}})  # fmt: skip
+        if layer.packets:  # a watched connection: the bit goes to its conntrack mark too
+            ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
+            watched = [
+                _match({"&": [mark, WATCH_BIT]}, WATCH_BIT),
+                {"mangle": {"key": ct_mark, "value": {"|": [ct_mark, WATCH_BIT]}}},
+                {"mangle": {"key": mark, "value": {"&": [mark, 0xFFFFFFFF & ~WATCH_BIT]}}},
+            ]
+            commands.append({"add": {"rule": {**where, "chain": chain, "expr": watched,
+                                              "comment": "packets watched"}}})  # fmt: skip
         for code in (layer.continue_code, layer.permit_code, layer.block_code):
             commands += _verdict_rules(where, chain, layer, code)
         # Later datagrams of a blocked UDP conversation (a refused TCP connection ends).
