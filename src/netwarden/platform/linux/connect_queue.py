@@ -194,12 +194,13 @@ class LinuxConnectQueue:
     def owner(self, request: ConnectRequest) -> tuple[ProcessInfo | None, Attribution]:
         """The process holding the connection's socket, read now (it is waiting for
         the verdict of its connect, or has just sent its first datagram)."""
-        record = self._lookup.find(request.transport, request.local, request.remote)
-        if record is None:
+        found = self._lookup.find(request.transport, request.local, request.remote)
+        if found is None:
             return None, Attribution.unknown("no socket of this host holds the connection")
-        if not record.inode:
+        inode, uid = found
+        if not inode:
             return None, Attribution.unknown("the socket has no file (closed, or the kernel's)")
-        pid = self._owner_of(record.inode, record.uid)
+        pid = self._owner_of(inode, uid)
         if pid is None:
             return None, Attribution.unknown("no process was found holding the socket")
         info = self._resolver.info(pid)

@@ -478,27 +478,31 @@ def lookup_request(transport: Transport, local: Endpoint, remote: Endpoint) -> b
         + struct.pack("=I", 0)
         + _NO_COOKIE
     )
-    ext = 1 << (INET_DIAG_INFO - 1)  # tcp_info: without it a record reads as a mini-socket
-    payload = _REQUEST.pack(family, transport.number, ext, 0xFFFFFFFF, sockid)
+    payload = _REQUEST.pack(family, transport.number, 0, 0xFFFFFFFF, sockid)
     return netlink.pack_message(SOCK_DIAG_BY_FAMILY, netlink.NLM_F_REQUEST, payload)
 
 
 class SocketLookup:
-    """Finds the socket of one connection by its addresses."""
+    """Finds the socket of one connection by its addresses: (inode, uid), no more (the
+    CONNECT layer asks this for every new connection)."""
 
     def __init__(self) -> None:
         self._sock = netlink.open_socket(NETLINK_SOCK_DIAG)
         self._buffer = bytearray(1 << 16)
 
-    def find(self, transport: Transport, local: Endpoint, remote: Endpoint) -> SocketRecord | None:
+    def find(
+        self, transport: Transport, local: Endpoint, remote: Endpoint
+    ) -> tuple[int, int] | None:
+        """(inode, uid) of the connection's socket; None when there is none."""
         if transport is Transport.UDP:  # the kernel looks UDP up as for a datagram received
             local, remote = remote, local
         try:
             self._sock.send(lookup_request(transport, local, remote))
             size = self._sock.recv_into(self._buffer)
             for msg_type, _flags, payload in netlink.iter_messages(memoryview(self._buffer)[:size]):
-                if msg_type == SOCK_DIAG_BY_FAMILY:
-                    return parse(payload, transport)
+                if msg_type == SOCK_DIAG_BY_FAMILY and len(payload) >= _MSG.size:
+                    fields = _MSG.unpack_from(payload)
+                    return int(fields[-1]), int(fields[-2])  # inode, uid
         except OSError:  # ENOENT: no such socket (it closed, or none is local)
             return None
         return None
