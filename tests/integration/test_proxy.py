@@ -182,12 +182,12 @@ def test_chain_of_two_local_proxies_through_an_upstream_hop(
         assert report["received"] == 1_000_000
     assert first.stdout is not None
     assert second.stdout is not None
-    for _ in range(2):
+    for address in (server.ipv4, f"[{server.ipv6}]"):
         outer, inner = json.loads(first.stdout.readline()), json.loads(second.stdout.readline())
         assert outer["error"] == inner["error"] == ""
         assert outer["bytes_up"] == inner["bytes_up"] == 300_000
         assert outer["bytes_down"] == inner["bytes_down"] == 1_000_000
-        assert inner["destination"].endswith(":5000")
+        assert outer["destination"] == inner["destination"] == f"{address}:5000"
 
 
 def test_two_chained_redirecting_proxies_then_an_upstream_socks5_hop(

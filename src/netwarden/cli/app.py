@@ -461,13 +461,11 @@ def up(
     def ready(summary: str) -> None:
         typer.echo(f"netwarden: {summary}", err=True)
 
+    from netwarden.cli.render import relayed_flow
+
     def flow(report: FlowReport) -> None:
-        sys.stdout.write(json_module.dumps({
-            "proxied": f"{report.client[0]}:{report.client[1]}",
-            "destination": f"{report.destination[0]}:{report.destination[1]}",
-            "bytes_up": report.stats.client_to_server,
-            "bytes_down": report.stats.server_to_client, "error": report.stats.error,
-        }) + "\n")  # fmt: skip
+        line = relayed_flow("transparent", report.client, report.destination, report.stats)
+        sys.stdout.write(json_module.dumps(line) + "\n")
         sys.stdout.flush()
 
     def decision(events: Sequence[object]) -> None:

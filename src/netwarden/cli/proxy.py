@@ -132,17 +132,13 @@ def proxy(
     logging.basicConfig(level=logging.INFO, format="netwarden: %(message)s")
     logging.getLogger("pydivert").setLevel(logging.WARNING)
 
+    from netwarden.cli.render import relayed_flow
+
     def transparent_flow(flow: FlowReport) -> None:
-        _write({"kind": "transparent", "client": f"{flow.client[0]}:{flow.client[1]}",
-                "destination": f"{flow.destination[0]}:{flow.destination[1]}",
-                "bytes_up": flow.stats.client_to_server,
-                "bytes_down": flow.stats.server_to_client, "error": flow.stats.error})  # fmt: skip
+        _write(relayed_flow("transparent", flow.client, flow.destination, flow.stats))
 
     def proxied_flow(flow: ProxiedFlow) -> None:
-        _write({"kind": flow.kind, "client": f"{flow.client[0]}:{flow.client[1]}",
-                "destination": f"{flow.destination[0]}:{flow.destination[1]}",
-                "bytes_up": flow.stats.client_to_server,
-                "bytes_down": flow.stats.server_to_client, "error": flow.stats.error})  # fmt: skip
+        _write(relayed_flow(flow.kind, flow.client, flow.destination, flow.stats))
 
     async def main() -> None:
         tasks: list[asyncio.Future[Any]] = []

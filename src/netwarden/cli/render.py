@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from netwarden.model import Flow
-from netwarden.model.flow import relay_role
+from netwarden.model.flow import host_port, relay_role
+
+if TYPE_CHECKING:  # a table listing does not load the proxy (nor asyncio)
+    from netwarden.proxy.relay import RelayStats
+
+
+def relayed_flow(kind: str, client: tuple[str, int], destination: tuple[str, int],
+                 stats: RelayStats) -> dict[str, object]:  # fmt: skip
+    """One NDJSON line for a flow a proxy relayed: the same for `netwarden up` and
+    `netwarden proxy` (docs/redirect.md, "What the proxy prints")."""
+    return {
+        "kind": kind, "client": host_port(client), "destination": host_port(destination),
+        "bytes_up": stats.client_to_server, "bytes_down": stats.server_to_client,
+        "error": stats.error,
+    }  # fmt: skip
 
 
 def human_bytes(count: float) -> str:

@@ -16,6 +16,13 @@ _HOST_PORT = re.compile(
 )
 
 
+def host_port(address: tuple[object, ...] | tuple[str, int]) -> str:
+    """An (address, port) pair as netwarden writes endpoints: 10.0.0.5:443,
+    [fd00::1]:443."""
+    host, port = str(address[0]), address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_host_port(text: str) -> tuple[IPAddress, int | None]:
     """'10.0.0.5:443', '[fd00::1]:443', or an address without a port."""
     match = _HOST_PORT.match(text)

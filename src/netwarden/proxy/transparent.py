@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netwarden.model import Endpoint, RelayLink
+from netwarden.model.flow import host_port
 from netwarden.platform.select import original_destination
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.limits import ConnectionLimit
@@ -256,7 +257,7 @@ class TransparentProxy:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             return original_destination(conn)
         except OSError as exc:
-            log.warning("%s: no original destination (%s)", client, exc)
+            log.warning("%s: no original destination (%s)", host_port(client), exc)
             conn.close()
             return None
 
@@ -274,7 +275,8 @@ class TransparentProxy:
 
     def _report(self, flow: FlowReport, report: Callable[[FlowReport], object] | None) -> None:
         if flow.stats.error:
-            log.info("%s -> %s: %s", flow.client, flow.destination, flow.stats.error)
+            log.info("%s -> %s: %s", host_port(flow.client), host_port(flow.destination),
+                     flow.stats.error)  # fmt: skip
         if report is not None:
             report(flow)
 

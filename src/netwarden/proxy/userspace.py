@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
+from netwarden.model.flow import host_port
 from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
 from netwarden.proxy.kernel_relay import Streams
@@ -200,7 +201,8 @@ class UserModeProxy:
                 stats: RelayStats) -> None:  # fmt: skip
         peer = writer.get_extra_info("peername") or ("?", 0)
         if stats.error:
-            log.info("%s %s -> %s: %s", kind, peer[:2], destination, stats.error)
+            log.info("%s %s -> %s: %s", kind, host_port(peer), host_port(destination),
+                     stats.error)  # fmt: skip
         if self.on_flow is not None:
             self.on_flow(ProxiedFlow(kind, (str(peer[0]), int(peer[1])), destination, stats))
 
