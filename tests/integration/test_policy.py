@@ -41,7 +41,7 @@ def probe(host: Host, address: str, port: int, protocol: str = "tcp",
 
 def counters(host: Host) -> dict[str, dict[str, Any]]:
     shown = json.loads(netwarden(host, "policy", "show", "--json").stdout)
-    return {c["rule"] or c["counter"]: c for c in shown}
+    return {c["rule"] or c["counter"]: c for c in shown["rules"]}
 
 
 def write(tmp_path: Path, text: str, name: str = "policy.toml") -> Path:
@@ -102,6 +102,12 @@ port = "5003-5003"
     assert seen["drop-5000"]["packets"] >= 1  # the SYN and its retransmissions
     assert seen["refuse-5001"]["packets"] == 1
     assert seen["drop-udp"]["packets"] == 1
+    assert (seen["refuse-5001"]["action"], seen["refuse-5001"]["direction"]) == ("reject", "out")
+    assert seen["refuse-5001"]["matches"] == "tcp port 5001"
+    shown = json.loads(netwarden(client, "policy", "show", "--json").stdout)
+    assert (shown["source"], shown["by"]) == (str(policy), "netwarden policy apply")
+    text = netwarden(client, "policy", "show").stdout
+    assert f"table inet netwarden: {policy}, applied " in text
     netwarden(client, "policy", "off")
     assert probe(client, address, 5000) == "connected"
     assert probe(client, address, 5003, "udp") == "answered"

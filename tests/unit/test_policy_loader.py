@@ -246,3 +246,15 @@ def test_rules_that_cannot_meet_one_connection_do_not_loop() -> None:
         'to = "127.0.0.1:15002"\ntarget_mark = 0x4e500002\n'
     )
     assert len(parse(text, "p.toml", ENV).redirects) == 3  # port 80 never reaches port 443
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[[rule]]\nname = "x"\nport = [80,\n  443\n',
+     '[[rule]]\nname = "x # not a comment"\nport = [80, 443\n',
+     '[[rule]]\nname = "x"\nport = [80,\n  443\naction = "block"\n'],
+)  # fmt: skip
+def test_an_unclosed_array_points_at_the_line_that_opened_it(text: str) -> None:
+    with pytest.raises(PolicyError) as raised:
+        parse(text, "p.toml", fake_environment())
+    assert str(raised.value).startswith("p.toml:3: not valid TOML: the [ opened here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -137,14 +138,34 @@ def show(
         _fail(f"netwarden: {exc}", 1)
     if not live:
         _fail(f"no policy is applied (no table inet {table})", 1)
-    if as_json:
-        sys.stdout.write(dumps([{"counter": c.counter, "rule": c.comment, "packets": c.packets,
-                                 "bytes": c.bytes} for c in counters]) + "\n")  # fmt: skip
-        return
-    width = max((len(c.comment) for c in counters), default=4)
-    typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'PACKETS':>10}  {'BYTES':>12}")
+    from netwarden.engine import applied
+
+    record = applied.read(table) or {}
+    known = record.get("rules", {})
+    rows = []
     for c in counters:
-        typer.echo(f"{c.counter:16}  {c.comment:{width}}  {c.packets:>10}  {c.bytes:>12}")
+        rule = known.get(c.counter, {})
+        rows.append({"counter": c.counter, "rule": rule.get("name", c.comment),
+                     "action": rule.get("action", ""), "direction": rule.get("direction", ""),
+                     "matches": rule.get("matches", ""), "line": rule.get("line"),
+                     "packets": c.packets, "bytes": c.bytes})  # fmt: skip
+    if as_json:
+        sys.stdout.write(dumps({"table": table, "source": record.get("source"),
+                                "applied": record.get("applied"), "by": record.get("by"),
+                                "rules": rows}) + "\n")  # fmt: skip
+        return
+    if record:
+        when = datetime.fromtimestamp(record["applied"]).isoformat(timespec="seconds")
+        typer.echo(f"table inet {table}: {record['source'] or '(no file)'}, applied {when} "
+                   f"by {record['by']}\n")  # fmt: skip
+    else:
+        typer.echo(f"table inet {table} (applied before netwarden kept a record of it)\n")
+    width = max((len(str(r["rule"])) for r in rows), default=4)
+    typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'ACTION':8} {'DIR':7} {'PACKETS':>10}  "
+               f"{'BYTES':>12}  MATCHES")  # fmt: skip
+    for r in rows:
+        typer.echo(f"{r['counter']:16}  {r['rule']:{width}}  {r['action']:8} {r['direction']:7} "
+                   f"{r['packets']:>10}  {r['bytes']:>12}  {r['matches']}")  # fmt: skip
     marks = firewall.marked_owners()
     if marks:
         typer.echo("\nsockets marked for scope and service rules (cgroup: mark):")
@@ -181,11 +202,12 @@ def test(
 @app.command()
 def off(table: TableOption = "netwarden") -> None:
     """Remove netwarden's policy table, and nothing else."""
+    from netwarden.engine.enforce import remove_policy
     from netwarden.engine.host import PlatformError
 
     _refuse_while_up(table, "removed")
     try:
-        removed = _firewall().remove(table)
+        removed = remove_policy(table, _firewall())
     except PlatformError as exc:
         _fail(f"netwarden: {exc}", 1)
         return

@@ -23,7 +23,7 @@ from netwarden.engine.callouts import (
     registry_for,
 )
 from netwarden.engine.core import Engine, EngineError
-from netwarden.engine.enforce import apply_policy
+from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
 from netwarden.model import Endpoint, RelayLink
 from netwarden.monitor.history import HistoryStore
@@ -201,7 +201,9 @@ def run(
             layer = connect_layer_for(policy, registry)
             if layer is not None and (problems := connect_mask_problems(policy.settings)):
                 raise PlatformError(problems[0])
-            compiled, rules = apply_policy(policy, firewall, layer)
+            compiled, rules = apply_policy(
+                policy, firewall, layer, by=f"netwarden up (pid {os.getpid()})"
+            )
 
             def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
                 firewall.add_connect_target(compile_policy(policy, new_layer), target)
@@ -228,7 +230,7 @@ def run(
         if keeper is not None:
             keeper.join(timeout=10)  # not marking again while the marks are removed
         with contextlib.suppress(PlatformError):
-            firewall.remove(policy.settings.table)
+            remove_policy(policy.settings.table, firewall)
         if proxy is not None:
             proxy.stop()
         state.clear()

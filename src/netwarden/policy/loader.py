@@ -114,7 +114,11 @@ def parse(text: str, filename: str, environment: Environment, base: Path | None 
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        message = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", str(exc))
+        opened = unclosed_bracket_line(text) if "Unclosed" in message else None
+        if opened is not None:
+            raise PolicyError([Problem(filename, opened, "not valid TOML: the [ opened here "
+                                       "is never closed (a ] is missing)")]) from exc  # fmt: skip
         raise PolicyError(
             [Problem(filename, int(line.group(1)) if line else 0, f"not valid TOML: {message}")]
         ) from exc
@@ -122,6 +126,36 @@ def parse(text: str, filename: str, environment: Environment, base: Path | None 
 
 
 MAX_MARK = 2**32 - 1  # marks, user and group ids are 32-bit
+
+
+def unclosed_bracket_line(text: str) -> int | None:
+    """The line of the first [ or { that is never closed (strings and comments
+    skipped); None when all are."""
+    opened: list[tuple[str, int]] = []
+    line, index, quote = 1, 0, ""
+    pairs = {"]": "[", "}": "{"}
+    while index < len(text):
+        char = text[index]
+        if char == "\n":
+            line += 1
+        elif quote:
+            if text.startswith(quote, index):
+                index += len(quote) - 1
+                quote = ""
+            elif char == "\\" and quote in ('"', '"""'):
+                index += 1
+        elif char == "#":
+            while index + 1 < len(text) and text[index + 1] != "\n":
+                index += 1
+        elif char in "\"'":
+            quote = text[index : index + 3] if text[index : index + 3] in ('"""', "'''") else char
+            index += len(quote) - 1
+        elif char in "[{":
+            opened.append((char, line))
+        elif char in "]}" and opened and opened[-1][0] == pairs[char]:
+            opened.pop()
+        index += 1
+    return opened[0][1] if opened else None
 
 
 def connect_mask_problems(settings: Settings) -> list[str]:

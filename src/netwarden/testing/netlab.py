@@ -31,6 +31,7 @@ from netwarden.platform.linux import cgroup_marks, scopes
 
 PREFIX = "nwlab-"
 NETNS_DIR = Path("/run/netns")
+RUN_DIR = Path("/run/netwarden")
 
 
 class LabError(RuntimeError):
@@ -83,8 +84,13 @@ def _pids_in_netns(path: Path) -> list[int]:
 
 
 def delete_netns(name: str) -> None:
-    """Kill whatever still runs in the namespace, then delete it."""
+    """Kill whatever still runs in the namespace, then delete it, and the records
+    netwarden keeps of it in its run directory (an applied policy, a daemon)."""
     path = NETNS_DIR / name
+    with contextlib.suppress(OSError):
+        inode = os.stat(path).st_ino
+        for record in RUN_DIR.glob(f"*-net{inode}*"):
+            record.unlink(missing_ok=True)
     for pid in _pids_in_netns(path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
