@@ -39,7 +39,7 @@ def test_forward_rules_on_a_gateway(routed: tuple[Host, Host, Host], tmp_path: P
         assert probe(client, address, 5001) == "timeout"
         assert probe(client, address, 5000) == "connected"
     shown = json.loads(gateway.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
-    counts = {c["rule"]: c["packets"] for c in shown}
+    counts = {c["rule"]: c["packets"] for c in shown["rules"]}
     assert counts["no-5001-through"] >= 2
 
 
@@ -126,7 +126,7 @@ def test_tproxy_takes_this_hosts_own_connections_too(
                         "--recv", "1000")  # fmt: skip
         assert other["received"] == 1000  # not chosen: straight to the server
     shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
-    assert {c["rule"]: c["packets"] for c in shown}["tproxy-out-5000"] > 2
+    assert {c["rule"]: c["packets"] for c in shown["rules"]}["tproxy-out-5000"] > 2
     client.run([PY, "-m", "netwarden", "policy", "off"])
     assert "lookup 3100" not in client.run(["ip", "rule"]).stdout
     report = traffic(client, "tcp-client", "--host", server.ipv4, "--port", "5000",

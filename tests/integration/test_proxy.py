@@ -227,6 +227,6 @@ def test_two_chained_redirecting_proxies_then_an_upstream_socks5_hop(
         assert flow["destination"] == f"{server.ipv4}:5000", flow
         assert (flow["bytes_up"], flow["bytes_down"], flow["error"]) == (100_000, 400_000, "")
     shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
-    counts = {c["rule"]: c["packets"] for c in shown}
+    counts = {c["rule"]: c["packets"] for c in shown["rules"]}
     assert counts["to-scanner"] == 1
     assert counts["scanner-to-dlp"] == 1

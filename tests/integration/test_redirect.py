@@ -97,7 +97,7 @@ def test_redirect_rules_in_the_policy_file(web: tuple[Host, Host], tmp_path: Pat
     assert "Hello from local server" in _curl(client, f"http://[{remote.ipv6}]/").stdout
     assert _curl(client, f"http://{remote.ipv4}:8080/").returncode != 0  # the filter still holds
     shown = json.loads(client.run([PY, "-m", "netwarden", "policy", "show", "--json"]).stdout)
-    counts = {c["rule"]: c["packets"] for c in shown}
+    counts = {c["rule"]: c["packets"] for c in shown["rules"]}
     assert counts["web-v4"] == 1
     assert counts["web-v6"] == 1
     client.run([PY, "-m", "netwarden", "policy", "off"])

@@ -4,7 +4,7 @@ log line and refused connections, never a process out of file descriptors."""
 from __future__ import annotations
 
 import logging
-import resource
+import sys
 import threading
 import time
 
@@ -17,6 +17,10 @@ LOG_EVERY = 10.0  # seconds between two "limit reached" lines of one listener
 
 def default_limit() -> int:
     """Connections a proxy may relay at once: each holds two descriptors."""
+    if sys.platform == "win32":
+        return MAX_DEFAULT
+    import resource
+
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_DEFAULT
