@@ -28,7 +28,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3}
+# The distribution's Python by default: a venv made from a Python in root's home (as
+# pyenv installs it) cannot be run by any other user. PYTHON=... chooses another.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python=/usr/bin/python3
+  else
+    python=python3
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
@@ -43,4 +52,10 @@ fi
 .venv/bin/python -m compileall -q src >/dev/null
 .venv/bin/python -c "import netwarden.platform.linux._native" 2>/dev/null ||
   echo "setup: the C module did not build; netwarden works without it, slower" >&2
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null &&
+  ! setpriv --reuid=65534 --regid=65534 --clear-groups .venv/bin/python -c pass 2>/dev/null; then
+  echo "setup: note: other users cannot run .venv/bin/netwarden (its Python, or this" \
+    "directory, is not readable by them); remove .venv and run setup again with" \
+    "PYTHON=/usr/bin/python3 from a directory they can read" >&2
+fi
 echo "setup: done; run .venv/bin/netwarden --help"

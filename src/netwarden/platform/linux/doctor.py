@@ -75,14 +75,19 @@ def probe_nft_queue() -> Capability:
 
 
 def probe_iptables_nfqueue() -> Capability:
-    binary = shutil.which("iptables")
+    binary = shutil.which("iptables") or shutil.which("iptables", path="/usr/sbin:/sbin")
+    readable = True
     try:
         targets = Path("/proc/net/ip_tables_targets").read_text().split()
+    except PermissionError:
+        targets, readable = [], False
     except OSError:
         targets = []
     ok = binary is not None and "NFQUEUE" in targets
     if binary is None:
         detail = "the iptables command is missing (install the 'iptables' package)"
+    elif not readable:
+        detail = "cannot tell without root (the kernel lists its targets to root only)"
     else:
         detail = "NFQUEUE target present" if ok else "the kernel has no NFQUEUE target"
     return Capability(

@@ -39,6 +39,9 @@ def run(name: str, argv: Sequence[str]) -> int:
     directory = scope_dir(name)
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise ScopeError("netwarden run --scope needs root (it makes the scope's cgroup "
+                         f"{directory})") from None  # fmt: skip
     except OSError as exc:
         raise ScopeError(f"cannot set up scope {name!r} at {directory}: {exc.strerror}") from exc
     procs = directory / "cgroup.procs"
