@@ -365,6 +365,8 @@ def _connect_layer(probed: list[Capability]) -> Capability:
     elif mechanism:
         detail = f"available through {mechanism}; not in use (netwarden up runs it when "
         detail += "rules name a program or callouts classify; fail-open unless set)"
+    elif iptables is not None and iptables.detail.startswith("cannot tell"):
+        detail = "cannot tell without root whether this kernel can queue packets"
     else:
         detail = "no way to queue packets here (neither nft queue nor the NFQUEUE target)"
     return Cap("CONNECT layer", bool(mechanism), detail,
