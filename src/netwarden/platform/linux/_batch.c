@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdint.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -156,7 +157,9 @@ PyObject *nw_read_destroyed(PyObject *self, PyObject *args) {
         }
         if (n == 0)
             break;
-        size_t left = (size_t)n;
+        /* int, not size_t: NLMSG_NEXT may step past the end by the alignment of an
+           unaligned last message, which must end the walk, not wrap around. */
+        int left = (int)n;
         for (const struct nlmsghdr *h = (const void *)buffer; NLMSG_OK(h, left);
              h = NLMSG_NEXT(h, left)) {
             record_t r;
@@ -191,6 +194,13 @@ static int grow(TcpBatch *b) {
     return 0;
 }
 
+/* Each dump its own sequence number: messages of an earlier dump that ended early (an
+   error, ENOMEM) and are still queued on the socket are told apart and skipped. */
+static uint32_t next_seq(void) {
+    static uint32_t seq = 1000;
+    return __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
+}
+
 /* 0 when done; an errno value on failure. Runs without the GIL. */
 static int dump_family(int fd, int family, TcpBatch *b, unsigned char *buffer, size_t size) {
     struct {
@@ -201,7 +211,8 @@ static int dump_family(int fd, int family, TcpBatch *b, unsigned char *buffer, s
     req.h.nlmsg_len = sizeof req;
     req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
     req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.h.nlmsg_seq = 1;
+    uint32_t seq = next_seq();
+    req.h.nlmsg_seq = seq;
     req.r.sdiag_family = family;
     req.r.sdiag_protocol = IPPROTO_TCP;
     req.r.idiag_ext = 1 << (INET_DIAG_INFO - 1);
@@ -219,6 +230,8 @@ static int dump_family(int fd, int family, TcpBatch *b, unsigned char *buffer, s
             return EPIPE;
         int left = (int)n;
         for (struct nlmsghdr *h = (void *)buffer; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+            if (h->nlmsg_seq != seq)
+                continue; /* left over from an earlier dump */
             if (h->nlmsg_type == NLMSG_DONE)
                 return 0;
             if (h->nlmsg_type == NLMSG_ERROR) {

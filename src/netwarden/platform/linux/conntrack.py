@@ -50,13 +50,15 @@ def _tuple(data: memoryview) -> tuple[int, Endpoint, Endpoint] | None:
     ip = netlink.parse_attributes(parts.get(CTA_TUPLE_IP, memoryview(b"")))
     proto = netlink.parse_attributes(parts.get(CTA_TUPLE_PROTO, memoryview(b"")))
     number = proto.get(CTA_PROTO_NUM)
-    if number is None:
+    if not number:  # missing, or an attribute cut to nothing
         return None
     if CTA_IP_V4_SRC in ip and CTA_IP_V4_DST in ip:
-        family, src, dst = socket.AF_INET, ip[CTA_IP_V4_SRC], ip[CTA_IP_V4_DST]
+        family, src, dst, size = socket.AF_INET, ip[CTA_IP_V4_SRC], ip[CTA_IP_V4_DST], 4
     elif CTA_IP_V6_SRC in ip and CTA_IP_V6_DST in ip:
-        family, src, dst = socket.AF_INET6, ip[CTA_IP_V6_SRC], ip[CTA_IP_V6_DST]
+        family, src, dst, size = socket.AF_INET6, ip[CTA_IP_V6_SRC], ip[CTA_IP_V6_DST], 16
     else:
+        return None
+    if len(src) != size or len(dst) != size:
         return None
     sport = int.from_bytes(proto.get(CTA_PROTO_SRC_PORT, b"\0\0"), "big")
     dport = int.from_bytes(proto.get(CTA_PROTO_DST_PORT, b"\0\0"), "big")

@@ -6,6 +6,7 @@ pyroute2 measured 30x slower than this for socket dumps, so the hot paths use it
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
 import struct
 from collections.abc import Iterator
@@ -52,32 +53,46 @@ def pack_message(msg_type: int, flags: int, payload: bytes, seq: int = 1) -> byt
     return _HEADER.pack(_HEADER.size + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def iter_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]:
-    """Yield (type, flags, payload) for each message in a datagram; raise on NLMSG_ERROR."""
+def iter_messages(
+    data: bytes | memoryview, seq: int | None = None
+) -> Iterator[tuple[int, int, memoryview]]:
+    """Yield (type, flags, payload) for each message in a datagram; raise on NLMSG_ERROR.
+    With seq, messages of another sequence number (an earlier request's) are skipped.
+    A truncated message ends the walk."""
     view = memoryview(data)
     offset = 0
     end = len(view)
     while offset + _HEADER.size <= end:
-        length, msg_type, flags, _seq, _pid = _HEADER.unpack_from(view, offset)
+        length, msg_type, flags, msg_seq, _pid = _HEADER.unpack_from(view, offset)
         if length < _HEADER.size or offset + length > end:
             break
         payload = view[offset + _HEADER.size : offset + length]
+        offset += align4(length)
+        if seq is not None and msg_seq != seq:
+            continue
         if msg_type == NLMSG_ERROR:
+            if len(payload) < 4:
+                raise NetlinkError(errno.EBADMSG, "netlink: a truncated error message")
             (code,) = struct.unpack_from("=i", payload)
             if code != 0:
                 raise NetlinkError(-code, f"netlink: {errno.errorcode.get(-code, str(-code))}")
         else:
             yield msg_type, flags, payload
-        offset += align4(length)
+
+
+_next_seq = itertools.count(1000)
 
 
 def dump(sock: socket.socket, request: bytes) -> Iterator[tuple[int, int, memoryview]]:
-    """Send a dump request and yield every reply message until NLMSG_DONE."""
-    sock.send(request)
+    """Send a dump request and yield every reply message until NLMSG_DONE. The request
+    goes out with a sequence number of its own: what an earlier dump that ended early
+    left on the socket is skipped, not read as this one's."""
+    seq = next(_next_seq) & 0xFFFFFFFF
+    sock.send(request[:8] + struct.pack("=I", seq) + request[12:])
     buffer = bytearray(RECV_BUFFER)
     while True:
         size = sock.recv_into(buffer)
-        for msg_type, flags, payload in iter_messages(memoryview(buffer)[:size]):
+        for msg_type, flags, payload in iter_messages(memoryview(buffer)[:size], seq):
             if msg_type == NLMSG_DONE:
                 return
             yield msg_type, flags, payload

@@ -1,0 +1,109 @@
+"""Kernel messages cut short or garbled: every parser (Python and C) says nothing or
+raises its own error, never crashes, never reads past what it was given."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+
+import pytest
+
+from netwarden.platform.linux import conntrack, netlink, nfqueue, sockdiag
+from netwarden.platform.packet_headers import parse_ip, transport_payload
+from tests.unit.builders import inet_diag_msg, tcp_info
+from tests.unit.test_conntrack_parse import _message as conntrack_message
+
+ROUNDS = 400
+
+
+def _variants(good: bytes, rng: random.Random) -> list[bytes]:
+    """Every truncation of a good message, and garbled copies of it."""
+    cut = [good[:n] for n in range(len(good))]
+    garbled = []
+    for _ in range(ROUNDS):
+        data = bytearray(good)
+        for _flip in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        garbled.append(bytes(data))
+    noise = [rng.randbytes(rng.randint(0, 300)) for _ in range(ROUNDS)]
+    return cut + garbled + noise
+
+
+def _diag() -> bytes:
+    from tests.unit.builders import attr
+
+    return inet_diag_msg(socket.AF_INET, 1, "10.0.0.1", 40000, "192.0.2.7", 443) + attr(
+        sockdiag.INET_DIAG_INFO, tcp_info(1000, 2000, 1000)
+    )
+
+
+def test_sock_diag_messages() -> None:
+    rng = random.Random(1)
+    for data in _variants(_diag(), rng):
+        record = sockdiag.parse(memoryview(data))
+        assert record is None or record.inode >= 0
+
+
+def test_conntrack_messages() -> None:
+    rng = random.Random(2)
+    for data in _variants(conntrack_message(), rng):
+        for snapshot in (False, True):
+            conntrack.parse(0x0100, 0, memoryview(data), snapshot=snapshot)
+
+
+def test_queued_packet_messages() -> None:
+    from tests.unit.builders import attr
+
+    good = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">IHB", 42, 0x0800, 3) + b"\0")
+    good += attr(3, struct.pack(">I", 7)) + attr(10, b"\x45" + b"\0" * 39)
+    rng = random.Random(3)
+    for data in _variants(good, rng):
+        packet = nfqueue.parse_packet(memoryview(data))
+        if packet is not None:
+            parse_ip(packet.payload)
+            transport_payload(packet.payload)
+
+
+def test_ip_headers() -> None:
+    rng = random.Random(4)
+    good = struct.pack(">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1",
+                       b"\xc0\0\2\7", 40000, 443) + b"\0" * 16  # fmt: skip
+    for data in _variants(good, rng):
+        parse_ip(data)
+        transport_payload(data)
+
+
+def test_netlink_framing() -> None:
+    """Datagrams of several messages, cut and garbled: the walk stops at the first
+    message that does not fit, and an error message too short to say its code is an
+    error of its own."""
+    message = netlink.pack_message(20, 2, _diag(), seq=5)
+    rng = random.Random(5)
+    for data in _variants(message * 3, rng):
+        try:
+            for _type, _flags, payload in netlink.iter_messages(data):
+                assert len(payload) <= len(data)
+        except netlink.NetlinkError:
+            pass
+
+
+def test_messages_of_another_request_are_skipped() -> None:
+    stale = netlink.pack_message(20, 2, _diag(), seq=1)
+    ours = netlink.pack_message(20, 2, _diag(), seq=2)
+    assert len(list(netlink.iter_messages(stale + ours, seq=2))) == 1
+
+
+def test_native_destroy_reader_on_garbage() -> None:
+    native = pytest.importorskip("netwarden.platform.linux._native")
+    rng = random.Random(6)
+    good = netlink.pack_message(20, 0, _diag())
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setblocking(False)
+        variants = _variants(good, rng)
+        for start in range(0, len(variants), 50):
+            for data in variants[start : start + 50]:
+                writer.send(data or b"\0")
+            for item in native.read_destroyed(reader.fileno()):
+                assert len(item) == 13
