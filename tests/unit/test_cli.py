@@ -130,3 +130,12 @@ def test_the_json_listing_of_a_missing_namespace_is_one_clear_sentence() -> None
     assert result.stderr.startswith("netwarden: ")
     assert "does not exist" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_option_spelled_otherwise_gets_the_right_spelling() -> None:
+    from netwarden.cli.app import _spelled_otherwise
+
+    assert _spelled_otherwise(["monitor", "--once", "--json"]) == (
+        "--json is not an option of `netwarden monitor`: use --format json"
+    )
+    assert _spelled_otherwise(["monitor", "--once", "--format", "json"]) is None

@@ -299,3 +299,12 @@ def test_two_connections_on_one_port_pair_closing_in_one_batch_close_once_each()
     assert closed == [1, 2]
     assert table.tick(10.0) == []
     assert len(table) == 0
+
+
+def test_a_flow_without_a_socket_cgroup_takes_its_process_cgroup() -> None:
+    """A socket seen only at its close carries no cgroup id: the flow says its
+    process's cgroup, in the form the live listing uses ("/" for the root)."""
+    rooted = replace(CURL, cgroup="/")
+    table = FlowTable(FakeResolver(owners={11: 42}, processes={42: rooted}))
+    [opened] = table.apply_snapshot([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)], [], 1.0)
+    assert opened.flow.cgroup == "/"

@@ -548,7 +548,31 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+# Options people reach for that netwarden spells otherwise; click's own suggestion,
+# by spelling alone, points elsewhere (--json: "Possible options: --once").
+SPELLED_OTHERWISE = {
+    ("monitor", "--json"): "--format json",
+    ("history", "--json"): "--format json",
+    ("policy", "--format"): "--json (policy show --json)",
+    ("doctor", "--format"): "--json",
+}
+
+
+def _spelled_otherwise(argv: list[str]) -> str | None:
+    command = next((word for word in argv if not word.startswith("-")), "")
+    for word in argv:
+        option = word.split("=", 1)[0]
+        if (command, option) in SPELLED_OTHERWISE:
+            return (f"{option} is not an option of `netwarden {command}`: use "
+                    f"{SPELLED_OTHERWISE[(command, option)]}")  # fmt: skip
+    return None
+
+
 def main() -> None:
+    hint = _spelled_otherwise(sys.argv[1:])
+    if hint is not None:
+        print(f"netwarden: {hint}", file=sys.stderr)
+        sys.exit(2)
     try:
         app()
     except BrokenPipeError:

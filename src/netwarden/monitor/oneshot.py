@@ -112,7 +112,8 @@ def _stand_in_flow(
         key=key, state=str(s[RowHole.STATE]), process=process, attribution=attribution,
         bytes_sent=int(s[RowHole.BYTES_SENT]), bytes_received=int(s[RowHole.BYTES_RECEIVED]),
         first_seen=now, last_seen=now, uid=int(s[RowHole.UID]), netns=netns,
-        cgroup=resolver.cgroup_path(cgroup_id) if cgroup_id else "",
+        cgroup=(resolver.cgroup_path(cgroup_id) if cgroup_id else "")
+        or (process.cgroup if process is not None else ""),
     )  # fmt: skip
 
 

@@ -82,7 +82,8 @@ class _State:
             attribution=self.attribution, bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received, send_rate=self.send_rate,
             receive_rate=self.receive_rate, first_seen=self.first_seen,
-            last_seen=self.last_seen, closed=closed, uid=self.uid, cgroup=self.cgroup,
+            last_seen=self.last_seen, closed=closed, uid=self.uid,
+            cgroup=self.cgroup or (self.process.cgroup if self.process is not None else ""),
             netns=netns, relay=self.relay,
         )  # fmt: skip
 
