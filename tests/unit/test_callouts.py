@@ -235,3 +235,11 @@ def test_packet_callouts_choose_connections_and_decide_their_packets() -> None:
     packet = FlowPacket(1, Transport.TCP, ConnectDirection.OUT, Endpoint("10.0.0.1", 4),
                         Endpoint("192.0.2.7", 443), 60, b"x")  # fmt: skip
     assert reg.classify_packet(packet).verdict == BLOCK
+
+
+def test_interfaces_are_named() -> None:
+    from netwarden.engine.connect import interface_name
+
+    assert interface_name(1) == "lo"
+    assert interface_name(0) == ""
+    assert interface_name(2**31 - 1) == ""

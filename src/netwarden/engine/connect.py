@@ -3,8 +3,10 @@ process, put to the callouts, and released with their verdict."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +29,17 @@ from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 log = logging.getLogger(__name__)
 
 FLOW_EVENT_WAIT = 0.3  # seconds a connection without a socket waits for its flow event
+
+
+@functools.lru_cache(maxsize=256)
+def interface_name(index: int) -> str:
+    """The interface's name ("" for 0 or one that is gone)."""
+    if not index:
+        return ""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return ""
 
 
 class ConnectLoop:
@@ -76,6 +89,7 @@ class ConnectLoop:
                 if process is not None:
                     attribution = Attribution(AttributionMethod.FLOW_EVENT)
             connection = Connection(request, process, attribution,
+                                    interface=interface_name(request.interface),
                                     read_parent=self.queue.parent_of)  # fmt: skip
             decision = self.registry.classify(connection)
             verdict, by = decision.verdict, decision.by
