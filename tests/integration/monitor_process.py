@@ -43,6 +43,11 @@ class MonitorProcess:
             with self._lock:
                 self.events.append(json.loads(line))
 
+    def seen(self, predicate: Callable[[Event], bool]) -> list[Event]:
+        """Every event so far (opened, updated, closed) that predicate takes."""
+        with self._lock:
+            return [e for e in self.events if predicate(e)]
+
     def closed(self, predicate: Callable[[Event], bool]) -> list[Event]:
         with self._lock:
             return [e for e in self.events if e["event"] == "closed" and predicate(e)]

@@ -66,6 +66,22 @@ def test_udp_both_directions(
     assert within(flow["bytes_received"], 12_000), flow["bytes_received"]
 
 
+def test_a_udp_query_is_not_mirrored_onto_a_local_server_of_that_port(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess
+) -> None:
+    """A server of this host on 0.0.0.0:5004 and a query from this host to another
+    host's port 5004: one flow (the client's), none credited to the local server."""
+    client, server = pair
+    start_server(server, "udp-server", "--port", "5004", "--reply", "100")
+    start_server(client, "udp-server", "--bind", "0.0.0.0", "--port", "5004")
+    report = traffic(client, "udp-client", "--host", server.ipv4, "--port", "5004",
+                     "--count", "3", "--size", "50")  # fmt: skip
+    [flow] = monitor_client.wait_closed(_is(report["local_port"]))
+    assert flow["process"]["pid"] == report["pid"]
+    time.sleep(1.5)  # a mirrored flow would have been reported by now
+    assert monitor_client.seen(lambda e: e["local_address"] == server.ipv4) == []
+
+
 @pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
 def test_loopback_shows_both_ends(
     pair: tuple[Host, Host], monitor_client: MonitorProcess, loopback: str

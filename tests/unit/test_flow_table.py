@@ -308,3 +308,22 @@ def test_a_flow_without_a_socket_cgroup_takes_its_process_cgroup() -> None:
     table = FlowTable(FakeResolver(owners={11: 42}, processes={42: rooted}))
     [opened] = table.apply_snapshot([tcp_socket("10.0.0.1:5000", "10.0.0.2:80", inode=11)], [], 1.0)
     assert opened.flow.cgroup == "/"
+
+
+def test_a_udp_conversation_is_one_flow_on_this_hosts_side_only() -> None:
+    """A query from this host to 8.8.8.8:53 while a server of its own listens on
+    0.0.0.0:53: the conversation is this host's client side, not also a mirrored
+    "server" flow from 8.8.8.8:53 credited to the local DNS server."""
+    from netwarden.testing.fakes import FakeAddresses
+
+    resolver = FakeResolver(owners={5: 7, 6: 42}, processes={7: NGINX, 42: CURL})
+    table = FlowTable(resolver)
+    table.set_local_addresses(FakeAddresses(frozenset({"10.0.0.1", "127.0.0.1"})).current())
+    sockets = [udp_socket("0.0.0.0:53", inode=5), udp_socket("10.0.0.1:40000", inode=6)]
+    query = udp_conntrack("10.0.0.1:40000", "8.8.8.8:53", up=40, down=120)
+    events = table.apply_snapshot(sockets, [query], 1.0)
+    conversations = [e.flow for e in events if e.flow.key.remote.port]
+    assert [(str(f.key.local), str(f.key.remote)) for f in conversations] == [
+        ("10.0.0.1:40000", "8.8.8.8:53")
+    ]
+    assert (conversations[0].bytes_sent, conversations[0].bytes_received) == (40, 120)

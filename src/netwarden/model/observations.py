@@ -213,6 +213,14 @@ class ProcessResolver(Protocol):
     def cgroup_path(self, cgroup_id: int) -> str: ...
 
 
+class AddressSource(Protocol):
+    def current(self) -> frozenset[str]:
+        """This host's own addresses (in the watched namespace), in normalised text."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Sources(Protocol):
     """Everything the monitor reads, opened for one network namespace."""
 
@@ -222,6 +230,7 @@ class Sources(Protocol):
     flow_counters: FlowCounterTable | None
     flow_counter_events: FlowCounterEvents | None
     flow_stamps: FlowStamps | None
+    addresses: AddressSource | None  # None where the platform cannot tell
     missing: tuple[str, ...]  # what is unavailable, in words for the user
     netns: str
 

@@ -109,6 +109,8 @@ class Monitor:
         either when nothing UDP could use one."""
         if self.sources.flow_counters is None or not self.table.wants_conntrack(sockets):
             return None
+        if self.sources.addresses is not None:
+            self.table.set_local_addresses(self.sources.addresses.current())
         if not full and time.monotonic() < self._next_conntrack and not self.table.udp_closing():
             return None  # (a closing UDP conversation needs its final counters now)
         started = time.monotonic()

@@ -113,6 +113,9 @@ class FlowTable:
     ):
         self._record_events = record_events
         self._resolver = resolver
+        # This host's addresses when the platform says them (set_local_addresses): a
+        # conversation's side whose local address is not among them is not this host's.
+        self._local: frozenset[str] | None = None
         self._netns = netns
         self._is_root = is_root
         self._flows: dict[FlowKey, _State] = {}
@@ -479,6 +482,9 @@ class FlowTable:
                 ports.setdefault(record.local.port, []).append(record)
         self._udp_ports = ports
 
+    def set_local_addresses(self, addresses: frozenset[str]) -> None:
+        self._local = addresses
+
     def _udp_socket_for(self, local: Endpoint) -> SocketRecord | None:
         for record in self._udp_ports.get(local.port, ()):
             if record.local.address in (local.address, *WILDCARDS):
@@ -501,7 +507,12 @@ class FlowTable:
             (client, record.orig_payload, record.reply_payload),
             (server, record.reply_payload, record.orig_payload),
         ]
-        return [view for view in views if self._wanted(view[0])]
+        local = self._local
+        return [
+            view
+            for view in views
+            if (local is None or view[0].local.address in local) and self._wanted(view[0])
+        ]
 
     def _attribute_udp(self, state: _State) -> None:
         if state.attribution.method is AttributionMethod.FLOW_EVENT:

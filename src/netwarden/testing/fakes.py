@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from netwarden.model import Endpoint, ProcessInfo, Transport
+from netwarden.model.observations import AddressSource
 from netwarden.platform.base import (
     CountedFlow,
     CountedFlowEvent,
@@ -111,8 +112,22 @@ class FakeSources:
     flow_counters: FlowCounterTable | None = None
     flow_counter_events: FlowCounterEvents | None = None
     flow_stamps: FlowStamps | None = None
+    addresses: AddressSource | None = None
     missing: tuple[str, ...] = ()
     netns: str = ""
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeAddresses:
+    """This host's addresses, as declared."""
+
+    known: frozenset[str] = frozenset()
+
+    def current(self) -> frozenset[str]:
+        return self.known
 
     def close(self) -> None:
         pass

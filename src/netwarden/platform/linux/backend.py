@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from netwarden.model.observations import AddressSource
 from netwarden.platform.base import (
     Capability,
     ConnectQueue,
@@ -22,6 +23,7 @@ from netwarden.platform.base import (
     SocketTable,
 )
 from netwarden.platform.linux import netns as netns_api
+from netwarden.platform.linux.addresses import LocalAddresses
 from netwarden.platform.linux.conntrack import (
     ConntrackActivation,
     ConntrackDump,
@@ -49,10 +51,12 @@ class LinuxSources:
     flow_counters: FlowCounterTable | None = None
     flow_counter_events: FlowCounterEvents | None = None
     flow_stamps: FlowStamps | None = None
+    addresses: AddressSource | None = None
     missing: tuple[str, ...] = ()
 
     def close(self) -> None:
-        for source in (self.flow_stamps, self.flow_counter_events, self.closed_sockets):
+        for source in (self.flow_stamps, self.flow_counter_events, self.closed_sockets,
+                       self.addresses):  # fmt: skip
             if source is not None:
                 source.close()
         self.sockets.close()
@@ -89,8 +93,9 @@ class LinuxBackend:
         activation = ConntrackActivation(self.monitor_table_prefix, os.getpid())
         with netns_api.entered(netns):
             sources = LinuxSources(
-                sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or ""
-            )
+                sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or "",
+                addresses=LocalAddresses(),
+            )  # fmt: skip
             if not is_root:
                 missing.append(
                     "not root: sockets of other users show no process, and UDP byte counts "
