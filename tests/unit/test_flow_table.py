@@ -327,3 +327,17 @@ def test_a_udp_conversation_is_one_flow_on_this_hosts_side_only() -> None:
         ("10.0.0.1:40000", "8.8.8.8:53")
     ]
     assert (conversations[0].bytes_sent, conversations[0].bytes_received) == (40, 120)
+
+
+def test_udp_bytes_nothing_counted_are_not_measured_rather_than_zero() -> None:
+    table = FlowTable(FakeResolver())
+    sockets = [udp_socket("10.0.0.1:40000", "10.0.0.2:53", inode=6)]
+    [uncounted] = table.apply_snapshot(sockets, [], 1.0)
+    document = uncounted.flow.to_json()
+    assert (document["bytes_sent"], document["bytes_received"]) == (None, None)
+    assert document["bytes_note"].startswith("not measured")
+    counted = udp_conntrack("10.0.0.1:40000", "10.0.0.2:53", up=10, down=20)
+    table.apply_snapshot(sockets, [counted], 2.0)
+    [flow] = [f for f in table.flows() if f.key.remote.port == 53]
+    assert (flow.to_json()["bytes_sent"], flow.to_json()["bytes_received"]) == (10, 20)
+    assert "bytes_note" not in flow.to_json()

@@ -33,6 +33,13 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+def byte_cells(flow: Flow) -> tuple[str, str]:
+    """Sent and received, or '-' where nothing measured them."""
+    if not flow.bytes_measured:
+        return "-", "-"
+    return human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received)
+
+
 def process_label(flow: Flow) -> tuple[str, str]:
     if flow.process is None:
         return "-", "?"
@@ -54,7 +61,7 @@ def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
         pid, name = process_label(flow)
         row: tuple[str, ...] = (
             str(flow.key.transport), str(flow.key.local), str(flow.key.remote), flow.state,
-            pid, name, human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received),
+            pid, name, *byte_cells(flow),
             how_label(flow),
         )  # fmt: skip
         if with_time:

@@ -133,6 +133,11 @@ class ProcessInfo:
         )
 
 
+NOT_MEASURED = (
+    "not measured: no connection tracking counted this UDP conversation (netwarden "
+    "monitor tracks connections while it runs; --once changes nothing on the host)"
+)
+
 # A process with many flows is written out once, not once per event. The documents are
 # shared: read them, never change them.
 process_json: IdentityMemo[ProcessInfo, dict[str, Any]] = IdentityMemo(ProcessInfo.to_json)
@@ -169,8 +174,17 @@ class Flow:
     cgroup: str = ""
     netns: str = ""
     relay: str = ""  # how a local proxy relays it, see RelayLink
+    # False for a UDP conversation no connection tracking counted (nothing tracks
+    # connections here, or none was seen yet): its byte counts say nothing.
+    bytes_measured: bool = True
 
     def to_json(self) -> dict[str, Any]:
+        if not self.bytes_measured:
+            return {**self._json(), "bytes_sent": None, "bytes_received": None,
+                    "bytes_note": NOT_MEASURED}  # fmt: skip
+        return self._json()
+
+    def _json(self) -> dict[str, Any]:
         return {
             "transport": str(self.key.transport),
             "local_address": self.key.local.address,

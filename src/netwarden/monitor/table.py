@@ -74,6 +74,7 @@ class _State:
     announced: bool = False  # the OPENED event went out
     record: SocketRecord | None = None  # the socket record last applied
     relay: str = ""
+    counted: bool = False  # UDP: connection tracking reported its bytes
     cookie: int = 0  # the kernel's id of the first socket seen for the flow
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
@@ -85,6 +86,7 @@ class _State:
             last_seen=self.last_seen, closed=closed, uid=self.uid,
             cgroup=self.cgroup or (self.process.cgroup if self.process is not None else ""),
             netns=netns, relay=self.relay,
+            bytes_measured=self.counted or self.key.transport is not Transport.UDP,
         )  # fmt: skip
 
     def set_bytes(self, sent: int, received: int) -> bool:
@@ -208,6 +210,7 @@ class FlowTable:
                     state = self._new_state(key, "ESTABLISHED", now)
                     self._attribute_udp(state)
                 state.last_seen = now
+                state.counted = True
                 if state.set_bytes(sent, received):
                     self._moving(state)
                 self._touched[key] = state

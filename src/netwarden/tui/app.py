@@ -17,7 +17,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static
 
-from netwarden.cli.render import how_label, human_bytes
+from netwarden.cli.render import byte_cells, how_label, human_bytes
 from netwarden.engine.core import Engine
 from netwarden.model import FlowEvent
 from netwarden.monitor.filters import FlowFilter
@@ -56,8 +56,7 @@ def _cells(row: Row) -> Cells:
         str(flow.key.local),
         str(flow.key.remote),
         flow.state,
-        human_bytes(flow.bytes_sent),
-        human_bytes(flow.bytes_received),
+        *byte_cells(flow),
         f"{human_bytes(flow.send_rate + flow.receive_rate)}/s",
         how_label(flow),
     )
