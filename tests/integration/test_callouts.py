@@ -108,6 +108,11 @@ def daemons() -> Iterator[list[Daemon]]:
             daemon.stop()
 
 
+def blocking(program: Path) -> str:
+    """A policy with one rule: the program may not connect out."""
+    return f'[[rule]]\nname = "no-a"\naction = "block"\ndirection = "out"\nexe = "{program}"\n'
+
+
 def queue_chain(host: Host) -> str:
     return host.run(["iptables-save", "-t", "mangle"]).stdout
 
@@ -120,7 +125,7 @@ def test_a_rule_by_executable_blocks_one_program_and_not_another(
     a, b, script = programs
     start_server(server, "tcp-server", "--port", "7000", "--send", "5")
     start_server(server, "udp-server", "--port", "7001", "--reply", "5")
-    policy = f'[[rule]]\nname = "no-a"\naction = "block"\ndirection = "out"\nexe = "{a}"\n'
+    policy = blocking(a)
     daemons.append(daemon := Daemon(client, tmp_path, policy))
     # A refused TCP connection is reset; a blocked datagram was already handed to the
     # kernel when it was queued, so the sender hears nothing (the decision says why).
@@ -236,7 +241,7 @@ def test_a_killed_daemon_fails_open_and_the_next_down_cleans_up(
     client, server = pair
     a, b, script = programs
     start_server(server, "tcp-server", "--port", "7004", "--send", "5")
-    policy = f'[[rule]]\nname = "no-a"\naction = "block"\ndirection = "out"\nexe = "{a}"\n'
+    policy = blocking(a)
     daemon = Daemon(client, tmp_path, policy, "--fail-mode", "open")
     daemons.append(daemon)
     assert "NETWARDEN-CONNECT" in queue_chain(client)
@@ -257,7 +262,7 @@ def test_a_killed_daemon_fails_closed_until_the_next_up(
     client, server = pair
     a, b, script = programs
     start_server(server, "tcp-server", "--port", "7005", "--send", "5")
-    policy = f'[[rule]]\nname = "no-a"\naction = "block"\ndirection = "out"\nexe = "{a}"\n'
+    policy = blocking(a)
     daemon = Daemon(client, tmp_path, policy, "--fail-mode", "closed")
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(timeout=10)

@@ -15,13 +15,12 @@ import logging
 import os
 import shlex
 import subprocess
-from types import TracebackType
 
-from netwarden.model import Attribution, AttributionMethod, ProcessInfo
+from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo, Transport
 from netwarden.model.connect import ConnectDirection, ConnectRequest
 from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import nftables
-from netwarden.platform.linux.nfqueue import NfQueue
+from netwarden.platform.linux.nfqueue import NfQueue, QueuedPacket
 from netwarden.platform.linux.procfs import ProcResolver
 from netwarden.platform.linux.sockdiag import SocketLookup
 from netwarden.platform.packet_headers import parse_ip
@@ -35,6 +34,17 @@ NF_INET_LOCAL_IN = 1
 TOOLS = (("iptables", "ip"), ("ip6tables", "ip6"))
 CREATED_TABLE = "netwarden made this table"
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
+
+
+def sides_of(packet: QueuedPacket) -> tuple[Transport, ConnectDirection, Endpoint, Endpoint] | None:
+    """A queued packet's transport, direction, and this host's and the peer's ends."""
+    addresses = parse_ip(packet.payload)
+    if addresses is None:
+        return None
+    transport, source, destination = addresses
+    if packet.hook == NF_INET_LOCAL_IN:
+        return transport, ConnectDirection.IN, destination, source
+    return transport, ConnectDirection.OUT, source, destination
 
 
 def parent_pid(pid: int) -> int:
@@ -152,30 +162,17 @@ class LinuxConnectQueue:
             self._lookup.close()
             raise
 
-    def __enter__(self) -> LinuxConnectQueue:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.close()
-
     def fileno(self) -> int:
         return self._queue.fileno()
 
     def receive(self) -> list[ConnectRequest]:
         requests = []
         for packet in self._queue.receive():
-            addresses = parse_ip(packet.payload)
-            if addresses is None:  # not TCP or UDP (the rules queue only those)
+            sides = sides_of(packet)
+            if sides is None:  # not TCP or UDP (the rules queue only those)
                 self._queue.verdict(packet.packet_id, True)
                 continue
-            transport, source, destination = addresses
-            if packet.hook == NF_INET_LOCAL_IN:
-                direction, local, remote = ConnectDirection.IN, destination, source
-            else:
-                direction, local, remote = ConnectDirection.OUT, source, destination
+            transport, direction, local, remote = sides
             self._marks[packet.packet_id] = packet.mark
             requests.append(ConnectRequest(
                 packet.packet_id, transport, direction, local, remote, packet.uid,

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
-from netwarden.model.connect import ConnectDirection, FlowPacket
+from netwarden.model.connect import FlowPacket
+from netwarden.platform.linux.connect_queue import sides_of
 from netwarden.platform.linux.nfqueue import NfQueue
-from netwarden.platform.packet_headers import ip_length, parse_ip, transport_payload
+from netwarden.platform.packet_headers import ip_length, transport_payload
 from netwarden.policy.connect_layer import ConnectLayer
 
-NF_INET_LOCAL_IN = 1
 COPY = 65535  # whole packets: a callout that watches them wants their payload
 
 
@@ -20,30 +18,17 @@ class LinuxPacketQueue:
     def __init__(self, layer: ConnectLayer) -> None:
         self._queue = NfQueue(layer.packet_queue, fail_open=layer.fail_open, copy=COPY)
 
-    def __enter__(self) -> LinuxPacketQueue:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self.close()
-
     def fileno(self) -> int:
         return self._queue.fileno()
 
     def receive(self) -> list[FlowPacket]:
         packets = []
         for queued in self._queue.receive():
-            addresses = parse_ip(queued.payload)
-            if addresses is None:
+            sides = sides_of(queued)
+            if sides is None:
                 self._queue.verdict(queued.packet_id, True)
                 continue
-            transport, source, destination = addresses
-            if queued.hook == NF_INET_LOCAL_IN:
-                direction, local, remote = ConnectDirection.IN, destination, source
-            else:
-                direction, local, remote = ConnectDirection.OUT, source, destination
+            transport, direction, local, remote = sides
             packets.append(FlowPacket(
                 queued.packet_id, transport, direction, local, remote,
                 ip_length(queued.payload), transport_payload(queued.payload),
