@@ -71,7 +71,7 @@ def test_native_listing_is_the_flow_tables_listing(lab: Lab, tmp_path: Path) -> 
 
 def _fields(records: list[SocketRecord]) -> list[tuple[object, ...]]:
     return sorted(
-        (str(r.key), r.state, r.inode, r.uid, r.cgroup_id, r.bytes_sent, r.bytes_received)
+        (str(r.key), r.state, r.inode, r.uid, r.cgroup_id, r.bytes_sent, r.bytes_received, r.cookie)
         for r in records
     )
 

@@ -5,9 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One socket as the iterator program writes it (96 bytes, little-endian words). */
+/* One socket as the iterator program writes it (104 bytes, little-endian words). */
 typedef struct {
-    uint64_t acked, received, sent, inode, cgroup;
+    uint64_t cookie, acked, received, sent, inode, cgroup;
     uint32_t uid;
     uint16_t family;
     uint8_t state, unused;

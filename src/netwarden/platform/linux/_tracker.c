@@ -13,7 +13,7 @@
 
 typedef struct {
     unsigned char key[KEY_SIZE]; /* family, ports, addresses: one flow key */
-    uint64_t sent, received, inode, cgroup;
+    uint64_t sent, received, inode, cgroup, cookie;
     uint32_t uid;
     uint8_t family, state;
 } tracked_t;
@@ -57,6 +57,7 @@ static void tracked_from(const tcp_socket_t *s, tracked_t *t) {
     t->uid = s->uid;
     t->inode = s->inode;
     t->cgroup = s->cgroup;
+    t->cookie = s->cookie;
     t->sent = s->sent < s->acked ? s->sent : s->acked;
     t->received = s->received;
     if (t->received && (t->state == 8 || t->state == 9 || t->state == 11))
@@ -136,7 +137,8 @@ static PyObject *changed_tuple(const tracked_t *e) {
     unsigned port, remote_port;
     key_text(e, local, remote, &port, &remote_port);
     return Py_BuildValue("(iisIsIIKKKKK)", e->family, e->state, local, port, remote,
-                         remote_port, e->uid, (unsigned long long)e->inode, 0ull,
+                         remote_port, e->uid, (unsigned long long)e->inode,
+                         (unsigned long long)e->cookie,
                          (unsigned long long)e->cgroup, (unsigned long long)e->sent,
                          (unsigned long long)e->received);
 }
@@ -150,7 +152,7 @@ static PyObject *vanished_tuple(const tracked_t *e) {
 
 static int same_signature(const tracked_t *a, const tracked_t *b) {
     return a->state == b->state && a->sent == b->sent && a->received == b->received &&
-           a->inode == b->inode && a->uid == b->uid;
+           a->inode == b->inode && a->uid == b->uid && a->cookie == b->cookie;
 }
 
 static PyObject *tracker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
