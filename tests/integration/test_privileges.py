@@ -74,13 +74,20 @@ def test_watch_as_unprivileged_user_runs_and_stops() -> None:
 @pytest.mark.parametrize(
     "args",
     [["policy", "show"], ["policy", "off"], ["down"], ["up", "--policy", "/dev/null"],
-     ["redirect", "--dport", "80", "--to", "127.0.0.1:1"]],
+     ["redirect", "--dport", "80", "--to", "127.0.0.1:1"], ["run", "--scope", "x", "--", "true"]],
 )  # fmt: skip
 def test_root_only_commands_say_so_without_a_traceback(args: list[str]) -> None:
     result = as_nobody("-m", "netwarden", *args)
     assert result.returncode == 1, result.stderr
     assert "root" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_as_unprivileged_user_says_what_it_cannot_tell() -> None:
+    result = as_nobody("-m", "netwarden", "doctor")
+    assert result.returncode == 0, result.stderr
+    assert "iptables NFQUEUE: cannot tell without root" in result.stdout
+    assert "the kernel has no NFQUEUE target" not in result.stdout
 
 
 def test_native_scan_counts_refusals_as_the_python_scan_does(quiet_host: Host) -> None:

@@ -139,3 +139,21 @@ def test_an_option_spelled_otherwise_gets_the_right_spelling() -> None:
         "--json is not an option of `netwarden monitor`: use --format json"
     )
     assert _spelled_otherwise(["monitor", "--once", "--format", "json"]) is None
+
+
+def test_help_paragraphs_are_not_broken_mid_sentence() -> None:
+    from netwarden.cli.app import reflow
+
+    doc = """First line
+    goes on here.
+
+    Examples:\n
+      netwarden monitor\n
+      netwarden up
+    """
+    assert reflow(doc) == (
+        "First line goes on here.\n\nExamples:\n\n  netwarden monitor\n\n  netwarden up"
+    )
+    code, output = _run("--help")
+    assert code == 0
+    assert "program rules and the callouts given" in " ".join(output.split())

@@ -296,7 +296,9 @@ class TransparentProxy:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("proxy handler failed: %r", task.exception())
+            error = task.exception()
+            log.error("a proxy handler failed (a bug): %s: %s", type(error).__name__, error,
+                      exc_info=error)  # fmt: skip
 
     async def _upstream(self, host: str, port: int) -> tuple[socket.socket, tuple[bool, int]]:
         """A connected socket to the original destination (through the upstream chain, if

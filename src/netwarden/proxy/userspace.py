@@ -110,7 +110,9 @@ class UserModeProxy:
         """A client's handler ended; a bug in it must not take the listener down."""
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("proxy handler failed: %r", task.exception())
+            error = task.exception()
+            log.error("a proxy handler failed (a bug): %s: %s", type(error).__name__, error,
+                      exc_info=error)  # fmt: skip
 
     async def _connect(self, host: str, port: int) -> tuple[
         tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[str, int]
