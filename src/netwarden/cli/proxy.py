@@ -100,6 +100,7 @@ def proxy(
     import logging
     import signal
 
+    from netwarden.engine import host
     from netwarden.proxy.transparent import FlowReport, TransparentProxy
     from netwarden.proxy.userspace import ProxiedFlow, UserModeProxy
 
@@ -153,6 +154,7 @@ def proxy(
             ready = asyncio.Event()
             relay = TransparentProxy(
                 mark_value,
+                original_destination=host.original_destination,
                 fast_path=fast_path,
                 tproxy=tproxy,
                 chain=chain,

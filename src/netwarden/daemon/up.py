@@ -95,6 +95,7 @@ class ProxyThread:
             port = settings.proxy_port
             proxy = TransparentProxy(
                 settings.proxy_mark, on_flow=self.on_flow, on_link=self.on_link,
+                original_destination=host.original_destination,
                 tproxy=uses_tproxy(self.policy),
             )  # fmt: skip
             listeners = ([("0.0.0.0", port), ("::", port)] if uses_tproxy(self.policy)

@@ -27,7 +27,6 @@ from typing import Any
 
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.flow import host_port
-from netwarden.platform.select import original_destination
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
@@ -75,6 +74,13 @@ def _listener(host: str, port: int, tproxy: bool = False) -> socket.socket:
     return sock
 
 
+def _platform_original_destination(sock: socket.socket) -> tuple[str, int]:
+    """For a proxy made without the engine (tests, library use)."""
+    from netwarden.platform.select import original_destination
+
+    return original_destination(sock)
+
+
 def _endpoint(address: tuple[Any, ...]) -> Endpoint:
     return Endpoint(_unmapped(str(address[0])), int(address[1]))
 
@@ -115,9 +121,12 @@ class TransparentProxy:
         on_flow: Callable[[FlowReport], None] | None = None,
         on_link: Callable[[RelayLink], None] | None = None,
         max_connections: int | None = None,
+        original_destination: Callable[[socket.socket], tuple[str, int]] | None = None,
     ) -> None:
         """on_flow gets each flow once it has ended; on_link (called from any thread)
-        each flow's sockets once it is connected upstream, for the monitor."""
+        each flow's sockets once it is connected upstream, for the monitor;
+        original_destination: the platform's lookup (the engine's backend gives it)."""
+        self.original_destination = original_destination or _platform_original_destination
         self.mark = mark
         self.on_link = on_link
         self.fast_path = fast_path and sys.platform == "linux"
@@ -255,7 +264,7 @@ class TransparentProxy:
                 # Its answers to an application on this host must not be taken for the
                 # application's own packets by a tproxy rule: the proxy mark skips them.
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-            return original_destination(conn)
+            return self.original_destination(conn)
         except OSError as exc:
             log.warning("%s: no original destination (%s)", host_port(client), exc)
             conn.close()
