@@ -372,3 +372,24 @@ def test_a_packet_callout_sees_every_packet_of_the_connections_it_watches(
         "out 32 b'last'",
         "in 35 b'ok:last'",
     ]
+
+
+def test_a_queue_held_by_another_program_is_said_and_nothing_is_left(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, _server = pair
+    holder = client.popen([PY, "-c", "from netwarden.platform.linux.nfqueue import NfQueue\n"
+                           "q = NfQueue(20055, fail_open=True)\nprint('held', flush=True)\n"
+                           "import time; time.sleep(60)"], stdout=subprocess.PIPE)  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    policy = tmp_path / "empty.toml"
+    policy.write_text("")
+    result = client.run([PY, "-m", "netwarden", "up", "--policy", str(policy), "--no-history",
+                         "--callouts", str(EXAMPLES / "new_program_notifier.py")],
+                        check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "NFQUEUE 20055 is bound by another program" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "NETWARDEN" not in queue_chain(client)
+    assert client.run(["nft", "list", "tables"]).stdout.strip() == ""

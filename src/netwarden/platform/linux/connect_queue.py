@@ -36,6 +36,17 @@ CREATED_TABLE = "netwarden made this table"
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
 
 
+def open_queue(number: int, fail_open: bool, copy: int | None = None) -> NfQueue:
+    """A bound queue, or a PlatformError that says why not."""
+    try:
+        if copy is None:
+            return NfQueue(number, fail_open=fail_open)
+        return NfQueue(number, fail_open=fail_open, copy=copy)
+    except OSError as exc:
+        raise PlatformError(f"{exc.strerror or exc}; choose another with [settings] "
+                            "connect_queue") from None  # fmt: skip
+
+
 def sides_of(packet: QueuedPacket) -> tuple[Transport, ConnectDirection, Endpoint, Endpoint] | None:
     """A queued packet's transport, direction, and this host's and the peer's ends."""
     addresses = parse_ip(packet.payload)
@@ -150,7 +161,7 @@ class LinuxConnectQueue:
 
     def __init__(self, layer: ConnectLayer) -> None:
         self.layer = layer
-        self._queue = NfQueue(layer.queue, fail_open=layer.fail_open)
+        self._queue = open_queue(layer.queue, layer.fail_open)
         self._lookup = SocketLookup()
         self._resolver = ProcResolver()
         self._recent: dict[int, list[int]] = {}  # uid -> pids that connected lately

@@ -123,8 +123,10 @@ class NfQueue:
                                   + _attribute(NFQA_CFG_MASK, _U32.pack(flags))))  # fmt: skip
         except OSError as exc:
             self._sock.close()
-            if exc.errno == errno.EBUSY:
-                raise QueueError(exc.errno, f"queue {number} is bound by another program") from None
+            if exc.errno in (errno.EBUSY, errno.EPERM):  # the kernel says EPERM for "taken"
+                message = (f"NFQUEUE {number} is bound by another program (a firewall such "
+                           "as OpenSnitch?), or this is not root")  # fmt: skip
+                raise QueueError(exc.errno, message) from None
             raise
         self._sock.setblocking(False)
 

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from netwarden.model.connect import FlowPacket
-from netwarden.platform.linux.connect_queue import sides_of
-from netwarden.platform.linux.nfqueue import NfQueue
+from netwarden.platform.linux.connect_queue import open_queue, sides_of
 from netwarden.platform.packet_headers import ip_length, transport_payload
 from netwarden.policy.connect_layer import ConnectLayer
 
@@ -16,7 +15,7 @@ class LinuxPacketQueue:
     """The rules that fill it are the CONNECT layer's (connect_queue.queue_rules)."""
 
     def __init__(self, layer: ConnectLayer) -> None:
-        self._queue = NfQueue(layer.packet_queue, fail_open=layer.fail_open, copy=COPY)
+        self._queue = open_queue(layer.packet_queue, layer.fail_open, COPY)
 
     def fileno(self) -> int:
         return self._queue.fileno()
