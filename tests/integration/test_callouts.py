@@ -28,7 +28,7 @@ CLIENT = """
 import socket, sys
 protocol, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-sock = socket.socket(socket.AF_INET, kind)
+sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
 sock.settimeout(2)
 try:
     sock.connect((host, port))
@@ -130,9 +130,10 @@ def test_a_rule_by_executable_blocks_one_program_and_not_another(
     # A refused TCP connection is reset; a blocked datagram was already handed to the
     # kernel when it was queued, so the sender hears nothing (the decision says why).
     for protocol, port, refused in (("tcp", 7000, "refused"), ("udp", 7001, "timeout")):
-        assert ask(client, a, script, protocol, server.ipv4, port) == refused
-        assert ask(client, b, script, protocol, server.ipv4, port).startswith("answered")
-    decided = daemon.decisions(4)
+        for address in (server.ipv4, server.ipv6):
+            assert ask(client, a, script, protocol, address, port) == refused
+            assert ask(client, b, script, protocol, address, port).startswith("answered")
+    decided = daemon.decisions(8)
     by_program = {(d["flow"].split()[0], d["process"].split()[0]): d for d in decided}
     assert by_program[("tcp", "program-a")]["decision"] == "block"
     assert by_program[("tcp", "program-a")]["by"] == "policy"
