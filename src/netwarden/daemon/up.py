@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ from netwarden.proxy.userspace import UserModeProxy
 from netwarden.wording import count
 
 log = logging.getLogger(__name__)
+
+
+CONNECT_SWITCH_INTERVAL = 0.0005  # seconds
 
 
 class AlreadyRunning(PlatformError):
@@ -211,6 +215,10 @@ def run(
 
             callout_host = CalloutHost(engine, registry, layer, relayout, state.write_callouts)
             callout_host.start(stop)
+            if layer is not None:
+                # A held connection waits while another thread (the monitor) holds the
+                # interpreter: make that thread hand it over sooner than the 5 ms default.
+                sys.setswitchinterval(CONNECT_SWITCH_INTERVAL)
             engine.publish([PolicyApplied(policy.source, compiled.table, rules)])
             if compiled.cgroup_marks:
                 keeper = threading.Thread(target=_keep_marks, args=(firewall, compiled, stop),
