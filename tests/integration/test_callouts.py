@@ -305,6 +305,14 @@ def test_a_process_that_connects_and_exits_at_once_is_decided_with_its_exe(
         assert time.monotonic() - started < 1.0
     decided = daemon.decisions(2)
     assert {d["flow"].split()[0] for d in decided} == {"tcp", "udp"}
+    time.sleep(1.5)  # the daemon writes its callouts' counters every second
+    listed = json.loads(client.run([PY, "-m", "netwarden", "callouts", "list", "--json"]).stdout)
+    assert listed["running"] is True
+    assert listed["queue"] == "iptables-nft NFQUEUE"
+    [notifier] = listed["callouts"]
+    assert (notifier["name"], notifier["layers"]) == ("new program notifier", ["connect"])
+    assert notifier["calls"] >= 2
+    assert notifier["verdicts"].get("continue", 0) >= 2
     for decision in decided:
         assert "program-a (pid" in decision["process"], decided
         assert str(a) in decision["process"]
