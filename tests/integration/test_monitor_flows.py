@@ -74,8 +74,18 @@ def test_a_udp_query_is_not_mirrored_onto_a_local_server_of_that_port(
     client, server = pair
     start_server(server, "udp-server", "--port", "5004", "--reply", "100")
     start_server(client, "udp-server", "--bind", "0.0.0.0", "--port", "5004")
-    report = traffic(client, "udp-client", "--host", server.ipv4, "--port", "5004",
-                     "--count", "3", "--size", "50")  # fmt: skip
+    report = traffic(
+        client,
+        "udp-client",
+        "--host",
+        server.ipv4,
+        "--port",
+        "5004",
+        "--count",
+        "3",
+        "--size",
+        "50",
+    )
     [flow] = monitor_client.wait_closed(_is(report["local_port"]))
     assert flow["process"]["pid"] == report["pid"]
     time.sleep(1.5)  # a mirrored flow would have been reported by now

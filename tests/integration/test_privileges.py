@@ -22,10 +22,25 @@ def as_nobody(*args: str, host: Host | None = None) -> subprocess.CompletedProce
     one root process beside it), so that what it reads is the test's alone."""
     prefix: list[str] = []
     if host is not None:
-        prefix = ["nsenter", f"--net=/run/netns/{host.netns}", "unshare", "--pid", "--fork",
-                  "--mount-proc", "sh", "-c", 'sleep 60 & exec "$@"', "sh"]  # fmt: skip
-    return subprocess.run([*prefix, *NOBODY, sys.executable, *args], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+        prefix = [
+            "nsenter",
+            f"--net=/run/netns/{host.netns}",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            'sleep 60 & exec "$@"',
+            "sh",
+        ]
+    return subprocess.run(
+        [*prefix, *NOBODY, sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(autouse=True)

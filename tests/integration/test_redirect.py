@@ -106,23 +106,63 @@ def test_redirect_rules_in_the_policy_file(web: tuple[Host, Host], tmp_path: Pat
 
 def test_a_listener_on_another_loopback_address_is_honoured(pair: tuple[Host, Host]) -> None:
     client, remote = pair
-    listener = client.popen([PY, "-m", "netwarden.testing.traffic", "tcp-server", "--bind",
-                             "127.0.0.2", "--port", "55557", "--send", "3"],
-                            stdout=subprocess.PIPE)  # fmt: skip
+    listener = client.popen(
+        [
+            PY,
+            "-m",
+            "netwarden.testing.traffic",
+            "tcp-server",
+            "--bind",
+            "127.0.0.2",
+            "--port",
+            "55557",
+            "--send",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert listener.stdout is not None
     json.loads(listener.stdout.readline())
     client.run([PY, "-m", "netwarden", "redirect", "--dport", "80", "--to", "127.0.0.2:55557"])
-    report = json.loads(client.run([PY, "-m", "netwarden.testing.traffic", "tcp-client",
-                                    "--host", remote.ipv4, "--port", "80", "--send", "5",
-                                    "--recv", "3"]).stdout)  # fmt: skip
+    report = json.loads(
+        client.run(
+            [
+                PY,
+                "-m",
+                "netwarden.testing.traffic",
+                "tcp-client",
+                "--host",
+                remote.ipv4,
+                "--port",
+                "80",
+                "--send",
+                "5",
+                "--recv",
+                "3",
+            ]
+        ).stdout
+    )
     assert report["received"] == 3  # the listener on 127.0.0.2 answered
     client.run([PY, "-m", "netwarden", "down"])
 
 
 def test_a_second_listener_of_one_family_is_refused(pair: tuple[Host, Host]) -> None:
     client, _remote = pair
-    result = client.run([PY, "-m", "netwarden", "redirect", "--dport", "80", "--to",
-                         "127.0.0.1:1", "--to", "127.0.0.2:2"], check=False)  # fmt: skip
+    result = client.run(
+        [
+            PY,
+            "-m",
+            "netwarden",
+            "redirect",
+            "--dport",
+            "80",
+            "--to",
+            "127.0.0.1:1",
+            "--to",
+            "127.0.0.2:2",
+        ],
+        check=False,
+    )
     assert result.returncode == 2
     assert "one listener per address family" in result.stderr
     assert client.run(["nft", "list", "tables"]).stdout.strip() == ""

@@ -93,8 +93,9 @@ def test_a_database_from_before_the_relay_column_is_upgraded(tmp_path: Path) -> 
 
 
 def test_host_takes_networks_and_bracketed_ipv6(store: HistoryStore) -> None:
-    store.record([_flow(5000, "10.77.0.9:443"), _flow(5001, "[fd00:77::2]:80"),
-                  _flow(5002, "192.0.2.7:443")])  # fmt: skip
+    store.record(
+        [_flow(5000, "10.77.0.9:443"), _flow(5001, "[fd00:77::2]:80"), _flow(5002, "192.0.2.7:443")]
+    )
 
     def ports(host: str) -> list[int]:
         return sorted(f.key.local.port for f in store.query(HistoryQuery(host=host)))

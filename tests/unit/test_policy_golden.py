@@ -32,7 +32,9 @@ def test_compiles_to_golden_nft_json(case: str) -> None:
     if os.environ.get("NETWARDEN_UPDATE_GOLDEN"):
         # Rewriting and then comparing would always pass: an update run fails on purpose.
         expected_path.write_text(json.dumps(produced, indent=1) + "\n")
-        pytest.fail(f"rewrote {expected_path.name}: review the diff, then run the tests "
-                    "again without NETWARDEN_UPDATE_GOLDEN")  # fmt: skip
+        pytest.fail(
+            f"rewrote {expected_path.name}: review the diff, then run the tests "
+            "again without NETWARDEN_UPDATE_GOLDEN"
+        )
     assert expected_path.exists(), f"no golden file {expected_path.name}; see this module's doc"
     assert produced == json.loads(expected_path.read_text())

@@ -250,10 +250,12 @@ def test_rules_that_cannot_meet_one_connection_do_not_loop() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['[[rule]]\nname = "x"\nport = [80,\n  443\n',
-     '[[rule]]\nname = "x # not a comment"\nport = [80, 443\n',
-     '[[rule]]\nname = "x"\nport = [80,\n  443\naction = "block"\n'],
-)  # fmt: skip
+    [
+        '[[rule]]\nname = "x"\nport = [80,\n  443\n',
+        '[[rule]]\nname = "x # not a comment"\nport = [80, 443\n',
+        '[[rule]]\nname = "x"\nport = [80,\n  443\naction = "block"\n',
+    ],
+)
 def test_an_unclosed_array_points_at_the_line_that_opened_it(text: str) -> None:
     with pytest.raises(PolicyError) as raised:
         parse(text, "p.toml", fake_environment())

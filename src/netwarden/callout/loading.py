@@ -59,8 +59,9 @@ def load_entry_point(name: str) -> list[LoadedCallout]:
         raise CalloutLoadError(f"entry point {name!r} ({entry.value}) failed: {exc}") from exc
     if isinstance(value, type):
         value = value()
-    return _checked(value if isinstance(value, list | tuple) else [value],
-                    f"entry point {name} ({entry.value})")  # fmt: skip
+    return _checked(
+        value if isinstance(value, list | tuple) else [value], f"entry point {name} ({entry.value})"
+    )
 
 
 def _checked(callouts: Any, origin: str) -> list[LoadedCallout]:
@@ -69,10 +70,13 @@ def _checked(callouts: Any, origin: str) -> list[LoadedCallout]:
     loaded = []
     for item in callouts:
         if isinstance(item, type):
-            raise CalloutLoadError(f"{origin}: {item.__name__} is a class; list an instance "
-                                   f"({item.__name__}())")  # fmt: skip
+            raise CalloutLoadError(
+                f"{origin}: {item.__name__} is a class; list an instance ({item.__name__}())"
+            )
         if not layers_of(item):
-            raise CalloutLoadError(f"{origin}: {name_of(item)} defines no hook (classify, packet, "
-                                   "flow_established, flow_deleted)")  # fmt: skip
+            raise CalloutLoadError(
+                f"{origin}: {name_of(item)} defines no hook (classify, packet, "
+                "flow_established, flow_deleted)"
+            )
         loaded.append(LoadedCallout(item, origin))
     return loaded

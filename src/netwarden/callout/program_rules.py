@@ -47,15 +47,21 @@ def query_of(connection: Connection) -> FlowQuery:
     if process is not None:
         parent = connection.parent
         program = ProgramFacts(
-            name=process.name, exe=process.exe, cmdline=" ".join(process.cmdline),
+            name=process.name,
+            exe=process.exe,
+            cmdline=" ".join(process.cmdline),
             parent_exe=parent.exe if parent is not None else "",
             sha256=connection.exe_sha256,
-        )  # fmt: skip
+        )
     return FlowQuery(
-        protocol=str(request.transport), direction=direction,
+        protocol=str(request.transport),
+        direction=direction,
         source=ipaddress.ip_address(source.address),
         destination=ipaddress.ip_address(destination.address),
-        source_port=source.port, destination_port=destination.port,
-        interface=connection.interface, uid=connection.uid,
-        cgroup=process.cgroup if process is not None else "", program=program,
-    )  # fmt: skip
+        source_port=source.port,
+        destination_port=destination.port,
+        interface=connection.interface,
+        uid=connection.uid,
+        cgroup=process.cgroup if process is not None else "",
+        program=program,
+    )

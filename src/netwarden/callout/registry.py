@@ -41,10 +41,13 @@ class CalloutStats:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "calls": self.calls, "errors": self.errors, "overruns": self.overruns,
-            "seconds": round(self.seconds, 6), "slowest_seconds": round(self.slowest, 6),
+            "calls": self.calls,
+            "errors": self.errors,
+            "overruns": self.overruns,
+            "seconds": round(self.seconds, 6),
+            "slowest_seconds": round(self.slowest, 6),
             "verdicts": dict(self.verdicts),
-        }  # fmt: skip
+        }
 
 
 @dataclass(slots=True)
@@ -63,8 +66,13 @@ class LoadedCallout:
 
     def to_json(self) -> dict[str, Any]:
         layers = [str(layer) for layer in self.layers]
-        return {"name": self.name, "origin": self.origin, "weight": self.weight,
-                "layers": layers, **self.stats.to_json()}  # fmt: skip
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "weight": self.weight,
+            "layers": layers,
+            **self.stats.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +112,9 @@ class CalloutRegistry:
     def classify(self, connection: Connection) -> Decision:
         """Ask each CONNECT callout until one decides; CONTINUE when none does."""
         for loaded in self._at[Layer.CONNECT]:
-            verdict, failure = self._call(loaded, Layer.CONNECT, loaded.callout.classify,
-                                          connection)  # fmt: skip
+            verdict, failure = self._call(
+                loaded, Layer.CONNECT, loaded.callout.classify, connection
+            )
             if failure:
                 return Decision(self.fail_mode.verdict, loaded.name, failure)
             if not isinstance(verdict, Verdict):
@@ -187,13 +196,23 @@ class CalloutRegistry:
         return result, ""
 
     def _failed(
-        self, loaded: LoadedCallout, layer: Layer | None, failure: str,
+        self,
+        loaded: LoadedCallout,
+        layer: Layer | None,
+        failure: str,
         exc: BaseException | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         where = f" at {layer}" if layer else ""
         fallback = self.fail_mode.verdict
-        log.error("callout %s%s %s; fail-%s: %s", loaded.name, where, failure,
-                  self.fail_mode, fallback, exc_info=exc)  # fmt: skip
+        log.error(
+            "callout %s%s %s; fail-%s: %s",
+            loaded.name,
+            where,
+            failure,
+            self.fail_mode,
+            fallback,
+            exc_info=exc,
+        )
         if self.on_failure is not None and layer is not None:
             self.on_failure(Failure(loaded.name, layer, failure, fallback))
 

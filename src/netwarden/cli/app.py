@@ -358,10 +358,12 @@ def _connect_layer(probed: list[Capability]) -> Capability:
     running = state.read()
     status = state.read_callouts() if running and state.alive(running.pid) else None
     if status is not None and status.get("queue"):
-        detail = (f"in use by netwarden up (pid {running.pid if running else '?'}): "
-                  f"{status['queue']}, fail-{status['fail_mode']}, "
-                  f"{len(status.get('callouts', []))} callout(s), "  # type: ignore[arg-type]
-                  f"{status.get('decided', 0)} connections decided")  # fmt: skip
+        detail = (
+            f"in use by netwarden up (pid {running.pid if running else '?'}): "
+            f"{status['queue']}, fail-{status['fail_mode']}, "
+            f"{len(status.get('callouts', []))} callout(s), "  # type: ignore[arg-type]
+            f"{status.get('decided', 0)} connections decided"
+        )
     elif mechanism:
         detail = f"available through {mechanism}; not in use (netwarden up runs it when "
         detail += "rules name a program or callouts classify; fail-open unless set)"
@@ -369,8 +371,12 @@ def _connect_layer(probed: list[Capability]) -> Capability:
         detail = "cannot tell without root whether this kernel can queue packets"
     else:
         detail = "no way to queue packets here (neither nft queue nor the NFQUEUE target)"
-    return Cap("CONNECT layer", bool(mechanism), detail,
-               "rules by program and callouts deciding each new connection")  # fmt: skip
+    return Cap(
+        "CONNECT layer",
+        bool(mechanism),
+        detail,
+        "rules by program and callouts deciding each new connection",
+    )
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -473,16 +479,25 @@ def up(
     def decision(events: Sequence[object]) -> None:
         from netwarden.engine.bus import DecisionTaken
 
-        lines = [{"decision": e.verdict, "flow": e.flow, "process": e.process, "by": e.by,
-                  **({"detail": e.detail} if e.detail else {})}
-                 for e in events if isinstance(e, DecisionTaken)]  # fmt: skip
+        lines = [
+            {
+                "decision": e.verdict,
+                "flow": e.flow,
+                "process": e.process,
+                "by": e.by,
+                **({"detail": e.detail} if e.detail else {}),
+            }
+            for e in events
+            if isinstance(e, DecisionTaken)
+        ]
         if lines:
             sys.stdout.buffer.write(dumps_lines(lines))
             sys.stdout.flush()
 
     try:
-        run_daemon(loaded, history, stop, ready, flow, options,
-                   subscribers=[decision] if decisions else [])  # fmt: skip
+        run_daemon(
+            loaded, history, stop, ready, flow, options, subscribers=[decision] if decisions else []
+        )
     except PlatformError as exc:
         fail(str(exc), 1)
     finally:
@@ -563,8 +578,10 @@ def _spelled_otherwise(argv: list[str]) -> str | None:
     for word in argv:
         option = word.split("=", 1)[0]
         if (command, option) in SPELLED_OTHERWISE:
-            return (f"{option} is not an option of `netwarden {command}`: use "
-                    f"{SPELLED_OTHERWISE[(command, option)]}")  # fmt: skip
+            return (
+                f"{option} is not an option of `netwarden {command}`: use "
+                f"{SPELLED_OTHERWISE[(command, option)]}"
+            )
     return None
 
 

@@ -49,8 +49,11 @@ def list_callouts(
         running = state.read()
         status = state.read_callouts()
         if running is None or not state.alive(running.pid) or status is None:
-            _fail("netwarden up is not running here; `callouts list --file FILE` shows a "
-                  "file's callouts", 1)  # fmt: skip
+            _fail(
+                "netwarden up is not running here; `callouts list --file FILE` shows a "
+                "file's callouts",
+                1,
+            )
             return
         document = {"running": True, "pid": running.pid, **status}
     if as_json:
@@ -61,20 +64,26 @@ def list_callouts(
 
 def _print(document: dict[str, Any]) -> None:
     if document.get("running"):
-        typer.echo(f"netwarden up (pid {document['pid']}): fail-{document['fail_mode']}, "
-                   f"budget {document['budget_seconds'] * 1000:.0f} ms, "
-                   f"queue: {document['queue'] or 'none'}, {document['decided']} "
-                   "connections decided")  # fmt: skip
+        typer.echo(
+            f"netwarden up (pid {document['pid']}): fail-{document['fail_mode']}, "
+            f"budget {document['budget_seconds'] * 1000:.0f} ms, "
+            f"queue: {document['queue'] or 'none'}, {document['decided']} "
+            "connections decided"
+        )
     rows = document["callouts"]
     if not rows:
         typer.echo("no callouts loaded")
         return
-    typer.echo(f"{'NAME':20} {'WEIGHT':>7}  {'LAYERS':32} {'CALLS':>8} {'ERRORS':>6} "
-               f"{'AVG MS':>7}  VERDICTS  (FROM)")  # fmt: skip
+    typer.echo(
+        f"{'NAME':20} {'WEIGHT':>7}  {'LAYERS':32} {'CALLS':>8} {'ERRORS':>6} "
+        f"{'AVG MS':>7}  VERDICTS  (FROM)"
+    )
     for row in rows:
         calls = row["calls"]
         average = row["seconds"] / calls * 1000 if calls else 0.0
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(row["verdicts"].items())) or "-"
-        typer.echo(f"{row['name'][:20]:20} {row['weight']:>7}  {','.join(row['layers'])[:32]:32} "
-                   f"{calls:>8} {row['errors'] + row['overruns']:>6} {average:>7.3f}  "
-                   f"{verdicts}  ({row['origin']})")  # fmt: skip
+        typer.echo(
+            f"{row['name'][:20]:20} {row['weight']:>7}  {','.join(row['layers'])[:32]:32} "
+            f"{calls:>8} {row['errors'] + row['overruns']:>6} {average:>7.3f}  "
+            f"{verdicts}  ({row['origin']})"
+        )

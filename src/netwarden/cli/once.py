@@ -37,8 +37,13 @@ def _list(engine: Engine, as_json: bool, flow_filter: FlowFilter | None) -> None
     monitor = engine.monitor
     if as_json:
         try:
-            if write_flows_json(monitor, engine.missing, sys.stdout.buffer,
-                                is_root=engine.is_root, flow_filter=flow_filter):  # fmt: skip
+            if write_flows_json(
+                monitor,
+                engine.missing,
+                sys.stdout.buffer,
+                is_root=engine.is_root,
+                flow_filter=flow_filter,
+            ):
                 return
         except TemplateError:
             pass  # nothing was written yet

@@ -48,9 +48,12 @@ def _refuse_while_up(table: str, doing: str) -> None:
 
     running = state.read()
     if running is not None and running.table == table and state.alive(running.pid):
-        _fail(f"netwarden: netwarden up (pid {running.pid}) enforces table inet {table} "
-              f"from {running.policy}; it was not {doing}. Stop it with `netwarden down`, "
-              "or restart it with the new policy", 1)  # fmt: skip
+        _fail(
+            f"netwarden: netwarden up (pid {running.pid}) enforces table inet {table} "
+            f"from {running.policy}; it was not {doing}. Stop it with `netwarden down`, "
+            "or restart it with the new policy",
+            1,
+        )
 
 
 def _load(path: Path) -> Policy:
@@ -111,8 +114,11 @@ def apply(
     policy = _load(path)
     if policy.program_rules:
         names = ", ".join(repr(rule.name) for rule in policy.program_rules)
-        _fail(f"netwarden: {path}: rule(s) {names} name a program; such rules are decided "
-              "as each connection starts, by `netwarden up --policy FILE`", 2)  # fmt: skip
+        _fail(
+            f"netwarden: {path}: rule(s) {names} name a program; such rules are decided "
+            "as each connection starts, by `netwarden up --policy FILE`",
+            2,
+        )
     _refuse_while_up(policy.settings.table, "replaced")
     try:
         _compiled, rules = apply_policy(policy, _firewall())
@@ -145,27 +151,50 @@ def show(
     rows = []
     for c in counters:
         rule = known.get(c.counter, {})
-        rows.append({"counter": c.counter, "rule": rule.get("name", c.comment),
-                     "action": rule.get("action", ""), "direction": rule.get("direction", ""),
-                     "matches": rule.get("matches", ""), "line": rule.get("line"),
-                     "packets": c.packets, "bytes": c.bytes})  # fmt: skip
+        rows.append(
+            {
+                "counter": c.counter,
+                "rule": rule.get("name", c.comment),
+                "action": rule.get("action", ""),
+                "direction": rule.get("direction", ""),
+                "matches": rule.get("matches", ""),
+                "line": rule.get("line"),
+                "packets": c.packets,
+                "bytes": c.bytes,
+            }
+        )
     if as_json:
-        sys.stdout.write(dumps({"table": table, "source": record.get("source"),
-                                "applied": record.get("applied"), "by": record.get("by"),
-                                "rules": rows}) + "\n")  # fmt: skip
+        sys.stdout.write(
+            dumps(
+                {
+                    "table": table,
+                    "source": record.get("source"),
+                    "applied": record.get("applied"),
+                    "by": record.get("by"),
+                    "rules": rows,
+                }
+            )
+            + "\n"
+        )
         return
     if record:
         when = datetime.fromtimestamp(record["applied"]).isoformat(timespec="seconds")
-        typer.echo(f"table inet {table}: {record['source'] or '(no file)'}, applied {when} "
-                   f"by {record['by']}\n")  # fmt: skip
+        typer.echo(
+            f"table inet {table}: {record['source'] or '(no file)'}, applied {when} "
+            f"by {record['by']}\n"
+        )
     else:
         typer.echo(f"table inet {table} (applied before netwarden kept a record of it)\n")
     width = max((len(str(r["rule"])) for r in rows), default=4)
-    typer.echo(f"{'COUNTER':16}  {'RULE':{width}}  {'ACTION':8} {'DIR':7} {'PACKETS':>10}  "
-               f"{'BYTES':>12}  MATCHES")  # fmt: skip
+    typer.echo(
+        f"{'COUNTER':16}  {'RULE':{width}}  {'ACTION':8} {'DIR':7} {'PACKETS':>10}  "
+        f"{'BYTES':>12}  MATCHES"
+    )
     for r in rows:
-        typer.echo(f"{r['counter']:16}  {r['rule']:{width}}  {r['action']:8} {r['direction']:7} "
-                   f"{r['packets']:>10}  {r['bytes']:>12}  {r['matches']}")  # fmt: skip
+        typer.echo(
+            f"{r['counter']:16}  {r['rule']:{width}}  {r['action']:8} {r['direction']:7} "
+            f"{r['packets']:>10}  {r['bytes']:>12}  {r['matches']}"
+        )
     marks = firewall.marked_owners()
     if marks:
         typer.echo("\nsockets marked for scope and service rules (cgroup: mark):")

@@ -145,9 +145,14 @@ def proxy(
         tasks: list[asyncio.Future[Any]] = []
         names = [f"{h}:{p}" for h, p in transparent + socks + http_listeners]
         if socks or http_listeners:
-            user_mode = UserModeProxy(gate, users, idle_timeout=idle_timeout,
-                                      on_flow=proxied_flow, mark=mark_value,
-                                      max_connections=max_connections)  # fmt: skip
+            user_mode = UserModeProxy(
+                gate,
+                users,
+                idle_timeout=idle_timeout,
+                on_flow=proxied_flow,
+                mark=mark_value,
+                max_connections=max_connections,
+            )
             servers = await user_mode.start(socks, http_listeners)
             tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]
         if transparent:

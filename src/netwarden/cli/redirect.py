@@ -69,8 +69,10 @@ def redirect(
             _fail(f"--to {text!r} needs a port")
             return
         if any(other.version == address.version for other, _port in targets):
-            _fail(f"--to {text!r}: one listener per address family (IPv4 and [IPv6]); "
-                  "the first would take every connection")  # fmt: skip
+            _fail(
+                f"--to {text!r}: one listener per address family (IPv4 and [IPv6]); "
+                "the first would take every connection"
+            )
         targets.append((address, port))
     ports = []
     for text in dport:

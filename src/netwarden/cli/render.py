@@ -13,15 +13,19 @@ if TYPE_CHECKING:  # a table listing does not load the proxy (nor asyncio)
     from netwarden.proxy.relay import RelayStats
 
 
-def relayed_flow(kind: str, client: tuple[str, int], destination: tuple[str, int],
-                 stats: RelayStats) -> dict[str, object]:  # fmt: skip
+def relayed_flow(
+    kind: str, client: tuple[str, int], destination: tuple[str, int], stats: RelayStats
+) -> dict[str, object]:
     """One NDJSON line for a flow a proxy relayed: the same for `netwarden up` and
     `netwarden proxy` (docs/redirect.md, "What the proxy prints")."""
     return {
-        "kind": kind, "client": host_port(client), "destination": host_port(destination),
-        "bytes_up": stats.client_to_server, "bytes_down": stats.server_to_client,
+        "kind": kind,
+        "client": host_port(client),
+        "destination": host_port(destination),
+        "bytes_up": stats.client_to_server,
+        "bytes_down": stats.server_to_client,
         "error": stats.error,
-    }  # fmt: skip
+    }
 
 
 def human_bytes(count: float) -> str:

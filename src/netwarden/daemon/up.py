@@ -153,9 +153,11 @@ def claim(policy: Policy, firewall: Firewall) -> None:
         )
     table = policy.settings.table
     if previous is None and firewall.show(table)[1]:
-        log.warning("replacing the policy in table inet %s (applied with `netwarden "
-                    "policy apply`); `netwarden down` removes it when this daemon stops",
-                    table)  # fmt: skip
+        log.warning(
+            "replacing the policy in table inet %s (applied with `netwarden "
+            "policy apply`); `netwarden down` removes it when this daemon stops",
+            table,
+        )
     if previous is not None:
         log.warning("cleaning up after a daemon that did not stop (pid %d)", previous.pid)
         with contextlib.suppress(PlatformError):
@@ -201,8 +203,13 @@ def run(
             if needs_proxy(policy):
                 proxy = ProxyThread(policy, on_flow, engine.relay_links.append)
                 proxy.start()
-            registry = registry_for(policy, callouts.loaded, fail_mode, callouts.budget,
-                                    failure_publisher(engine.publish))  # fmt: skip
+            registry = registry_for(
+                policy,
+                callouts.loaded,
+                fail_mode,
+                callouts.budget,
+                failure_publisher(engine.publish),
+            )
             layer = connect_layer_for(policy, registry)
             if layer is not None and (problems := connect_mask_problems(policy.settings)):
                 raise PlatformError(problems[0])
@@ -221,15 +228,21 @@ def run(
                 sys.setswitchinterval(CONNECT_SWITCH_INTERVAL)
             engine.publish([PolicyApplied(policy.source, compiled.table, rules)])
             if compiled.cgroup_marks:
-                keeper = threading.Thread(target=_keep_marks, args=(firewall, compiled, stop),
-                                          daemon=True, name="netwarden-marks")  # fmt: skip
+                keeper = threading.Thread(
+                    target=_keep_marks,
+                    args=(firewall, compiled, stop),
+                    daemon=True,
+                    name="netwarden-marks",
+                )
                 keeper.start()
             summary = _summary(policy, rules, proxy is not None)
             if callout_host.queue is not None and layer is not None:
                 count = len(registry.at(Layer.CONNECT))
-                summary += (f"; CONNECT layer: {count} classifying callout(s), "
-                            f"{callout_host.queue.mechanism} queue {layer.queue}, "
-                            f"fail-{fail_mode}")  # fmt: skip
+                summary += (
+                    f"; CONNECT layer: {count} classifying callout(s), "
+                    f"{callout_host.queue.mechanism} queue {layer.queue}, "
+                    f"fail-{fail_mode}"
+                )
             on_ready(summary)
             engine.run(stop)
     finally:
@@ -252,8 +265,10 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
     )
     if proxied and needs_transparent(policy):
         summary += f"; proxy on port {policy.settings.proxy_port}"
-    for kind, listeners in (("SOCKS5", policy.settings.socks5),
-                            ("HTTP proxy", policy.settings.http_proxy)):  # fmt: skip
+    for kind, listeners in (
+        ("SOCKS5", policy.settings.socks5),
+        ("HTTP proxy", policy.settings.http_proxy),
+    ):
         if listeners:
             summary += f"; {kind} on " + ", ".join(f"{h}:{p}" for h, p in listeners)
     return summary

@@ -25,15 +25,20 @@ def record_file(table: str) -> Path:
 def record(policy: Policy, by: str) -> None:
     """Say which policy was just applied (a failure to say so is not the policy's)."""
     document: dict[str, Any] = {
-        "source": policy.source, "applied": time.time(), "by": by,
+        "source": policy.source,
+        "applied": time.time(),
+        "by": by,
         "rules": {
             counter_name(rule): {
-                "name": rule.name, "action": str(rule.action),
-                "direction": str(rule.direction), "matches": matches(rule), "line": rule.line,
+                "name": rule.name,
+                "action": str(rule.action),
+                "direction": str(rule.direction),
+                "matches": matches(rule),
+                "line": rule.line,
             }
             for rule in (*policy.rules, *policy.redirects)
         },
-    }  # fmt: skip
+    }
     with contextlib.suppress(OSError):
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         _forget_gone_namespaces()

@@ -34,15 +34,17 @@ STATUS_SECONDS = 1.0
 
 
 def registry_for(
-    policy: Policy, loaded: Sequence[LoadedCallout], fail_mode: FailMode,
-    budget: float = DEFAULT_BUDGET, on_failure: Callable[[Failure], None] | None = None,
-) -> CalloutRegistry:  # fmt: skip
+    policy: Policy,
+    loaded: Sequence[LoadedCallout],
+    fail_mode: FailMode,
+    budget: float = DEFAULT_BUDGET,
+    on_failure: Callable[[Failure], None] | None = None,
+) -> CalloutRegistry:
     """The policy's program rules (asked first) and the loaded callouts."""
     everything = list(loaded)
     if policy.program_rules:
         everything.insert(0, LoadedCallout(ProgramRules(policy), ORIGIN))
-    return CalloutRegistry(everything, fail_mode=fail_mode, budget=budget,
-                           on_failure=on_failure)  # fmt: skip
+    return CalloutRegistry(everything, fail_mode=fail_mode, budget=budget, on_failure=on_failure)
 
 
 def connect_layer_for(policy: Policy, registry: CalloutRegistry) -> ConnectLayer | None:
@@ -50,10 +52,13 @@ def connect_layer_for(policy: Policy, registry: CalloutRegistry) -> ConnectLayer
     if not registry.at(Layer.CONNECT) and not registry.at(Layer.PACKET):
         return None
     settings = policy.settings
-    return ConnectLayer(queue=settings.connect_queue, mask=settings.connect_mask,
-                        fail_open=registry.fail_mode is FailMode.OPEN,
-                        proxy_mark=settings.proxy_mark,
-                        packets=bool(registry.at(Layer.PACKET)))  # fmt: skip
+    return ConnectLayer(
+        queue=settings.connect_queue,
+        mask=settings.connect_mask,
+        fail_open=registry.fail_mode is FailMode.OPEN,
+        proxy_mark=settings.proxy_mark,
+        packets=bool(registry.at(Layer.PACKET)),
+    )
 
 
 class CalloutHost:
@@ -61,10 +66,13 @@ class CalloutHost:
     flow callouts what the engine's bus carries."""
 
     def __init__(
-        self, engine: Engine, registry: CalloutRegistry, layer: ConnectLayer | None,
+        self,
+        engine: Engine,
+        registry: CalloutRegistry,
+        layer: ConnectLayer | None,
         relayout: Callable[[ConnectLayer, Endpoint], None],
         write_status: Callable[[dict[str, object]], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.layer = layer
@@ -80,8 +88,14 @@ class CalloutHost:
     def start(self, stop: threading.Event) -> None:
         if self.layer is not None:
             self.queue = host.backend().connect_queue(self.layer)
-            self.loop = ConnectLoop(self.queue, self.registry, self.layer, self.relayout,
-                                    self.engine.publish, self.engine.flow_process)  # fmt: skip
+            self.loop = ConnectLoop(
+                self.queue,
+                self.registry,
+                self.layer,
+                self.relayout,
+                self.engine.publish,
+                self.engine.flow_process,
+            )
             self._spawn("netwarden-connect", self.loop.run, stop)
             if self.layer.packets:
                 self.packets = host.backend().packet_queue(self.layer)
@@ -90,8 +104,9 @@ class CalloutHost:
         if self.write_status is not None:
             self._spawn("netwarden-callout-status", self._report, stop)
 
-    def _spawn(self, name: str, target: Callable[[threading.Event], None],
-               stop: threading.Event) -> None:  # fmt: skip
+    def _spawn(
+        self, name: str, target: Callable[[threading.Event], None], stop: threading.Event
+    ) -> None:
         thread = threading.Thread(target=target, args=(stop,), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -128,25 +143,33 @@ class CalloutHost:
                 return
 
     def _on_events(self, events: Sequence[EngineEvent]) -> None:
-        opened = [e.flow for e in events
-                  if isinstance(e, FlowEvent) and e.kind is FlowEventKind.OPENED]  # fmt: skip
-        closed = [e.flow for e in events
-                  if isinstance(e, FlowEvent) and e.kind is FlowEventKind.CLOSED]  # fmt: skip
+        opened = [
+            e.flow for e in events if isinstance(e, FlowEvent) and e.kind is FlowEventKind.OPENED
+        ]
+        closed = [
+            e.flow for e in events if isinstance(e, FlowEvent) and e.kind is FlowEventKind.CLOSED
+        ]
         if opened:
             self.registry.flows_established(opened)
         if closed:
             self.registry.flows_deleted(closed)
         for event in events:
             if isinstance(event, PolicyApplied):
-                self.registry.notify(Change("policy applied", f"{event.source} "
-                                            f"({event.rules} kernel rules)"))  # fmt: skip
+                self.registry.notify(
+                    Change("policy applied", f"{event.source} ({event.rules} kernel rules)")
+                )
 
 
 def failure_publisher(
     publish: Callable[[Sequence[EngineEvent]], None],
 ) -> Callable[[Failure], None]:
     def failed(failure: Failure) -> None:
-        publish([CalloutFailed(failure.callout, str(failure.layer), failure.error,
-                               str(failure.fallback))])  # fmt: skip
+        publish(
+            [
+                CalloutFailed(
+                    failure.callout, str(failure.layer), failure.error, str(failure.fallback)
+                )
+            ]
+        )
 
     return failed

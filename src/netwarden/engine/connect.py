@@ -88,14 +88,22 @@ class ConnectLoop:
                 process = self._from_flow_events(request)
                 if process is not None:
                     attribution = Attribution(AttributionMethod.FLOW_EVENT)
-            connection = Connection(request, process, attribution,
-                                    interface=interface_name(request.interface),
-                                    read_parent=self.queue.parent_of)  # fmt: skip
+            connection = Connection(
+                request,
+                process,
+                attribution,
+                interface=interface_name(request.interface),
+                read_parent=self.queue.parent_of,
+            )
             decision = self.registry.classify(connection)
             verdict, by = decision.verdict, decision.by
             code = self._code(request, verdict)
-            if (code is not None and self.layer.packets and verdict.action is not Action.BLOCK
-                    and self.registry.watches(connection)):  # fmt: skip
+            if (
+                code is not None
+                and self.layer.packets
+                and verdict.action is not Action.BLOCK
+                and self.registry.watches(connection)
+            ):
                 code |= WATCH_BIT
         except Exception as exc:  # never leave a connection waiting
             log.exception("deciding %s failed", request)
@@ -105,10 +113,12 @@ class ConnectLoop:
         else:
             decision_detail = decision.failure
         self.queue.decide(request, code)
-        who = (f"{process.name} (pid {process.pid}, {process.exe or 'no exe'})"
-               if process is not None else "unknown process")  # fmt: skip
-        return DecisionTaken(str(request), who, str(verdict), by or "no callout",
-                             decision_detail)  # fmt: skip
+        who = (
+            f"{process.name} (pid {process.pid}, {process.exe or 'no exe'})"
+            if process is not None
+            else "unknown process"
+        )
+        return DecisionTaken(str(request), who, str(verdict), by or "no callout", decision_detail)
 
     def _from_flow_events(self, request: ConnectRequest) -> ProcessInfo | None:
         """Wait a little for the flow event of a connection whose socket is gone."""
@@ -124,8 +134,9 @@ class ConnectLoop:
     def _code(self, request: ConnectRequest, verdict: Verdict) -> int | None:
         if verdict.action is Action.REDIRECT:
             if request.transport is not Transport.TCP or request.direction is ConnectDirection.IN:
-                log.warning("%s: only outgoing TCP connections can be redirected; permitted",
-                            request)  # fmt: skip
+                log.warning(
+                    "%s: only outgoing TCP connections can be redirected; permitted", request
+                )
                 return self.layer.continue_code
             code = self.layer.code(verdict)
             if code is None and verdict.target is not None:

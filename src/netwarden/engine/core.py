@@ -63,9 +63,12 @@ class Engine:
                 ) from None
             is_root = host.is_privileged()
             monitor = Monitor(
-                sources, history=history, interval=interval, is_root=is_root,
+                sources,
+                history=history,
+                interval=interval,
+                is_root=is_root,
                 record_events=record_events,
-            )  # fmt: skip
+            )
             yield cls(sources, monitor, is_root)
 
     @property

@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 
 
 def apply_policy(
-    policy: Policy, firewall: Firewall | None = None, connect: ConnectLayer | None = None,
+    policy: Policy,
+    firewall: Firewall | None = None,
+    connect: ConnectLayer | None = None,
     by: str = "netwarden policy apply",
-) -> tuple[CompiledPolicy, int]:  # fmt: skip
+) -> tuple[CompiledPolicy, int]:
     """Replace the live policy atomically: (what was applied, number of kernel rules).
     A policy the kernel refuses changes nothing (PlatformError). connect: the CONNECT
     layer the daemon runs with it; by: who applied it (for `policy show`)."""

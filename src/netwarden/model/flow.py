@@ -180,8 +180,12 @@ class Flow:
 
     def to_json(self) -> dict[str, Any]:
         if not self.bytes_measured:
-            return {**self._json(), "bytes_sent": None, "bytes_received": None,
-                    "bytes_note": NOT_MEASURED}  # fmt: skip
+            return {
+                **self._json(),
+                "bytes_sent": None,
+                "bytes_received": None,
+                "bytes_note": NOT_MEASURED,
+            }
         return self._json()
 
     def _json(self) -> dict[str, Any]:

@@ -152,8 +152,9 @@ class HistoryStore:
                 where.append("(remote_address = ? OR local_address = ?)")
                 args.extend([str(network.network_address)] * 2)
             else:
-                self._db.create_function("nw_in_network", 1, _membership(network),
-                                         deterministic=True)  # fmt: skip
+                self._db.create_function(
+                    "nw_in_network", 1, _membership(network), deterministic=True
+                )
                 where.append("(nw_in_network(remote_address) OR nw_in_network(local_address))")
         if q.port is not None:
             where.append("(remote_port = ? OR local_port = ?)")

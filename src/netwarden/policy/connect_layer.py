@@ -86,5 +86,11 @@ class ConnectLayer:
                 f"no room for another redirect target ({self.capacity} fit in the "
                 f"mark mask {self.mask:#x})"
             )
-        return ConnectLayer(self.queue, self.mask, self.fail_open,
-                            (*self.redirects, target), self.proxy_mark, self.packets)  # fmt: skip
+        return ConnectLayer(
+            self.queue,
+            self.mask,
+            self.fail_open,
+            (*self.redirects, target),
+            self.proxy_mark,
+            self.packets,
+        )

@@ -17,15 +17,17 @@ def matches(rule: Rule) -> str:
     """What the rule matches: 'tcp to 10.0.0.0/8 port 443 user 1000', or 'anything'."""
     parts = [] if rule.protocol is Protocol.ANY else [str(rule.protocol)]
     for word, value in (
-        ("from", _addresses(rule.source)), ("to", _addresses(rule.destination)),
-        ("from port", _ports(rule.source_ports)), ("port", _ports(rule.destination_ports)),
+        ("from", _addresses(rule.source)),
+        ("to", _addresses(rule.destination)),
+        ("from port", _ports(rule.source_ports)),
+        ("port", _ports(rule.destination_ports)),
         ("interface", rule.interface),
         ("uid", "" if rule.uid is None else str(rule.uid)),
         ("gid", "" if rule.gid is None else str(rule.gid)),
         ("", rule.cgroup.label if rule.cgroup is not None else ""),
         ("", rule.program.describe() if rule.program is not None else ""),
         ("mark", "" if rule.mark is None else f"{rule.mark:#x}"),
-    ):  # fmt: skip
+    ):
         if value:
             parts.append(f"{word} {value}".strip())
     if rule.target is not None:

@@ -117,8 +117,15 @@ def parse(text: str, filename: str, environment: Environment, base: Path | None 
         message = re.sub(r"\s*\((at line \d+, column \d+|at end of document)\)", "", str(exc))
         opened = unclosed_bracket_line(text) if "Unclosed" in message else None
         if opened is not None:
-            raise PolicyError([Problem(filename, opened, "not valid TOML: the [ opened here "
-                                       "is never closed (a ] is missing)")]) from exc  # fmt: skip
+            raise PolicyError(
+                [
+                    Problem(
+                        filename,
+                        opened,
+                        "not valid TOML: the [ opened here is never closed (a ] is missing)",
+                    )
+                ]
+            ) from exc
         raise PolicyError(
             [Problem(filename, int(line.group(1)) if line else 0, f"not valid TOML: {message}")]
         ) from exc
@@ -297,18 +304,28 @@ class _Loader:
             connect_queue = DEFAULT_SETTINGS.connect_queue
         connect_mask = raw.get("connect_mask", DEFAULT_SETTINGS.connect_mask)
         if not _whole(connect_mask, 1, MAX_MARK) or bin(connect_mask).count("1") < 2:
-            self.problem(at("connect_mask"), "connect_mask must be mark bits (at least two) "
-                         "that no other program's marks use, such as 0xB0000000")  # fmt: skip
+            self.problem(
+                at("connect_mask"),
+                "connect_mask must be mark bits (at least two) "
+                "that no other program's marks use, such as 0xB0000000",
+            )
             connect_mask = DEFAULT_SETTINGS.connect_mask
         fail_mode = raw.get("fail_mode", DEFAULT_SETTINGS.fail_mode)
         if fail_mode not in ("open", "closed"):
             self.problem(at("fail_mode"), 'fail_mode must be "open" or "closed"')
             fail_mode = DEFAULT_SETTINGS.fail_mode
-        return Settings(table=table, priority=priority, proxy_port=proxy_port,
-                        proxy_mark=proxy_mark, mark_base=mark_base,
-                        socks5=listeners["socks5"], http_proxy=listeners["http_proxy"],
-                        connect_queue=connect_queue, connect_mask=connect_mask,
-                        fail_mode=fail_mode)  # fmt: skip
+        return Settings(
+            table=table,
+            priority=priority,
+            proxy_port=proxy_port,
+            proxy_mark=proxy_mark,
+            mark_base=mark_base,
+            socks5=listeners["socks5"],
+            http_proxy=listeners["http_proxy"],
+            connect_queue=connect_queue,
+            connect_mask=connect_mask,
+            fail_mode=fail_mode,
+        )
 
     def _endpoints(self, raw: Any, line: int) -> tuple[tuple[str, int], ...]:
         if isinstance(raw, str):
@@ -538,10 +555,12 @@ class _Loader:
         except re.error as exc:
             self.problem(at("cmdline"), f"cmdline is not a valid regular expression: {exc}")
         return ProgramMatch(
-            exe=values["exe"], process=values["process"],
+            exe=values["exe"],
+            process=values["process"],
             sha256=tuple(d.lower() for d in values["sha256"]),
-            parent_exe=values["parent_exe"], cmdline=cmdline,
-        )  # fmt: skip
+            parent_exe=values["parent_exe"],
+            cmdline=cmdline,
+        )
 
     # -- values ------------------------------------------------------------------
 

@@ -107,9 +107,13 @@ def decide_by_program(policy: Policy, flow: FlowQuery) -> Decision:
             logged.append(rule)
             continue
         assert rule.program is not None
-        return Decision(rule.action, rule, tuple(logged),
-                        f"rule {rule.name!r} ({policy.source}:{rule.line}) matches "
-                        f"{rule.program.describe()} when the connection starts")  # fmt: skip
+        return Decision(
+            rule.action,
+            rule,
+            tuple(logged),
+            f"rule {rule.name!r} ({policy.source}:{rule.line}) matches "
+            f"{rule.program.describe()} when the connection starts",
+        )
     return Decision(Action.ALLOW, None, tuple(logged), "")
 
 
@@ -227,9 +231,11 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
         if not sep or key not in (
             "uid", "gid", "user", "group", "scope", "service", "iface", "mark", *PROGRAM_DETAILS
         ):  # fmt: skip
-            raise FlowSyntaxError(f"unknown flow detail {word!r}: use uid=, gid=, user=, "
-                                  "group=, scope=, service=, iface=, exe=, process=, "
-                                  "parent_exe=, sha256=, cmdline=")  # fmt: skip
+            raise FlowSyntaxError(
+                f"unknown flow detail {word!r}: use uid=, gid=, user=, "
+                "group=, scope=, service=, iface=, exe=, process=, "
+                "parent_exe=, sha256=, cmdline="
+            )
         fields[key] = value
     uid = _identity(fields, "uid", "user", environment.uid_of)
     gid = _identity(fields, "gid", "group", environment.gid_of)
@@ -249,12 +255,26 @@ def parse_flow(text: str, environment: Environment) -> FlowQuery:
     if any(key in fields for key in PROGRAM_DETAILS):
         digest = fields.get("sha256", "").lower()
         program = ProgramFacts(
-            name=fields.get("process", ""), exe=fields.get("exe", ""),
-            cmdline=fields.get("cmdline", ""), parent_exe=fields.get("parent_exe", ""),
+            name=fields.get("process", ""),
+            exe=fields.get("exe", ""),
+            cmdline=fields.get("cmdline", ""),
+            parent_exe=fields.get("parent_exe", ""),
             sha256=lambda: digest,
-        )  # fmt: skip
-    return FlowQuery(protocol, direction, source, destination, source_port, destination_port,
-                     fields.get("iface", ""), uid, gid, cgroup, mark, program)  # fmt: skip
+        )
+    return FlowQuery(
+        protocol,
+        direction,
+        source,
+        destination,
+        source_port,
+        destination_port,
+        fields.get("iface", ""),
+        uid,
+        gid,
+        cgroup,
+        mark,
+        program,
+    )
 
 
 PROGRAM_DETAILS = ("exe", "process", "parent_exe", "sha256", "cmdline")

@@ -135,9 +135,16 @@ class ProgramMatch:
     cmdline: str = ""  # a regular expression searched in the command line
 
     def describe(self) -> str:
-        parts = [f"{key}={' or '.join(values)}" for key, values in (
-            ("exe", self.exe), ("process", self.process), ("sha256", self.sha256),
-            ("parent_exe", self.parent_exe)) if values]  # fmt: skip
+        parts = [
+            f"{key}={' or '.join(values)}"
+            for key, values in (
+                ("exe", self.exe),
+                ("process", self.process),
+                ("sha256", self.sha256),
+                ("parent_exe", self.parent_exe),
+            )
+            if values
+        ]
         if self.cmdline:
             parts.append(f"cmdline~{self.cmdline}")
         return " ".join(parts)

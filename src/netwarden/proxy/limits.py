@@ -49,9 +49,14 @@ class ConnectionLimit:
             if now - self._logged < LOG_EVERY:
                 return False
             self._logged = now
-        log.error("%s: %d connections open, the limit; refusing new ones (%d so far). A "
-                  "redirection loop looks like this: give the proxy's upstream connections "
-                  "the mark redirect rules skip", self.name, self.limit, self.refused)  # fmt: skip
+        log.error(
+            "%s: %d connections open, the limit; refusing new ones (%d so far). A "
+            "redirection loop looks like this: give the proxy's upstream connections "
+            "the mark redirect rules skip",
+            self.name,
+            self.limit,
+            self.refused,
+        )
         return False
 
     def leave(self) -> None:

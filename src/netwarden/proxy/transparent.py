@@ -153,7 +153,8 @@ class TransparentProxy:
             for host, port in listeners:
                 sockets.append(_listener(host, port, self.tproxy))
                 self._limits[sockets[-1].fileno()] = ConnectionLimit(
-                    f"transparent listener {host}:{port}", self._max_connections)  # fmt: skip
+                    f"transparent listener {host}:{port}", self._max_connections
+                )
             if ready is not None:
                 ready()
             if self.fast_path and not self.chain:
@@ -284,8 +285,12 @@ class TransparentProxy:
 
     def _report(self, flow: FlowReport, report: Callable[[FlowReport], object] | None) -> None:
         if flow.stats.error:
-            log.info("%s -> %s: %s", host_port(flow.client), host_port(flow.destination),
-                     flow.stats.error)  # fmt: skip
+            log.info(
+                "%s -> %s: %s",
+                host_port(flow.client),
+                host_port(flow.destination),
+                flow.stats.error,
+            )
         if report is not None:
             report(flow)
 
@@ -306,8 +311,12 @@ class TransparentProxy:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
-            log.error("a proxy handler failed (a bug): %s: %s", type(error).__name__, error,
-                      exc_info=error)  # fmt: skip
+            log.error(
+                "a proxy handler failed (a bug): %s: %s",
+                type(error).__name__,
+                error,
+                exc_info=error,
+            )
 
     async def _upstream(self, host: str, port: int) -> tuple[socket.socket, tuple[bool, int]]:
         """A connected socket to the original destination (through the upstream chain, if

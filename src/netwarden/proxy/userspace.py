@@ -74,12 +74,17 @@ class UserModeProxy:
         asyncio.Server
     ]:  # fmt: skip
         servers = []
-        for kind, handler, addresses in (("SOCKS5", self._socks, socks),
-                                         ("HTTP proxy", self._http, http)):  # fmt: skip
+        for kind, handler, addresses in (
+            ("SOCKS5", self._socks, socks),
+            ("HTTP proxy", self._http, http),
+        ):
             for host, port in addresses:
                 limit = ConnectionLimit(f"{kind} listener {host}:{port}", self._max_connections)
-                servers.append(await asyncio.start_server(
-                    self._spawner(handler, limit), host, port, reuse_address=True))  # fmt: skip
+                servers.append(
+                    await asyncio.start_server(
+                        self._spawner(handler, limit), host, port, reuse_address=True
+                    )
+                )
         return servers
 
     def _spawner(
@@ -111,8 +116,12 @@ class UserModeProxy:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
-            log.error("a proxy handler failed (a bug): %s: %s", type(error).__name__, error,
-                      exc_info=error)  # fmt: skip
+            log.error(
+                "a proxy handler failed (a bug): %s: %s",
+                type(error).__name__,
+                error,
+                exc_info=error,
+            )
 
     async def _connect(self, host: str, port: int) -> tuple[
         tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[str, int]
@@ -203,8 +212,7 @@ class UserModeProxy:
                 stats: RelayStats) -> None:  # fmt: skip
         peer = writer.get_extra_info("peername") or ("?", 0)
         if stats.error:
-            log.info("%s %s -> %s: %s", kind, host_port(peer), host_port(destination),
-                     stats.error)  # fmt: skip
+            log.info("%s %s -> %s: %s", kind, host_port(peer), host_port(destination), stats.error)
         if self.on_flow is not None:
             self.on_flow(ProxiedFlow(kind, (str(peer[0]), int(peer[1])), destination, stats))
 
@@ -241,10 +249,10 @@ class UserModeProxy:
                 return
             try:
                 bound = upstream[1].get_extra_info("sockname")
-                writer.write(socks5.reply(socks5.Reply.SUCCEEDED,
-                                          (str(bound[0]), int(bound[1]))))  # fmt: skip
-                await self._pass_on("socks5", (reader, writer), upstream, destination,
-                                    protocol.leftover())  # fmt: skip
+                writer.write(socks5.reply(socks5.Reply.SUCCEEDED, (str(bound[0]), int(bound[1]))))
+                await self._pass_on(
+                    "socks5", (reader, writer), upstream, destination, protocol.leftover()
+                )
             finally:
                 self._forget(upstream)
         except (OSError, TimeoutError) as exc:

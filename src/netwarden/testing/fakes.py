@@ -69,9 +69,12 @@ def udp_socket(local: str, remote: str = "0.0.0.0:0", *, inode: int = 0) -> Sock
 
 
 def udp_conntrack(
-    client: str, server: str, up: int, down: int,
+    client: str,
+    server: str,
+    up: int,
+    down: int,
     event: CountedFlowEvent = CountedFlowEvent.SNAPSHOT,
-) -> CountedFlow:  # fmt: skip
+) -> CountedFlow:
     """A UDP conversation with `up` payload bytes from client and `down` back, 1 packet each way."""
     c, s = endpoint(client), endpoint(server)
     header = 28 if c.version == 4 else 48

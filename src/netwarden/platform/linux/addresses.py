@@ -35,9 +35,10 @@ class LocalAddresses:
     def __init__(self) -> None:
         self._sock = netlink.open_socket(NETLINK_ROUTE, rcvbuf=1 << 20)
         self._request = netlink.pack_message(
-            RTM_GETADDR, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
+            RTM_GETADDR,
+            netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP,
             _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
-        )  # fmt: skip
+        )
 
     def current(self) -> frozenset[str]:
         found = set()

@@ -55,8 +55,12 @@ class LinuxSources:
     missing: tuple[str, ...] = ()
 
     def close(self) -> None:
-        for source in (self.flow_stamps, self.flow_counter_events, self.closed_sockets,
-                       self.addresses):  # fmt: skip
+        for source in (
+            self.flow_stamps,
+            self.flow_counter_events,
+            self.closed_sockets,
+            self.addresses,
+        ):
             if source is not None:
                 source.close()
         self.sockets.close()
@@ -93,9 +97,11 @@ class LinuxBackend:
         activation = ConntrackActivation(self.monitor_table_prefix, os.getpid())
         with netns_api.entered(netns):
             sources = LinuxSources(
-                sockets=SockDiagTable(), processes=ProcResolver(), netns=netns or "",
+                sockets=SockDiagTable(),
+                processes=ProcResolver(),
+                netns=netns or "",
                 addresses=LocalAddresses(),
-            )  # fmt: skip
+            )
             if not is_root:
                 missing.append(
                     "not root: sockets of other users show no process, and UDP byte counts "

@@ -43,8 +43,9 @@ def open_queue(number: int, fail_open: bool, copy: int | None = None) -> NfQueue
             return NfQueue(number, fail_open=fail_open)
         return NfQueue(number, fail_open=fail_open, copy=copy)
     except OSError as exc:
-        raise PlatformError(f"{exc.strerror or exc}; choose another with [settings] "
-                            "connect_queue") from None  # fmt: skip
+        raise PlatformError(
+            f"{exc.strerror or exc}; choose another with [settings] connect_queue"
+        ) from None
 
 
 def sides_of(packet: QueuedPacket) -> tuple[Transport, ConnectDirection, Endpoint, Endpoint] | None:
@@ -85,8 +86,9 @@ def _readlink(path: str) -> str:
 
 
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool, "-w", "-t", "mangle", *args], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [tool, "-w", "-t", "mangle", *args], capture_output=True, text=True, check=False
+    )
 
 
 def queue_rules(layer: ConnectLayer) -> list[list[str]]:
@@ -95,12 +97,36 @@ def queue_rules(layer: ConnectLayer) -> list[list[str]]:
     rules = [["-m", "mark", "--mark", f"{layer.proxy_mark:#x}", "-j", "RETURN"]]
     if layer.packets:  # every packet of a watched connection: the PACKET layer
         watched = f"{WATCH_BIT:#x}/{WATCH_BIT:#x}"
-        rules.append(["-m", "connmark", "--mark", watched, "-j", "NFQUEUE", "--queue-num",
-                      str(layer.packet_queue), *bypass])  # fmt: skip
+        rules.append(
+            [
+                "-m",
+                "connmark",
+                "--mark",
+                watched,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                str(layer.packet_queue),
+                *bypass,
+            ]
+        )
     rules.append(["-m", "connmark", "!", "--mark", f"0/{layer.mask:#x}", "-j", "RETURN"])
     for protocol in ("tcp", "udp"):
-        rules.append(["-p", protocol, "-m", "conntrack", "--ctstate", "NEW", "-j", "NFQUEUE",
-                      "--queue-num", str(layer.queue), *bypass])  # fmt: skip
+        rules.append(
+            [
+                "-p",
+                protocol,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                str(layer.queue),
+                *bypass,
+            ]
+        )
     return rules
 
 
@@ -123,8 +149,9 @@ def remove_queue_rules() -> bool:
             found = True
             _run(tool, "-X", CHAIN)
         if made_table and "-A " not in _run(tool, "-S").stdout:
-            subprocess.run(["nft", "delete", "table", family, "mangle"], capture_output=True,
-                           check=False)  # fmt: skip
+            subprocess.run(
+                ["nft", "delete", "table", family, "mangle"], capture_output=True, check=False
+            )
     return found
 
 
@@ -185,10 +212,17 @@ class LinuxConnectQueue:
                 continue
             transport, direction, local, remote = sides
             self._marks[packet.packet_id] = packet.mark
-            requests.append(ConnectRequest(
-                packet.packet_id, transport, direction, local, remote, packet.uid,
-                packet.indev or packet.outdev,
-            ))  # fmt: skip
+            requests.append(
+                ConnectRequest(
+                    packet.packet_id,
+                    transport,
+                    direction,
+                    local,
+                    remote,
+                    packet.uid,
+                    packet.indev or packet.outdev,
+                )
+            )
         return requests
 
     def decide(self, request: ConnectRequest, code: int | None) -> None:

@@ -275,9 +275,13 @@ def tracking_table(name: str, old_acct: str | None = None) -> list[dict[str, Any
     Its rule's comment records the accounting setting to restore (old_acct), so that a
     monitor that dies without restoring it leaves the value with its table."""
     where = {"family": "inet", "table": name}
-    rule: dict[str, Any] = {**where, "chain": "track", "expr": [
-        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid"]}},
-    ]}  # fmt: skip
+    rule: dict[str, Any] = {
+        **where,
+        "chain": "track",
+        "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["invalid"]}},
+        ],
+    }
     if old_acct is not None:
         rule["comment"] = ACCT_NOTE + old_acct
     return [

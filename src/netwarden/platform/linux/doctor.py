@@ -191,15 +191,17 @@ def probe_native_monitor() -> Capability:
     ok = True
     try:
         owners = len(_native.task_socket_owners())
-        found.append(f"task_file iterator named the owners of {owners} socket"
-                     + ("" if owners == 1 else "s"))  # fmt: skip
+        found.append(
+            f"task_file iterator named the owners of {owners} socket" + ("" if owners == 1 else "s")
+        )
     except OSError as exc:
         found.append(f"no task_file iterator ({exc.strerror}): /proc is scanned")
         ok = False
     try:
         changed, _vanished = _native.TcpTracker().refresh()
-        found.append(f"tcp iterator read {len(changed)} socket"
-                     + ("" if len(changed) == 1 else "s"))  # fmt: skip
+        found.append(
+            f"tcp iterator read {len(changed)} socket" + ("" if len(changed) == 1 else "s")
+        )
     except OSError as exc:
         found.append(f"no tcp iterator ({exc.strerror}): the live view dumps every socket")
         ok = False

@@ -96,36 +96,53 @@ def parse_packet(payload: memoryview) -> QueuedPacket | None:
         return _U32.unpack_from(value)[0] if value is not None and len(value) >= 4 else None
 
     return QueuedPacket(
-        packet_id=packet_id, hook=hook, payload=bytes(attrs.get(NFQA_PAYLOAD, b"")),
-        mark=u32(NFQA_MARK) or 0, uid=u32(NFQA_UID), indev=u32(NFQA_IFINDEX_INDEV) or 0,
+        packet_id=packet_id,
+        hook=hook,
+        payload=bytes(attrs.get(NFQA_PAYLOAD, b"")),
+        mark=u32(NFQA_MARK) or 0,
+        uid=u32(NFQA_UID),
+        indev=u32(NFQA_IFINDEX_INDEV) or 0,
         outdev=u32(NFQA_IFINDEX_OUTDEV) or 0,
-    )  # fmt: skip
+    )
 
 
 class NfQueue:
     """One bound queue number in the current network namespace."""
 
-    def __init__(self, number: int, *, fail_open: bool, max_length: int = 4096,
-                 copy: int = COPY_BYTES) -> None:  # fmt: skip
+    def __init__(
+        self, number: int, *, fail_open: bool, max_length: int = 4096, copy: int = COPY_BYTES
+    ) -> None:
         """copy: how many bytes of each packet to read (its headers by default)."""
         self.number = number
         self._sock = netlink.open_socket(NETLINK_NETFILTER)
         self._buffer = bytearray(netlink.RECV_BUFFER)
         try:
-            self._request(_config(number, _attribute(NFQA_CFG_CMD, struct.pack(
-                "=BxH", NFQNL_CFG_CMD_BIND, 0))))  # fmt: skip
-            self._request(_config(number, _attribute(NFQA_CFG_PARAMS, struct.pack(
-                ">IB", copy, NFQNL_COPY_PACKET))))  # fmt: skip
-            self._request(_config(number, _attribute(NFQA_CFG_QUEUE_MAXLEN, _U32.pack(
-                max_length))))  # fmt: skip
+            self._request(
+                _config(
+                    number, _attribute(NFQA_CFG_CMD, struct.pack("=BxH", NFQNL_CFG_CMD_BIND, 0))
+                )
+            )
+            self._request(
+                _config(
+                    number, _attribute(NFQA_CFG_PARAMS, struct.pack(">IB", copy, NFQNL_COPY_PACKET))
+                )
+            )
+            self._request(_config(number, _attribute(NFQA_CFG_QUEUE_MAXLEN, _U32.pack(max_length))))
             flags = NFQA_CFG_F_UID_GID | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
-            self._request(_config(number, _attribute(NFQA_CFG_FLAGS, _U32.pack(flags))
-                                  + _attribute(NFQA_CFG_MASK, _U32.pack(flags))))  # fmt: skip
+            self._request(
+                _config(
+                    number,
+                    _attribute(NFQA_CFG_FLAGS, _U32.pack(flags))
+                    + _attribute(NFQA_CFG_MASK, _U32.pack(flags)),
+                )
+            )
         except OSError as exc:
             self._sock.close()
             if exc.errno in (errno.EBUSY, errno.EPERM):  # the kernel says EPERM for "taken"
-                message = (f"NFQUEUE {number} is bound by another program (a firewall such "
-                           "as OpenSnitch?), or this is not root")  # fmt: skip
+                message = (
+                    f"NFQUEUE {number} is bound by another program (a firewall such "
+                    "as OpenSnitch?), or this is not root"
+                )
                 raise QueueError(exc.errno, message) from None
             raise
         self._sock.setblocking(False)
@@ -157,8 +174,9 @@ class NfQueue:
 
     def verdict(self, packet_id: int, accept: bool, mark: int | None = None) -> None:
         body = _NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(self.number))
-        body += _attribute(NFQA_VERDICT_HDR, _VERDICT.pack(NF_ACCEPT if accept else NF_DROP,
-                                                            packet_id))  # fmt: skip
+        body += _attribute(
+            NFQA_VERDICT_HDR, _VERDICT.pack(NF_ACCEPT if accept else NF_DROP, packet_id)
+        )
         if mark is not None:
             body += _attribute(NFQA_MARK, _U32.pack(mark))
         self._sock.send(netlink.pack_message(NFQNL_MSG_VERDICT, netlink.NLM_F_REQUEST, body))
@@ -166,8 +184,12 @@ class NfQueue:
     def close(self) -> None:
         try:
             self._sock.setblocking(True)
-            self._request(_config(self.number, _attribute(NFQA_CFG_CMD, struct.pack(
-                "=BxH", NFQNL_CFG_CMD_UNBIND, 0))))  # fmt: skip
+            self._request(
+                _config(
+                    self.number,
+                    _attribute(NFQA_CFG_CMD, struct.pack("=BxH", NFQNL_CFG_CMD_UNBIND, 0)),
+                )
+            )
         except OSError:
             pass  # closing the socket unbinds as well
         self._sock.close()

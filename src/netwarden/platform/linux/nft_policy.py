@@ -94,9 +94,20 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
     where = {"family": FAMILY, "table": policy.table}
     commands: list[JSON] = []
     for chain, hook in CONNECT_CHAINS:
-        commands.append({"add": {"chain": {**where, "name": chain, "type": "filter",
-                                           "hook": hook, "prio": CONNECT_PRIORITY,
-                                           "policy": "accept"}}})  # fmt: skip
+        commands.append(
+            {
+                "add": {
+                    "chain": {
+                        **where,
+                        "name": chain,
+                        "type": "filter",
+                        "hook": hook,
+                        "prio": CONNECT_PRIORITY,
+                        "policy": "accept",
+                    }
+                }
+            }
+        )
         if layer.packets:  # a watched connection: the bit goes to its conntrack mark too
             ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
             watched = [
@@ -104,15 +115,29 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
                 {"mangle": {"key": ct_mark, "value": {"|": [ct_mark, WATCH_BIT]}}},
                 {"mangle": {"key": mark, "value": {"&": [mark, 0xFFFFFFFF & ~WATCH_BIT]}}},
             ]
-            commands.append({"add": {"rule": {**where, "chain": chain, "expr": watched,
-                                              "comment": "packets watched"}}})  # fmt: skip
+            commands.append(
+                {
+                    "add": {
+                        "rule": {
+                            **where,
+                            "chain": chain,
+                            "expr": watched,
+                            "comment": "packets watched",
+                        }
+                    }
+                }
+            )
         for code in (layer.continue_code, layer.permit_code, layer.block_code):
             commands += _verdict_rules(where, chain, layer, code)
         # Later datagrams of a blocked UDP conversation (a refused TCP connection ends).
-        later = [*_connect_code(layer, "ct", layer.block_code),
-                 _match({"meta": {"key": "l4proto"}}, "udp"), {"drop": None}]  # fmt: skip
-        commands.append({"add": {"rule": {**where, "chain": chain, "expr": later,
-                                          "comment": "blocked"}}})  # fmt: skip
+        later = [
+            *_connect_code(layer, "ct", layer.block_code),
+            _match({"meta": {"key": "l4proto"}}, "udp"),
+            {"drop": None},
+        ]
+        commands.append(
+            {"add": {"rule": {**where, "chain": chain, "expr": later, "comment": "blocked"}}}
+        )
     return commands
 
 
@@ -128,10 +153,18 @@ def _verdict_rules(where: JSON, chain: str, layer: ConnectLayer, code: int) -> l
     if code == layer.block_code:  # refused at once: a reset, or port unreachable
         tails = [[TCP_ONLY, {"counter": None}, TCP_RESET], [{"counter": None}, {"reject": None}]]
     return [
-        {"add": {"rule": {**where, "chain": chain, "expr": [*expr, *tail],
-                          "comment": f"verdict {code:#x}"}}}
+        {
+            "add": {
+                "rule": {
+                    **where,
+                    "chain": chain,
+                    "expr": [*expr, *tail],
+                    "comment": f"verdict {code:#x}",
+                }
+            }
+        }
         for tail in tails
-    ]  # fmt: skip
+    ]
 
 
 def connect_target_commands(policy: CompiledPolicy, target: Endpoint) -> list[JSON]:
@@ -256,11 +289,31 @@ def _mangle_chain(policy: CompiledPolicy, name: str, kind: str, hook: str, comme
                   first: list[JSON]) -> list[JSON]:  # fmt: skip
     """A chain at mangle priority and its first rule."""
     return [
-        {"add": {"chain": {"family": FAMILY, "table": policy.table, "name": name, "type": kind,
-                           "hook": hook, "prio": -150, "policy": "accept"}}},
-        {"add": {"rule": {"family": FAMILY, "table": policy.table, "chain": name,
-                          "comment": comment, "expr": first}}},
-    ]  # fmt: skip
+        {
+            "add": {
+                "chain": {
+                    "family": FAMILY,
+                    "table": policy.table,
+                    "name": name,
+                    "type": kind,
+                    "hook": hook,
+                    "prio": -150,
+                    "policy": "accept",
+                }
+            }
+        },
+        {
+            "add": {
+                "rule": {
+                    "family": FAMILY,
+                    "table": policy.table,
+                    "chain": name,
+                    "comment": comment,
+                    "expr": first,
+                }
+            }
+        },
+    ]
 
 
 def _per_family(compiled: CompiledRule) -> list[tuple[int, list[JSON]]]:

@@ -28,10 +28,17 @@ class LinuxPacketQueue:
                 self._queue.verdict(queued.packet_id, True)
                 continue
             transport, direction, local, remote = sides
-            packets.append(FlowPacket(
-                queued.packet_id, transport, direction, local, remote,
-                ip_length(queued.payload), transport_payload(queued.payload),
-            ))  # fmt: skip
+            packets.append(
+                FlowPacket(
+                    queued.packet_id,
+                    transport,
+                    direction,
+                    local,
+                    remote,
+                    ip_length(queued.payload),
+                    transport_payload(queued.payload),
+                )
+            )
         return packets
 
     def decide(self, packet: FlowPacket, accept: bool) -> None:

@@ -35,18 +35,27 @@ def as_policy(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> Policy:
     """The one-liner's redirects as the [[redirect]] rules of a policy."""
     rules = tuple(
         Rule(
-            index=index, name=f"redirect-{index + 1}", action=Action.REDIRECT,
+            index=index,
+            name=f"redirect-{index + 1}",
+            action=Action.REDIRECT,
             direction=Direction.FORWARD if redirect.forwarded else Direction.OUT,
             protocol=Protocol.TCP,
-            destination=Addresses(tuple(n for n in redirect.destinations
-                                        if n.version == redirect.family)),
-            destination_ports=redirect.ports, uid=redirect.uid,
+            destination=Addresses(
+                tuple(n for n in redirect.destinations if n.version == redirect.family)
+            ),
+            destination_ports=redirect.ports,
+            uid=redirect.uid,
             target=RedirectTarget(redirect.target[1], redirect.target[0]),
         )
         for index, redirect in enumerate(redirects)
-    )  # fmt: skip
-    return Policy(rules=(), defaults=dict.fromkeys(Direction, Action.ALLOW), sets={},
-                  settings=Settings(table=TABLE, proxy_mark=mark), redirects=rules)  # fmt: skip
+    )
+    return Policy(
+        rules=(),
+        defaults=dict.fromkeys(Direction, Action.ALLOW),
+        sets={},
+        settings=Settings(table=TABLE, proxy_mark=mark),
+        redirects=rules,
+    )
 
 
 def render(redirects: list[QuickRedirect], mark: int = PROXY_MARK) -> list[JSON]:

@@ -40,8 +40,9 @@ def run(name: str, argv: Sequence[str]) -> int:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except PermissionError:
-        raise ScopeError("netwarden run --scope needs root (it makes the scope's cgroup "
-                         f"{directory})") from None  # fmt: skip
+        raise ScopeError(
+            f"netwarden run --scope needs root (it makes the scope's cgroup {directory})"
+        ) from None
     except OSError as exc:
         raise ScopeError(f"cannot set up scope {name!r} at {directory}: {exc.strerror}") from exc
     procs = directory / "cgroup.procs"
