@@ -27,6 +27,7 @@ from typing import Any
 
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.flow import host_port
+from netwarden.proxy.handlers import forget_handler
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
@@ -308,15 +309,7 @@ class TransparentProxy:
             task.add_done_callback(lambda _task: limit.leave())
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            log.error(
-                "a proxy handler failed (a bug): %s: %s",
-                type(error).__name__,
-                error,
-                exc_info=error,
-            )
+        forget_handler(self._tasks, task)
 
     async def _upstream(self, host: str, port: int) -> tuple[socket.socket, tuple[bool, int]]:
         """A connected socket to the original destination (through the upstream chain, if

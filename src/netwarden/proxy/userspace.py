@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from netwarden.model.flow import host_port
 from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
+from netwarden.proxy.handlers import forget_handler
 from netwarden.proxy.kernel_relay import Streams
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
@@ -112,16 +113,7 @@ class UserModeProxy:
         return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        """A client's handler ended; a bug in it must not take the listener down."""
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            log.error(
-                "a proxy handler failed (a bug): %s: %s",
-                type(error).__name__,
-                error,
-                exc_info=error,
-            )
+        forget_handler(self._tasks, task)
 
     async def _connect(self, host: str, port: int) -> tuple[
         tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[str, int]
