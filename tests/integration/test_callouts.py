@@ -296,6 +296,8 @@ def test_a_process_that_connects_and_exits_at_once_is_decided_with_its_exe(
     quick.write_text(QUICK)
     daemons.append(daemon := Daemon(client, tmp_path, ""))
     # Without a classifying callout the daemon runs no CONNECT layer: load one.
+    listed = client.run([PY, "-m", "netwarden", "callouts", "list"]).stdout
+    assert "runs no callouts and no rules by program" in listed
     daemon.stop()
     notifier = str(EXAMPLES / "new_program_notifier.py")
     daemons.append(daemon := Daemon(client, tmp_path, "", "--callouts", notifier))

@@ -47,14 +47,15 @@ def list_callouts(
         from netwarden.daemon import state
 
         running = state.read()
-        status = state.read_callouts()
-        if running is None or not state.alive(running.pid) or status is None:
+        if running is None or not state.alive(running.pid):
             _fail(
                 "netwarden up is not running here; `callouts list --file FILE` shows a "
                 "file's callouts",
                 1,
             )
             return
+        none_loaded = {"fail_mode": "", "budget_seconds": 0.0, "queue": "", "decided": 0}
+        status = state.read_callouts() or {**none_loaded, "callouts": []}
         document = {"running": True, "pid": running.pid, **status}
     if as_json:
         sys.stdout.write(dumps(document) + "\n")
@@ -63,6 +64,12 @@ def list_callouts(
 
 
 def _print(document: dict[str, Any]) -> None:
+    if document.get("running") and not document["callouts"]:
+        typer.echo(
+            f"netwarden up (pid {document['pid']}) runs no callouts and no rules "
+            "by program: no CONNECT layer"
+        )
+        return
     if document.get("running"):
         typer.echo(
             f"netwarden up (pid {document['pid']}): fail-{document['fail_mode']}, "

@@ -101,7 +101,7 @@ class CalloutHost:
                 self.packets = host.backend().packet_queue(self.layer)
                 self.packet_loop = PacketLoop(self.packets, self.registry)
                 self._spawn("netwarden-packets", self.packet_loop.run, stop)
-        if self.write_status is not None:
+        if self.write_status is not None and self.registry.loaded:
             self._spawn("netwarden-callout-status", self._report, stop)
 
     def _spawn(
