@@ -28,16 +28,13 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import cpu_seconds, machine
+from benchmarks.common import CHUNK, cpu_seconds, echo, machine, serve_forever, sink
 from netwarden.testing.netlab import Host, Lab
 
 PING_PORT, SINK_PORT = 7500, 7501
-CHUNK = 1 << 20
 TRIVIAL = """
 from netwarden.callout.api import Callout
 
@@ -51,39 +48,16 @@ Figures = dict[str, float]
 
 
 def serve() -> None:
-    """Inside the server namespace: a 1-byte echo and a sink."""
+    """Inside the server namespace: a 1-byte echo (one connection at a time: the client
+    is sequential) and a sink."""
 
-    def echo(conn: socket.socket) -> None:
+    def echo_and_reset(conn: socket.socket) -> None:
         # Closed with a reset: no TIME_WAIT piles up, so later runs meet the same host
         # (thousands of TIME_WAIT connections slowed every later connect ~100-fold).
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with conn:
-            data = conn.recv(1)
-            if data:
-                conn.sendall(data)
+        echo(conn)
 
-    def sink(conn: socket.socket) -> None:
-        buffer = bytearray(CHUNK)
-        with conn:
-            while conn.recv_into(buffer):
-                pass
-
-    def accept(port: int, handler: Callable[[socket.socket], None]) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("0.0.0.0", port))
-        listener.listen(4096)
-        while True:
-            conn, _ = listener.accept()
-            if port == PING_PORT:
-                echo(conn)  # one at a time: the client is sequential
-            else:
-                threading.Thread(target=handler, args=(conn,), daemon=True).start()
-
-    for port, handler in ((PING_PORT, echo), (SINK_PORT, sink)):
-        threading.Thread(target=accept, args=(port, handler), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
+    serve_forever({PING_PORT: echo_and_reset, SINK_PORT: sink}, inline=frozenset({PING_PORT}))
 
 
 def load(host: str, samples: int, seconds: float) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -53,3 +55,46 @@ def report(name: str, baseline: str, base: float, ours: float, goal: str) -> str
             f"| {ratio:.2f}x | goal {goal} |")  # fmt: skip
     print(line, flush=True)
     return line
+
+
+CHUNK = 1 << 20
+Handler = Callable[[socket.socket], None]
+
+
+def sink(conn: socket.socket) -> None:
+    """Read everything the client sends."""
+    buffer = bytearray(CHUNK)
+    with conn:
+        while conn.recv_into(buffer):
+            pass
+
+
+def echo(conn: socket.socket) -> None:
+    """Answer the client's first byte with itself."""
+    with conn:
+        data = conn.recv(1)
+        if data:
+            conn.sendall(data)
+
+
+def serve_forever(handlers: dict[int, Handler], inline: frozenset[int] = frozenset()) -> None:
+    """Listen on each port (0.0.0.0), handle each connection in a thread of its own (on
+    the accepting thread for the ports in inline: for a sequential client), say "ready"
+    and serve until killed."""
+
+    def accept(port: int, handler: Handler) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(4096)
+        while True:
+            conn, _ = listener.accept()
+            if port in inline:
+                handler(conn)
+            else:
+                threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    for port, handler in handlers.items():
+        threading.Thread(target=accept, args=(port, handler), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()

@@ -32,49 +32,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import cpu_seconds, machine
+from benchmarks.common import CHUNK, cpu_seconds, echo, machine, serve_forever, sink
 from netwarden.testing.netlab import Host, Lab
 
 SINK_PORT, ECHO_PORT = 7400, 7401  # redirected to the proxy under test
 DIRECT_OFFSET = 10  # the same servers on 7410 and 7411 are never redirected
 PROXY_PORT, MITM_PORT = 15001, 15002
 Figures = dict[int, dict[str, float]]
-CHUNK = 1 << 20
 
 
 def serve() -> None:
     """Inside the server namespace: a sink on SINK_PORT, a one-byte echo on ECHO_PORT."""
-
-    def sink(conn: socket.socket) -> None:
-        buffer = bytearray(CHUNK)
-        with conn:
-            while conn.recv_into(buffer):
-                pass
-
-    def echo(conn: socket.socket) -> None:
-        with conn:
-            data = conn.recv(1)
-            if data:
-                conn.sendall(data)
-
-    def accept(port: int, handler: object) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("0.0.0.0", port))
-        listener.listen(4096)
-        while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()  # type: ignore[arg-type]
-
-    for port, handler in (
-        (SINK_PORT, sink),
-        (ECHO_PORT, echo),
-        (SINK_PORT + DIRECT_OFFSET, sink),
-        (ECHO_PORT + DIRECT_OFFSET, echo),
-    ):
-        threading.Thread(target=accept, args=(port, handler), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
+    serve_forever(
+        {
+            SINK_PORT: sink,
+            ECHO_PORT: echo,
+            SINK_PORT + DIRECT_OFFSET: sink,
+            ECHO_PORT + DIRECT_OFFSET: echo,
+        }
+    )
 
 
 def load(host: str, connections: int, seconds: float, latency_samples: int,

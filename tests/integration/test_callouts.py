@@ -149,8 +149,10 @@ def test_a_callout_redirects_only_one_programs_connections(
     client, server = pair
     a, b, script = programs
     start_server(server, "tcp-server", "--port", "80", "--send", "7")
-    listener = client.popen([PY, "-m", "netwarden.testing.hello_server", "--port", "55555"])
-    time.sleep(0.5)
+    listener = client.popen([PY, "-m", "netwarden.testing.hello_server", "--port", "55555"],
+                            stdout=subprocess.PIPE)  # fmt: skip
+    assert listener.stdout is not None
+    assert "listening" in listener.stdout.readline()
     env = {"NETWARDEN_REDIRECT_EXE": str(a), "NETWARDEN_REDIRECT_TO": "127.0.0.1:55555",
            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # fmt: skip
     daemons.append(Daemon(client, tmp_path, "", "--callouts",
@@ -307,8 +309,13 @@ def test_a_process_that_connects_and_exits_at_once_is_decided_with_its_exe(
         assert time.monotonic() - started < 1.0
     decided = daemon.decisions(2)
     assert {d["flow"].split()[0] for d in decided} == {"tcp", "udp"}
-    time.sleep(1.5)  # the daemon writes its callouts' counters every second
-    listed = json.loads(client.run([PY, "-m", "netwarden", "callouts", "list", "--json"]).stdout)
+    deadline = time.monotonic() + 5  # the daemon writes its callouts' counters every second
+    while True:
+        listing = client.run([PY, "-m", "netwarden", "callouts", "list", "--json"]).stdout
+        listed = json.loads(listing)
+        if listed["decided"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert listed["running"] is True
     assert listed["queue"] == "iptables-nft NFQUEUE"
     [notifier] = listed["callouts"]

@@ -93,7 +93,9 @@ def test_a_listener_refuses_connections_beyond_its_bound_and_says_so(
     held = client.popen([PY, "-c", """
 import socket, sys, time
 held = [socket.create_connection(("127.0.0.1", 1080)) for _ in range(2)]
-time.sleep(0.5)
+for conn in held:  # a SOCKS5 greeting answered: the proxy holds the connection
+    conn.sendall(b"\\x05\\x01\\x00")
+    assert conn.recv(2) == b"\\x05\\x00"
 extra = socket.create_connection(("127.0.0.1", 1080))
 extra.settimeout(3)
 extra.sendall(b"\\x05\\x01\\x00")

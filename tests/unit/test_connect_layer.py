@@ -79,7 +79,7 @@ def test_verdict_codes_lie_within_the_mask_and_differ() -> None:
     assert len(set(codes)) == 4
     assert all(code is not None and code & ~0xB0000000 == 0 for code in codes)
     assert layer.code(redirect("127.0.0.1", 1)) is None  # unknown until added
-    assert codes_of(0b11) == [1, 2, 3]
+    assert codes_of(0b11) == (1, 2, 3)
 
 
 def test_the_mask_bounds_how_many_redirect_targets_fit() -> None:
@@ -115,8 +115,8 @@ def test_program_rules_are_decided_at_connect_and_left_out_of_the_kernel_rules()
     assert {"connect_out", "connect_in", "redirect_out"} <= chains
     permitted = [c for c in body if c["add"].get("rule", {}).get("comment") == "permitted"]
     assert {c["add"]["rule"]["chain"] for c in permitted} == {"out", "in"}
-    more = connect_target_commands(compile_policy(policy, ConnectLayer().with_redirect(
-        Endpoint("127.0.0.2", 8080))), Endpoint("127.0.0.2", 8080))  # fmt: skip
+    target = Endpoint("127.0.0.2", 8080)
+    more = connect_target_commands("netwarden", ConnectLayer().with_redirect(target), target)
     assert more[-1]["add"]["rule"]["expr"][-1] == {
         "dnat": {"family": "ip", "addr": "127.0.0.2", "port": 8080}}  # fmt: skip
 

@@ -30,7 +30,7 @@ from netwarden.model.connect import ConnectDirection, ConnectRequest, FlowPacket
 class Layer(enum.StrEnum):
     CONNECT = "connect"  # a new connection, held at its first packet: classify()
     FLOW_ESTABLISHED = "flow_established"  # a flow was seen to start: flow_established()
-    STREAM = "stream"  # data through netwarden's proxy, per direction: stream()
+    STREAM = "stream"  # data through netwarden's proxy, per direction (with issue 11's proxy)
     FLOW_DELETED = "flow_deleted"  # a flow ended, with its final totals: flow_deleted()
     PACKET = "packet"  # every packet of flows asked for (opt-in): packet()
 
@@ -52,7 +52,6 @@ class Connection:
     process: ProcessInfo | None
     attribution: Attribution  # how the process was found, or why it is unknown
     interface: str = ""
-    app_protocol: str = ""  # not known yet at the first packet
     read_parent: Callable[[int], ProcessInfo | None] | None = field(default=None, repr=False)
     _parent: ProcessInfo | None = field(default=None, repr=False)
     _parent_read: bool = field(default=False, repr=False)
@@ -158,14 +157,15 @@ HOOKS = {
 }
 
 
+def defines(callout: object, hook: str) -> bool:
+    """Whether the callout has this hook of its own (not Callout's do-nothing one)."""
+    method = getattr(type(callout), hook, None)
+    return method is not None and method is not getattr(Callout, hook, None)
+
+
 def layers_of(callout: object) -> list[Layer]:
-    """The layers whose hook the callout defines (a subclass's own, not the base's)."""
-    found = []
-    for layer, hook in HOOKS.items():
-        method = getattr(type(callout), hook, None)
-        if method is not None and method is not getattr(Callout, hook, None):
-            found.append(layer)
-    return found
+    """The layers whose hook the callout defines."""
+    return [layer for layer, hook in HOOKS.items() if defines(callout, hook)]
 
 
 def name_of(callout: object) -> str:

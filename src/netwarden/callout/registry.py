@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from netwarden.callout.api import Change, Connection, Layer, layers_of, name_of
+from netwarden.callout.api import Change, Connection, Layer, defines, layers_of, name_of
 from netwarden.model import Flow
 from netwarden.model.connect import BLOCK, CONTINUE, PERMIT, Action, FlowPacket, Verdict
 
@@ -117,8 +117,7 @@ class CalloutRegistry:
             )
             if failure:
                 return Decision(self.fail_mode.verdict, loaded.name, failure)
-            if not isinstance(verdict, Verdict):
-                verdict = CONTINUE if verdict is None else verdict
+            verdict = CONTINUE if verdict is None else verdict
             if not isinstance(verdict, Verdict):
                 failure = f"classify returned {verdict!r}, not a verdict"
                 self._failed(loaded, Layer.CONNECT, failure)
@@ -131,9 +130,9 @@ class CalloutRegistry:
     def watches(self, connection: Connection) -> bool:
         """Whether a PACKET callout wants every packet of this connection."""
         for loaded in self._at[Layer.PACKET]:
-            hook = getattr(loaded.callout, "watch_packets", None)
-            if hook is None:
+            if not defines(loaded.callout, "watch_packets"):
                 continue
+            hook = loaded.callout.watch_packets
             wanted, failure = self._call(loaded, Layer.PACKET, hook, connection)
             if not failure and wanted:
                 return True
@@ -158,9 +157,8 @@ class CalloutRegistry:
 
     def notify(self, change: Change) -> None:
         for loaded in self.loaded:
-            hook = getattr(loaded.callout, "notify", None)
-            if hook is not None:
-                self._call(loaded, None, hook, change)
+            if defines(loaded.callout, "notify"):
+                self._call(loaded, None, loaded.callout.notify, change)
 
     def _tell(self, layer: Layer, hook: str, flows: Iterable[Flow]) -> None:
         callouts = self._at[layer]

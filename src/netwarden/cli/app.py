@@ -274,13 +274,8 @@ def history(
     """
     from netwarden.cli.render import table
     from netwarden.engine.host import is_privileged
-    from netwarden.monitor.history import (
-        HistoryError,
-        HistoryQuery,
-        HistoryStore,
-        default_path,
-        parse_network,
-    )
+    from netwarden.model.flow import parse_network
+    from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore, default_path
 
     if host is not None:
         try:
@@ -357,11 +352,10 @@ def _connect_layer(probed: list[Capability]) -> Capability:
         mechanism = ""
     running = state.read()
     status = state.read_callouts() if running and state.alive(running.pid) else None
-    if status is not None and status.get("queue"):
+    if running is not None and status is not None and status.get("queue"):
         detail = (
-            f"in use by netwarden up (pid {running.pid if running else '?'}): "
-            f"{status['queue']}, fail-{status['fail_mode']}, "
-            f"{len(status.get('callouts', []))} callout(s), "  # type: ignore[arg-type]
+            f"in use by netwarden up (pid {running.pid}): {status['queue']}, "
+            f"fail-{status['fail_mode']}, {len(status.get('callouts', []))} callout(s), "
             f"{status.get('decided', 0)} connections decided"
         )
     elif mechanism:

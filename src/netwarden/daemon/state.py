@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from netwarden.engine import host
 
@@ -54,7 +55,7 @@ def write_callouts(document: dict[str, object]) -> None:
     partial.replace(path)
 
 
-def read_callouts() -> dict[str, object] | None:
+def read_callouts() -> dict[str, Any] | None:
     try:
         data = json.loads(callouts_file().read_text())
     except (OSError, ValueError):

@@ -28,7 +28,7 @@ from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
 from netwarden.model import Endpoint, RelayLink
 from netwarden.monitor.history import HistoryStore
-from netwarden.policy.compiler import CompiledPolicy, compile_policy
+from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.loader import connect_mask_problems
 from netwarden.policy.model import Policy
@@ -218,7 +218,7 @@ def run(
             )
 
             def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
-                firewall.add_connect_target(compile_policy(policy, new_layer), target)
+                firewall.add_connect_target(compiled.table, new_layer, target)
 
             callout_host = CalloutHost(engine, registry, layer, relayout, state.write_callouts)
             callout_host.start(stop)
@@ -236,7 +236,7 @@ def run(
                 )
                 keeper.start()
             summary = _summary(policy, rules, proxy is not None)
-            if callout_host.queue is not None and layer is not None:
+            if layer is not None and callout_host.queue is not None:
                 count = len(registry.at(Layer.CONNECT))
                 summary += (
                     f"; CONNECT layer: {count} classifying callout(s), "

@@ -29,6 +29,7 @@ from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 log = logging.getLogger(__name__)
 
 FLOW_EVENT_WAIT = 0.3  # seconds a connection without a socket waits for its flow event
+WAIT_STEP = 0.005  # how often the waiting ones look again
 
 
 @functools.lru_cache(maxsize=256)
@@ -64,15 +65,19 @@ class ConnectLoop:
         self.relayout = relayout
         self.publish = publish
         self.decided = 0
+        # Connections set aside for their flow event: (request, attribution, deadline).
+        self._waiting: list[tuple[ConnectRequest, Attribution, float]] = []
 
     def run(self, stop: threading.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                ready, _w, _x = select.select([self.queue], [], [], 0.25)
-                if not ready:
-                    continue
-                events: list[EngineEvent] = [self.decide(r) for r in self.queue.receive()]
+                # While a connection waits for its flow event, look again soon.
+                timeout = WAIT_STEP if self._waiting else 0.25
+                ready, _w, _x = select.select([self.queue], [], [], timeout)
+                events = self._waited()
+                if ready:
+                    events += [e for r in self.queue.receive() if (e := self.decide(r))]
             except Exception:  # the loop must go on: connections wait for it
                 failures += 1
                 if failures <= 10 or failures % 1000 == 0:
@@ -81,13 +86,49 @@ class ConnectLoop:
             self.decided += len(events)
             self.publish(events)
 
-    def decide(self, request: ConnectRequest) -> DecisionTaken:
+    def decide(self, request: ConnectRequest) -> DecisionTaken | None:
+        """Decide the connection now, or (None) set it aside to wait for the flow event
+        of a sender that is gone already, while the others are decided."""
         try:
             process, attribution = self.queue.owner(request)
-            if process is None and self.flow_process is not None:
-                process = self._from_flow_events(request)
-                if process is not None:
-                    attribution = Attribution(AttributionMethod.FLOW_EVENT)
+        except Exception as exc:  # never leave a connection waiting
+            log.exception("finding the process of %s failed", request)
+            return self._failed(request, exc)
+        if process is None and self._may_wait(request):
+            deadline = time.monotonic() + FLOW_EVENT_WAIT
+            self._waiting.append((request, attribution, deadline))
+            return None
+        return self._finish(request, process, attribution)
+
+    def _may_wait(self, request: ConnectRequest) -> bool:
+        """A UDP sender may have exited right after its datagram (a TCP one waits for
+        its connect; an incoming connection to no socket has no process to wait for)."""
+        return (
+            self.flow_process is not None
+            and request.transport is Transport.UDP
+            and request.direction is ConnectDirection.OUT
+        )
+
+    def _waited(self) -> list[EngineEvent]:
+        """The connections set aside whose flow event came, or whose wait is over."""
+        events: list[EngineEvent] = []
+        still, now = [], time.monotonic()
+        for request, attribution, deadline in self._waiting:
+            key = FlowKey(request.transport, request.local, request.remote)
+            process = self.flow_process(key) if self.flow_process is not None else None
+            if process is not None:
+                attribution = Attribution(AttributionMethod.FLOW_EVENT)
+            elif now < deadline:
+                still.append((request, attribution, deadline))
+                continue
+            events.append(self._finish(request, process, attribution))
+        self._waiting = still
+        return events
+
+    def _finish(
+        self, request: ConnectRequest, process: ProcessInfo | None, attribution: Attribution
+    ) -> DecisionTaken:
+        try:
             connection = Connection(
                 request,
                 process,
@@ -96,40 +137,24 @@ class ConnectLoop:
                 read_parent=self.queue.parent_of,
             )
             decision = self.registry.classify(connection)
-            verdict, by = decision.verdict, decision.by
-            code = self._code(request, verdict)
+            code = self._code(request, decision.verdict)
             if (
                 code is not None
                 and self.layer.packets
-                and verdict.action is not Action.BLOCK
+                and decision.verdict.action is not Action.BLOCK
                 and self.registry.watches(connection)
             ):
                 code |= WATCH_BIT
         except Exception as exc:  # never leave a connection waiting
             log.exception("deciding %s failed", request)
-            process, verdict, by = None, self.registry.fail_mode.verdict, "netwarden"
-            decision_detail = f"failed: {exc}"
-            code = self.layer.code(verdict)
-        else:
-            decision_detail = decision.failure
+            return self._failed(request, exc)
         self.queue.decide(request, code)
-        who = (
-            f"{process.name} (pid {process.pid}, {process.exe or 'no exe'})"
-            if process is not None
-            else "unknown process"
-        )
-        return DecisionTaken(str(request), who, str(verdict), by or "no callout", decision_detail)
+        return _taken(request, process, decision.verdict, decision.by, decision.failure)
 
-    def _from_flow_events(self, request: ConnectRequest) -> ProcessInfo | None:
-        """Wait a little for the flow event of a connection whose socket is gone."""
-        assert self.flow_process is not None
-        key = FlowKey(request.transport, request.local, request.remote)
-        deadline = time.monotonic() + FLOW_EVENT_WAIT
-        while True:
-            process = self.flow_process(key)
-            if process is not None or time.monotonic() >= deadline:
-                return process
-            time.sleep(0.002)
+    def _failed(self, request: ConnectRequest, exc: Exception) -> DecisionTaken:
+        verdict = self.registry.fail_mode.verdict
+        self.queue.decide(request, self.layer.code(verdict))
+        return _taken(request, None, verdict, "netwarden", f"failed: {exc}")
 
     def _code(self, request: ConnectRequest, verdict: Verdict) -> int | None:
         if verdict.action is Action.REDIRECT:
@@ -150,6 +175,17 @@ class ConnectLoop:
                 code = layer.code(verdict)
             return code
         return self.layer.code(verdict)
+
+
+def _taken(
+    request: ConnectRequest, process: ProcessInfo | None, verdict: Verdict, by: str, detail: str
+) -> DecisionTaken:
+    who = (
+        f"{process.name} (pid {process.pid}, {process.exe or 'no exe'})"
+        if process is not None
+        else "unknown process"
+    )
+    return DecisionTaken(str(request), who, str(verdict), by or "no callout", detail)
 
 
 class PacketLoop:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from netwarden.engine import host
 from netwarden.engine.bus import EngineEvent, EventBus
-from netwarden.model import FlowEvent, FlowKey, ProcessInfo, RelayLink
+from netwarden.model import FlowKey, ProcessInfo, RelayLink
 from netwarden.platform.base import PlatformError
 
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ class Engine:
         """What this host cannot show, in words for the user."""
         return self.sources.missing
 
-    @property
-    def netns(self) -> str:
-        return self.sources.netns
-
     def flow_process(self, key: FlowKey) -> ProcessInfo | None:
         """The process the kernel's flow events named for a flow (they outlive a
         process that exits at once); None when none did yet."""
@@ -91,8 +87,4 @@ class Engine:
     def run(self, stop: threading.Event, duration: float | None = None) -> None:
         """Follow the flows until stop is set (or duration passes), publishing their
         events on the bus."""
-
-        def flows(events: list[FlowEvent]) -> None:
-            self.bus.publish(events)
-
-        self.monitor.run(flows, stop, duration)
+        self.monitor.run(self.bus.publish, stop, duration)

@@ -6,15 +6,16 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from functools import cache
-from typing import TYPE_CHECKING
 
-from netwarden.platform.base import Capability, PlatformError, QuickRedirect, RuleCounters
+from netwarden.platform.base import (
+    Backend,
+    Capability,
+    Firewall,
+    PlatformError,
+    QuickRedirect,
+    RuleCounters,
+)
 from netwarden.platform.select import current, is_privileged
-
-if TYPE_CHECKING:
-    from netwarden.platform.base import Backend, Firewall
-else:
-    from netwarden.platform.base import Firewall
 
 __all__ = [
     "Capability",

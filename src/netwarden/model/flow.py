@@ -23,6 +23,24 @@ def host_port(address: tuple[object, ...] | tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or network as a user writes it: 10.0.0.5, 10.0.0.0/24, fd00::1,
+    [fd00::1] (as netwarden prints IPv6), fd00::/64. ValueError when it is neither."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return ipaddress.ip_network(bare, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or network") from None
+
+
+def within(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether an address (text) lies in the network; False for what is no address."""
+    try:
+        return ipaddress.ip_address(address) in network
+    except ValueError:
+        return False
+
+
 def parse_host_port(text: str) -> tuple[IPAddress, int | None]:
     """'10.0.0.5:443', '[fd00::1]:443', or an address without a port."""
     match = _HOST_PORT.match(text)

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from netwarden.model import Flow
+from netwarden.model.flow import parse_network, within
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class FlowFilter:
         ):
             return False
         if self.network is not None and not (
-            _within(key.local.address, self.network) or _within(key.remote.address, self.network)
+            within(key.local.address, self.network) or within(key.remote.address, self.network)
         ):
             return False
         return not (self.transport and str(key.transport) != self.transport.lower())
@@ -68,9 +69,8 @@ class FlowFilter:
             raise ValueError(f"port must be a number from 0 to 65535, not {port!r}")
         address, network = values.get("address"), None
         if address is not None and ("/" in address or address.startswith("[")):
-            bare = address[1:-1] if address.startswith("[") and address.endswith("]") else address
             try:
-                network = ipaddress.ip_network(bare, strict=False)
+                network = parse_network(address)
             except ValueError:
                 raise ValueError(f"addr: {address!r} is not an address or network") from None
             address = None
@@ -82,10 +82,3 @@ class FlowFilter:
             transport=values.get("transport"),
             network=network,
         )
-
-
-def _within(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        return ipaddress.ip_address(address) in network
-    except ValueError:
-        return False

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from netwarden.jsontext import dumps
 from netwarden.memo import IdentityMemo
 from netwarden.model import Attribution, AttributionMethod, Endpoint, Flow, FlowKey, Transport
-from netwarden.model.flow import ProcessInfo, process_json
+from netwarden.model.flow import ProcessInfo, parse_network, process_json, within
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -65,28 +65,6 @@ class HistoryQuery:
     host: str | None = None  # remote or local address, or a network (10.0.0.0/8)
     port: int | None = None  # remote or local port
     limit: int = 1000
-
-
-def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """An address or network as a user writes it: 10.0.0.5, 10.0.0.0/24, fd00::1,
-    [fd00::1] (as netwarden prints IPv6), fd00::/64. ValueError when it is neither."""
-    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    try:
-        return ipaddress.ip_network(bare, strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address or network") from None
-
-
-def _membership(
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
-) -> Callable[[str], bool]:
-    def member(address: str) -> bool:
-        try:
-            return ipaddress.ip_address(address) in network
-        except ValueError:
-            return False
-
-    return member
 
 
 def default_path(privileged: bool) -> Path:
@@ -153,7 +131,10 @@ class HistoryStore:
                 args.extend([str(network.network_address)] * 2)
             else:
                 self._db.create_function(
-                    "nw_in_network", 1, _membership(network), deterministic=True
+                    "nw_in_network",
+                    1,
+                    functools.partial(within, network=network),
+                    deterministic=True,
                 )
                 where.append("(nw_in_network(remote_address) OR nw_in_network(local_address))")
         if q.port is not None:

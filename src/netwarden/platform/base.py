@@ -130,9 +130,9 @@ class Firewall(Protocol):
         """Per-rule counters of the live policy; False when none is applied."""
         ...
 
-    def add_connect_target(self, policy: CompiledPolicy, target: Endpoint) -> None:
-        """Make REDIRECT verdicts to `target` work in the live policy (which `policy`,
-        with the target in its CONNECT layer, describes), without replacing it."""
+    def add_connect_target(self, table: str, layer: ConnectLayer, target: Endpoint) -> None:
+        """Make REDIRECT verdicts to `target` (one of layer's redirects) work in the live
+        policy's table, without replacing it."""
         ...
 
     def marked_owners(self) -> dict[str, int]:

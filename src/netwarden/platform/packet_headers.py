@@ -19,7 +19,7 @@ Addresses = tuple[Transport, Endpoint, Endpoint]  # transport, source, destinati
 def parse_ip(packet: bytes) -> Addresses | None:
     """(transport, source, destination) of a TCP or UDP packet; None for anything else
     or for bytes too short to say."""
-    parsed = _parse(packet)
+    parsed = parse_headers(packet)
     return None if parsed is None else parsed[0]
 
 
@@ -35,10 +35,12 @@ def ip_length(packet: bytes) -> int:
 def transport_payload(packet: bytes) -> bytes:
     """The TCP or UDP payload of an IP packet (b"" when there is none, or for bytes
     too short to say)."""
-    parsed = _parse(packet)
-    if parsed is None:
-        return b""
-    (transport, _source, _destination), header = parsed
+    parsed = parse_headers(packet)
+    return b"" if parsed is None else payload_at(packet, parsed[0][0], parsed[1])
+
+
+def payload_at(packet: bytes, transport: Transport, header: int) -> bytes:
+    """The payload after the transport header that starts at `header`."""
     if transport is Transport.UDP:
         return packet[header + 8 :]
     if len(packet) < header + 13:
@@ -46,7 +48,7 @@ def transport_payload(packet: bytes) -> bytes:
     return packet[header + (packet[header + 12] >> 4) * 4 :]
 
 
-def _parse(packet: bytes) -> tuple[Addresses, int] | None:
+def parse_headers(packet: bytes) -> tuple[Addresses, int] | None:
     """The addresses and where the transport header starts."""
     if not packet:
         return None

@@ -9,6 +9,7 @@ kernel does (reject, accept, redirect to a listener).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from netwarden.model.connect import Action, Verdict
@@ -23,13 +24,15 @@ DEFAULT_MASK = 0xB0000000
 WATCH_BIT = 0x01000000
 
 
-def codes_of(mask: int) -> list[int]:
-    """Every non-zero value within mask, smallest first."""
+@functools.cache
+def codes_of(mask: int) -> tuple[int, ...]:
+    """Every non-zero value within mask, smallest first (asked once a connection)."""
     bits = [1 << i for i in range(32) if mask >> i & 1]
-    values = []
-    for n in range(1, 1 << len(bits)):
-        values.append(sum(bit for i, bit in enumerate(bits) if n >> i & 1))
-    return sorted(values)
+    return tuple(
+        sorted(
+            sum(bit for i, bit in enumerate(bits) if n >> i & 1) for n in range(1, 1 << len(bits))
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

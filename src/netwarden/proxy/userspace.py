@@ -9,7 +9,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from netwarden.proxy.handlers import forget_handler
 from netwarden.proxy.kernel_relay import Streams
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
+from netwarden.proxy.upstream import open_upstream
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ class UserModeProxy:
         send them back into a proxy."""
         self.gate = gate
         self.mark = mark
-        self._mark_refused = False
         self._max_connections = max_connections
         # Local ports of this proxy's own upstream connections: one arriving back at a
         # listener is a redirection loop, refused instead of relayed (the hop guard).
@@ -133,7 +132,7 @@ class UserModeProxy:
                 last = Refused(socks5.Reply.NOT_ALLOWED, reason)
                 continue
             try:
-                streams = await asyncio.wait_for(self._open(address, port), self.connect_timeout)
+                streams = await self._open(address, port)  # bounded by connect_timeout
             except ConnectionRefusedError as exc:
                 last = Refused(socks5.Reply.CONNECTION_REFUSED, str(exc))
             except (OSError, TimeoutError) as exc:
@@ -145,23 +144,27 @@ class UserModeProxy:
     async def _open(self, address: str, port: int) -> Streams:
         """A connection to address:port from a socket with the proxy's mark, its local
         port known to the hop guard (until the handler's _forget)."""
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        own: tuple[bool, int] | None = None
+        own: list[tuple[bool, int]] = []
+
+        def remember(sock: socket.socket) -> None:
+            own.append((sock.family == socket.AF_INET6, int(sock.getsockname()[1])))
+            self._own_ports.add(own[0])
+
         try:
-            self._set_mark(sock)
-            sock.setblocking(False)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-            own = (family == socket.AF_INET6, int(sock.getsockname()[1]))
-            self._own_ports.add(own)
-            await asyncio.get_running_loop().sock_connect(sock, (address, port))
-            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                sock = await open_upstream(
+                    address, port, mark=self.mark, timeout=self.connect_timeout, on_bound=remember
+                )
+            except PermissionError:  # no CAP_NET_ADMIN for SO_MARK: say so once, go unmarked
+                self._mark_refused()
+                sock = await open_upstream(
+                    address, port, timeout=self.connect_timeout, on_bound=remember
+                )
+            return await asyncio.open_connection(sock=sock)
         except BaseException:
-            if own is not None:
-                self._own_ports.discard(own)
-            sock.close()
+            if own:
+                self._own_ports.discard(own[0])
             raise
-        return reader, writer
 
     def _forget(self, upstream: Streams) -> None:
         """The upstream connection is done with: its port leaves the hop guard."""
@@ -169,19 +172,14 @@ class UserModeProxy:
         if local is not None:
             self._own_ports.discard((":" in str(local[0]), int(local[1])))
 
-    def _set_mark(self, sock: socket.socket) -> None:
-        if not self.mark or sys.platform != "linux":
-            return
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        except PermissionError:
-            if not self._mark_refused:
-                self._mark_refused = True
-                log.warning(
-                    "cannot mark upstream connections (SO_MARK needs CAP_NET_ADMIN): a "
-                    "redirect covering their destinations would send them back into a "
-                    "proxy; exempt this proxy's user from such redirects"
-                )
+    def _mark_refused(self) -> None:
+        if self.mark:
+            self.mark = 0
+            log.warning(
+                "cannot mark upstream connections (SO_MARK needs CAP_NET_ADMIN): a "
+                "redirect covering their destinations would send them back into a "
+                "proxy; exempt this proxy's user from such redirects"
+            )
 
     async def _pass_on(self, kind: str, client: Streams, upstream: Streams,
                        destination: tuple[str, int], early: bytes) -> None:  # fmt: skip

@@ -16,14 +16,14 @@ import os
 import shlex
 import subprocess
 
-from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo, Transport
+from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo
 from netwarden.model.connect import ConnectDirection, ConnectRequest
 from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import nftables
-from netwarden.platform.linux.nfqueue import NfQueue, QueuedPacket
+from netwarden.platform.linux.nfqueue import COPY_BYTES, NfQueue, QueuedPacket
 from netwarden.platform.linux.procfs import ProcResolver
 from netwarden.platform.linux.sockdiag import SocketLookup
-from netwarden.platform.packet_headers import parse_ip
+from netwarden.platform.packet_headers import Addresses, parse_ip
 from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,9 @@ CREATED_TABLE = "netwarden made this table"
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
 
 
-def open_queue(number: int, fail_open: bool, copy: int | None = None) -> NfQueue:
+def open_queue(number: int, fail_open: bool, copy: int = COPY_BYTES) -> NfQueue:
     """A bound queue, or a PlatformError that says why not."""
     try:
-        if copy is None:
-            return NfQueue(number, fail_open=fail_open)
         return NfQueue(number, fail_open=fail_open, copy=copy)
     except OSError as exc:
         raise PlatformError(
@@ -48,15 +46,14 @@ def open_queue(number: int, fail_open: bool, copy: int | None = None) -> NfQueue
         ) from None
 
 
-def sides_of(packet: QueuedPacket) -> tuple[Transport, ConnectDirection, Endpoint, Endpoint] | None:
-    """A queued packet's transport, direction, and this host's and the peer's ends."""
-    addresses = parse_ip(packet.payload)
-    if addresses is None:
-        return None
-    transport, source, destination = addresses
+def sides_of(
+    packet: QueuedPacket, addresses: Addresses
+) -> tuple[ConnectDirection, Endpoint, Endpoint]:
+    """A queued packet's direction, and this host's and the peer's ends."""
+    _transport, source, destination = addresses
     if packet.hook == NF_INET_LOCAL_IN:
-        return transport, ConnectDirection.IN, destination, source
-    return transport, ConnectDirection.OUT, source, destination
+        return ConnectDirection.IN, destination, source
+    return ConnectDirection.OUT, source, destination
 
 
 def parent_pid(pid: int) -> int:
@@ -93,41 +90,19 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def queue_rules(layer: ConnectLayer) -> list[list[str]]:
     """The rules of netwarden's chain (iptables arguments after -A CHAIN)."""
-    bypass = ["--queue-bypass"] if layer.fail_open else []
-    rules = [["-m", "mark", "--mark", f"{layer.proxy_mark:#x}", "-j", "RETURN"]]
+    bypass = " --queue-bypass" if layer.fail_open else ""
+    rules = [f"-m mark --mark {layer.proxy_mark:#x} -j RETURN"]
     if layer.packets:  # every packet of a watched connection: the PACKET layer
-        watched = f"{WATCH_BIT:#x}/{WATCH_BIT:#x}"
         rules.append(
-            [
-                "-m",
-                "connmark",
-                "--mark",
-                watched,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                str(layer.packet_queue),
-                *bypass,
-            ]
+            f"-m connmark --mark {WATCH_BIT:#x}/{WATCH_BIT:#x} -j NFQUEUE "
+            f"--queue-num {layer.packet_queue}{bypass}"
         )
-    rules.append(["-m", "connmark", "!", "--mark", f"0/{layer.mask:#x}", "-j", "RETURN"])
+    rules.append(f"-m connmark ! --mark 0/{layer.mask:#x} -j RETURN")
     for protocol in ("tcp", "udp"):
         rules.append(
-            [
-                "-p",
-                protocol,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "NEW",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                str(layer.queue),
-                *bypass,
-            ]
+            f"-p {protocol} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {layer.queue}{bypass}"
         )
-    return rules
+    return [rule.split() for rule in rules]
 
 
 def remove_queue_rules() -> bool:
@@ -206,11 +181,12 @@ class LinuxConnectQueue:
     def receive(self) -> list[ConnectRequest]:
         requests = []
         for packet in self._queue.receive():
-            sides = sides_of(packet)
-            if sides is None:  # not TCP or UDP (the rules queue only those)
+            addresses = parse_ip(packet.payload)
+            if addresses is None:  # not TCP or UDP (the rules queue only those)
                 self._queue.verdict(packet.packet_id, True)
                 continue
-            transport, direction, local, remote = sides
+            transport = addresses[0]
+            direction, local, remote = sides_of(packet, addresses)
             self._marks[packet.packet_id] = packet.mark
             requests.append(
                 ConnectRequest(

@@ -16,6 +16,7 @@ from netwarden.platform.linux.nft_policy import FAMILY, read_counters, render
 from netwarden.platform.linux.procfs import cgroup2_mount
 from netwarden.platform.linux.scopes import remove_idle_scopes
 from netwarden.policy.compiler import CompiledPolicy
+from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.environment import SCOPE_PARENT, Environment, scope_path
 
 
@@ -139,11 +140,11 @@ class LinuxFirewall:
     def show(self, table: str) -> tuple[list[RuleCounters], bool]:
         return show(table)
 
-    def add_connect_target(self, policy: CompiledPolicy, target: Endpoint) -> None:
+    def add_connect_target(self, table: str, layer: ConnectLayer, target: Endpoint) -> None:
         from netwarden.platform.linux.nft_policy import connect_target_commands
 
         try:
-            nftables.run(connect_target_commands(policy, target))
+            nftables.run(connect_target_commands(table, layer, target))
         except nftables.NftError as exc:
             raise PlatformError(str(exc)) from exc
 

@@ -47,9 +47,8 @@ def render(policy: CompiledPolicy) -> list[JSON]:
         }}})  # fmt: skip
         rule = {**where, "chain": chain}
         if policy.connect is not None and direction is not Direction.FORWARD:
-            permitted = [*_connect_code(policy.connect, "ct", policy.connect.permit_code)]
-            expr = [*permitted, {"accept": None}]
-            commands.append({"add": {"rule": {**rule, "comment": "permitted", "expr": expr}}})
+            permitted = _connect_code(policy.connect, CT_MARK, policy.connect.permit_code)
+            commands.append(_add_rule(where, chain, [permitted, {"accept": None}], "permitted"))
         # Decisions are made for the first packet of a flow; the rest of an allowed flow
         # and its replies pass, as with WFP's ALE layers.
         commands.append({"add": {"rule": {**rule, "expr": [
@@ -73,18 +72,28 @@ def render(policy: CompiledPolicy) -> list[JSON]:
     if policy.connect is not None:
         commands += _connect_chains(policy, policy.connect)
         for target in policy.connect.redirects:
-            commands += connect_target_commands(policy, target)
+            commands += connect_target_commands(policy.table, policy.connect, target)
     return commands
 
 
 CONNECT_CHAINS = (("connect_out", "output"), ("connect_in", "input"))
 # Right after the mangle hooks, where the queue (iptables-nft mangle) gave the verdict.
 CONNECT_PRIORITY = -140
+CT_MARK, MARK = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
 
 
-def _connect_code(layer: ConnectLayer, where: str, code: int) -> list[JSON]:
-    key = {"ct": {"key": "mark"}} if where == "ct" else {"meta": {"key": "mark"}}
-    return [_match({"&": [key, layer.mask]}, code)]
+def _add_chain(where: JSON, name: str, kind: str, hook: str, prio: int) -> JSON:
+    chain = {**where, "name": name, "type": kind, "hook": hook, "prio": prio}
+    return {"add": {"chain": {**chain, "policy": "accept"}}}
+
+
+def _add_rule(where: JSON, chain: str, expr: list[JSON], comment: str) -> JSON:
+    return {"add": {"rule": {**where, "chain": chain, "expr": expr, "comment": comment}}}
+
+
+def _connect_code(layer: ConnectLayer, key: JSON, code: int) -> JSON:
+    """key (CT_MARK or MARK) carries this verdict code."""
+    return _match({"&": [key, layer.mask]}, code)
 
 
 def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
@@ -94,105 +103,57 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
     where = {"family": FAMILY, "table": policy.table}
     commands: list[JSON] = []
     for chain, hook in CONNECT_CHAINS:
-        commands.append(
-            {
-                "add": {
-                    "chain": {
-                        **where,
-                        "name": chain,
-                        "type": "filter",
-                        "hook": hook,
-                        "prio": CONNECT_PRIORITY,
-                        "policy": "accept",
-                    }
-                }
-            }
-        )
+        commands.append(_add_chain(where, chain, "filter", hook, CONNECT_PRIORITY))
         if layer.packets:  # a watched connection: the bit goes to its conntrack mark too
-            ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
             watched = [
-                _match({"&": [mark, WATCH_BIT]}, WATCH_BIT),
-                {"mangle": {"key": ct_mark, "value": {"|": [ct_mark, WATCH_BIT]}}},
-                {"mangle": {"key": mark, "value": {"&": [mark, 0xFFFFFFFF & ~WATCH_BIT]}}},
+                _match({"&": [MARK, WATCH_BIT]}, WATCH_BIT),
+                {"mangle": {"key": CT_MARK, "value": {"|": [CT_MARK, WATCH_BIT]}}},
+                {"mangle": {"key": MARK, "value": {"&": [MARK, 0xFFFFFFFF & ~WATCH_BIT]}}},
             ]
-            commands.append(
-                {
-                    "add": {
-                        "rule": {
-                            **where,
-                            "chain": chain,
-                            "expr": watched,
-                            "comment": "packets watched",
-                        }
-                    }
-                }
-            )
+            commands.append(_add_rule(where, chain, watched, "packets watched"))
         for code in (layer.continue_code, layer.permit_code, layer.block_code):
             commands += _verdict_rules(where, chain, layer, code)
         # Later datagrams of a blocked UDP conversation (a refused TCP connection ends).
         later = [
-            *_connect_code(layer, "ct", layer.block_code),
+            _connect_code(layer, CT_MARK, layer.block_code),
             _match({"meta": {"key": "l4proto"}}, "udp"),
             {"drop": None},
         ]
-        commands.append(
-            {"add": {"rule": {**where, "chain": chain, "expr": later, "comment": "blocked"}}}
-        )
+        commands.append(_add_rule(where, chain, later, "blocked"))
     return commands
 
 
 def _verdict_rules(where: JSON, chain: str, layer: ConnectLayer, code: int) -> list[JSON]:
     keep = 0xFFFFFFFF & ~layer.mask
-    ct_mark, mark = {"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}
     expr = [
-        *_connect_code(layer, "meta", code),
-        {"mangle": {"key": ct_mark, "value": {"|": [{"&": [ct_mark, keep]}, code]}}},
-        {"mangle": {"key": mark, "value": {"&": [mark, keep]}}},
+        _connect_code(layer, MARK, code),
+        {"mangle": {"key": CT_MARK, "value": {"|": [{"&": [CT_MARK, keep]}, code]}}},
+        {"mangle": {"key": MARK, "value": {"&": [MARK, keep]}}},
     ]
     tails: list[list[JSON]] = [[]]
     if code == layer.block_code:  # refused at once: a reset, or port unreachable
         tails = [[TCP_ONLY, {"counter": None}, TCP_RESET], [{"counter": None}, {"reject": None}]]
-    return [
-        {
-            "add": {
-                "rule": {
-                    **where,
-                    "chain": chain,
-                    "expr": [*expr, *tail],
-                    "comment": f"verdict {code:#x}",
-                }
-            }
-        }
-        for tail in tails
-    ]
+    return [_add_rule(where, chain, [*expr, *tail], f"verdict {code:#x}") for tail in tails]
 
 
-def connect_target_commands(policy: CompiledPolicy, target: Endpoint) -> list[JSON]:
+def connect_target_commands(table: str, layer: ConnectLayer, target: Endpoint) -> list[JSON]:
     """The rules that carry out REDIRECT verdicts to one more target, added to the
     live table (replacing the table would drop the packets waiting in the queue)."""
-    layer = policy.connect
-    assert layer is not None
-    assert target in layer.redirect_codes
     code = layer.redirect_codes[target]
-    where = {"family": FAMILY, "table": policy.table}
+    where = {"family": FAMILY, "table": table}
     commands: list[JSON] = []
     for chain, _hook in CONNECT_CHAINS:
         commands += _verdict_rules(where, chain, layer, code)
-    return [*commands, _connect_redirect(where, layer, target, code)]
-
-
-def _connect_redirect(where: JSON, layer: ConnectLayer, target: Endpoint, code: int) -> JSON:
     address = ipaddress.ip_address(target.address)
-    expr = [
+    redirect = [
         _match({"meta": {"key": "nfproto"}}, "ipv4" if address.version == 4 else "ipv6"),
         TCP_ONLY,
-        *_connect_code(layer, "ct", code),
+        _connect_code(layer, CT_MARK, code),
         {"counter": None},
         _nat_to(address, target.port),
     ]
-    chain = NAT_CHAINS[Direction.OUT][0]
-    comment = f"redirected at connect to {target}"
-    return {"add": {"rule": {**where, "chain": chain, "expr": expr, "comment": comment}}}
+    nat_chain = NAT_CHAINS[Direction.OUT][0]
+    return [*commands, _add_rule(where, nat_chain, redirect, f"redirected at connect to {target}")]
 
 
 NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
@@ -288,32 +249,8 @@ def _tproxy_out(policy: CompiledPolicy, rules: list[CompiledRule]) -> list[JSON]
 def _mangle_chain(policy: CompiledPolicy, name: str, kind: str, hook: str, comment: str,
                   first: list[JSON]) -> list[JSON]:  # fmt: skip
     """A chain at mangle priority and its first rule."""
-    return [
-        {
-            "add": {
-                "chain": {
-                    "family": FAMILY,
-                    "table": policy.table,
-                    "name": name,
-                    "type": kind,
-                    "hook": hook,
-                    "prio": -150,
-                    "policy": "accept",
-                }
-            }
-        },
-        {
-            "add": {
-                "rule": {
-                    "family": FAMILY,
-                    "table": policy.table,
-                    "chain": name,
-                    "comment": comment,
-                    "expr": first,
-                }
-            }
-        },
-    ]
+    where = {"family": FAMILY, "table": policy.table}
+    return [_add_chain(where, name, kind, hook, -150), _add_rule(where, name, first, comment)]
 
 
 def _per_family(compiled: CompiledRule) -> list[tuple[int, list[JSON]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from netwarden.model.connect import FlowPacket
 from netwarden.platform.linux.connect_queue import open_queue, sides_of
-from netwarden.platform.packet_headers import ip_length, transport_payload
+from netwarden.platform.packet_headers import ip_length, parse_headers, payload_at
 from netwarden.policy.connect_layer import ConnectLayer
 
 COPY = 65535  # whole packets: a callout that watches them wants their payload
@@ -23,20 +23,23 @@ class LinuxPacketQueue:
     def receive(self) -> list[FlowPacket]:
         packets = []
         for queued in self._queue.receive():
-            sides = sides_of(queued)
-            if sides is None:
+            data = queued.payload
+            parsed = parse_headers(data)  # once a packet: this is the per-packet path
+            if parsed is None:
                 self._queue.verdict(queued.packet_id, True)
                 continue
-            transport, direction, local, remote = sides
+            addresses, header = parsed
+            direction, local, remote = sides_of(queued, addresses)
+            payload = payload_at(data, addresses[0], header)
             packets.append(
                 FlowPacket(
                     queued.packet_id,
-                    transport,
+                    addresses[0],
                     direction,
                     local,
                     remote,
-                    ip_length(queued.payload),
-                    transport_payload(queued.payload),
+                    ip_length(data),
+                    payload,
                 )
             )
         return packets
