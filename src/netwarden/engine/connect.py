@@ -65,8 +65,9 @@ class ConnectLoop:
         self.relayout = relayout
         self.publish = publish
         self.decided = 0
-        # Connections set aside for their flow event: (request, attribution, deadline).
-        self._waiting: list[tuple[ConnectRequest, Attribution, float]] = []
+        # Connections set aside for their flow event: (request, the process found so far
+        # and how, deadline).
+        self._waiting: list[tuple[ConnectRequest, ProcessInfo | None, Attribution, float]] = []
 
     def run(self, stop: threading.Event) -> None:
         failures = 0
@@ -94,9 +95,11 @@ class ConnectLoop:
         except Exception as exc:  # never leave a connection waiting
             log.exception("finding the process of %s failed", request)
             return self._failed(request, exc)
-        if process is None and self._may_wait(request):
+        if (process is None or not process.exe) and self._may_wait(request):
+            # Gone, or going: a process that exits loses its executable before its
+            # sockets. The flow event read it while it was sending.
             deadline = time.monotonic() + FLOW_EVENT_WAIT
-            self._waiting.append((request, attribution, deadline))
+            self._waiting.append((request, process, attribution, deadline))
             return None
         return self._finish(request, process, attribution)
 
@@ -113,13 +116,13 @@ class ConnectLoop:
         """The connections set aside whose flow event came, or whose wait is over."""
         events: list[EngineEvent] = []
         still, now = [], time.monotonic()
-        for request, attribution, deadline in self._waiting:
+        for request, process, attribution, deadline in self._waiting:
             key = FlowKey(request.transport, request.local, request.remote)
-            process = self.flow_process(key) if self.flow_process is not None else None
-            if process is not None:
-                attribution = Attribution(AttributionMethod.FLOW_EVENT)
+            named = self.flow_process(key) if self.flow_process is not None else None
+            if named is not None and (named.exe or process is None):
+                process, attribution = named, Attribution(AttributionMethod.FLOW_EVENT)
             elif now < deadline:
-                still.append((request, attribution, deadline))
+                still.append((request, process, attribution, deadline))
                 continue
             events.append(self._finish(request, process, attribution))
         self._waiting = still
