@@ -15,10 +15,41 @@ from netwarden.inspect.tls_hello import ClientHelloReader, NotClientHello, is_gr
 
 # A Chrome ClientHello as published with its fingerprints (ciphers, extensions and
 # signature algorithms in the order sent; GREASE values added, which both ignore).
-CHROME_CIPHERS = [0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8,
-                  0xC013, 0xC014, 0x009C, 0x009D, 0x002F, 0x0035]  # fmt: skip
-CHROME_EXTENSIONS = [0x002D, 0x0033, 0x0010, 0xFE0D, 0x0017, 0x44CD, 0x0000, 0x000B, 0x000A,
-                     0x002B, 0xFF01, 0x0023, 0x0012, 0x0005, 0x000D, 0x001B]  # fmt: skip
+CHROME_CIPHERS = [
+    0x1301,
+    0x1302,
+    0x1303,
+    0xC02B,
+    0xC02F,
+    0xC02C,
+    0xC030,
+    0xCCA9,
+    0xCCA8,
+    0xC013,
+    0xC014,
+    0x009C,
+    0x009D,
+    0x002F,
+    0x0035,
+]
+CHROME_EXTENSIONS = [
+    0x002D,
+    0x0033,
+    0x0010,
+    0xFE0D,
+    0x0017,
+    0x44CD,
+    0x0000,
+    0x000B,
+    0x000A,
+    0x002B,
+    0xFF01,
+    0x0023,
+    0x0012,
+    0x0005,
+    0x000D,
+    0x001B,
+]
 CHROME_SIGNATURES = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601]
 CHROME_JA3 = "98487aa16281980e7d1120d399efb6a4"
 CHROME_JA4 = "t13d1516h2_8daaf6152771_d8a2da3f94cd"
@@ -47,10 +78,16 @@ def _extension_body(kind: int) -> bytes:
 def chrome_hello(record_size: int = 16384) -> bytes:
     """The whole ClientHello as TLS records of at most record_size bytes."""
     extensions = [0x1A1A, *CHROME_EXTENSIONS, 0x2A2A]
-    body = (struct.pack("!H", 0x0303) + bytes(32) + _vector(bytes(32), 1)
-            + _vector(_u16s([0x0A0A, *CHROME_CIPHERS]), 2) + _vector(b"\x00", 1)
-            + _vector(b"".join(struct.pack("!H", k) + _vector(_extension_body(k), 2)
-                               for k in extensions), 2))  # fmt: skip
+    body = (
+        struct.pack("!H", 0x0303)
+        + bytes(32)
+        + _vector(bytes(32), 1)
+        + _vector(_u16s([0x0A0A, *CHROME_CIPHERS]), 2)
+        + _vector(b"\x00", 1)
+        + _vector(
+            b"".join(struct.pack("!H", k) + _vector(_extension_body(k), 2) for k in extensions), 2
+        )
+    )
     message = b"\x01" + len(body).to_bytes(3, "big") + body
     records = b""
     for start in range(0, len(message), record_size):
@@ -109,18 +146,28 @@ def test_a_real_client_hello_names_its_server() -> None:
 @pytest.mark.parametrize(
     ("first_bytes", "protocol", "detail"),
     [
-        (b"GET /a?b=1 HTTP/1.1\r\nHost: www.example:8080\r\nAccept: */*\r\n\r\n", "http",
-         ("GET", "www.example:8080", "/a?b=1", "www.example")),
-        (b"POST /up HTTP/1.0\r\nhost:[2001:db8::1]:80\r\n\r\nbody", "http",
-         ("POST", "[2001:db8::1]:80", "/up", "2001:db8::1")),
+        (
+            b"GET /a?b=1 HTTP/1.1\r\nHost: www.example:8080\r\nAccept: */*\r\n\r\n",
+            "http",
+            ("GET", "www.example:8080", "/a?b=1", "www.example"),
+        ),
+        (
+            b"POST /up HTTP/1.0\r\nhost:[2001:db8::1]:80\r\n\r\nbody",
+            "http",
+            ("POST", "[2001:db8::1]:80", "/up", "2001:db8::1"),
+        ),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", "http2", None),
         (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", "ssh", None),
-        (b"\x00\x1d\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00"
-         b"\x00\x01\x00\x01", "dns", None),
+        (
+            b"\x00\x1d\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00"
+            b"\x00\x01\x00\x01",
+            "dns",
+            None,
+        ),
         (b"\x05\x01\x00", "unknown", None),
         (b"hello there, how are you\n", "unknown", None),
     ],
-)  # fmt: skip
+)
 def test_first_bytes_name_the_protocol(
     first_bytes: bytes, protocol: str, detail: tuple[str, str, str, str] | None
 ) -> None:
@@ -147,9 +194,13 @@ def test_a_quiet_client_is_unknown() -> None:
 
 @pytest.mark.parametrize(
     "record",
-    [b"\x16\x03\x01\x00\x00", b"\x16\x03\x01\xff\xff", b"\x17\x03\x03\x00\x05hello",
-     b"\x16\x03\x01\x00\x04\x02\x00\x00\x00"],
-)  # fmt: skip
+    [
+        b"\x16\x03\x01\x00\x00",
+        b"\x16\x03\x01\xff\xff",
+        b"\x17\x03\x03\x00\x05hello",
+        b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",
+    ],
+)
 def test_records_that_cannot_be_a_client_hello_are_refused(record: bytes) -> None:
     with pytest.raises(NotClientHello):
         ClientHelloReader().feed(record)

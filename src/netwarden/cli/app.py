@@ -541,6 +541,8 @@ def _reflow_help(*apps: typer.Typer) -> None:
 
 
 def _register_subcommands() -> None:
+    from netwarden.cli.ca import app as ca_app
+    from netwarden.cli.ca import passthrough_app
     from netwarden.cli.callouts import app as callouts_app
     from netwarden.cli.policy import app as policy_app
     from netwarden.cli.proxy import proxy
@@ -548,10 +550,11 @@ def _register_subcommands() -> None:
 
     app.add_typer(policy_app, name="policy")
     app.add_typer(callouts_app, name="callouts")
+    app.add_typer(ca_app, name="ca")
     app.command()(redirect)
     app.command()(down)
     app.command()(proxy)
-    _reflow_help(app, policy_app, callouts_app)
+    _reflow_help(app, policy_app, callouts_app, ca_app, passthrough_app)
 
 
 _register_subcommands()

@@ -55,8 +55,19 @@ def proxy(
     ] = None,
     policy: Annotated[
         Path | None,
-        typer.Option(help="Refuse what this policy's outgoing rules block or reject."),
+        typer.Option(
+            help="Refuse what this policy's outgoing rules block or reject; apply its "
+            "[inspect] section (HTTP rules, TLS interception: docs/inspect.md)."
+        ),
     ] = None,
+    inspect: Annotated[
+        bool,
+        typer.Option(
+            "--inspect",
+            help="Identify each connection's protocol (TLS with SNI and JA4, HTTP, SSH, "
+            "...) even without [inspect] rules; printed with each flow.",
+        ),
+    ] = False,
     mark: Annotated[
         str, typer.Option(help="SO_MARK of upstream connections, which redirection skips.")
     ] = "0x4e500001",
@@ -122,7 +133,9 @@ def proxy(
     except ValueError:
         _fail(f"--mark {mark!r} is not a number")
         return
-    gate = _policy_gate(policy) if policy is not None else None
+    loaded = _load_policy(policy) if policy is not None else None
+    gate = _policy_gate(loaded) if loaded is not None else None
+    inspector = _inspector(loaded, inspect)
     from netwarden.proxy.upstream import Hop
 
     try:
@@ -166,6 +179,7 @@ def proxy(
                 idle_timeout=idle_timeout,
                 on_flow=transparent_flow,
                 max_connections=max_connections,
+                inspector=inspector,
             )
             tasks.append(asyncio.ensure_future(relay.serve(transparent, ready.set)))
             waiter = asyncio.ensure_future(ready.wait())
@@ -194,10 +208,65 @@ def proxy(
         _fail(f"cannot listen: {exc.strerror or exc}", 1)
 
 
-def _policy_gate(path: Path) -> Any:
+def _load_policy(path: Path) -> Any:
     from netwarden.cli.policy import _load
+
+    return _load(path)
+
+
+def _policy_gate(policy: Any) -> Any:
     from netwarden.proxy.gate import policy_gate
 
     if sys.platform == "win32":
-        return policy_gate(_load(path))
-    return policy_gate(_load(path), os.getuid(), os.getgid())
+        return policy_gate(policy)
+    return policy_gate(policy, os.getuid(), os.getgid())
+
+
+def _inspector(policy: Any, identify: bool) -> Any:
+    """The inspection the policy's [inspect] section asks for (or identification alone
+    with --inspect); None when neither."""
+    from netwarden.policy.inspect_model import InspectPolicy
+
+    settings: InspectPolicy = policy.inspect if policy is not None else InspectPolicy()
+    if not (settings.enabled or identify):
+        return None
+    from netwarden.proxy.inspecting import InspectEvent, Inspector
+    from netwarden.tls.ca import CaError, ca_directory, load
+
+    contexts = memory = None
+    if settings.intercept_tls:
+        from netwarden.tls.contexts import TlsContexts
+        from netwarden.tls.leaves import LeafStore
+        from netwarden.tls.passthrough import PassthroughMemory
+
+        directory = ca_directory()
+        try:
+            ca = load(directory)
+        except CaError as exc:
+            _fail(f"intercept_tls needs netwarden's CA: {exc}", 1)
+            raise
+        contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
+        memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
+
+    def learnt(event: InspectEvent) -> None:
+        from netwarden.inspect.identify import Identification
+        from netwarden.model.flow import host_port
+
+        if isinstance(event.what, Identification):
+            return  # printed with the flow, once it ends
+        kinds = {
+            "HttpExchange": "http",
+            "TlsIntercepted": "tls_intercepted",
+            "TlsFailed": "tls_failed",
+        }
+        record: dict[str, Any] = {
+            "kind": kinds[type(event.what).__name__],
+            "client": host_port(event.client),
+            "destination": host_port(event.destination),
+        }
+        record.update({k: getattr(event.what, k) for k in event.what.__slots__})
+        if "side" in record:
+            record["side"] = record["side"].value
+        _write(record)
+
+    return Inspector(settings, contexts, memory, learnt)

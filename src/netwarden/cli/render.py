@@ -18,7 +18,7 @@ def relayed_flow(
 ) -> dict[str, object]:
     """One NDJSON line for a flow a proxy relayed: the same for `netwarden up` and
     `netwarden proxy` (docs/redirect.md, "What the proxy prints")."""
-    return {
+    record: dict[str, object] = {
         "kind": kind,
         "client": host_port(client),
         "destination": host_port(destination),
@@ -26,6 +26,9 @@ def relayed_flow(
         "bytes_down": stats.server_to_client,
         "error": stats.error,
     }
+    if stats.app:
+        record["app"] = stats.app
+    return record
 
 
 def human_bytes(count: float) -> str:

@@ -21,8 +21,17 @@ from netwarden.inspect.tls_hello import MAX_HELLO, ClientHello, ClientHelloReade
 
 MAX_SNIFF = 16 * 1024
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HTTP_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
-                b"CONNECT", b"TRACE")  # fmt: skip
+HTTP_METHODS = (
+    b"GET",
+    b"POST",
+    b"HEAD",
+    b"PUT",
+    b"DELETE",
+    b"OPTIONS",
+    b"PATCH",
+    b"CONNECT",
+    b"TRACE",
+)
 _REQUEST_LINE = re.compile(rb"([A-Z]{3,7}) ([\x21-\x7e]+) HTTP/1\.[01]\r?\n")
 _HOST = re.compile(rb"\r?\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _SSH = re.compile(rb"SSH-(\d\.\d+)-([\x21-\x7e]{1,255})")
@@ -58,9 +67,13 @@ class Identification:
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"protocol": self.protocol}
         if self.hello is not None:
-            out.update(sni=self.hello.server_name, alpn=list(self.hello.alpn_names),
-                       tls_version=self.hello.version_name, ja3=self.hello.ja3(),
-                       ja4=self.hello.ja4())  # fmt: skip
+            out.update(
+                sni=self.hello.server_name,
+                alpn=list(self.hello.alpn_names),
+                tls_version=self.hello.version_name,
+                ja3=self.hello.ja3(),
+                ja4=self.hello.ja4(),
+            )
         if self.protocol == "http":
             out.update(method=self.method, host=self.host, path=self.path)
         if self.software:

@@ -16,10 +16,25 @@ MAX_HELLO = 64 * 1024
 SERVER_NAME, SUPPORTED_GROUPS, EC_POINT_FORMATS = 0x0000, 0x000A, 0x000B
 SIGNATURE_ALGORITHMS, ALPN, SUPPORTED_VERSIONS = 0x000D, 0x0010, 0x002B
 
-VERSION_NAMES = {0x0304: "TLS 1.3", 0x0303: "TLS 1.2", 0x0302: "TLS 1.1", 0x0301: "TLS 1.0",
-                 0x0300: "SSL 3.0", 0x0002: "SSL 2.0"}  # fmt: skip
-JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
-                0x0002: "s2", 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}  # fmt: skip
+VERSION_NAMES = {
+    0x0304: "TLS 1.3",
+    0x0303: "TLS 1.2",
+    0x0302: "TLS 1.1",
+    0x0301: "TLS 1.0",
+    0x0300: "SSL 3.0",
+    0x0002: "SSL 2.0",
+}
+JA4_VERSIONS = {
+    0x0304: "13",
+    0x0303: "12",
+    0x0302: "11",
+    0x0301: "10",
+    0x0300: "s3",
+    0x0002: "s2",
+    0xFEFF: "d1",
+    0xFEFD: "d2",
+    0xFEFC: "d3",
+}
 
 
 class NotClientHello(ValueError):
@@ -93,9 +108,15 @@ class ClientHello:
         def joined(values: tuple[int, ...]) -> str:
             return "-".join(str(v) for v in values if not is_grease(v))
 
-        return ",".join((str(self.legacy_version), joined(self.cipher_suites),
-                         joined(self.extensions), joined(self.groups),
-                         joined(self.point_formats)))  # fmt: skip
+        return ",".join(
+            (
+                str(self.legacy_version),
+                joined(self.cipher_suites),
+                joined(self.extensions),
+                joined(self.groups),
+                joined(self.point_formats),
+            )
+        )
 
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_text().encode(), usedforsecurity=False).hexdigest()

@@ -43,6 +43,7 @@ from typing import Any
 from netwarden.model.flow import parse_host_port
 from netwarden.policy.environment import Environment
 from netwarden.policy.errors import PolicyError, Problem
+from netwarden.policy.inspect_section import InspectSection
 from netwarden.policy.lines import LineFinder
 from netwarden.policy.loops import redirect_loops
 from netwarden.policy.model import (
@@ -63,7 +64,7 @@ from netwarden.policy.prefixes import Network, load_lines
 
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
-TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect"}
+TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect", "inspect"}
 SETTINGS_KEYS = {
     "table", "priority", "proxy_port", "proxy_mark", "mark_base", "socks5", "http_proxy",
     "connect_queue", "connect_mask", "fail_mode",
@@ -236,11 +237,16 @@ class _Loader:
                 self.problem(self.lines.key("settings", "connect_mask"), problem)
         for line, message in redirect_loops(tuple(redirects), settings.proxy_mark):
             self.problem(line, message)
+        inspect = InspectSection(self.lines, self.problem, self.base).load(
+            document.get("inspect", {})
+        )
         if self.problems:
             raise PolicyError(
                 sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
             )
-        return Policy(tuple(rules), defaults, sets, settings, self.filename, tuple(redirects))
+        return Policy(
+            tuple(rules), defaults, sets, settings, self.filename, tuple(redirects), inspect
+        )
 
     def _check_marks(self, rules: tuple[Rule, ...], settings: Settings) -> None:
         """Scopes and services are told apart by a 15-bit hash of their names: refuse the

@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from netwarden.policy.inspect_model import InspectPolicy
 from netwarden.policy.prefixes import Network, PrefixTable
 
 
@@ -193,6 +194,7 @@ class Policy:
     settings: Settings = field(default_factory=Settings)
     source: str = ""  # the file it came from
     redirects: tuple[Rule, ...] = ()  # tried before the filters, for new TCP connections
+    inspect: InspectPolicy = field(default_factory=InspectPolicy)
 
     @property
     def program_rules(self) -> tuple[Rule, ...]:

@@ -22,6 +22,7 @@ class RelayStats:
     server_to_client: int = 0
     error: str = ""
     last_activity: float = field(default_factory=time.monotonic)
+    app: dict[str, object] = field(default_factory=dict)  # what inspection identified
 
 
 async def _pump(

@@ -28,6 +28,7 @@ from typing import Any
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.flow import host_port
 from netwarden.proxy.handlers import forget_handler
+from netwarden.proxy.inspecting import Inspector, inspect_connection
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
@@ -123,10 +124,13 @@ class TransparentProxy:
         on_link: Callable[[RelayLink], None] | None = None,
         max_connections: int | None = None,
         original_destination: Callable[[socket.socket], tuple[str, int]] | None = None,
+        inspector: Inspector | None = None,
     ) -> None:
         """on_flow gets each flow once it has ended; on_link (called from any thread)
         each flow's sockets once it is connected upstream, for the monitor;
-        original_destination: the platform's lookup (the engine's backend gives it)."""
+        original_destination: the platform's lookup (the engine's backend gives it);
+        inspector: look inside connections (protocol, HTTP rules, TLS interception)."""
+        self.inspector = inspector
         self.original_destination = original_destination or _platform_original_destination
         self.mark = mark
         self.on_link = on_link
@@ -158,7 +162,7 @@ class TransparentProxy:
                 )
             if ready is not None:
                 ready()
-            if self.fast_path and not self.chain:
+            if self.fast_path and not self.chain and self.inspector is None:
                 await self._serve_on_threads(sockets)
             else:
                 await asyncio.gather(*(self._accept_loop(sock) for sock in sockets))
@@ -342,7 +346,12 @@ class TransparentProxy:
         else:
             self._tell_link(conn, client, upstream, destination)
             try:
-                stats = await self._relay(conn, upstream)
+                if self.inspector is not None:
+                    stats = await inspect_connection(
+                        conn, upstream, client, destination, self.inspector, self.idle_timeout
+                    )
+                else:
+                    stats = await self._relay(conn, upstream)
             finally:
                 self._own_ports.discard(local_port)
         self._report(FlowReport(client, destination, stats), self.on_flow)

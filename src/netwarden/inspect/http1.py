@@ -1,0 +1,273 @@
+"""HTTP/1.x between a client and a server, request by request (sans-io, on h11).
+
+Each request, keep-alive and pipelined ones too, is decided on its own by the HTTP
+rules: allowed requests go upstream with their headers rewritten as rules say; blocked
+ones get the block page (or a reset) and never leave. Bodies stream through as they
+come, so memory stays bounded whatever their size. A stream that is not HTTP from its
+first byte is handed back as Relay; a protocol switch (101, e.g. WebSocket) too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import h11
+
+from netwarden.inspect.commands import Close, Command, EndOfData, HttpExchange, Relay, Send, Side
+from netwarden.inspect.http_rules import (
+    RequestVerdict,
+    block_page,
+    blocked_by_content,
+    decide_request,
+    rewritten,
+)
+from netwarden.policy.inspect_model import BlockResponse, HttpRule
+
+MAX_HEAD = 64 * 1024
+
+
+def _send(side: Side, data: bytes | None) -> list[Command]:
+    return [Send(side, data)] if data else []
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class _Exchange:
+    """The request in progress: what was decided and what is still to come."""
+
+    def __init__(self, method: str, host: str, path: str, verdict: RequestVerdict) -> None:
+        self.method, self.host, self.path, self.verdict = method, host, path, verdict
+        self.blocked = verdict.blocked_by is not None
+        self.response_blocked = False  # by its content type: the rest of it is dropped
+
+    def report(self, status: int) -> HttpExchange:
+        rule = self.verdict.blocked_by or self.verdict.allowed_by
+        return HttpExchange(
+            self.method,
+            self.host,
+            self.path,
+            "blocked" if self.blocked else "allowed",
+            rule.name if rule else "",
+            status,
+        )
+
+
+class Http1Filter:
+    def __init__(self, rules: Sequence[HttpRule], default_host: str) -> None:
+        self.rules = tuple(rules)
+        self.default_host = default_host
+        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.exchange: _Exchange | None = None
+        self.requests = 0
+        self.relaying = False
+
+    # -- bytes in ----------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> list[Command]:
+        if self.relaying:
+            return [Send(Side.SERVER, data)] if data else [EndOfData(Side.SERVER)]
+        self.client.receive_data(data)
+        return self._client_events()
+
+    def from_server(self, data: bytes) -> list[Command]:
+        if self.relaying:
+            return [Send(Side.CLIENT, data)] if data else [EndOfData(Side.CLIENT)]
+        self.server.receive_data(data)
+        return self._server_events()
+
+    # -- the client's side -------------------------------------------------------
+
+    def _client_events(self) -> list[Command]:
+        out: list[Command] = []
+        while True:
+            try:
+                event = self.client.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self.requests == 0 and self.exchange is None:
+                    return [Relay()]  # not HTTP: hand it back untouched
+                return [*out, Close(reason=f"client broke HTTP/1.1: {exc}")]
+            if not isinstance(event, h11.Event):  # NEED_DATA, PAUSED
+                return out
+            try:
+                out += self._client_event(event)
+            except h11.LocalProtocolError as exc:
+                return [*out, Close(reason=f"cannot forward: {exc}")]
+            if isinstance(event, h11.ConnectionClosed) or (
+                out and isinstance(out[-1], Close | Relay)
+            ):
+                return out
+
+    def _client_event(self, event: h11.Event) -> list[Command]:
+        if isinstance(event, h11.Request):
+            return self._request(event)
+        exchange = self.exchange
+        if isinstance(event, h11.Data):
+            if exchange is None or exchange.blocked:
+                return []
+            return _send(Side.SERVER, self.server.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            if exchange is None or exchange.blocked:
+                return self._next_cycle()
+            return [*_send(Side.SERVER, self.server.send(event)), *self._next_cycle()]
+        if isinstance(event, h11.ConnectionClosed):
+            if self.server.our_state in (h11.IDLE, h11.DONE, h11.MUST_CLOSE):
+                return [EndOfData(Side.SERVER)] if self.requests else [Close()]
+            return [Close(reason="client closed in the middle of a request")]
+        return []
+
+    def _request(self, request: h11.Request) -> list[Command]:
+        self.requests += 1
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        host = _header(request.headers, b"host") or self.default_host
+        path = target
+        if target.startswith(("http://", "https://")):  # absolute form
+            rest = target.split("://", 1)[1]
+            host, _, tail = rest.partition("/")
+            path = "/" + tail
+        bare_host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host.strip("[]")
+        verdict = decide_request(self.rules, method, bare_host, path)
+        exchange = self.exchange = _Exchange(method, bare_host, path, verdict)
+        if verdict.blocked_by is not None:
+            return self._refuse(exchange, verdict.blocked_by)
+        headers = rewritten(
+            request.headers.raw_items(),
+            ((r.set_request_headers, r.remove_request_headers) for r in verdict.rewrites),
+        )
+        forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
+        return _send(Side.SERVER, self.server.send(forwarded))
+
+    def _refuse(self, exchange: _Exchange, rule: HttpRule) -> list[Command]:
+        if rule.respond is BlockResponse.RESET:
+            return [exchange.report(0), Close(reset=True, reason=f"blocked by {rule.name}")]
+        headers, body = block_page(rule, exchange.method, exchange.host, exchange.path)
+        data = b"".join(
+            self.client.send(e) or b""
+            for e in (
+                h11.Response(status_code=403, headers=headers, reason=b"Forbidden"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+        )
+        out: list[Command] = [exchange.report(403), Send(Side.CLIENT, data)]
+        if self.client.their_state is h11.DONE:
+            out += self._next_cycle()
+        return out
+
+    # -- the server's side -------------------------------------------------------
+
+    def _server_events(self) -> list[Command]:
+        out: list[Command] = []
+        while True:
+            try:
+                event = self.server.next_event()
+            except h11.RemoteProtocolError as exc:
+                return [*out, Close(reason=f"server broke HTTP/1.1: {exc}")]
+            if not isinstance(event, h11.Event):  # NEED_DATA, PAUSED
+                return out
+            try:
+                out += self._server_event(event)
+            except h11.LocalProtocolError as exc:
+                return [*out, Close(reason=f"cannot answer the client: {exc}")]
+            if isinstance(event, h11.ConnectionClosed) or (
+                out and isinstance(out[-1], Close | Relay)
+            ):
+                return out
+
+    def _server_event(self, event: h11.Event) -> list[Command]:
+        exchange = self.exchange
+        if isinstance(event, h11.InformationalResponse):
+            data = self.client.send(event) or b""
+            if event.status_code == 101:
+                return [Send(Side.CLIENT, data), *self._switch()]
+            return [Send(Side.CLIENT, data)]
+        if isinstance(event, h11.Response):
+            assert exchange is not None
+            rule = blocked_by_content(exchange.verdict, _header(event.headers, b"content-type"))
+            if rule is not None:
+                exchange.blocked = exchange.response_blocked = True
+                exchange.verdict = RequestVerdict(blocked_by=rule)
+                return [*self._refuse_response(exchange, rule)]
+            headers = rewritten(
+                event.headers.raw_items(),
+                (
+                    (r.set_response_headers, r.remove_response_headers)
+                    for r in exchange.verdict.rewrites
+                ),
+            )
+            response = h11.Response(
+                status_code=event.status_code, headers=headers, reason=event.reason
+            )
+            return [
+                exchange.report(event.status_code),
+                *_send(Side.CLIENT, self.client.send(response)),
+            ]
+        if isinstance(event, h11.Data):
+            if exchange is not None and exchange.response_blocked:
+                return []
+            return _send(Side.CLIENT, self.client.send(event))
+        if isinstance(event, h11.EndOfMessage):
+            if exchange is not None and exchange.response_blocked:
+                return [Close(reason="response blocked by its content type")]
+            out: list[Command] = [*_send(Side.CLIENT, self.client.send(event))]
+            return out + self._next_cycle()
+        if isinstance(event, h11.ConnectionClosed):
+            return [Close()]
+        return []
+
+    def _refuse_response(self, exchange: _Exchange, rule: HttpRule) -> list[Command]:
+        """A response blocked by its content type: the client gets the block page instead
+        and the upstream connection (with the rest of that body) is dropped."""
+        if rule.respond is BlockResponse.RESET:
+            return [exchange.report(0), Close(reset=True, reason=f"blocked by {rule.name}")]
+        headers, body = block_page(rule, exchange.method, exchange.host, exchange.path)
+        headers.append((b"connection", b"close"))
+        data = b"".join(
+            self.client.send(e) or b""
+            for e in (
+                h11.Response(status_code=403, headers=headers, reason=b"Forbidden"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+        )
+        return [
+            exchange.report(403),
+            Send(Side.CLIENT, data),
+            Close(reason=f"blocked by {rule.name}"),
+        ]
+
+    # -- between requests --------------------------------------------------------
+
+    def _next_cycle(self) -> list[Command]:
+        """Both sides finished this request: start the next one (a pipelined request
+        h11 held back comes out now)."""
+        states = (self.client.our_state, self.client.their_state)
+        if h11.MUST_CLOSE in states:
+            return [Close()]
+        if states != (h11.DONE, h11.DONE):
+            return []
+        try:
+            self.client.start_next_cycle()
+            if (self.server.our_state, self.server.their_state) == (h11.DONE, h11.DONE):
+                self.server.start_next_cycle()
+        except h11.LocalProtocolError:
+            return [Close()]
+        self.exchange = None
+        return self._client_events()
+
+    def _switch(self) -> list[Command]:
+        self.relaying = True
+        out: list[Command] = []
+        client_rest, _ = self.client.trailing_data
+        server_rest, _ = self.server.trailing_data
+        if client_rest:
+            out.append(Send(Side.SERVER, bytes(client_rest)))
+        if server_rest:
+            out.append(Send(Side.CLIENT, bytes(server_rest)))
+        return out

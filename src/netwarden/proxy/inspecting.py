@@ -1,0 +1,312 @@
+"""The I/O module for inspected connections: reads the client's first bytes, lets the
+inspection decide, and drives the chosen sans-io layer (HTTP filter, TLS interception)
+with the two sockets, carrying out its commands. When nothing needs looking at, the
+connection goes to the splice fast path with the bytes already read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from netwarden.inspect.commands import (
+    Close,
+    Command,
+    EndOfData,
+    HttpExchange,
+    Relay,
+    Send,
+    Side,
+    TlsFailed,
+    TlsIntercepted,
+)
+from netwarden.inspect.http1 import Http1Filter
+from netwarden.inspect.identify import Identification, Identifier
+from netwarden.inspect.tls_intercept import Contexts, Layer, TlsInterception, Untouched
+from netwarden.policy.inspect_model import InspectPolicy
+from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
+from netwarden.proxy.kernel_relay import kernel_relay
+from netwarden.proxy.relay import RelayStats
+from netwarden.tls.passthrough import PassthroughMemory
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+IDLE_CHECK = 5.0
+HTTP_ALPN = ("", "http/1.1")
+
+Address = tuple[str, int]
+
+
+Learnt = Identification | HttpExchange | TlsIntercepted | TlsFailed
+
+
+@dataclass(frozen=True, slots=True)
+class InspectEvent:
+    """Something inspection learnt about a connection."""
+
+    client: Address
+    destination: Address
+    what: Learnt
+
+
+class Inspector:
+    """What the inspecting proxy knows: the policy's [inspect] section, the TLS contexts
+    (when it intercepts) and the passthrough memory."""
+
+    def __init__(
+        self,
+        policy: InspectPolicy,
+        contexts: Contexts | None = None,
+        memory: PassthroughMemory | None = None,
+        on_event: Callable[[InspectEvent], None] | None = None,
+        client_program: Callable[[Address, Address], str] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.contexts = contexts
+        self.memory = memory
+        self.on_event = on_event
+        self.client_program = client_program or (lambda client, _destination: client[0])
+
+    def tell(self, client: Address, destination: Address, what: Learnt) -> None:
+        if self.on_event is not None:
+            self.on_event(InspectEvent(client, destination, what))
+
+    def layer_for(
+        self, found: Identification, first: bytes, client: Address, destination: Address
+    ) -> Layer | TlsInterception | None:
+        """The layer to drive, or None: relay untouched."""
+        if found.hello is not None:
+            host = found.server_name
+            if (
+                not self.policy.intercept_tls
+                or self.contexts is None
+                or self.policy.passes_through(host, destination[0])
+            ):
+                return None
+            if self.memory is not None and self.memory.passes(
+                self.client_program(client, destination), host or destination[0]
+            ):
+                return None
+            rules = self.policy.http
+            return TlsInterception(
+                found.hello,
+                first,
+                destination[0],
+                self.contexts,
+                lambda alpn, host: Http1Filter(rules, host) if alpn in HTTP_ALPN else Untouched(),
+            )
+        if found.protocol == "http" and self.policy.http:
+            return Http1Filter(self.policy.http, destination[0])
+        return None
+
+
+async def _first_bytes(conn: socket.socket, timeout: float) -> tuple[bytes, Identification]:
+    loop = asyncio.get_running_loop()
+    identifier = Identifier()
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return bytes(data), identifier.give_up()
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, READ_SIZE), remaining)
+        except TimeoutError:
+            return bytes(data), identifier.give_up()
+        data += chunk
+        found = identifier.feed(chunk) if chunk else identifier.give_up()
+        if found is not None:
+            return bytes(data), found
+
+
+async def inspect_connection(
+    conn: socket.socket,
+    upstream: socket.socket,
+    client: Address,
+    destination: Address,
+    inspector: Inspector,
+    idle_timeout: float,
+) -> RelayStats:
+    """Relay one connection, looking inside as far as the inspector needs."""
+    conn.setblocking(False)
+    upstream.setblocking(False)
+    try:
+        first, found = await _first_bytes(conn, inspector.policy.identify_timeout)
+    except OSError as exc:
+        conn.close()
+        upstream.close()
+        return RelayStats(error=f"client: {exc.strerror or exc}")
+    inspector.tell(client, destination, found)
+    layer = inspector.layer_for(found, first, client, destination)
+    if layer is None:
+        stats = await _untouched(conn, upstream, first, idle_timeout)
+    else:
+        driver = _Driver(conn, upstream, client, destination, inspector, idle_timeout)
+        stats = await driver.run(layer, first)
+    stats.app = found.as_json()
+    if layer is not None:
+        stats.app["inspected"] = True
+    return stats
+
+
+async def _untouched(
+    conn: socket.socket, upstream: socket.socket, first: bytes, idle_timeout: float
+) -> RelayStats:
+    loop = asyncio.get_running_loop()
+    try:
+        if first:
+            await loop.sock_sendall(upstream, first)
+    except OSError as exc:
+        conn.close()
+        upstream.close()
+        return RelayStats(error=f"upstream: {exc.strerror or exc}")
+    if SPLICE_AVAILABLE:
+        stats = await kernel_relay(conn, upstream, idle_timeout)
+    else:
+        from netwarden.proxy.relay import relay
+
+        stats = await relay(
+            await asyncio.open_connection(sock=conn),
+            await asyncio.open_connection(sock=upstream),
+            idle_timeout,
+        )
+    stats.client_to_server += len(first)
+    return stats
+
+
+class _Driver:
+    def __init__(
+        self,
+        conn: socket.socket,
+        upstream: socket.socket,
+        client: Address,
+        destination: Address,
+        inspector: Inspector,
+        idle_timeout: float,
+    ) -> None:
+        self.sockets = {Side.CLIENT: conn, Side.SERVER: upstream}
+        self.client, self.destination = client, destination
+        self.inspector = inspector
+        self.idle_timeout = idle_timeout
+        self.stats = RelayStats()
+        self.closed = asyncio.Event()
+        self.relay_from: bytes | None = None  # set by Relay: hand over to the fast path
+        self.held = bytearray()  # from the client, while nothing went to the server yet
+        self.sent_to_server = False
+
+    async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
+        self.layer = layer
+        self.stats.client_to_server = len(first)
+        try:
+            if isinstance(layer, TlsInterception):
+                commands = layer.start()
+            else:
+                self.held += first
+                commands = layer.from_client(first)
+            await self._carry_out(commands)
+            if not self.closed.is_set() and self.relay_from is None:
+                await self._pump_both()
+        except OSError as exc:
+            self.stats.error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if self.relay_from is not None and not self.closed.is_set():
+            early = self.relay_from
+            before = self.stats.client_to_server
+            stats = await _untouched(
+                self.sockets[Side.CLIENT], self.sockets[Side.SERVER], early, self.idle_timeout
+            )
+            stats.client_to_server += before - len(early)
+            return stats
+        self._close_all(reset=False)
+        return self.stats
+
+    async def _pump_both(self) -> None:
+        pumps = [asyncio.ensure_future(self._pump(side)) for side in (Side.CLIENT, Side.SERVER)]
+        closed = asyncio.ensure_future(self.closed.wait())
+        both = asyncio.gather(*pumps)
+        try:
+            waited: list[asyncio.Future[Any]] = [closed, both]
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*pumps, closed):
+                task.cancel()
+            await asyncio.gather(*pumps, closed, both, return_exceptions=True)
+            for task in pumps:
+                if not task.cancelled() and isinstance(task.exception(), OSError):
+                    error = task.exception()
+                    assert isinstance(error, OSError)
+                    self.stats.error = self.stats.error or f"{error.strerror or error}"
+
+    async def _pump(self, side: Side) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sockets[side]
+        while not self.closed.is_set():
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, READ_SIZE), IDLE_CHECK)
+            except TimeoutError:
+                if time.monotonic() - self.stats.last_activity >= self.idle_timeout:
+                    self.stats.error = f"idle for {self.idle_timeout:.0f} s"
+                    self.closed.set()
+                continue
+            self.stats.last_activity = time.monotonic()
+            if side is Side.CLIENT:
+                self.stats.client_to_server += len(data)
+                if not self.sent_to_server:
+                    self.held += data
+            layer = self.layer
+            commands = layer.from_client(data) if side is Side.CLIENT else layer.from_server(data)
+            await self._carry_out(commands)
+            if not data or self.relay_from is not None:
+                return
+
+    async def _carry_out(self, commands: list[Command]) -> None:
+        loop = asyncio.get_running_loop()
+        for command in commands:
+            if isinstance(command, Send):
+                await loop.sock_sendall(self.sockets[command.side], command.data)
+                if command.side is Side.CLIENT:
+                    self.stats.server_to_client += len(command.data)
+                elif not self.sent_to_server:
+                    self.sent_to_server = True
+                    self.held.clear()
+            elif isinstance(command, EndOfData):
+                with contextlib.suppress(OSError):
+                    self.sockets[command.side].shutdown(socket.SHUT_WR)
+            elif isinstance(command, Close):
+                if command.reason:
+                    log.info("%s:%d -> %s:%d: %s", *self.client, *self.destination, command.reason)
+                self._close_all(command.reset)
+                return
+            elif isinstance(command, Relay):
+                self.relay_from = bytes(self.held)  # not HTTP after all: untouched from here
+                return
+            else:
+                self._report(command)
+
+    def _report(self, event: HttpExchange | TlsIntercepted | TlsFailed) -> None:
+        inspector = self.inspector
+        if isinstance(event, TlsFailed) and event.side is Side.CLIENT and inspector.memory:
+            program = inspector.client_program(self.client, self.destination)
+            inspector.memory.remember(
+                program, event.server_name or self.destination[0], event.reason
+            )
+        inspector.tell(self.client, self.destination, event)
+
+    def _close_all(self, reset: bool) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if reset:
+            with contextlib.suppress(OSError):
+                self.sockets[Side.CLIENT].setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+        for sock in self.sockets.values():
+            sock.close()

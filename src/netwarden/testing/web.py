@@ -1,0 +1,101 @@
+"""A small web server for tests and benchmarks, over HTTP or HTTPS (HTTP/1.1):
+
+    python -m netwarden.testing.web --port 8443 --cert server.pem --key server.key
+
+  GET /bytes/N    N bytes of 'x' (streamed, any size)
+  GET /headers    the request's headers as JSON
+  anything else   "hello from PATH"
+Every response carries "Server: netlab-web". It prints one JSON line once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import ssl
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CHUNK = 256 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "netlab-web"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(self, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/bytes/"):
+            size = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            block = b"x" * CHUNK
+            while size > 0:
+                self.wfile.write(block[: min(size, CHUNK)])
+                size -= CHUNK
+        elif self.path == "/headers":
+            self._answer(json.dumps(dict(self.headers.items())).encode(), "application/json")
+        else:
+            self._answer(f"hello from {self.path}\n".encode())
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        received = len(self.rfile.read(length))
+        self._answer(f"received {received} bytes\n".encode())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    address_family = socket.AF_INET6
+    context: ssl.SSLContext | None = None
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        conn, address = super().get_request()
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that went away, a refused handshake: nothing to report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--key", help="... and this key")
+    args = parser.parse_args()
+    server = _Server(("::", args.port), _Handler)
+    if args.cert:
+        server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.context.load_cert_chain(args.cert, args.key)
+        server.context.set_alpn_protocols(["http/1.1"])
+    print(json.dumps({"listening": args.port, "tls": bool(args.cert)}), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The SSL contexts interception needs, made once and kept: one per ALPN offer for
+upstream connections (verifying against the system's trust store and the policy's extra
+CA), one per leaf and chosen ALPN for clients."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+
+from netwarden.tls.leaves import LeafStore, names_of
+
+
+class TlsContexts:
+    def __init__(self, leaves: LeafStore, extra_ca: str = "") -> None:
+        self.leaves = leaves
+        self.extra_ca = extra_ca
+        self._lock = threading.Lock()
+        self._upstream: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self._client: dict[tuple[tuple[str, ...], str], ssl.SSLContext] = {}
+
+    def upstream(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
+        with self._lock:
+            context = self._upstream.get(alpn)
+            if context is None:
+                context = ssl.create_default_context()
+                if self.extra_ca:
+                    context.load_verify_locations(self.extra_ca)
+                if alpn:
+                    context.set_alpn_protocols(list(alpn))
+                self._upstream[alpn] = context
+            return context
+
+    def for_client(self, certificate: bytes | None, server_name: str, alpn: str) -> ssl.SSLContext:
+        """A server context presenting a leaf with the names of the upstream certificate
+        (and server_name); it answers ALPN with alpn only (what the upstream chose), or
+        with none."""
+        names = names_of(certificate, server_name)
+        chain = self.leaves.chain_file(names)
+        with self._lock:
+            context = self._client.get((names, alpn))
+            if context is None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(chain)
+                if alpn:
+                    context.set_alpn_protocols([alpn])
+                self._client[(names, alpn)] = context
+            return context
