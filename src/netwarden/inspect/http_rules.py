@@ -50,7 +50,7 @@ def rewritten(
     """headers with each (set, remove) change applied in order."""
     out = list(headers)
     for setting, removing in changes:
-        names = {n.encode() for n in removing} | {n.encode() for n, _ in setting}
+        names = {n.lower().encode() for n in removing} | {n.lower().encode() for n, _ in setting}
         out = [(n, v) for n, v in out if n.lower() not in names]
         out += [(n.encode(), v.encode("latin-1")) for n, v in setting]
     return out

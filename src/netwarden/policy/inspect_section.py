@@ -162,7 +162,7 @@ class InspectSection:
             ):
                 self.problem(line, f"{key}: {name!r} = {text!r} is not a header and its value")
                 continue
-            out.append((name.lower(), text))
+            out.append((name, text))
         return tuple(out)
 
     def _http_rule(self, index: int, raw: Any) -> HttpRule | None:

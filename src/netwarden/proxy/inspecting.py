@@ -308,5 +308,34 @@ class _Driver:
                 self.sockets[Side.CLIENT].setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
-        for sock in self.sockets.values():
-            sock.close()
+        for side, sock in self.sockets.items():
+            if side is Side.CLIENT and not reset:
+                _linger(sock)
+            else:
+                sock.close()
+
+
+LINGER = 2.0  # seconds a closed client's last bytes are read and dropped
+_lingering: set[asyncio.Task[None]] = set()
+
+
+def _linger(sock: socket.socket) -> None:
+    """Close after our last bytes: send a FIN, then read what the client still sends
+    for a moment (closing with unread bytes would reset the connection, and the client
+    could lose the answer it was about to read)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+
+    async def drain() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + LINGER
+        with contextlib.suppress(OSError, TimeoutError):
+            while time.monotonic() < deadline:
+                remaining = deadline - time.monotonic()
+                if not await asyncio.wait_for(loop.sock_recv(sock, READ_SIZE), remaining):
+                    break
+        sock.close()
+
+    task = asyncio.ensure_future(drain())
+    _lingering.add(task)
+    task.add_done_callback(_lingering.discard)

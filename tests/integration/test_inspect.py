@@ -1,0 +1,287 @@
+"""The inspecting proxy in netlab, with real clients (curl, openssl) and servers: HTTP
+rules on plain HTTP and inside intercepted TLS, the CA, refused upstreams, fail-open
+for clients that refuse our certificate, and TLS that is not HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netwarden.testing.certs import make_server_files
+from netwarden.testing.netlab import Host
+from tests.integration.conftest import PY
+
+pytestmark = pytest.mark.root
+
+POLICY = """\
+[inspect]
+intercept_tls = true
+{upstream_ca}
+[[inspect.http]]
+name = "no-blocked-test"
+action = "block"
+host = ["blocked.test", "*.blocked.test"]
+
+[[inspect.http]]
+name = "no-secrets"
+action = "block"
+path_prefix = ["/secret"]
+
+[[inspect.http]]
+name = "tag"
+action = "rewrite"
+set_request_headers = {{ "X-Inspected-By" = "netwarden" }}
+remove_response_headers = ["server"]
+"""
+
+
+@dataclass
+class Setup:
+    client: Host
+    server: Host
+    proxy: subprocess.Popen[str]
+    state: Path
+    env: tuple[str, ...]
+
+    @property
+    def ca(self) -> str:
+        return str(self.state / "ca" / "ca.pem")
+
+    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.client.run(["curl", "-sS", "--max-time", "10", *args], check=False)
+
+    def netwarden(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.client.run([*self.env, PY, "-m", "netwarden", *args], check=False)
+
+    def records(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The proxy's next NDJSON records of this kind (others are skipped)."""
+        assert self.proxy.stdout is not None
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            record = json.loads(self.proxy.stdout.readline())
+            if record["kind"] == kind:
+                found.append(record)
+        return found
+
+
+def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Setup:
+    client, server = pair
+    tmp_path.chmod(0o755)
+    test_ca, cert, key = make_server_files(
+        tmp_path / "server", [server.ipv4, server.ipv6, "web.test"]
+    )
+    for port, tls in ((443, True), (80, False)):
+        extra = ["--cert", str(cert), "--key", str(key)] if tls else []
+        web = server.popen(
+            [PY, "-m", "netwarden.testing.web", "--port", str(port), *extra], stdout=subprocess.PIPE
+        )
+        assert web.stdout is not None
+        assert json.loads(web.stdout.readline())["listening"] == port
+    state = tmp_path / "state"
+    env = ("env", f"NETWARDEN_STATE_DIR={state}")
+    client.run([*env, PY, "-m", "netwarden", "ca", "init"])
+    policy = tmp_path / "policy.toml"
+    upstream_ca = f'upstream_ca = "{test_ca}"' if trust_upstream else ""
+    policy.write_text(POLICY.format(upstream_ca=upstream_ca))
+    proxy = client.popen(
+        [
+            *env,
+            PY,
+            "-m",
+            "netwarden",
+            "proxy",
+            "--listen",
+            "127.0.0.1:15001",
+            "--listen",
+            "[::1]:15001",
+            "--policy",
+            str(policy),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    client.run(
+        [
+            PY,
+            "-m",
+            "netwarden",
+            "redirect",
+            "--dport",
+            "80",
+            "--dport",
+            "443",
+            "--to",
+            "127.0.0.1:15001",
+            "--to",
+            "[::1]:15001",
+        ]
+    )
+    return Setup(client, server, proxy, state, env)
+
+
+@pytest.fixture
+def inspecting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
+    return _setup(pair, tmp_path, trust_upstream=True)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_https_through_interception_with_rules(inspecting: Setup, family: int) -> None:
+    server = inspecting.server.ipv4 if family == 4 else f"[{inspecting.server.ipv6}]"
+    seen = inspecting.curl("--cacert", inspecting.ca, "-i", f"https://{server}/headers")
+    assert seen.returncode == 0, seen.stderr
+    head, _, body = seen.stdout.partition("\n\n")
+    assert json.loads(body)["X-Inspected-By"] == "netwarden"  # request header added
+    assert "netlab-web" not in head  # the Server header was removed
+    blocked = inspecting.curl("--cacert", inspecting.ca, "-i", f"https://{server}/secret/x")
+    assert blocked.stdout.startswith("HTTP/1.1 403")
+    assert "no-secrets" in blocked.stdout
+    exchanges = inspecting.records("http", 2)
+    assert [(e["path"], e["verdict"], e["rule"]) for e in exchanges] == [
+        ("/headers", "allowed", ""),
+        ("/secret/x", "blocked", "no-secrets"),
+    ]
+    flow = inspecting.records("transparent")[0]
+    assert flow["app"]["protocol"] == "tls"
+    assert flow["app"]["inspected"] is True
+    assert flow["app"]["ja4"].startswith("t1")
+
+
+def test_sni_and_keep_alive_requests_each_decided(inspecting: Setup) -> None:
+    resolve = f"web.test:443:{inspecting.server.ipv4}"
+    both = inspecting.curl(
+        "--cacert",
+        inspecting.ca,
+        "--resolve",
+        resolve,
+        "https://web.test/first",
+        "https://web.test/secret/two",
+        "https://web.test/third",
+    )
+    assert both.returncode == 0, both.stderr
+    assert "hello from /first" in both.stdout
+    assert "Blocked by netwarden" in both.stdout
+    assert "hello from /third" in both.stdout
+    intercepted = inspecting.records("tls_intercepted")[0]
+    assert intercepted["server_name"] == "web.test"
+    assert intercepted["alpn"] == "http/1.1"
+    flows = inspecting.records("transparent")
+    assert flows[0]["app"]["sni"] == "web.test"
+
+
+def test_plain_http_block_page_by_host(inspecting: Setup) -> None:
+    server = inspecting.server.ipv4
+    blocked = inspecting.curl("-i", "-H", "Host: ads.blocked.test", f"http://{server}/")
+    assert blocked.stdout.startswith("HTTP/1.1 403")
+    assert "no-blocked-test" in blocked.stdout
+    fine = inspecting.curl(f"http://{server}/hello")
+    assert fine.stdout == "hello from /hello\n"
+
+
+def test_a_client_refusing_our_ca_gets_through_untouched_next_time(inspecting: Setup) -> None:
+    server = inspecting.server.ipv4
+    first = inspecting.curl(f"https://{server}/")  # trusts neither our CA nor the test CA
+    assert first.returncode == 60
+    assert inspecting.records("tls_failed")[0]["side"] == "client"
+    test_ca = str(Path(inspecting.ca).parents[2] / "server" / "test-ca.pem")
+    second = inspecting.curl("--cacert", test_ca, f"https://{server}/untouched")
+    assert second.stdout == "hello from /untouched\n"  # the server's own certificate
+    remembered = inspecting.netwarden("ca", "passthrough", "list", "--json")
+    assert json.loads(remembered.stdout.splitlines()[0])["host"] == server
+    inspecting.netwarden("ca", "passthrough", "clear")
+    third = inspecting.curl("--cacert", test_ca, f"https://{server}/")
+    assert third.returncode == 60  # intercepted again
+
+
+def test_openssl_s_client_gets_the_alpn_the_server_chose(inspecting: Setup) -> None:
+    shown = inspecting.client.run(
+        [
+            "openssl",
+            "s_client",
+            "-CAfile",
+            inspecting.ca,
+            "-alpn",
+            "h2,http/1.1",
+            "-connect",
+            f"{inspecting.server.ipv4}:443",
+        ],
+        input="",
+        check=False,
+        timeout=15,
+    )
+    assert "ALPN protocol: http/1.1" in shown.stdout  # the server chose http/1.1
+    assert "Verification: OK" in shown.stdout
+    assert "issuer=O = netwarden" in shown.stdout
+
+
+ECHO_CLIENT = r"""
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+context.set_alpn_protocols(["h2", "http/1.1", "echo-proto"])
+with socket.create_connection((sys.argv[2], 443), timeout=10) as raw:
+    with context.wrap_socket(raw, server_hostname="web.test") as tls:
+        tls.sendall(b"ping from the client\n")
+        print(tls.selected_alpn_protocol(), tls.recv(100).decode().strip())
+"""
+
+
+def test_tls_that_is_not_http_works_through_interception(inspecting: Setup) -> None:
+    """A line service over TLS on port 443 (openssl s_server -rev answers each line
+    reversed), with its own ALPN protocol: the bytes go untouched both ways."""
+    server = inspecting.server
+    _test_ca, cert, key = (
+        Path(inspecting.ca).parents[2] / "server" / n
+        for n in ("test-ca.pem", "server.pem", "server.key")
+    )
+    server.stop_all()  # frees port 443
+    server.popen(
+        [
+            "openssl",
+            "s_server",
+            "-rev",
+            "-accept",
+            "443",
+            "-cert",
+            str(cert),
+            "-key",
+            str(key),
+            "-alpn",
+            "echo-proto",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listening = server.run(["ss", "-Hltn", "sport = :443"]).stdout
+        if listening.strip():
+            break
+        time.sleep(0.05)
+    talk = inspecting.client.run(
+        [PY, "-c", ECHO_CLIENT, inspecting.ca, server.ipv4], check=False, timeout=15
+    )
+    assert talk.stdout.split(None, 1) == ["echo-proto", "tneilc eht morf gnip\n"], talk.stderr
+
+
+@pytest.fixture
+def distrusting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
+    return _setup(pair, tmp_path, trust_upstream=False)
+
+
+def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None:
+    refused = distrusting.curl(
+        "--cacert", distrusting.ca, "-i", f"https://{distrusting.server.ipv4}/"
+    )
+    assert refused.stdout.startswith("HTTP/1.1 502")
+    assert "upstream certificate refused" in refused.stdout
+    failed = distrusting.records("tls_failed")[0]
+    assert failed["side"] == "server"
+    assert "certificate verify failed" in failed["reason"] or "unable to get" in failed["reason"]
