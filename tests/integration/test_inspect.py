@@ -5,9 +5,11 @@ for clients that refuse our certificate, and TLS that is not HTTP."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ class Setup:
     proxy: subprocess.Popen[str]
     state: Path
     env: tuple[str, ...]
+    unread: str = ""  # the proxy's output read, not yet a whole line
+    log: list[dict[str, Any]] = field(default_factory=list)
+    taken: dict[str, int] = field(default_factory=dict)  # records of each kind returned
 
     @property
     def ca(self) -> str:
@@ -60,15 +65,19 @@ class Setup:
         return self.client.run([*self.env, PY, "-m", "netwarden", *args], check=False)
 
     def records(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """The proxy's next NDJSON records of this kind (others are skipped)."""
+        """The proxy's next NDJSON records of this kind (each kind read in order)."""
         assert self.proxy.stdout is not None
-        found: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
-        while len(found) < count and time.monotonic() < deadline:
-            record = json.loads(self.proxy.stdout.readline())
-            if record["kind"] == kind:
-                found.append(record)
-        return found
+        while True:
+            mine = [r for r in self.log if r["kind"] == kind]
+            taken = self.taken.get(kind, 0)
+            if len(mine) >= taken + count or time.monotonic() >= deadline:
+                self.taken[kind] = min(len(mine), taken + count)
+                return mine[taken : taken + count]
+            if select.select([self.proxy.stdout], [], [], 0.1)[0]:
+                self.unread += os.read(self.proxy.stdout.fileno(), 65536).decode()
+                *lines, self.unread = self.unread.split("\n")
+                self.log += [json.loads(line) for line in lines]
 
 
 def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Setup:
@@ -78,7 +87,7 @@ def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Set
         tmp_path / "server", [server.ipv4, server.ipv6, "web.test"]
     )
     for port, tls in ((443, True), (80, False)):
-        extra = ["--cert", str(cert), "--key", str(key)] if tls else []
+        extra = ["--h2", "--cert", str(cert), "--key", str(key)] if tls else []
         web = server.popen(
             [PY, "-m", "netwarden.testing.web", "--port", str(port), *extra], stdout=subprocess.PIPE
         )
@@ -133,31 +142,71 @@ def inspecting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
     return _setup(pair, tmp_path, trust_upstream=True)
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_https_through_interception_with_rules(inspecting: Setup, family: int) -> None:
+@pytest.mark.parametrize(
+    ("family", "version"), [(4, "--http1.1"), (6, "--http1.1"), (4, "--http2"), (6, "--http2")]
+)
+def test_https_through_interception_with_rules(
+    inspecting: Setup, family: int, version: str
+) -> None:
     server = inspecting.server.ipv4 if family == 4 else f"[{inspecting.server.ipv6}]"
-    seen = inspecting.curl("--cacert", inspecting.ca, "-i", f"https://{server}/headers")
+    seen = inspecting.curl(version, "--cacert", inspecting.ca, "-i", f"https://{server}/headers")
     assert seen.returncode == 0, seen.stderr
     head, _, body = seen.stdout.partition("\n\n")
-    assert json.loads(body)["X-Inspected-By"] == "netwarden"  # request header added
+    assert head.startswith("HTTP/2 200" if version == "--http2" else "HTTP/1.1 200")
+    sent = {name.lower(): value for name, value in json.loads(body).items()}
+    assert sent["x-inspected-by"] == "netwarden"  # request header added
     assert "netlab-web" not in head  # the Server header was removed
-    blocked = inspecting.curl("--cacert", inspecting.ca, "-i", f"https://{server}/secret/x")
-    assert blocked.stdout.startswith("HTTP/1.1 403")
+    blocked = inspecting.curl(
+        version, "--cacert", inspecting.ca, "-i", f"https://{server}/secret/x"
+    )
+    assert blocked.stdout.split(None, 2)[1] == "403"
     assert "no-secrets" in blocked.stdout
     exchanges = inspecting.records("http", 2)
     assert [(e["path"], e["verdict"], e["rule"]) for e in exchanges] == [
         ("/headers", "allowed", ""),
         ("/secret/x", "blocked", "no-secrets"),
     ]
+    alpn = inspecting.records("tls_intercepted")[0]["alpn"]
+    assert alpn == ("h2" if version == "--http2" else "http/1.1")
     flow = inspecting.records("transparent")[0]
     assert flow["app"]["protocol"] == "tls"
     assert flow["app"]["inspected"] is True
     assert flow["app"]["ja4"].startswith("t1")
 
 
+def test_http2_streams_on_one_connection_each_decided(inspecting: Setup) -> None:
+    """curl multiplexes three requests on one HTTP/2 connection; the middle one is
+    blocked, the others arrive whole (a 5 MB body under flow control)."""
+    server = inspecting.server.ipv4
+    urls = [
+        f"https://{server}/bytes/5000000",
+        f"https://{server}/secret/two",
+        f"https://{server}/third",
+    ]
+    fetched = inspecting.curl(
+        "--http2",
+        "--parallel",
+        "--cacert",
+        inspecting.ca,
+        "-w",
+        "%{http_code} %{size_download} %{http_version}\n",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        *urls,
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(fetched.stdout.splitlines()) == ["200 18 2", "200 5000000 2", "403 257 2"]
+    assert len(inspecting.records("tls_intercepted", 2, timeout=3)) == 1  # one connection
+
+
 def test_sni_and_keep_alive_requests_each_decided(inspecting: Setup) -> None:
     resolve = f"web.test:443:{inspecting.server.ipv4}"
     both = inspecting.curl(
+        "--http1.1",
         "--cacert",
         inspecting.ca,
         "--resolve",
@@ -217,7 +266,7 @@ def test_openssl_s_client_gets_the_alpn_the_server_chose(inspecting: Setup) -> N
         check=False,
         timeout=15,
     )
-    assert "ALPN protocol: http/1.1" in shown.stdout  # the server chose http/1.1
+    assert "ALPN protocol: h2" in shown.stdout  # the server's choice, offered to it
     assert "Verification: OK" in shown.stdout
     assert "issuer=O = netwarden" in shown.stdout
 
@@ -278,7 +327,7 @@ def distrusting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
 
 def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None:
     refused = distrusting.curl(
-        "--cacert", distrusting.ca, "-i", f"https://{distrusting.server.ipv4}/"
+        "--http1.1", "--cacert", distrusting.ca, "-i", f"https://{distrusting.server.ipv4}/"
     )
     assert refused.stdout.startswith("HTTP/1.1 502")
     assert "upstream certificate refused" in refused.stdout

@@ -18,7 +18,7 @@ import contextlib
 import html
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from netwarden.inspect.commands import (
     Close,
@@ -38,6 +38,13 @@ READ_SIZE = 256 * 1024
 class Layer(Protocol):
     def from_client(self, data: bytes) -> list[Command]: ...
     def from_server(self, data: bytes) -> list[Command]: ...
+
+
+@runtime_checkable
+class Starting(Protocol):
+    """A layer that speaks first (HTTP/2 sends its settings)."""
+
+    def start(self) -> list[Command]: ...
 
 
 class Contexts(Protocol):
@@ -169,6 +176,8 @@ class TlsInterception:
         self.inner = self.make_inner(self.alpn, self.server_name or self.address)
         version = self.server.obj.version() or ""
         out.append(TlsIntercepted(self.server_name, self.alpn, version))
+        if isinstance(self.inner, Starting):
+            out += self._outer(self.inner.start(), Side.CLIENT, b"")
         # What either side sent right behind its handshake is waiting decrypted already.
         return (
             out
@@ -249,6 +258,10 @@ class TlsInterception:
         commands = (
             self.inner.from_client(plain) if side is Side.CLIENT else self.inner.from_server(plain)
         )
+        return self._outer(commands, side, plain)
+
+    def _outer(self, commands: list[Command], side: Side, plain: bytes) -> list[Command]:
+        """The inner layer's commands, encrypted where they send."""
         out: list[Command] = []
         for command in commands:
             if isinstance(command, Send):

@@ -28,9 +28,10 @@ from netwarden.inspect.commands import (
     TlsIntercepted,
 )
 from netwarden.inspect.http1 import Http1Filter
+from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.identify import Identification, Identifier
 from netwarden.inspect.tls_intercept import Contexts, Layer, TlsInterception, Untouched
-from netwarden.policy.inspect_model import InspectPolicy
+from netwarden.policy.inspect_model import HttpRule, InspectPolicy
 from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.relay import RelayStats
@@ -101,11 +102,19 @@ class Inspector:
                 first,
                 destination[0],
                 self.contexts,
-                lambda alpn, host: Http1Filter(rules, host) if alpn in HTTP_ALPN else Untouched(),
+                lambda alpn, host: _http_layer(rules, alpn, host),
             )
         if found.protocol == "http" and self.policy.http:
             return Http1Filter(self.policy.http, destination[0])
         return None
+
+
+def _http_layer(rules: tuple[HttpRule, ...], alpn: str, host: str) -> Layer:
+    if alpn == "h2":
+        return Http2Filter(rules, host)
+    if alpn in HTTP_ALPN:
+        return Http1Filter(rules, host)
+    return Untouched()
 
 
 async def _first_bytes(conn: socket.socket, timeout: float) -> tuple[bytes, Identification]:

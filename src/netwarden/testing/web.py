@@ -5,6 +5,7 @@
   GET /bytes/N    N bytes of 'x' (streamed, any size)
   GET /headers    the request's headers as JSON
   anything else   "hello from PATH"
+With --h2 it offers HTTP/2 (ALPN h2) besides HTTP/1.1.
 Every response carries "Server: netlab-web". It prints one JSON line once it listens.
 """
 
@@ -16,6 +17,8 @@ import socket
 import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from netwarden.testing import web_h2
 
 CHUNK = 256 * 1024
 
@@ -75,6 +78,34 @@ class _Server(ThreadingHTTPServer):
             conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, address
 
+    def finish_request(self, request: object, client_address: object) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ValueError):
+                return
+            if request.selected_alpn_protocol() == "h2":
+                web_h2.serve(request, _answer_h2)
+                return
+        super().finish_request(request, client_address)  # type: ignore[arg-type]
+
+
+def _answer_h2(path: str, headers: dict[str, str]) -> tuple[dict[str, str], int, bytes]:
+    """(response headers, body size, body) for an HTTP/2 request."""
+    common = {"server": "netlab-web"}
+    if path.startswith("/bytes/"):
+        size = int(path.split("/")[2])
+        return (
+            {**common, "content-type": "application/octet-stream", "content-length": str(size)},
+            size,
+            b"",
+        )
+    if path == "/headers":
+        body = web_h2.headers_json(headers)
+        return {**common, "content-type": "application/json"}, len(body), body
+    body = f"hello from {path}\n".encode()
+    return {**common, "content-type": "text/plain"}, len(body), body
+
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that went away, a refused handshake: nothing to report
 
@@ -84,12 +115,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--key", help="... and this key")
+    parser.add_argument("--h2", action="store_true", help="offer HTTP/2 too (ALPN h2)")
     args = parser.parse_args()
     server = _Server(("::", args.port), _Handler)
     if args.cert:
         server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.context.load_cert_chain(args.cert, args.key)
-        server.context.set_alpn_protocols(["http/1.1"])
+        server.context.set_alpn_protocols(["h2", "http/1.1"] if args.h2 else ["http/1.1"])
     print(json.dumps({"listening": args.port, "tls": bool(args.cert)}), flush=True)
     try:
         server.serve_forever()

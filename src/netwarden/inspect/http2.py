@@ -1,0 +1,362 @@
+"""HTTP/2 between a client and a server, stream by stream (sans-io, on h2).
+
+netwarden terminates HTTP/2 on both sides: each client stream is decided by the HTTP
+rules like an HTTP/1.1 request; allowed ones open a stream upstream, blocked ones are
+answered with the block page (or reset) and never leave. Data moves under both
+sides' flow control: what a side sent is acknowledged only once it has been passed
+on, so a slow reader slows its writer instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from netwarden.inspect.commands import Close, Command, HttpExchange, Send, Side
+from netwarden.inspect.http_rules import (
+    RequestVerdict,
+    block_page,
+    blocked_by_content,
+    decide_request,
+    rewritten,
+)
+from netwarden.policy.inspect_model import BlockResponse, HttpRule
+
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 8 << 20
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass
+class _Outbound:
+    """Data waiting for the receiving side's flow-control window."""
+
+    chunks: deque[tuple[bytes, int]] = field(default_factory=deque)  # (data, to acknowledge)
+    end: bool = False
+    trailers: Headers | None = None
+
+
+@dataclass
+class _Stream:
+    method: str
+    host: str
+    path: str
+    verdict: RequestVerdict
+    client_id: int
+    server_id: int = 0  # 0: never sent upstream (blocked)
+    status: int = 0
+    blocked: bool = False
+    request_ended: bool = False  # with its headers
+    to_server: _Outbound = field(default_factory=_Outbound)
+    to_client: _Outbound = field(default_factory=_Outbound)
+
+    def report(self) -> HttpExchange:
+        rule = self.verdict.blocked_by or self.verdict.allowed_by
+        verdict = "blocked" if self.blocked else "allowed"
+        return HttpExchange(
+            self.method, self.host, self.path, verdict, rule.name if rule else "", self.status
+        )
+
+
+def _connection(client_side: bool) -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+    connection = h2.connection.H2Connection(config=config)
+    settings = {
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 128,
+    }
+    if client_side:
+        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+    connection.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
+    connection.initiate_connection()
+    connection.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+    return connection
+
+
+def _pseudo(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _bare(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+class Http2Filter:
+    def __init__(self, rules: Sequence[HttpRule], default_host: str) -> None:
+        self.rules = tuple(rules)
+        self.default_host = default_host
+        self.client = _connection(client_side=False)
+        self.server = _connection(client_side=True)
+        self.by_client: dict[int, _Stream] = {}
+        self.by_server: dict[int, _Stream] = {}
+
+    def start(self) -> list[Command]:
+        return self._flush([])
+
+    # -- bytes in ----------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> list[Command]:
+        if not data:
+            return [Close()]
+        out: list[Command] = []
+        try:
+            for event in self.client.receive_data(data):
+                out += self._client_event(event)
+        except h2.exceptions.ProtocolError as exc:
+            return [Close(reason=f"client broke HTTP/2: {exc}")]
+        return self._flush(out)
+
+    def from_server(self, data: bytes) -> list[Command]:
+        if not data:
+            return [Close()]
+        out: list[Command] = []
+        try:
+            for event in self.server.receive_data(data):
+                out += self._server_event(event)
+        except h2.exceptions.ProtocolError as exc:
+            return [Close(reason=f"server broke HTTP/2: {exc}")]
+        return self._flush(out)
+
+    # -- the client's side -------------------------------------------------------
+
+    def _client_event(self, event: h2.events.Event) -> list[Command]:
+        if isinstance(event, h2.events.RequestReceived):
+            return self._request(event)
+        if isinstance(event, h2.events.ConnectionTerminated):
+            return [Close()]
+        if isinstance(event, h2.events.WindowUpdated):
+            self._drain_all(Side.CLIENT)
+            return []
+        stream_id = getattr(event, "stream_id", 0)
+        stream = self.by_client.get(stream_id)
+        if stream is None:
+            if isinstance(event, h2.events.DataReceived):
+                self.client.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            return []
+        if isinstance(event, h2.events.DataReceived):
+            if stream.blocked:
+                self.client.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            else:
+                stream.to_server.chunks.append((event.data or b"", event.flow_controlled_length))
+                self._drain(stream, Side.SERVER)
+        elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
+            stream.to_server.trailers = list(event.headers or [])
+            stream.to_server.end = True
+            self._drain(stream, Side.SERVER)
+        elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
+            if not stream.request_ended:  # else it ended with its headers, already sent
+                stream.to_server.end = True
+                self._drain(stream, Side.SERVER)
+        elif isinstance(event, h2.events.StreamReset):
+            if stream.server_id:
+                self._reset(self.server, stream.server_id, event.error_code)
+            self._forget(stream)
+        return []
+
+    def _request(self, event: h2.events.RequestReceived) -> list[Command]:
+        headers = list(event.headers or [])
+        method = _pseudo(headers, b":method")
+        host = _bare(
+            _pseudo(headers, b":authority") or _pseudo(headers, b"host") or self.default_host
+        )
+        path = _pseudo(headers, b":path") or "/"
+        verdict = decide_request(self.rules, method, host, path)
+        stream = _Stream(method, host, path, verdict, event.stream_id)
+        self.by_client[event.stream_id] = stream
+        if verdict.blocked_by is not None:
+            return self._refuse(stream, verdict.blocked_by)
+        changed = rewritten(
+            headers,
+            ((_lower(r.set_request_headers), r.remove_request_headers) for r in verdict.rewrites),
+        )
+        stream.server_id = self.server.get_next_available_stream_id()
+        self.by_server[stream.server_id] = stream
+        ended = stream.request_ended = event.stream_ended is not None
+        try:
+            self.server.send_headers(stream.server_id, changed, end_stream=ended)
+        except h2.exceptions.ProtocolError as exc:
+            return self._refuse_error(stream, f"cannot open the stream upstream: {exc}")
+        return []
+
+    def _refuse(self, stream: _Stream, rule: HttpRule) -> list[Command]:
+        stream.blocked = True
+        if rule.respond is BlockResponse.RESET:
+            self._reset(self.client, stream.client_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._forget(stream)
+            return [stream.report()]
+        headers, body = block_page(rule, stream.method, stream.host, stream.path)
+        stream.status = 403
+        return self._answer(stream, 403, headers, body)
+
+    def _refuse_error(self, stream: _Stream, reason: str) -> list[Command]:
+        stream.blocked = True
+        body = f"netwarden: {reason}\n".encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        stream.status = 502
+        return self._answer(stream, 502, headers, body)
+
+    def _answer(self, stream: _Stream, status: int, headers: Headers, body: bytes) -> list[Command]:
+        try:
+            self.client.send_headers(
+                stream.client_id, [(b":status", str(status).encode()), *headers]
+            )
+        except h2.exceptions.ProtocolError:
+            self._forget(stream)
+            return [stream.report()]
+        stream.to_client.chunks.append((body, 0))
+        stream.to_client.end = True
+        self._drain(stream, Side.CLIENT)
+        return [stream.report()]
+
+    # -- the server's side -------------------------------------------------------
+
+    def _server_event(self, event: h2.events.Event) -> list[Command]:
+        if isinstance(event, h2.events.ConnectionTerminated):
+            return [Close(reason="the server ended the HTTP/2 connection")]
+        if isinstance(event, h2.events.WindowUpdated):
+            self._drain_all(Side.SERVER)
+            return []
+        stream_id = getattr(event, "stream_id", 0)
+        stream = self.by_server.get(stream_id)
+        if stream is None:
+            if isinstance(event, h2.events.DataReceived):
+                self.server.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            return []
+        if isinstance(event, h2.events.ResponseReceived):
+            return self._response(stream, list(event.headers or []), event.stream_ended is not None)
+        if isinstance(event, h2.events.InformationalResponseReceived):
+            self._send_headers(stream, list(event.headers or []), end=False)
+        elif isinstance(event, h2.events.DataReceived):
+            if stream.blocked:
+                self.server.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            else:
+                stream.to_client.chunks.append((event.data or b"", event.flow_controlled_length))
+                self._drain(stream, Side.CLIENT)
+        elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
+            stream.to_client.trailers = list(event.headers or [])
+            stream.to_client.end = True
+            self._drain(stream, Side.CLIENT)
+        elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
+            stream.to_client.end = True
+            self._drain(stream, Side.CLIENT)
+        elif isinstance(event, h2.events.StreamReset):
+            self._reset(self.client, stream.client_id, event.error_code)
+            self._forget(stream)
+        return []
+
+    def _response(self, stream: _Stream, headers: Headers, ended: bool) -> list[Command]:
+        stream.status = int(_pseudo(headers, b":status") or 0)
+        rule = blocked_by_content(stream.verdict, _pseudo(headers, b"content-type"))
+        if rule is not None:
+            self._reset(self.server, stream.server_id, h2.errors.ErrorCodes.CANCEL)
+            del self.by_server[stream.server_id]
+            stream.server_id = 0
+            stream.verdict = RequestVerdict(blocked_by=rule)
+            return self._refuse(stream, rule)
+        changed = rewritten(
+            headers,
+            (
+                (_lower(r.set_response_headers), r.remove_response_headers)
+                for r in stream.verdict.rewrites
+            ),
+        )
+        self._send_headers(stream, changed, end=ended)
+        if ended:
+            self._forget(stream)
+        return [stream.report()]
+
+    def _send_headers(self, stream: _Stream, headers: Headers, end: bool) -> None:
+        try:
+            self.client.send_headers(stream.client_id, headers, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            self._reset(self.server, stream.server_id, h2.errors.ErrorCodes.CANCEL)
+            self._forget(stream)
+
+    # -- flow control ------------------------------------------------------------
+
+    def _drain_all(self, side: Side) -> None:
+        for stream in list(self.by_client.values()):
+            self._drain(stream, side)
+
+    def _drain(self, stream: _Stream, side: Side) -> None:
+        """Send what the receiving side's window lets through; acknowledge it to the
+        side it came from."""
+        if side is Side.SERVER:
+            target, source = self.server, self.client
+            target_id, source_id, outbound = stream.server_id, stream.client_id, stream.to_server
+        else:
+            target, source = self.client, self.server
+            target_id, source_id, outbound = stream.client_id, stream.server_id, stream.to_client
+        if not target_id:
+            return
+        try:
+            while outbound.chunks:
+                data, acknowledge = outbound.chunks[0]
+                window = min(
+                    target.local_flow_control_window(target_id), target.max_outbound_frame_size
+                )
+                if data and window <= 0:
+                    return
+                piece = data[:window]
+                target.send_data(target_id, piece)
+                if len(piece) == len(data):
+                    outbound.chunks.popleft()
+                    if acknowledge and source_id:
+                        source.acknowledge_received_data(acknowledge, source_id)
+                else:
+                    outbound.chunks[0] = (data[len(piece) :], acknowledge)
+            if outbound.end:
+                if outbound.trailers is not None:
+                    target.send_headers(target_id, outbound.trailers, end_stream=True)
+                else:
+                    target.end_stream(target_id)
+                outbound.end = False
+                self._finish(stream, side)
+        except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+            self._forget(stream)
+
+    def _finish(self, stream: _Stream, side: Side) -> None:
+        """One direction of a stream is over; forget the stream once both are."""
+        if side is Side.CLIENT:
+            self._forget(stream)
+
+    def _reset(self, connection: h2.connection.H2Connection, stream_id: int, code: int) -> None:
+        if not stream_id:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+            connection.reset_stream(stream_id, code)
+
+    def _forget(self, stream: _Stream) -> None:
+        self.by_client.pop(stream.client_id, None)
+        if stream.server_id:
+            self.by_server.pop(stream.server_id, None)
+
+    def _flush(self, out: list[Command]) -> list[Command]:
+        for side, connection in ((Side.SERVER, self.server), (Side.CLIENT, self.client)):
+            data = connection.data_to_send()
+            if data:
+                out.append(Send(side, data))
+        return out
+
+
+def _lower(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name.lower(), value) for name, value in headers)
