@@ -334,3 +334,124 @@ def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None
     failed = distrusting.records("tls_failed")[0]
     assert failed["side"] == "server"
     assert "certificate verify failed" in failed["reason"] or "unable to get" in failed["reason"]
+
+
+UP_POLICY = """
+[settings]
+proxy_port = 15001
+
+[[redirect]]
+name = "inspect-web"
+port = [80, 443]
+to = "proxy"
+
+[inspect]
+intercept_tls = true
+upstream_ca = "{upstream_ca}"
+
+[[inspect.http]]
+name = "no-secrets"
+action = "block"
+path_prefix = ["/secret"]
+"""
+
+
+def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """netwarden up with [inspect]: blocked paths inside TLS, and the history shows each
+    flow's protocol and server name."""
+    client, server = pair
+    tmp_path.chmod(0o755)
+    test_ca, cert, key = make_server_files(tmp_path / "server", [server.ipv4, "web.test"])
+    web = server.popen(
+        [
+            PY,
+            "-m",
+            "netwarden.testing.web",
+            "--port",
+            "443",
+            "--h2",
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert web.stdout is not None
+    web.stdout.readline()
+    env = ("env", f"NETWARDEN_STATE_DIR={tmp_path / 'state'}")
+    client.run([*env, PY, "-m", "netwarden", "ca", "init"])
+    policy = tmp_path / "policy.toml"
+    policy.write_text(UP_POLICY.format(upstream_ca=test_ca))
+    history = tmp_path / "history.sqlite"
+    daemon = client.popen(
+        [*env, PY, "-m", "netwarden", "up", "--policy", str(policy), "--history", str(history)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    assert "netwarden: up:" in daemon.stderr.readline()
+    ca = str(tmp_path / "state" / "ca" / "ca.pem")
+    resolve = f"web.test:443:{server.ipv4}"
+    fine = client.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca,
+            "--resolve",
+            resolve,
+            "https://web.test/fine",
+        ],
+        check=False,
+    )
+    assert fine.stdout == "hello from /fine\n", fine.stderr
+    blocked = client.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca,
+            "--resolve",
+            resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://web.test/secret",
+        ],
+        check=False,
+    )
+    assert blocked.stdout == "403"
+    client.run([PY, "-m", "netwarden", "down"])
+    out, _err = daemon.communicate(timeout=20)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["path"], r["verdict"]) for r in records if r["kind"] == "http"] == [
+        ("/fine", "allowed"),
+        ("/secret", "blocked"),
+    ]
+    flows = json.loads(
+        client.run(
+            [
+                PY,
+                "-m",
+                "netwarden",
+                "history",
+                "--db",
+                str(history),
+                "--port",
+                "443",
+                "--format",
+                "json",
+            ]
+        ).stdout
+    )
+    curl_flows = [f for f in flows if f["process"] and f["process"]["name"] == "curl"]
+    assert len(curl_flows) == 2
+    assert {f["app"] for f in curl_flows} == {"tls web.test h2,http/1.1"}

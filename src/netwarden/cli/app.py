@@ -488,10 +488,17 @@ def up(
             sys.stdout.buffer.write(dumps_lines(lines))
             sys.stdout.flush()
 
+    def inspected(events: Sequence[object]) -> None:
+        from netwarden.engine.bus import Inspected
+
+        lines = [e.record for e in events if isinstance(e, Inspected)]
+        if lines:
+            sys.stdout.buffer.write(dumps_lines(lines))
+            sys.stdout.flush()
+
+    subscribers = [inspected, decision] if decisions else [inspected]
     try:
-        run_daemon(
-            loaded, history, stop, ready, flow, options, subscribers=[decision] if decisions else []
-        )
+        run_daemon(loaded, history, stop, ready, flow, options, subscribers=subscribers)
     except PlatformError as exc:
         fail(str(exc), 1)
     finally:

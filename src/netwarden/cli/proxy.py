@@ -226,47 +226,22 @@ def _inspector(policy: Any, identify: bool) -> Any:
     """The inspection the policy's [inspect] section asks for (or identification alone
     with --inspect); None when neither."""
     from netwarden.policy.inspect_model import InspectPolicy
+    from netwarden.proxy.inspecting import (
+        InspectEvent,
+        InspectSetupError,
+        build_inspector,
+        event_record,
+    )
 
     settings: InspectPolicy = policy.inspect if policy is not None else InspectPolicy()
-    if not (settings.enabled or identify):
-        return None
-    from netwarden.proxy.inspecting import InspectEvent, Inspector
-    from netwarden.tls.ca import CaError, ca_directory, load
-
-    contexts = memory = None
-    if settings.intercept_tls:
-        from netwarden.tls.contexts import TlsContexts
-        from netwarden.tls.leaves import LeafStore
-        from netwarden.tls.passthrough import PassthroughMemory
-
-        directory = ca_directory()
-        try:
-            ca = load(directory)
-        except CaError as exc:
-            _fail(f"intercept_tls needs netwarden's CA: {exc}", 1)
-            raise
-        contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
-        memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
 
     def learnt(event: InspectEvent) -> None:
-        from netwarden.inspect.identify import Identification
-        from netwarden.model.flow import host_port
+        record = event_record(event)
+        if record is not None:
+            _write(record)
 
-        if isinstance(event.what, Identification):
-            return  # printed with the flow, once it ends
-        kinds = {
-            "HttpExchange": "http",
-            "TlsIntercepted": "tls_intercepted",
-            "TlsFailed": "tls_failed",
-        }
-        record: dict[str, Any] = {
-            "kind": kinds[type(event.what).__name__],
-            "client": host_port(event.client),
-            "destination": host_port(event.destination),
-        }
-        record.update({k: getattr(event.what, k) for k in event.what.__slots__})
-        if "side" in record:
-            record["side"] = record["side"].value
-        _write(record)
-
-    return Inspector(settings, contexts, memory, learnt)
+    try:
+        return build_inspector(settings, learnt, identify)
+    except InspectSetupError as exc:
+        _fail(str(exc), 1)
+        raise

@@ -63,7 +63,13 @@ HEADER = ("PROTO", "LOCAL", "REMOTE", "STATE", "PID", "PROCESS", "SENT", "RECV",
 
 
 def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
-    rows: list[tuple[str, ...]] = [HEADER + (("LAST SEEN",) if with_time else ())]
+    """The flows as aligned columns; an APP column (what netwarden's proxy identified)
+    when any flow has one."""
+    flows = list(flows)
+    with_app = any(flow.app for flow in flows)
+    rows: list[tuple[str, ...]] = [
+        HEADER + (("LAST SEEN",) if with_time else ()) + (("APP",) if with_app else ())
+    ]
     for flow in flows:
         pid, name = process_label(flow)
         row: tuple[str, ...] = (
@@ -73,6 +79,8 @@ def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
         )  # fmt: skip
         if with_time:
             row += (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(flow.last_seen)),)
+        if with_app:
+            row += (flow.app or "-",)
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(

@@ -16,7 +16,7 @@ from netwarden.callout.api import Layer
 from netwarden.callout.registry import DEFAULT_BUDGET, FailMode, LoadedCallout
 from netwarden.daemon import state
 from netwarden.engine import host
-from netwarden.engine.bus import PolicyApplied, Subscriber
+from netwarden.engine.bus import Inspected, PolicyApplied, Subscriber
 from netwarden.engine.callouts import (
     CalloutHost,
     connect_layer_for,
@@ -27,12 +27,20 @@ from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
 from netwarden.model import Endpoint, RelayLink
+from netwarden.model.flow import AppNote
 from netwarden.monitor.history import HistoryStore
 from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.loader import connect_mask_problems
 from netwarden.policy.model import Policy
 from netwarden.proxy.gate import policy_gate
+from netwarden.proxy.inspecting import (
+    InspectEvent,
+    Inspector,
+    InspectSetupError,
+    build_inspector,
+    event_record,
+)
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
 from netwarden.proxy.userspace import UserModeProxy
 from netwarden.wording import count
@@ -61,7 +69,8 @@ class ProxyThread:
 
     policy: Policy
     on_flow: Callable[[FlowReport], None]
-    on_link: Callable[[RelayLink], None] | None = None
+    on_link: Callable[[RelayLink | AppNote], None] | None = None
+    inspector: Inspector | None = None
     error: BaseException | None = None
 
     def start(self) -> None:
@@ -100,7 +109,7 @@ class ProxyThread:
             proxy = TransparentProxy(
                 settings.proxy_mark, on_flow=self.on_flow, on_link=self.on_link,
                 original_destination=host.original_destination,
-                tproxy=uses_tproxy(self.policy),
+                tproxy=uses_tproxy(self.policy), inspector=self.inspector,
             )  # fmt: skip
             listeners = ([("0.0.0.0", port), ("::", port)] if uses_tproxy(self.policy)
                          else [("127.0.0.1", port), ("::1", port)])  # fmt: skip
@@ -114,6 +123,27 @@ class ProxyThread:
         with contextlib.suppress(RuntimeError):  # the loop already ended
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(10)
+
+
+def _inspector(policy: Policy, engine: Engine) -> Inspector | None:
+    """Inspection as the policy's [inspect] section asks, its findings told to the
+    engine: the protocol joins the application's flow, the rest goes on the bus."""
+    from netwarden.inspect.identify import Identification
+
+    def learnt(event: InspectEvent) -> None:
+        if isinstance(event.what, Identification):
+            engine.relay_links.append(
+                AppNote(Endpoint(*event.client), Endpoint(*event.destination), event.what.summary())
+            )
+            return
+        record = event_record(event)
+        if record is not None:
+            engine.publish([Inspected(record)])
+
+    try:
+        return build_inspector(policy.inspect, learnt)
+    except InspectSetupError as exc:
+        raise PlatformError(str(exc)) from None
 
 
 def needs_transparent(policy: Policy) -> bool:
@@ -201,7 +231,8 @@ def run(
             for subscriber in subscribers:
                 engine.bus.subscribe(subscriber)
             if needs_proxy(policy):
-                proxy = ProxyThread(policy, on_flow, engine.relay_links.append)
+                inspector = _inspector(policy, engine)
+                proxy = ProxyThread(policy, on_flow, engine.relay_links.append, inspector)
                 proxy.start()
             registry = registry_for(
                 policy,

@@ -42,7 +42,15 @@ class CalloutFailed:
     fallback: str  # what the fail mode did: permit or block
 
 
-EngineEvent = FlowEvent | PolicyApplied | DecisionTaken | CalloutFailed
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """What the inspecting proxy learnt: an HTTP exchange decided, TLS intercepted, a
+    certificate refused (record: the NDJSON line `netwarden proxy` prints for it)."""
+
+    record: dict[str, object]
+
+
+EngineEvent = FlowEvent | PolicyApplied | DecisionTaken | CalloutFailed | Inspected
 Subscriber = Callable[[Sequence[EngineEvent]], None]
 
 

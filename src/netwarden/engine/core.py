@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from netwarden.engine import host
 from netwarden.engine.bus import EngineEvent, EventBus
 from netwarden.model import FlowKey, ProcessInfo, RelayLink
+from netwarden.model.flow import AppNote
 from netwarden.platform.base import PlatformError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class Engine:
         self.monitor = monitor
         self.is_root = is_root
         self.bus = EventBus()
-        self.relay_links: collections.deque[RelayLink] = collections.deque()
+        self.relay_links: collections.deque[RelayLink | AppNote] = collections.deque()
         monitor.relay_links = self.relay_links
 
     @classmethod

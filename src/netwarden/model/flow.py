@@ -192,6 +192,7 @@ class Flow:
     cgroup: str = ""
     netns: str = ""
     relay: str = ""  # how a local proxy relays it, see RelayLink
+    app: str = ""  # the application protocol netwarden's proxy identified, see AppNote
     # False for a UDP conversation no connection tracking counted (nothing tracks
     # connections here, or none was seen yet): its byte counts say nothing.
     bytes_measured: bool = True
@@ -228,6 +229,7 @@ class Flow:
             "cgroup": self.cgroup,
             "netns": self.netns,
             "relay": self.relay,
+            "app": self.app,
         }
 
 
@@ -257,6 +259,20 @@ class RelayLink:
             (FlowKey(tcp, self.upstream, self.upstream_remote),
              f"{PROXY_UPSTREAM} of {connection}", self.proxy_pid),
         ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AppNote:
+    """What netwarden's proxy identified on a connection it relays (the first bytes:
+    "tls example.com h2", "http GET host", "ssh"), for the application's flow."""
+
+    client: Endpoint
+    destination: Endpoint
+    app: str
+
+    @property
+    def key(self) -> FlowKey:
+        return FlowKey(Transport.TCP, self.client, self.destination)
 
 
 PROXIED, PROXY_ACCEPTED, PROXY_UPSTREAM = "proxied", "proxy, accepted side", "proxy, upstream side"

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS flows (
     uid INTEGER,
     cgroup TEXT NOT NULL,
     netns TEXT NOT NULL,
-    relay TEXT NOT NULL DEFAULT ''
+    relay TEXT NOT NULL DEFAULT '',
+    app TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS flows_last_seen ON flows(last_seen);
 CREATE INDEX IF NOT EXISTS flows_process ON flows(process_name);
@@ -47,10 +48,11 @@ CREATE INDEX IF NOT EXISTS flows_remote ON flows(remote_address, remote_port);
 COLUMNS = (
     "transport, local_address, local_port, remote_address, remote_port, state, pid, "
     "process_name, exe, process_json, attribution, attribution_reason, bytes_sent, "
-    "bytes_received, first_seen, last_seen, uid, cgroup, netns, relay"
+    "bytes_received, first_seen, last_seen, uid, cgroup, netns, relay, app"
 )
+INSERT = f"INSERT INTO flows ({COLUMNS}) VALUES ({', '.join('?' * (COLUMNS.count(',') + 1))})"
 # Columns added after the first release, for databases made before them.
-ADDED_COLUMNS = {"relay": "TEXT NOT NULL DEFAULT ''"}
+ADDED_COLUMNS = {"relay": "TEXT NOT NULL DEFAULT ''", "app": "TEXT NOT NULL DEFAULT ''"}
 
 
 class HistoryError(RuntimeError):
@@ -98,9 +100,7 @@ class HistoryStore:
         if rows:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    f"INSERT INTO flows ({COLUMNS}) VALUES ({', '.join('?' * 20)})", rows
-                )
+                self._db.executemany(INSERT, rows)
         return len(rows)
 
     def prune(self, now: float | None = None) -> int:
@@ -166,13 +166,13 @@ def _row(flow: Flow) -> tuple[object, ...]:
         None if process is None else _process_text(process),
         str(flow.attribution.method), flow.attribution.reason,
         flow.bytes_sent, flow.bytes_received, flow.first_seen, flow.last_seen,
-        flow.uid, flow.cgroup, flow.netns, flow.relay,
+        flow.uid, flow.cgroup, flow.netns, flow.relay, flow.app,
     )  # fmt: skip
 
 
 def _flow(row: Sequence[object]) -> Flow:
     (transport, laddr, lport, raddr, rport, state, _pid, _name, _exe, pjson, method, reason,
-     sent, received, first, last, uid, cgroup, netns, relay) = row  # fmt: skip
+     sent, received, first, last, uid, cgroup, netns, relay, app) = row  # fmt: skip
     process = None if pjson is None else ProcessInfo.from_json(json.loads(str(pjson)))
     return Flow(
         key=FlowKey(
@@ -185,5 +185,5 @@ def _flow(row: Sequence[object]) -> Flow:
         bytes_sent=int(str(sent)), bytes_received=int(str(received)),
         first_seen=float(str(first)), last_seen=float(str(last)), closed=True,
         uid=None if uid is None else int(str(uid)), cgroup=str(cgroup), netns=str(netns),
-        relay=str(relay),
+        relay=str(relay), app=str(app),
     )  # fmt: skip

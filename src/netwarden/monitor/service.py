@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
+from netwarden.model.flow import AppNote
 from netwarden.model.observations import CountedFlow, SocketChanges, SocketRecord, Sources
 from netwarden.monitor.table import CLOSE_GRACE, FlowTable
 
@@ -39,7 +40,7 @@ class Monitor:
         interval: float = 1.0,
         is_root: bool = True,
         record_events: bool = True,
-        relay_links: collections.deque[RelayLink] | None = None,
+        relay_links: collections.deque[RelayLink | AppNote] | None = None,
     ) -> None:
         """relay_links: filled by a local proxy (from any thread) with the connections
         it relays, so that their flows say so."""

@@ -24,6 +24,7 @@ from netwarden.model import (
     RelayLink,
     Transport,
 )
+from netwarden.model.flow import AppNote
 from netwarden.model.observations import (
     CountedFlow,
     CountedFlowEvent,
@@ -74,6 +75,7 @@ class _State:
     announced: bool = False  # the OPENED event went out
     record: SocketRecord | None = None  # the socket record last applied
     relay: str = ""
+    app: str = ""
     counted: bool = False  # UDP: connection tracking reported its bytes
     cookie: int = 0  # the kernel's id of the first socket seen for the flow
 
@@ -85,7 +87,7 @@ class _State:
             receive_rate=self.receive_rate, first_seen=self.first_seen,
             last_seen=self.last_seen, closed=closed, uid=self.uid,
             cgroup=self.cgroup or (self.process.cgroup if self.process is not None else ""),
-            netns=netns, relay=self.relay,
+            netns=netns, relay=self.relay, app=self.app,
             bytes_measured=self.counted or self.key.transport is not Transport.UDP,
         )  # fmt: skip
 
@@ -138,6 +140,7 @@ class FlowTable:
         self._conntrack_seen: set[FlowKey] = set()  # flows the last conntrack dump showed
         # What a local proxy said about flows not seen yet: flow -> (note, pid, when).
         self._relays: dict[FlowKey, tuple[str, int | None, float]] = {}
+        self._apps: dict[FlowKey, tuple[str, float]] = {}  # notes for flows not seen yet
         # Flows whose rates the next snapshot computes (new ones, moving ones, ones whose
         # rate is not zero yet): idle flows cost nothing per snapshot.
         self._rating: dict[FlowKey, _State] = {}
@@ -350,9 +353,12 @@ class FlowTable:
         conntrack, so a dump should read them first)."""
         return any(key.transport is Transport.UDP for key in self._closing)
 
-    def add_relays(self, links: Iterable[RelayLink], now: float) -> None:
+    def add_relays(self, links: Iterable[RelayLink | AppNote], now: float) -> None:
         """Notes from a local proxy on the flows of the connections it relays."""
         for link in links:
+            if isinstance(link, AppNote):
+                self._note_app(link, now)
+                continue
             for key, note, owner in link.notes():
                 state = self._flows.get(key)
                 if state is None:
@@ -361,6 +367,17 @@ class FlowTable:
                     self._apply_relay(state, note, owner)
         if len(self._relays) > MAX_PENDING_RELAYS:
             self._relays = {k: v for k, v in self._relays.items() if now - v[2] < RELAY_TTL}
+
+    def _note_app(self, note: AppNote, now: float) -> None:
+        state = self._flows.get(note.key)
+        if state is None:
+            self._apps[note.key] = (note.app, now)
+            if len(self._apps) > MAX_PENDING_RELAYS:
+                self._apps = {k: v for k, v in self._apps.items() if now - v[1] < RELAY_TTL}
+        elif state.app != note.app:
+            state.app = note.app
+            state.dirty = True
+            self._touched[state.key] = state
 
     def _apply_relay(self, state: _State, note: str, owner: int | None) -> None:
         if state.relay != note:
@@ -379,6 +396,9 @@ class FlowTable:
         relay = self._relays.pop(key, None)
         if relay is not None:
             self._apply_relay(state, relay[0], relay[1])
+        app = self._apps.pop(key, None)
+        if app is not None:
+            state.app = app[0]
         stamp = self._stamps.get((key.transport, key.local, key.remote))
         if stamp is not None:
             state.process, state.attribution = by_stamp(stamp)

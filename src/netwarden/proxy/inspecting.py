@@ -31,6 +31,7 @@ from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.identify import Identification, Identifier
 from netwarden.inspect.tls_intercept import Contexts, Layer, TlsInterception, Untouched
+from netwarden.model.flow import host_port
 from netwarden.policy.inspect_model import HttpRule, InspectPolicy
 from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
 from netwarden.proxy.kernel_relay import kernel_relay
@@ -56,6 +57,53 @@ class InspectEvent:
     client: Address
     destination: Address
     what: Learnt
+
+
+INSPECT_KINDS = {HttpExchange: "http", TlsIntercepted: "tls_intercepted", TlsFailed: "tls_failed"}
+
+
+def event_record(event: InspectEvent) -> dict[str, object] | None:
+    """One NDJSON line for what inspection learnt (None for the identification, which
+    goes with the flow's own line)."""
+    kind = INSPECT_KINDS.get(type(event.what))
+    if kind is None:
+        return None
+    record: dict[str, object] = {
+        "kind": kind,
+        "client": host_port(event.client),
+        "destination": host_port(event.destination),
+    }
+    for name in event.what.__slots__:
+        value = getattr(event.what, name)
+        record[name] = getattr(value, "value", value)  # enums by their value
+    return record
+
+
+class InspectSetupError(Exception):
+    """Inspection cannot start as configured (no CA for interception); says why."""
+
+
+def build_inspector(
+    settings: InspectPolicy, on_event: Callable[[InspectEvent], None], identify: bool = False
+) -> Inspector | None:
+    """The inspection a policy's [inspect] section asks for (identification alone when
+    identify is set and the section asks for nothing); None when neither."""
+    if not (settings.enabled or identify):
+        return None
+    contexts = memory = None
+    if settings.intercept_tls:
+        from netwarden.tls.ca import CaError, ca_directory, load
+        from netwarden.tls.contexts import TlsContexts
+        from netwarden.tls.leaves import LeafStore
+
+        directory = ca_directory()
+        try:
+            ca = load(directory)
+        except CaError as exc:
+            raise InspectSetupError(f"intercept_tls needs netwarden's CA: {exc}") from None
+        contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
+        memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
+    return Inspector(settings, contexts, memory, on_event)
 
 
 class Inspector:
