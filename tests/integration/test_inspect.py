@@ -110,6 +110,10 @@ def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Set
             "127.0.0.1:15001",
             "--listen",
             "[::1]:15001",
+            "--socks5",
+            "127.0.0.1:1080",
+            "--http",
+            "127.0.0.1:3128",
             "--policy",
             str(policy),
         ],
@@ -161,7 +165,7 @@ def test_https_through_interception_with_rules(
     )
     assert blocked.stdout.split(None, 2)[1] == "403"
     assert "no-secrets" in blocked.stdout
-    exchanges = inspecting.records("http", 2)
+    exchanges = inspecting.records("http_exchange", 2)
     assert [(e["path"], e["verdict"], e["rule"]) for e in exchanges] == [
         ("/headers", "allowed", ""),
         ("/secret/x", "blocked", "no-secrets"),
@@ -224,6 +228,33 @@ def test_sni_and_keep_alive_requests_each_decided(inspecting: Setup) -> None:
     assert intercepted["alpn"] == "http/1.1"
     flows = inspecting.records("transparent")
     assert flows[0]["app"]["sni"] == "web.test"
+
+
+def test_socks5_and_http_connect_are_inspected_the_same_way(inspecting: Setup) -> None:
+    """The user-mode listeners use the same layers: a CONNECT through the HTTP proxy is
+    intercepted; SOCKS5 carries plain HTTP that the rules see."""
+    server = inspecting.server.ipv4
+    tunnelled = inspecting.curl(
+        "--http1.1",
+        "--proxy",
+        "http://127.0.0.1:3128",
+        "--cacert",
+        inspecting.ca,
+        "-i",
+        f"https://{server}/secret/tunnel",
+    )
+    assert tunnelled.stdout.startswith("HTTP/1.1 200 Connection Established")
+    assert "HTTP/1.1 403" in tunnelled.stdout
+    socks = inspecting.curl("--socks5", "127.0.0.1:1080", "-i", f"http://{server}/secret/socks")
+    assert socks.stdout.startswith("HTTP/1.1 403")
+    forwarded = inspecting.curl("--proxy", "http://127.0.0.1:3128", f"http://{server}/fine")
+    assert forwarded.stdout == "hello from /fine\n"
+    paths = [(e["path"], e["verdict"]) for e in inspecting.records("http_exchange", 3)]
+    assert paths == [
+        ("/secret/tunnel", "blocked"),
+        ("/secret/socks", "blocked"),
+        ("/fine", "allowed"),
+    ]
 
 
 def test_plain_http_block_page_by_host(inspecting: Setup) -> None:
@@ -432,7 +463,7 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
     client.run([PY, "-m", "netwarden", "down"])
     out, _err = daemon.communicate(timeout=20)
     records = [json.loads(line) for line in out.splitlines()]
-    assert [(r["path"], r["verdict"]) for r in records if r["kind"] == "http"] == [
+    assert [(r["path"], r["verdict"]) for r in records if r["kind"] == "http_exchange"] == [
         ("/fine", "allowed"),
         ("/secret", "blocked"),
     ]

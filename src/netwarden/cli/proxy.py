@@ -165,6 +165,7 @@ def proxy(
                 on_flow=proxied_flow,
                 mark=mark_value,
                 max_connections=max_connections,
+                inspector=inspector,
             )
             servers = await user_mode.start(socks, http_listeners)
             tasks += [asyncio.ensure_future(s.serve_forever()) for s in servers]

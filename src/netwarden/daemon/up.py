@@ -98,7 +98,9 @@ class ProxyThread:
         settings = self.policy.settings
         servers = []
         if settings.socks5 or settings.http_proxy:
-            user_mode = UserModeProxy(policy_gate(self.policy), mark=settings.proxy_mark)
+            user_mode = UserModeProxy(
+                policy_gate(self.policy), mark=settings.proxy_mark, inspector=self.inspector
+            )
             servers = await user_mode.start(list(settings.socks5), list(settings.http_proxy))
         try:
             if not needs_transparent(self.policy):

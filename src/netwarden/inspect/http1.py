@@ -248,10 +248,10 @@ class Http1Filter:
         """Both sides finished this request: start the next one (a pipelined request
         h11 held back comes out now)."""
         states = (self.client.our_state, self.client.their_state)
+        if any(state not in (h11.DONE, h11.MUST_CLOSE) for state in states):
+            return []  # the request or its answer is still under way
         if h11.MUST_CLOSE in states:
             return [Close()]
-        if states != (h11.DONE, h11.DONE):
-            return []
         try:
             self.client.start_next_cycle()
             if (self.server.our_state, self.server.their_state) == (h11.DONE, h11.DONE):

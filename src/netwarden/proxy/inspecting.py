@@ -59,7 +59,11 @@ class InspectEvent:
     what: Learnt
 
 
-INSPECT_KINDS = {HttpExchange: "http", TlsIntercepted: "tls_intercepted", TlsFailed: "tls_failed"}
+INSPECT_KINDS = {
+    HttpExchange: "http_exchange",
+    TlsIntercepted: "tls_intercepted",
+    TlsFailed: "tls_failed",
+}
 
 
 def event_record(event: InspectEvent) -> dict[str, object] | None:
@@ -165,10 +169,14 @@ def _http_layer(rules: tuple[HttpRule, ...], alpn: str, host: str) -> Layer:
     return Untouched()
 
 
-async def _first_bytes(conn: socket.socket, timeout: float) -> tuple[bytes, Identification]:
+async def _first_bytes(
+    conn: socket.socket, timeout: float, early: bytes
+) -> tuple[bytes, Identification]:
     loop = asyncio.get_running_loop()
     identifier = Identifier()
-    data = bytearray()
+    data = bytearray(early)
+    if early and (found := identifier.feed(early)) is not None:
+        return early, found
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -191,12 +199,14 @@ async def inspect_connection(
     destination: Address,
     inspector: Inspector,
     idle_timeout: float,
+    early: bytes = b"",
 ) -> RelayStats:
-    """Relay one connection, looking inside as far as the inspector needs."""
+    """Relay one connection, looking inside as far as the inspector needs; early: what
+    the client sent that was read already (behind a SOCKS5 or HTTP CONNECT request)."""
     conn.setblocking(False)
     upstream.setblocking(False)
     try:
-        first, found = await _first_bytes(conn, inspector.policy.identify_timeout)
+        first, found = await _first_bytes(conn, inspector.policy.identify_timeout, early)
     except OSError as exc:
         conn.close()
         upstream.close()

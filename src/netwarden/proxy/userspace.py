@@ -16,6 +16,7 @@ from netwarden.model.flow import host_port
 from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
 from netwarden.proxy.handlers import forget_handler
+from netwarden.proxy.inspecting import Inspector, inspect_connection
 from netwarden.proxy.kernel_relay import Streams
 from netwarden.proxy.limits import ConnectionLimit
 from netwarden.proxy.relay import RelayStats, relay
@@ -54,11 +55,14 @@ class UserModeProxy:
         on_flow: Callable[[ProxiedFlow], None] | None = None,
         mark: int = 0,
         max_connections: int | None = None,
+        inspector: Inspector | None = None,
     ) -> None:
-        """mark: SO_MARK of the upstream connections (needs CAP_NET_ADMIN), which
+        """inspector: look inside what the clients send through (as the transparent
+        proxy does); mark: SO_MARK of the upstream connections (needs CAP_NET_ADMIN), which
         redirect rules skip, so that a redirect covering their destination does not
         send them back into a proxy."""
         self.gate = gate
+        self.inspector = inspector
         self.mark = mark
         self._max_connections = max_connections
         # Local ports of this proxy's own upstream connections: one arriving back at a
@@ -185,11 +189,38 @@ class UserModeProxy:
                        destination: tuple[str, int], early: bytes) -> None:  # fmt: skip
         """What the client sent after its request (for absolute-URI HTTP, the request
         itself too), then both ways; the flow reported with every payload byte."""
+        if self.inspector is not None:
+            stats = await self._inspect(client, upstream, destination, early)
+            self._report(kind, client[1], destination, stats)
+            return
         if early:
             upstream[1].write(early)
         stats = await self._relay(client, upstream)
         stats.client_to_server += len(early)
         self._report(kind, client[1], destination, stats)
+
+    async def _inspect(
+        self, client: Streams, upstream: Streams, destination: tuple[str, int], early: bytes
+    ) -> RelayStats:
+        """The inspecting proxy's layers, as for redirected connections."""
+        assert self.inspector is not None
+        peer = client[1].get_extra_info("peername") or ("?", 0)
+        client_sock, from_client = await kernel_relay.detach(client)
+        server_sock, from_server = await kernel_relay.detach(upstream)
+        if from_server:  # a server that spoke first: its words go on untouched
+            client_sock.setblocking(False)
+            await asyncio.get_running_loop().sock_sendall(client_sock, from_server)
+        stats = await inspect_connection(
+            client_sock,
+            server_sock,
+            (str(peer[0]), int(peer[1])),
+            destination,
+            self.inspector,
+            self.idle_timeout,
+            early + from_client,
+        )
+        stats.server_to_client += len(from_server)
+        return stats
 
     async def _relay(self, client: Streams, upstream: Streams) -> RelayStats:
         """After the handshake nothing is inspected: the kernel fast path where there
