@@ -271,6 +271,9 @@ class _Driver:
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
         self.layer = layer
+        for sock in self.sockets.values():  # answers go out in pieces: no Nagle delay
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.stats.client_to_server = len(first)
         try:
             if isinstance(layer, TlsInterception):
@@ -335,7 +338,7 @@ class _Driver:
 
     async def _carry_out(self, commands: list[Command]) -> None:
         loop = asyncio.get_running_loop()
-        for command in commands:
+        for command in _joined(commands):
             if isinstance(command, Send):
                 await loop.sock_sendall(self.sockets[command.side], command.data)
                 if command.side is Side.CLIENT:
@@ -384,6 +387,18 @@ class _Driver:
 
 LINGER = 2.0  # seconds a closed client's last bytes are read and dropped
 _lingering: set[asyncio.Task[None]] = set()
+
+
+def _joined(commands: list[Command]) -> list[Command]:
+    """Consecutive sends to one side as one (one system call, one TCP segment)."""
+    out: list[Command] = []
+    for command in commands:
+        last = out[-1] if out else None
+        if isinstance(command, Send) and isinstance(last, Send) and last.side is command.side:
+            out[-1] = Send(command.side, last.data + command.data)
+        else:
+            out.append(command)
+    return out
 
 
 def _linger(sock: socket.socket) -> None:

@@ -26,6 +26,7 @@ CHUNK = 256 * 1024
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "netlab-web"
+    disable_nagle_algorithm = True  # headers and body are written apart
     sys_version = ""
 
     def log_message(self, format: str, *args: object) -> None:
