@@ -49,6 +49,8 @@ class Starting(Protocol):
 
 class Contexts(Protocol):
     def upstream(self, alpn: tuple[str, ...]) -> ssl.SSLContext: ...
+    def session(self, server: str) -> ssl.SSLSession | None: ...
+    def keep_session(self, server: str, session: ssl.SSLSession) -> None: ...
     def for_client(
         self, certificate: bytes | None, server_name: str, alpn: str
     ) -> ssl.SSLContext: ...
@@ -68,11 +70,19 @@ class _Tls:
     """One side's TLS session over memory buffers."""
 
     def __init__(
-        self, context: ssl.SSLContext, server_side: bool, server_hostname: str | None = None
+        self,
+        context: ssl.SSLContext,
+        server_side: bool,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = context.wrap_bio(
-            self.incoming, self.outgoing, server_side=server_side, server_hostname=server_hostname
+            self.incoming,
+            self.outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
         )
         self.done = False
         self.closed = False
@@ -123,8 +133,18 @@ class TlsInterception:
         self.alpn = ""
         self.upstream_error = ""
         self._from_client = bytearray(hello_bytes)  # until our side of TLS exists
-        self.server = _Tls(contexts.upstream(hello.alpn_names), False, self.server_name or address)
+        self.session_kept = False
+        self.server = _Tls(
+            contexts.upstream(hello.alpn_names),
+            False,
+            self.server_name or address,
+            contexts.session(self._session_key),
+        )
         self.client: _Tls | None = None
+
+    @property
+    def _session_key(self) -> str:
+        return f"{self.server_name or self.address} {','.join(self.hello.alpn_names)}"
 
     def start(self) -> list[Command]:
         return self._handshake_upstream()
@@ -245,6 +265,8 @@ class TlsInterception:
             plain, finished = tls.read_all()
         except ssl.SSLError as exc:
             return [Close(reason=f"{side.value} TLS failed: {exc.reason or exc}")]
+        if side is Side.SERVER and not self.session_kept:
+            self._keep_session()
         out: list[Command] = []
         if plain:
             out += self._inner(side, plain)
@@ -274,6 +296,14 @@ class TlsInterception:
             else:
                 out.append(command)
         return out
+
+    def _keep_session(self) -> None:
+        """The upstream's session ticket (TLS 1.3 sends it after the handshake), so the
+        next connection to it resumes: one signature and verification less."""
+        session = self.server.obj.session
+        if session is not None and session.has_ticket:
+            self.contexts.keep_session(self._session_key, session)
+            self.session_kept = True
 
     def _tls_of(self, side: Side) -> _Tls:
         tls = self.client if side is Side.CLIENT else self.server

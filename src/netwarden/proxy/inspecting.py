@@ -299,7 +299,7 @@ class _Driver:
 
     async def _pump_both(self) -> None:
         pumps = [asyncio.ensure_future(self._pump(side)) for side in (Side.CLIENT, Side.SERVER)]
-        closed = asyncio.ensure_future(self.closed.wait())
+        closed = asyncio.ensure_future(self._watch_idle())
         both = asyncio.gather(*pumps)
         try:
             waited: list[asyncio.Future[Any]] = [closed, both]
@@ -314,17 +314,23 @@ class _Driver:
                     assert isinstance(error, OSError)
                     self.stats.error = self.stats.error or f"{error.strerror or error}"
 
+    async def _watch_idle(self) -> None:
+        """Until closed; closes a connection idle both ways for idle_timeout."""
+        while not self.closed.is_set():
+            quiet = time.monotonic() - self.stats.last_activity
+            if quiet >= self.idle_timeout:
+                self.stats.error = f"idle for {self.idle_timeout:.0f} s"
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.closed.wait(), min(IDLE_CHECK, self.idle_timeout - quiet)
+                )
+
     async def _pump(self, side: Side) -> None:
         loop = asyncio.get_running_loop()
         sock = self.sockets[side]
         while not self.closed.is_set():
-            try:
-                data = await asyncio.wait_for(loop.sock_recv(sock, READ_SIZE), IDLE_CHECK)
-            except TimeoutError:
-                if time.monotonic() - self.stats.last_activity >= self.idle_timeout:
-                    self.stats.error = f"idle for {self.idle_timeout:.0f} s"
-                    self.closed.set()
-                continue
+            data = await loop.sock_recv(sock, READ_SIZE)
             self.stats.last_activity = time.monotonic()
             if side is Side.CLIENT:
                 self.stats.client_to_server += len(data)

@@ -9,6 +9,8 @@ import threading
 
 from netwarden.tls.leaves import LeafStore, names_of
 
+MAX_SESSIONS = 4096
+
 
 class TlsContexts:
     def __init__(self, leaves: LeafStore, extra_ca: str = "") -> None:
@@ -17,6 +19,7 @@ class TlsContexts:
         self._lock = threading.Lock()
         self._upstream: dict[tuple[str, ...], ssl.SSLContext] = {}
         self._client: dict[tuple[tuple[str, ...], str], ssl.SSLContext] = {}
+        self._sessions: dict[str, ssl.SSLSession] = {}
 
     def upstream(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
         with self._lock:
@@ -29,6 +32,15 @@ class TlsContexts:
                     context.set_alpn_protocols(list(alpn))
                 self._upstream[alpn] = context
             return context
+
+    def session(self, server: str) -> ssl.SSLSession | None:
+        """A session to resume with this server (name and ALPN offer), if one was kept."""
+        return self._sessions.get(server)
+
+    def keep_session(self, server: str, session: ssl.SSLSession) -> None:
+        if len(self._sessions) >= MAX_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        self._sessions[server] = session
 
     def for_client(self, certificate: bytes | None, server_name: str, alpn: str) -> ssl.SSLContext:
         """A server context presenting a leaf with the names of the upstream certificate
