@@ -486,3 +486,61 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
     curl_flows = [f for f in flows if f["process"] and f["process"]["name"] == "curl"]
     assert len(curl_flows) == 2
     assert {f["app"] for f in curl_flows} == {"tls web.test h2,http/1.1"}
+
+
+STREAM_POLICY = """
+[settings]
+proxy_port = 15001
+
+[[redirect]]
+name = "through-proxy"
+port = 80
+to = "proxy"
+"""
+
+
+def test_a_stream_callout_resets_a_connection_that_sends_a_secret(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """examples/callouts/stream_secret_guard.py sees HTTP bodies through the proxy (the
+    word split across two pieces too) and resets the connection that carries it."""
+    client, server = pair
+    web = server.popen([PY, "-m", "netwarden.testing.web", "--port", "80"], stdout=subprocess.PIPE)
+    assert web.stdout is not None
+    web.stdout.readline()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(STREAM_POLICY)
+    guard = Path(__file__).parents[2] / "examples" / "callouts" / "stream_secret_guard.py"
+    daemon = client.popen(
+        [
+            PY,
+            "-m",
+            "netwarden",
+            "up",
+            "--policy",
+            str(policy),
+            "--no-history",
+            "--callouts",
+            str(guard),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    assert "netwarden: up:" in daemon.stderr.readline()
+    url = f"http://{server.ipv4}/upload"
+    fine = client.run(
+        ["curl", "-sS", "--max-time", "10", "--data-binary", "x" * 100_000, url], check=False
+    )
+    assert fine.stdout == "received 100000 bytes\n"
+    body = tmp_path / "body"
+    body.write_bytes(b"a" * 70_000 + b"TOP-SECRET" + b"b" * 70_000)
+    leaked = client.run(
+        ["curl", "-sS", "--max-time", "10", "--data-binary", f"@{body}", url], check=False
+    )
+    assert leaked.returncode in (52, 56), leaked  # reset: no answer
+    assert "received" not in leaked.stdout
+    client.run([PY, "-m", "netwarden", "down"])
+    out, _err = daemon.communicate(timeout=20)
+    blocked = [json.loads(line) for line in out.splitlines() if "stream_blocked" in line]
+    assert [b["callout"] for b in blocked] == ["secret guard"]

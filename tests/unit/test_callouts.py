@@ -23,6 +23,7 @@ from netwarden.model.connect import (
     ConnectDirection,
     ConnectRequest,
     FlowPacket,
+    StreamData,
     Verdict,
     redirect,
 )
@@ -243,3 +244,21 @@ def test_interfaces_are_named() -> None:
     assert interface_name(1) == "lo"
     assert interface_name(0) == ""
     assert interface_name(2**31 - 1) == ""
+
+
+def test_the_stream_example_finds_a_secret_split_across_pieces() -> None:
+    (guard,) = load_file(Path(__file__).parents[2] / "examples/callouts/stream_secret_guard.py")
+    assert guard.layers == [Layer.STREAM]
+    reg = CalloutRegistry([guard])
+    client, server = Endpoint("10.0.0.1", 40000), Endpoint("192.0.2.7", 80)
+
+    def piece(data: bytes, outbound: bool = True, end: bool = False) -> Action:
+        seen = StreamData(client, server, outbound, data, "http POST h", "POST", "h", "/", 0, end)
+        return reg.classify_stream(seen).verdict.action
+
+    assert piece(b"harmless TOP-") is Action.CONTINUE
+    assert piece(b"SECRET and more") is Action.BLOCK
+    assert piece(b"TOP-SECRET", outbound=False) is Action.CONTINUE  # answers are not checked
+    assert piece(b"TOP-", end=True) is Action.CONTINUE
+    assert piece(b"SECRET") is Action.CONTINUE  # a new body: the old tail is gone
+    assert guard.stats.verdicts["block"] == 1

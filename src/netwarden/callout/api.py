@@ -24,13 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from netwarden.model import Attribution, Endpoint, Flow, ProcessInfo, Transport
-from netwarden.model.connect import ConnectDirection, ConnectRequest, FlowPacket, Verdict
+from netwarden.model.connect import (
+    ConnectDirection,
+    ConnectRequest,
+    FlowPacket,
+    StreamData,
+    Verdict,
+)
 
 
 class Layer(enum.StrEnum):
     CONNECT = "connect"  # a new connection, held at its first packet: classify()
     FLOW_ESTABLISHED = "flow_established"  # a flow was seen to start: flow_established()
-    STREAM = "stream"  # data through netwarden's proxy, per direction (with issue 11's proxy)
+    STREAM = "stream"  # data through netwarden's inspecting proxy, per direction: stream()
     FLOW_DELETED = "flow_deleted"  # a flow ended, with its final totals: flow_deleted()
     PACKET = "packet"  # every packet of flows asked for (opt-in): packet()
 
@@ -148,12 +154,18 @@ class Callout:
         """PACKET: one packet of a watched connection; BLOCK drops it."""
         return None
 
+    def stream(self, data: StreamData) -> Verdict | None:
+        """STREAM: data through netwarden's inspecting proxy, per direction (decrypted
+        when intercepted; HTTP bodies de-chunked); BLOCK resets the connection."""
+        return None
+
 
 HOOKS = {
     Layer.CONNECT: "classify",
     Layer.FLOW_ESTABLISHED: "flow_established",
     Layer.FLOW_DELETED: "flow_deleted",
     Layer.PACKET: "packet",
+    Layer.STREAM: "stream",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from netwarden.callout.api import Change, Connection, Layer, defines, layers_of, name_of
 from netwarden.model import Flow
-from netwarden.model.connect import BLOCK, CONTINUE, PERMIT, Action, FlowPacket, Verdict
+from netwarden.model.connect import BLOCK, CONTINUE, PERMIT, Action, FlowPacket, StreamData, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,17 @@ class CalloutRegistry:
             if failure:
                 return Decision(self.fail_mode.verdict, loaded.name, failure)
             if isinstance(verdict, Verdict) and verdict.action is not Action.CONTINUE:
+                loaded.stats.verdicts[str(verdict.action)] += 1
+                return Decision(verdict, loaded.name)
+        return Decision(CONTINUE, "")
+
+    def classify_stream(self, data: StreamData) -> Decision:
+        """Ask each STREAM callout until one blocks; CONTINUE when none does."""
+        for loaded in self._at[Layer.STREAM]:
+            verdict, failure = self._call(loaded, Layer.STREAM, loaded.callout.stream, data)
+            if failure:
+                return Decision(self.fail_mode.verdict, loaded.name, failure)
+            if isinstance(verdict, Verdict) and verdict.action is Action.BLOCK:
                 loaded.stats.verdicts[str(verdict.action)] += 1
                 return Decision(verdict, loaded.name)
         return Decision(CONTINUE, "")

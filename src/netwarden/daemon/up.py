@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from netwarden.callout.api import Layer
-from netwarden.callout.registry import DEFAULT_BUDGET, FailMode, LoadedCallout
+from netwarden.callout.registry import DEFAULT_BUDGET, CalloutRegistry, FailMode, LoadedCallout
 from netwarden.daemon import state
 from netwarden.engine import host
 from netwarden.engine.bus import Inspected, PolicyApplied, Subscriber
@@ -27,6 +27,7 @@ from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
 from netwarden.model import Endpoint, RelayLink
+from netwarden.model.connect import Action, StreamData
 from netwarden.model.flow import AppNote
 from netwarden.monitor.history import HistoryStore
 from netwarden.policy.compiler import CompiledPolicy
@@ -127,7 +128,7 @@ class ProxyThread:
         self._thread.join(10)
 
 
-def _inspector(policy: Policy, engine: Engine) -> Inspector | None:
+def _inspector(policy: Policy, engine: Engine, registry: CalloutRegistry) -> Inspector | None:
     """Inspection as the policy's [inspect] section asks, its findings told to the
     engine: the protocol joins the application's flow, the rest goes on the bus."""
     from netwarden.inspect.identify import Identification
@@ -142,8 +143,13 @@ def _inspector(policy: Policy, engine: Engine) -> Inspector | None:
         if record is not None:
             engine.publish([Inspected(record)])
 
+    def stream(data: StreamData) -> str:
+        decision = registry.classify_stream(data)
+        return decision.by if decision.verdict.action is Action.BLOCK else ""
+
+    streaming = stream if registry.at(Layer.STREAM) else None
     try:
-        return build_inspector(policy.inspect, learnt)
+        return build_inspector(policy.inspect, learnt, stream=streaming)
     except InspectSetupError as exc:
         raise PlatformError(str(exc)) from None
 
@@ -232,10 +238,6 @@ def run(
                 raise PlatformError(str(exc)) from None
             for subscriber in subscribers:
                 engine.bus.subscribe(subscriber)
-            if needs_proxy(policy):
-                inspector = _inspector(policy, engine)
-                proxy = ProxyThread(policy, on_flow, engine.relay_links.append, inspector)
-                proxy.start()
             registry = registry_for(
                 policy,
                 callouts.loaded,
@@ -243,6 +245,10 @@ def run(
                 callouts.budget,
                 failure_publisher(engine.publish),
             )
+            if needs_proxy(policy):
+                inspector = _inspector(policy, engine, registry)
+                proxy = ProxyThread(policy, on_flow, engine.relay_links.append, inspector)
+                proxy.start()
             layer = connect_layer_for(policy, registry)
             if layer is not None and (problems := connect_mask_problems(policy.settings)):
                 raise PlatformError(problems[0])
@@ -269,6 +275,11 @@ def run(
                 )
                 keeper.start()
             summary = _summary(policy, rules, proxy is not None)
+            if registry.at(Layer.STREAM) and proxy is None:
+                summary += (
+                    "; STREAM callouts see nothing: no [[redirect]] sends connections to "
+                    "netwarden's proxy"
+                )
             if layer is not None and callout_host.queue is not None:
                 count = len(registry.at(Layer.CONNECT))
                 summary += (

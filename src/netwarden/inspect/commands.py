@@ -71,4 +71,36 @@ class TlsFailed:
     reason: str
 
 
-Command = Send | EndOfData | Close | Relay | HttpExchange | TlsIntercepted | TlsFailed
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Bytes a layer passes on, for the STREAM layer's callouts: from `side`; HTTP
+    bodies with the request they belong to; end: that body or direction is complete."""
+
+    side: Side
+    data: bytes
+    method: str = ""
+    host: str = ""
+    path: str = ""
+    status: int = 0
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBlocked:
+    """A STREAM callout blocked a connection (it was reset)."""
+
+    callout: str
+    detail: str = ""
+
+
+Command = (
+    Send
+    | EndOfData
+    | Close
+    | Relay
+    | HttpExchange
+    | TlsIntercepted
+    | TlsFailed
+    | Observed
+    | StreamBlocked
+)

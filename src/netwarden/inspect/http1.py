@@ -13,7 +13,16 @@ from collections.abc import Sequence
 
 import h11
 
-from netwarden.inspect.commands import Close, Command, EndOfData, HttpExchange, Relay, Send, Side
+from netwarden.inspect.commands import (
+    Close,
+    Command,
+    EndOfData,
+    HttpExchange,
+    Observed,
+    Relay,
+    Send,
+    Side,
+)
 from netwarden.inspect.http_rules import (
     RequestVerdict,
     block_page,
@@ -43,7 +52,8 @@ class _Exchange:
     def __init__(self, method: str, host: str, path: str, verdict: RequestVerdict) -> None:
         self.method, self.host, self.path, self.verdict = method, host, path, verdict
         self.blocked = verdict.blocked_by is not None
-        self.response_blocked = False  # by its content type: the rest of it is dropped
+        self.response_blocked = False
+        self.status = 0  # by its content type: the rest of it is dropped
 
     def report(self, status: int) -> HttpExchange:
         rule = self.verdict.blocked_by or self.verdict.allowed_by
@@ -58,8 +68,9 @@ class _Exchange:
 
 
 class Http1Filter:
-    def __init__(self, rules: Sequence[HttpRule], default_host: str) -> None:
+    def __init__(self, rules: Sequence[HttpRule], default_host: str, observe: bool = False) -> None:
         self.rules = tuple(rules)
+        self.observe = observe
         self.default_host = default_host
         self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
@@ -110,11 +121,13 @@ class Http1Filter:
         if isinstance(event, h11.Data):
             if exchange is None or exchange.blocked:
                 return []
-            return _send(Side.SERVER, self.server.send(event))
+            seen = self._observed(Side.CLIENT, bytes(event.data))
+            return [*seen, *_send(Side.SERVER, self.server.send(event))]
         if isinstance(event, h11.EndOfMessage):
             if exchange is None or exchange.blocked:
                 return self._next_cycle()
-            return [*_send(Side.SERVER, self.server.send(event)), *self._next_cycle()]
+            seen = self._observed(Side.CLIENT, b"", end=True)
+            return [*seen, *_send(Side.SERVER, self.server.send(event)), *self._next_cycle()]
         if isinstance(event, h11.ConnectionClosed):
             if self.server.our_state in (h11.IDLE, h11.DONE, h11.MUST_CLOSE):
                 return [EndOfData(Side.SERVER)] if self.requests else [Close()]
@@ -204,6 +217,7 @@ class Http1Filter:
             response = h11.Response(
                 status_code=event.status_code, headers=headers, reason=event.reason
             )
+            exchange.status = event.status_code
             return [
                 exchange.report(event.status_code),
                 *_send(Side.CLIENT, self.client.send(response)),
@@ -211,11 +225,15 @@ class Http1Filter:
         if isinstance(event, h11.Data):
             if exchange is not None and exchange.response_blocked:
                 return []
-            return _send(Side.CLIENT, self.client.send(event))
+            seen = self._observed(Side.SERVER, bytes(event.data))
+            return [*seen, *_send(Side.CLIENT, self.client.send(event))]
         if isinstance(event, h11.EndOfMessage):
             if exchange is not None and exchange.response_blocked:
                 return [Close(reason="response blocked by its content type")]
-            out: list[Command] = [*_send(Side.CLIENT, self.client.send(event))]
+            out: list[Command] = [
+                *self._observed(Side.SERVER, b"", end=True),
+                *_send(Side.CLIENT, self.client.send(event)),
+            ]
             return out + self._next_cycle()
         if isinstance(event, h11.ConnectionClosed):
             return [Close()]
@@ -240,6 +258,16 @@ class Http1Filter:
             exchange.report(403),
             Send(Side.CLIENT, data),
             Close(reason=f"blocked by {rule.name}"),
+        ]
+
+    def _observed(self, side: Side, data: bytes, end: bool = False) -> list[Command]:
+        exchange = self.exchange
+        if not self.observe or exchange is None:
+            return []
+        return [
+            Observed(
+                side, data, exchange.method, exchange.host, exchange.path, exchange.status, end
+            )
         ]
 
     # -- between requests --------------------------------------------------------

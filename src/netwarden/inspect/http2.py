@@ -21,7 +21,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from netwarden.inspect.commands import Close, Command, HttpExchange, Send, Side
+from netwarden.inspect.commands import Close, Command, HttpExchange, Observed, Send, Side
 from netwarden.inspect.http_rules import (
     RequestVerdict,
     block_page,
@@ -101,7 +101,8 @@ def _bare(authority: str) -> str:
 
 
 class Http2Filter:
-    def __init__(self, rules: Sequence[HttpRule], default_host: str) -> None:
+    def __init__(self, rules: Sequence[HttpRule], default_host: str, observe: bool = False) -> None:
+        self.observe = observe
         self.rules = tuple(rules)
         self.default_host = default_host
         self.client = _connection(client_side=False)
@@ -158,14 +159,17 @@ class Http2Filter:
             else:
                 stream.to_server.chunks.append((event.data or b"", event.flow_controlled_length))
                 self._drain(stream, Side.SERVER)
+                return self._observed(stream, Side.CLIENT, event.data or b"")
         elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
             stream.to_server.trailers = list(event.headers or [])
             stream.to_server.end = True
             self._drain(stream, Side.SERVER)
+            return self._observed(stream, Side.CLIENT, b"", end=True)
         elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
             if not stream.request_ended:  # else it ended with its headers, already sent
                 stream.to_server.end = True
                 self._drain(stream, Side.SERVER)
+            return self._observed(stream, Side.CLIENT, b"", end=True)
         elif isinstance(event, h2.events.StreamReset):
             if stream.server_id:
                 self._reset(self.server, stream.server_id, event.error_code)
@@ -251,13 +255,16 @@ class Http2Filter:
             else:
                 stream.to_client.chunks.append((event.data or b"", event.flow_controlled_length))
                 self._drain(stream, Side.CLIENT)
+                return self._observed(stream, Side.SERVER, event.data or b"")
         elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
             stream.to_client.trailers = list(event.headers or [])
             stream.to_client.end = True
             self._drain(stream, Side.CLIENT)
+            return self._observed(stream, Side.SERVER, b"", end=True)
         elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
             stream.to_client.end = True
             self._drain(stream, Side.CLIENT)
+            return self._observed(stream, Side.SERVER, b"", end=True)
         elif isinstance(event, h2.events.StreamReset):
             self._reset(self.client, stream.client_id, event.error_code)
             self._forget(stream)
@@ -290,6 +297,13 @@ class Http2Filter:
         except h2.exceptions.ProtocolError:
             self._reset(self.server, stream.server_id, h2.errors.ErrorCodes.CANCEL)
             self._forget(stream)
+
+    def _observed(
+        self, stream: _Stream, side: Side, data: bytes, end: bool = False
+    ) -> list[Command]:
+        if not self.observe:
+            return []
+        return [Observed(side, data, stream.method, stream.host, stream.path, stream.status, end)]
 
     # -- flow control ------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from netwarden.inspect.commands import (
     Close,
     Command,
     EndOfData,
+    Observed,
     Relay,
     Send,
     Side,
@@ -57,13 +58,22 @@ class Contexts(Protocol):
 
 
 class Untouched:
-    """The inner layer for bytes nobody needs to look at."""
+    """The layer for bytes passed on as they are (observed, for STREAM callouts, when
+    observe is set)."""
+
+    def __init__(self, observe: bool = False) -> None:
+        self.observe = observe
 
     def from_client(self, data: bytes) -> list[Command]:
-        return [Send(Side.SERVER, data)] if data else [EndOfData(Side.SERVER)]
+        return self._pass(Side.CLIENT, data)
 
     def from_server(self, data: bytes) -> list[Command]:
-        return [Send(Side.CLIENT, data)] if data else [EndOfData(Side.CLIENT)]
+        return self._pass(Side.SERVER, data)
+
+    def _pass(self, side: Side, data: bytes) -> list[Command]:
+        out: list[Command] = [Observed(side, data, end=not data)] if self.observe else []
+        out.append(Send(side.other, data) if data else EndOfData(side.other))
+        return out
 
 
 class _Tls:
@@ -291,7 +301,7 @@ class TlsInterception:
             elif isinstance(command, EndOfData):
                 out += self._close_notify(command.side)
             elif isinstance(command, Relay):
-                self.inner = Untouched()
+                self.inner = Untouched(getattr(self.inner, "observe", False))
                 out += self._inner(side, plain)
             else:
                 out.append(command)

@@ -74,3 +74,21 @@ class FlowPacket:
     def __str__(self) -> str:
         arrow = "->" if self.direction is ConnectDirection.OUT else "<-"
         return f"{self.transport} {self.local} {arrow} {self.remote}, {self.size} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    """STREAM layer: bytes netwarden's inspecting proxy passes on, in one direction,
+    decrypted when TLS is intercepted; for HTTP, a message's body de-chunked, with the
+    request it belongs to. `end`: that body (or direction) is complete."""
+
+    client: Endpoint
+    destination: Endpoint
+    outbound: bool  # client -> server
+    data: bytes
+    app: str = ""  # what the first bytes were: "tls example.com h2", "http GET host"
+    method: str = ""  # HTTP: the request this body belongs to
+    host: str = ""
+    path: str = ""
+    status: int = 0  # HTTP: the response's status (inbound)
+    end: bool = False

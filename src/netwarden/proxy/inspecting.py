@@ -21,9 +21,11 @@ from netwarden.inspect.commands import (
     Command,
     EndOfData,
     HttpExchange,
+    Observed,
     Relay,
     Send,
     Side,
+    StreamBlocked,
     TlsFailed,
     TlsIntercepted,
 )
@@ -31,6 +33,8 @@ from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.identify import Identification, Identifier
 from netwarden.inspect.tls_intercept import Contexts, Layer, TlsInterception, Untouched
+from netwarden.model import Endpoint
+from netwarden.model.connect import StreamData
 from netwarden.model.flow import host_port
 from netwarden.policy.inspect_model import HttpRule, InspectPolicy
 from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
@@ -47,7 +51,7 @@ HTTP_ALPN = ("", "http/1.1")
 Address = tuple[str, int]
 
 
-Learnt = Identification | HttpExchange | TlsIntercepted | TlsFailed
+Learnt = Identification | HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class InspectEvent:
 
 
 INSPECT_KINDS = {
+    StreamBlocked: "stream_blocked",
     HttpExchange: "http_exchange",
     TlsIntercepted: "tls_intercepted",
     TlsFailed: "tls_failed",
@@ -88,11 +93,14 @@ class InspectSetupError(Exception):
 
 
 def build_inspector(
-    settings: InspectPolicy, on_event: Callable[[InspectEvent], None], identify: bool = False
+    settings: InspectPolicy,
+    on_event: Callable[[InspectEvent], None],
+    identify: bool = False,
+    stream: Callable[[StreamData], str] | None = None,
 ) -> Inspector | None:
     """The inspection a policy's [inspect] section asks for (identification alone when
     identify is set and the section asks for nothing); None when neither."""
-    if not (settings.enabled or identify):
+    if not (settings.enabled or identify or stream):
         return None
     contexts = memory = None
     if settings.intercept_tls:
@@ -107,7 +115,7 @@ def build_inspector(
             raise InspectSetupError(f"intercept_tls needs netwarden's CA: {exc}") from None
         contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
         memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
-    return Inspector(settings, contexts, memory, on_event)
+    return Inspector(settings, contexts, memory, on_event, stream=stream)
 
 
 class Inspector:
@@ -121,7 +129,11 @@ class Inspector:
         memory: PassthroughMemory | None = None,
         on_event: Callable[[InspectEvent], None] | None = None,
         client_program: Callable[[Address, Address], str] | None = None,
+        stream: Callable[[StreamData], str] | None = None,
     ) -> None:
+        """stream: the STREAM layer (the callouts' verdict on data passed on: the name
+        of the callout that blocks it, or "")."""
+        self.stream = stream
         self.policy = policy
         self.contexts = contexts
         self.memory = memory
@@ -135,7 +147,9 @@ class Inspector:
     def layer_for(
         self, found: Identification, first: bytes, client: Address, destination: Address
     ) -> Layer | TlsInterception | None:
-        """The layer to drive, or None: relay untouched."""
+        """The layer to drive, or None: relay untouched (by the kernel)."""
+        observe = self.stream is not None
+        untouched = Untouched(observe=True) if observe else None
         if found.hello is not None:
             host = found.server_name
             if (
@@ -143,30 +157,30 @@ class Inspector:
                 or self.contexts is None
                 or self.policy.passes_through(host, destination[0])
             ):
-                return None
+                return untouched
             if self.memory is not None and self.memory.passes(
                 self.client_program(client, destination), host or destination[0]
             ):
-                return None
+                return untouched
             rules = self.policy.http
             return TlsInterception(
                 found.hello,
                 first,
                 destination[0],
                 self.contexts,
-                lambda alpn, host: _http_layer(rules, alpn, host),
+                lambda alpn, host: _http_layer(rules, alpn, host, observe),
             )
-        if found.protocol == "http" and self.policy.http:
-            return Http1Filter(self.policy.http, destination[0])
-        return None
+        if found.protocol == "http" and (self.policy.http or observe):
+            return Http1Filter(self.policy.http, destination[0], observe)
+        return untouched
 
 
-def _http_layer(rules: tuple[HttpRule, ...], alpn: str, host: str) -> Layer:
+def _http_layer(rules: tuple[HttpRule, ...], alpn: str, host: str, observe: bool) -> Layer:
     if alpn == "h2":
-        return Http2Filter(rules, host)
+        return Http2Filter(rules, host, observe)
     if alpn in HTTP_ALPN:
-        return Http1Filter(rules, host)
-    return Untouched()
+        return Http1Filter(rules, host, observe)
+    return Untouched(observe)
 
 
 async def _first_bytes(
@@ -216,7 +230,9 @@ async def inspect_connection(
     if layer is None:
         stats = await _untouched(conn, upstream, first, idle_timeout)
     else:
-        driver = _Driver(conn, upstream, client, destination, inspector, idle_timeout)
+        driver = _Driver(
+            conn, upstream, client, destination, inspector, idle_timeout, found.summary()
+        )
         stats = await driver.run(layer, first)
     stats.app = found.as_json()
     if layer is not None:
@@ -258,7 +274,9 @@ class _Driver:
         destination: Address,
         inspector: Inspector,
         idle_timeout: float,
+        app: str = "",
     ) -> None:
+        self.app = app
         self.sockets = {Side.CLIENT: conn, Side.SERVER: upstream}
         self.client, self.destination = client, destination
         self.inspector = inspector
@@ -360,13 +378,42 @@ class _Driver:
                     log.info("%s:%d -> %s:%d: %s", *self.client, *self.destination, command.reason)
                 self._close_all(command.reset)
                 return
+            elif isinstance(command, Observed):
+                blocked_by = self._offer(command)
+                if blocked_by:
+                    self._report(
+                        StreamBlocked(
+                            blocked_by, f"{command.method} {command.host}{command.path}".strip()
+                        )
+                    )
+                    self._close_all(reset=True)
+                    return
             elif isinstance(command, Relay):
                 self.relay_from = bytes(self.held)  # not HTTP after all: untouched from here
                 return
             else:
                 self._report(command)
 
-    def _report(self, event: HttpExchange | TlsIntercepted | TlsFailed) -> None:
+    def _offer(self, seen: Observed) -> str:
+        """The STREAM layer's verdict: the callout that blocks, or ""."""
+        if self.inspector.stream is None:
+            return ""
+        return self.inspector.stream(
+            StreamData(
+                Endpoint(*self.client),
+                Endpoint(*self.destination),
+                seen.side is Side.CLIENT,
+                seen.data,
+                self.app,
+                seen.method,
+                seen.host,
+                seen.path,
+                seen.status,
+                seen.end,
+            )
+        )
+
+    def _report(self, event: HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked) -> None:
         inspector = self.inspector
         if isinstance(event, TlsFailed) and event.side is Side.CLIENT and inspector.memory:
             program = inspector.client_program(self.client, self.destination)
