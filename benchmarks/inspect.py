@@ -10,7 +10,7 @@ Figures:
   Pass-through (a host the policy never intercepts) against today's splice relay
   (`netwarden proxy` without inspection): 1 GB download MB/s (goal >= 0.95x).
 
-Run as root: python -m benchmarks.inspect [--requests 300] [--mitmproxy PATH]
+Run as root: python -m benchmarks.inspect [--requests 300] [--rounds 3] [--mitmproxy PATH]
 mitmproxy is not a netwarden dependency: install it in a virtual environment of its own
 (python3 -m venv /tmp/mitm && /tmp/mitm/bin/pip install mitmproxy).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def _measure(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mitmproxy", default=shutil.which("mitmdump") or "/tmp/mitm/bin/mitmdump")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
@@ -201,14 +203,16 @@ def main() -> None:
         print("netwarden", results["netwarden"], flush=True)
         _stop(client, proxy)
 
-        proxy = _netwarden(client, work, None)
-        results["splice relay"] = _download(client, f"{base}/bytes/{BIG}", test_ca, proxy.pid)
-        _stop(client, proxy)
-        proxy = _netwarden(
-            client, work, POLICY.format(ca=test_ca, passthrough=f'"{server.ipv4}/32"')
-        )
-        results["pass-through"] = _download(client, f"{base}/bytes/{BIG}", test_ca, proxy.pid)
-        _stop(client, proxy)
+        # Alternated rounds, medians: one download alone swings by 20% on a busy machine.
+        passing = POLICY.format(ca=test_ca, passthrough=f'"{server.ipv4}/32"')
+        runs: dict[str, list[dict[str, float]]] = {"splice relay": [], "pass-through": []}
+        for _round in range(args.rounds):
+            for name, policy in (("splice relay", None), ("pass-through", passing)):
+                proxy = _netwarden(client, work, policy)
+                runs[name].append(_download(client, f"{base}/bytes/{BIG}", test_ca, proxy.pid))
+                _stop(client, proxy)
+        for name, figures in runs.items():
+            results[name] = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
         print(
             "pass-through", results["pass-through"], "splice", results["splice relay"], flush=True
         )

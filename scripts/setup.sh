@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # several times slower on hosts with thousands of sockets).
 apt_packages=(nftables conntrack iptables iproute2 util-linux procps python3 python3-venv
   gcc libc6-dev python3-dev)
-dev_packages=(curl)
+dev_packages=(curl openssl)
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 [ $dev -eq 1 ] && apt_packages+=("${dev_packages[@]}")
