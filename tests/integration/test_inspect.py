@@ -424,6 +424,12 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
     )
     assert daemon.stderr is not None
     assert "netwarden: up:" in daemon.stderr.readline()
+    watch = client.popen(
+        [PY, "-m", "netwarden", "monitor", "--watch", "--no-history"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)  # the watching monitor has read the table once
     ca = str(tmp_path / "state" / "ca" / "ca.pem")
     resolve = f"web.test:443:{server.ipv4}"
     fine = client.run(
@@ -460,8 +466,18 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
         check=False,
     )
     assert blocked.stdout == "403"
+    time.sleep(2.5)  # the closed flows are reported
+    watch.terminate()
+    watched, _ = watch.communicate(timeout=20)
     client.run([PY, "-m", "netwarden", "down"])
     out, _err = daemon.communicate(timeout=20)
+    # A monitor started apart shows what the daemon's proxy identified, too.
+    apps = {
+        json.loads(line)["app"]
+        for line in watched.splitlines()
+        if '"remote_port":443' in line and '"name":"curl"' in line
+    }
+    assert "tls web.test h2,http/1.1" in apps, watched[-2000:]
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["path"], r["verdict"]) for r in records if r["kind"] == "http_exchange"] == [
         ("/fine", "allowed"),

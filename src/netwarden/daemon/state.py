@@ -64,7 +64,9 @@ def read_callouts() -> dict[str, Any] | None:
 
 
 def clear() -> None:
-    for path in (state_file(), callouts_file()):
+    from netwarden.engine.app_notes import notes_path
+
+    for path in (state_file(), callouts_file(), notes_path()):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     with contextlib.suppress(OSError):  # other namespaces' daemons may still use it

@@ -16,6 +16,7 @@ from netwarden.callout.api import Layer
 from netwarden.callout.registry import DEFAULT_BUDGET, CalloutRegistry, FailMode, LoadedCallout
 from netwarden.daemon import state
 from netwarden.engine import host
+from netwarden.engine.app_notes import AppNoteWriter, notes_path
 from netwarden.engine.bus import Inspected, PolicyApplied, Subscriber
 from netwarden.engine.callouts import (
     CalloutHost,
@@ -133,11 +134,15 @@ def _inspector(policy: Policy, engine: Engine, registry: CalloutRegistry) -> Ins
     engine: the protocol joins the application's flow, the rest goes on the bus."""
     from netwarden.inspect.identify import Identification
 
+    shared = AppNoteWriter(notes_path())
+
     def learnt(event: InspectEvent) -> None:
         if isinstance(event.what, Identification):
-            engine.relay_links.append(
-                AppNote(Endpoint(*event.client), Endpoint(*event.destination), event.what.summary())
+            note = AppNote(
+                Endpoint(*event.client), Endpoint(*event.destination), event.what.summary()
             )
+            engine.relay_links.append(note)
+            shared.append(note)  # for monitors started apart
             return
         record = event_record(event)
         if record is not None:

@@ -8,7 +8,7 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from netwarden.model import Flow, FlowEvent, FlowEventKind, RelayLink
@@ -46,6 +46,7 @@ class Monitor:
         it relays, so that their flows say so."""
         self.sources = sources
         self.relay_links = relay_links
+        self.app_notes: Callable[[], Sequence[AppNote]] | None = None  # another process's
         self.history = history
         self.interval = interval
         self.table = FlowTable(
@@ -120,6 +121,10 @@ class Monitor:
         return records
 
     def _drain(self, now: float) -> None:
+        if self.app_notes is not None:
+            notes = self.app_notes()
+            if notes:
+                self.table.add_relays(notes, now)
         links = self.relay_links
         if links:
             self.table.add_relays([links.popleft() for _ in range(len(links))], now)

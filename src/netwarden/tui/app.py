@@ -58,7 +58,7 @@ def _cells(row: Row) -> Cells:
         flow.state,
         *byte_cells(flow),
         f"{human_bytes(flow.send_rate + flow.receive_rate)}/s",
-        how_label(flow),
+        f"{how_label(flow)} {flow.app}" if flow.app else how_label(flow),
     )
     return style, values
 
