@@ -50,3 +50,4 @@ def test_the_file_starts_again_when_full_and_readers_follow(
         seen += reader.poll()
         assert path.stat().st_size <= 400
     assert [n.client.port for n in seen] == list(range(10))
+    writer.close()
