@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine
+from netwarden.testing import web
 from netwarden.testing.certs import make_server_files
 from netwarden.testing.netlab import Host, Lab
 
@@ -166,22 +167,7 @@ def main() -> None:
         client, server = lab.host("client"), lab.host("server")
         lab.link(client, server)
         test_ca, cert, key = make_server_files(work / "server", [server.ipv4])
-        web = server.popen(
-            [
-                sys.executable,
-                "-m",
-                "netwarden.testing.web",
-                "--port",
-                str(PORT),
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        assert web.stdout is not None
-        web.stdout.readline()
+        web.start(server, PORT, cert, key)
         base = f"https://{server.ipv4}"
         results["direct"] = _measure(client, base, test_ca, None, args.requests, work)
         print("direct", results["direct"], flush=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from netwarden.testing import web
 from netwarden.testing.certs import make_server_files
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY
@@ -86,13 +87,8 @@ def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Set
     test_ca, cert, key = make_server_files(
         tmp_path / "server", [server.ipv4, server.ipv6, "web.test"]
     )
-    for port, tls in ((443, True), (80, False)):
-        extra = ["--h2", "--cert", str(cert), "--key", str(key)] if tls else []
-        web = server.popen(
-            [PY, "-m", "netwarden.testing.web", "--port", str(port), *extra], stdout=subprocess.PIPE
-        )
-        assert web.stdout is not None
-        assert json.loads(web.stdout.readline())["listening"] == port
+    web.start(server, 443, cert, key, h2=True)
+    web.start(server, 80)
     state = tmp_path / "state"
     env = ("env", f"NETWARDEN_STATE_DIR={state}")
     client.run([*env, PY, "-m", "netwarden", "ca", "init"])
@@ -367,6 +363,20 @@ def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None
     assert "certificate verify failed" in failed["reason"] or "unable to get" in failed["reason"]
 
 
+def _up(
+    client: Host, policy: Path, *extra: str, env: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """netwarden up, once it says it is up."""
+    daemon = client.popen(
+        [*env, PY, "-m", "netwarden", "up", "--policy", str(policy), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    assert "netwarden: up:" in daemon.stderr.readline()
+    return daemon
+
+
 UP_POLICY = """
 [settings]
 proxy_port = 15001
@@ -395,35 +405,13 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
     client, server = pair
     tmp_path.chmod(0o755)
     test_ca, cert, key = make_server_files(tmp_path / "server", [server.ipv4, "web.test"])
-    web = server.popen(
-        [
-            PY,
-            "-m",
-            "netwarden.testing.web",
-            "--port",
-            "443",
-            "--h2",
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert web.stdout is not None
-    web.stdout.readline()
+    web.start(server, 443, cert, key, h2=True)
     env = ("env", f"NETWARDEN_STATE_DIR={tmp_path / 'state'}")
     client.run([*env, PY, "-m", "netwarden", "ca", "init"])
     policy = tmp_path / "policy.toml"
     policy.write_text(UP_POLICY.format(upstream_ca=test_ca))
     history = tmp_path / "history.sqlite"
-    daemon = client.popen(
-        [*env, PY, "-m", "netwarden", "up", "--policy", str(policy), "--history", str(history)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert daemon.stderr is not None
-    assert "netwarden: up:" in daemon.stderr.readline()
+    daemon = _up(client, policy, "--history", str(history), env=env)
     watch = client.popen(
         [PY, "-m", "netwarden", "monitor", "--watch", "--no-history"],
         stdout=subprocess.PIPE,
@@ -521,29 +509,11 @@ def test_a_stream_callout_resets_a_connection_that_sends_a_secret(
     """examples/callouts/stream_secret_guard.py sees HTTP bodies through the proxy (the
     word split across two pieces too) and resets the connection that carries it."""
     client, server = pair
-    web = server.popen([PY, "-m", "netwarden.testing.web", "--port", "80"], stdout=subprocess.PIPE)
-    assert web.stdout is not None
-    web.stdout.readline()
+    web.start(server, 80)
     policy = tmp_path / "policy.toml"
     policy.write_text(STREAM_POLICY)
     guard = Path(__file__).parents[2] / "examples" / "callouts" / "stream_secret_guard.py"
-    daemon = client.popen(
-        [
-            PY,
-            "-m",
-            "netwarden",
-            "up",
-            "--policy",
-            str(policy),
-            "--no-history",
-            "--callouts",
-            str(guard),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert daemon.stderr is not None
-    assert "netwarden: up:" in daemon.stderr.readline()
+    daemon = _up(client, policy, "--no-history", "--callouts", str(guard))
     url = f"http://{server.ipv4}/upload"
     fine = client.run(
         ["curl", "-sS", "--max-time", "10", "--data-binary", "x" * 100_000, url], check=False

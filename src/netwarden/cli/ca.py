@@ -6,11 +6,14 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from netwarden.jsontext import dumps
+
+if TYPE_CHECKING:
+    from netwarden.tls.ca import CertificateAuthority
 
 app = typer.Typer(
     help="The CA that TLS interception (intercept_tls = true in the policy's inspect "
@@ -45,6 +48,16 @@ def _directory(state_dir: Path | None) -> Path:
     from netwarden.tls.ca import ca_directory
 
     return ca_directory(state_dir)
+
+
+def _load(state_dir: Path | None) -> CertificateAuthority:
+    from netwarden.tls import ca
+
+    try:
+        return ca.load(_directory(state_dir))
+    except ca.CaError as exc:
+        _fail(str(exc), 1)
+        raise
 
 
 StateDir = Annotated[
@@ -97,13 +110,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The CA's name, fingerprint, validity and files, and how clients come to trust it."""
-    from netwarden.tls import ca
-
-    try:
-        found = ca.load(_directory(state_dir))
-    except ca.CaError as exc:
-        _fail(str(exc), 1)
-        return
+    found = _load(state_dir)
     certificate = found.certificate
     document = {
         "subject": certificate.subject.rfc4514_string(),
@@ -130,13 +137,7 @@ def export(
     ] = None,
 ) -> None:
     """The CA certificate (never its key), PEM by default, for clients to trust."""
-    from netwarden.tls import ca
-
-    try:
-        found = ca.load(_directory(state_dir))
-    except ca.CaError as exc:
-        _fail(str(exc), 1)
-        return
+    found = _load(state_dir)
     data = found.der() if der else found.pem()
     if output is not None:
         try:

@@ -95,20 +95,26 @@ class Http1Filter:
     # -- the client's side -------------------------------------------------------
 
     def _client_events(self) -> list[Command]:
+        return self._events(Side.CLIENT)
+
+    def _events(self, side: Side) -> list[Command]:
+        """Handle the events h11 has for one side until it needs more bytes."""
+        connection = self.client if side is Side.CLIENT else self.server
+        handle = self._client_event if side is Side.CLIENT else self._server_event
         out: list[Command] = []
         while True:
             try:
-                event = self.client.next_event()
+                event = connection.next_event()
             except h11.RemoteProtocolError as exc:
-                if self.requests == 0 and self.exchange is None:
+                if side is Side.CLIENT and self.requests == 0 and self.exchange is None:
                     return [Relay()]  # not HTTP: hand it back untouched
-                return [*out, Close(reason=f"client broke HTTP/1.1: {exc}")]
+                return [*out, Close(reason=f"{side.value} broke HTTP/1.1: {exc}")]
             if not isinstance(event, h11.Event):  # NEED_DATA, PAUSED
                 return out
             try:
-                out += self._client_event(event)
+                out += handle(event)
             except h11.LocalProtocolError as exc:
-                return [*out, Close(reason=f"cannot forward: {exc}")]
+                return [*out, Close(reason=f"cannot pass it on: {exc}")]
             if isinstance(event, h11.ConnectionClosed) or (
                 out and isinstance(out[-1], Close | Relay)
             ):
@@ -159,16 +165,7 @@ class Http1Filter:
     def _refuse(self, exchange: _Exchange, rule: HttpRule) -> list[Command]:
         if rule.respond is BlockResponse.RESET:
             return [exchange.report(0), Close(reset=True, reason=f"blocked by {rule.name}")]
-        headers, body = block_page(rule, exchange.method, exchange.host, exchange.path)
-        data = b"".join(
-            self.client.send(e) or b""
-            for e in (
-                h11.Response(status_code=403, headers=headers, reason=b"Forbidden"),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-        )
-        out: list[Command] = [exchange.report(403), Send(Side.CLIENT, data)]
+        out: list[Command] = [exchange.report(403), self._block_page(exchange, rule)]
         if self.client.their_state is h11.DONE:
             out += self._next_cycle()
         return out
@@ -176,22 +173,7 @@ class Http1Filter:
     # -- the server's side -------------------------------------------------------
 
     def _server_events(self) -> list[Command]:
-        out: list[Command] = []
-        while True:
-            try:
-                event = self.server.next_event()
-            except h11.RemoteProtocolError as exc:
-                return [*out, Close(reason=f"server broke HTTP/1.1: {exc}")]
-            if not isinstance(event, h11.Event):  # NEED_DATA, PAUSED
-                return out
-            try:
-                out += self._server_event(event)
-            except h11.LocalProtocolError as exc:
-                return [*out, Close(reason=f"cannot answer the client: {exc}")]
-            if isinstance(event, h11.ConnectionClosed) or (
-                out and isinstance(out[-1], Close | Relay)
-            ):
-                return out
+        return self._events(Side.SERVER)
 
     def _server_event(self, event: h11.Event) -> list[Command]:
         exchange = self.exchange
@@ -244,21 +226,16 @@ class Http1Filter:
         and the upstream connection (with the rest of that body) is dropped."""
         if rule.respond is BlockResponse.RESET:
             return [exchange.report(0), Close(reset=True, reason=f"blocked by {rule.name}")]
+        page = self._block_page(exchange, rule, close=True)
+        return [exchange.report(403), page, Close(reason=f"blocked by {rule.name}")]
+
+    def _block_page(self, exchange: _Exchange, rule: HttpRule, close: bool = False) -> Send:
         headers, body = block_page(rule, exchange.method, exchange.host, exchange.path)
-        headers.append((b"connection", b"close"))
-        data = b"".join(
-            self.client.send(e) or b""
-            for e in (
-                h11.Response(status_code=403, headers=headers, reason=b"Forbidden"),
-                h11.Data(data=body),
-                h11.EndOfMessage(),
-            )
-        )
-        return [
-            exchange.report(403),
-            Send(Side.CLIENT, data),
-            Close(reason=f"blocked by {rule.name}"),
-        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        response = h11.Response(status_code=403, headers=headers, reason=b"Forbidden")
+        events = (response, h11.Data(data=body), h11.EndOfMessage())
+        return Send(Side.CLIENT, b"".join(self.client.send(e) or b"" for e in events))
 
     def _observed(self, side: Side, data: bytes, end: bool = False) -> list[Command]:
         exchange = self.exchange

@@ -153,24 +153,13 @@ class Http2Filter:
             if isinstance(event, h2.events.DataReceived):
                 self.client.acknowledge_received_data(event.flow_controlled_length, stream_id)
             return []
-        if isinstance(event, h2.events.DataReceived):
-            if stream.blocked:
-                self.client.acknowledge_received_data(event.flow_controlled_length, stream_id)
-            else:
-                stream.to_server.chunks.append((event.data or b"", event.flow_controlled_length))
-                self._drain(stream, Side.SERVER)
-                return self._observed(stream, Side.CLIENT, event.data or b"")
-        elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
-            stream.to_server.trailers = list(event.headers or [])
-            stream.to_server.end = True
-            self._drain(stream, Side.SERVER)
-            return self._observed(stream, Side.CLIENT, b"", end=True)
-        elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
-            if not stream.request_ended:  # else it ended with its headers, already sent
-                stream.to_server.end = True
-                self._drain(stream, Side.SERVER)
-            return self._observed(stream, Side.CLIENT, b"", end=True)
-        elif isinstance(event, h2.events.StreamReset):
+        if isinstance(event, h2.events.StreamEnded) and stream.request_ended and not stream.blocked:
+            return self._observed(stream, Side.CLIENT, b"", end=True)  # sent with its headers
+        if isinstance(
+            event, h2.events.DataReceived | h2.events.TrailersReceived | h2.events.StreamEnded
+        ):
+            return self._pass_on(stream, Side.CLIENT, event)
+        if isinstance(event, h2.events.StreamReset):
             if stream.server_id:
                 self._reset(self.server, stream.server_id, event.error_code)
             self._forget(stream)
@@ -249,22 +238,10 @@ class Http2Filter:
             return self._response(stream, list(event.headers or []), event.stream_ended is not None)
         if isinstance(event, h2.events.InformationalResponseReceived):
             self._send_headers(stream, list(event.headers or []), end=False)
-        elif isinstance(event, h2.events.DataReceived):
-            if stream.blocked:
-                self.server.acknowledge_received_data(event.flow_controlled_length, stream_id)
-            else:
-                stream.to_client.chunks.append((event.data or b"", event.flow_controlled_length))
-                self._drain(stream, Side.CLIENT)
-                return self._observed(stream, Side.SERVER, event.data or b"")
-        elif isinstance(event, h2.events.TrailersReceived) and not stream.blocked:
-            stream.to_client.trailers = list(event.headers or [])
-            stream.to_client.end = True
-            self._drain(stream, Side.CLIENT)
-            return self._observed(stream, Side.SERVER, b"", end=True)
-        elif isinstance(event, h2.events.StreamEnded) and not stream.blocked:
-            stream.to_client.end = True
-            self._drain(stream, Side.CLIENT)
-            return self._observed(stream, Side.SERVER, b"", end=True)
+        elif isinstance(
+            event, h2.events.DataReceived | h2.events.TrailersReceived | h2.events.StreamEnded
+        ):
+            return self._pass_on(stream, Side.SERVER, event)
         elif isinstance(event, h2.events.StreamReset):
             self._reset(self.client, stream.client_id, event.error_code)
             self._forget(stream)
@@ -297,6 +274,31 @@ class Http2Filter:
         except h2.exceptions.ProtocolError:
             self._reset(self.server, stream.server_id, h2.errors.ErrorCodes.CANCEL)
             self._forget(stream)
+
+    def _pass_on(
+        self,
+        stream: _Stream,
+        source: Side,
+        event: h2.events.DataReceived | h2.events.TrailersReceived | h2.events.StreamEnded,
+    ) -> list[Command]:
+        """A stream's data, trailers or end, from source to the other side (dropped,
+        and its data acknowledged at once, when the stream is blocked)."""
+        connection = self.client if source is Side.CLIENT else self.server
+        outbound = stream.to_server if source is Side.CLIENT else stream.to_client
+        if isinstance(event, h2.events.DataReceived):
+            if stream.blocked:
+                connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return []
+            outbound.chunks.append((event.data or b"", event.flow_controlled_length))
+            self._drain(stream, source.other)
+            return self._observed(stream, source, event.data or b"")
+        if stream.blocked:
+            return []
+        if isinstance(event, h2.events.TrailersReceived):
+            outbound.trailers = list(event.headers or [])
+        outbound.end = True
+        self._drain(stream, source.other)
+        return self._observed(stream, source, b"", end=True)
 
     def _observed(
         self, stream: _Stream, side: Side, data: bytes, end: bool = False

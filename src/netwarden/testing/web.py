@@ -15,10 +15,16 @@ import argparse
 import json
 import socket
 import ssl
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netwarden.testing import web_h2
+
+if TYPE_CHECKING:
+    from netwarden.testing.netlab import Host
 
 CHUNK = 256 * 1024
 
@@ -109,6 +115,21 @@ def _answer_h2(path: str, headers: dict[str, str]) -> tuple[dict[str, str], int,
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that went away, a refused handshake: nothing to report
+
+
+def start(
+    host: Host, port: int, cert: Path | None = None, key: Path | None = None, h2: bool = False
+) -> subprocess.Popen[str]:
+    """This server in a netlab host, once it listens (HTTPS when given cert and key)."""
+    argv = [sys.executable, "-m", "netwarden.testing.web", "--port", str(port)]
+    if cert is not None and key is not None:
+        argv += ["--cert", str(cert), "--key", str(key)]
+    if h2:
+        argv.append("--h2")
+    server = host.popen(argv, stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    json.loads(server.stdout.readline())  # printed once it listens
+    return server
 
 
 def main() -> None:

@@ -47,6 +47,39 @@ class CertificateAuthority:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
 
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey, name: x509.Name, validity: datetime.timedelta
+) -> x509.Certificate:
+    """A CA certificate (it signs leaves only: no intermediate below it), valid from a
+    day ago, for clocks a little behind."""
+    now = datetime.datetime.now(datetime.UTC)
+    public = key.public_key()
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=True,
+        crl_sign=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 def create(directory: Path, common_name: str | None = None) -> CertificateAuthority:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
@@ -57,34 +90,7 @@ def create(directory: Path, common_name: str | None = None) -> CertificateAuthor
             ),
         ]
     )
-    now = datetime.datetime.now(datetime.UTC)
-    public = key.public_key()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    certificate = self_signed_ca(key, name, CA_VALIDITY)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
