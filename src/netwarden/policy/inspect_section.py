@@ -202,6 +202,13 @@ class InspectSection:
                 regex = re.compile(str(raw["path_regex"]))
             except re.error as exc:
                 self.problem(at("path_regex"), f"path_regex does not compile: {exc}")
+        if "content_type" in raw and action is not HttpAction.BLOCK:
+            self.problem(
+                at("content_type"),
+                "content_type is for block rules (a response is blocked by its type)",
+            )
+        if "respond" in raw and action is not HttpAction.BLOCK:
+            self.problem(at("respond"), "respond is for block rules")
         prefixes = self._strings(
             raw, "path_prefix", at("path_prefix"), re.compile(r"^/"), "a path starting with /"
         )
