@@ -172,6 +172,7 @@ def test_https_through_interception_with_rules(
     assert flow["app"]["protocol"] == "tls"
     assert flow["app"]["inspected"] is True
     assert flow["app"]["ja4"].startswith("t1")
+    assert flow["process"]["name"] == "curl"  # the proxy's engine names the client
 
 
 def test_http2_streams_on_one_connection_each_decided(inspecting: Setup) -> None:
@@ -271,7 +272,8 @@ def test_a_client_refusing_our_ca_gets_through_untouched_next_time(inspecting: S
     second = inspecting.curl("--cacert", test_ca, f"https://{server}/untouched")
     assert second.stdout == "hello from /untouched\n"  # the server's own certificate
     remembered = inspecting.netwarden("ca", "passthrough", "list", "--json")
-    assert json.loads(remembered.stdout.splitlines()[0])["host"] == server
+    entry = json.loads(remembered.stdout.splitlines()[0])
+    assert (entry["host"], entry["program"]) == (server, "/usr/bin/curl")  # per client program
     inspecting.netwarden("ca", "passthrough", "clear")
     third = inspecting.curl("--cacert", test_ca, f"https://{server}/")
     assert third.returncode == 60  # intercepted again

@@ -87,6 +87,15 @@ def proxy(
         bool,
         typer.Option(help="Transparent flows move through splice(2), not through Python."),
     ] = True,
+    processes: Annotated[
+        bool | None,
+        typer.Option(
+            "--processes/--no-processes",
+            help="Name each flow's client program (runs the monitor's engine beside the "
+            "proxy; its flow events cost the plain relay new connections/s). Default: on "
+            "when inspecting.",
+        ),
+    ] = None,
     max_connections: Annotated[
         int | None,
         typer.Option(
@@ -148,8 +157,16 @@ def proxy(
 
     from netwarden.cli.render import relayed_flow
 
+    wanted = inspector is not None if processes is None else processes
+    programs = _ClientPrograms() if wanted else None
+    if programs is not None and inspector is not None:
+        inspector.client_program = programs.exe
+
     def transparent_flow(flow: FlowReport) -> None:
-        _write(relayed_flow("transparent", flow.client, flow.destination, flow.stats))
+        record = relayed_flow("transparent", flow.client, flow.destination, flow.stats)
+        if programs is not None:
+            record = programs.add_process(record, flow.client, flow.destination)
+        _write(record)
 
     def proxied_flow(flow: ProxiedFlow) -> None:
         _write(relayed_flow(flow.kind, flow.client, flow.destination, flow.stats))
@@ -179,6 +196,7 @@ def proxy(
                 chain=chain,
                 idle_timeout=idle_timeout,
                 on_flow=transparent_flow,
+                on_link=programs.link if programs is not None else None,
                 max_connections=max_connections,
                 inspector=inspector,
             )
@@ -204,9 +222,76 @@ def proxy(
             await everything
 
     try:
+        if programs is not None:
+            programs.start()
         asyncio.run(main())
     except OSError as exc:
         _fail(f"cannot listen: {exc.strerror or exc}", 1)
+    finally:
+        if programs is not None:
+            programs.stop()
+
+
+class _ClientPrograms:
+    """The engine joined by the proxy: it follows this namespace's flows, so that each
+    relayed connection is told with the program that made it."""
+
+    def __init__(self) -> None:
+        import contextlib
+        import threading
+
+        self.engine: Any = None
+        self._stack = contextlib.ExitStack()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import logging
+        import threading
+
+        from netwarden.engine.core import Engine, EngineError
+
+        try:
+            self.engine = self._stack.enter_context(Engine.open(None, events=True))
+        except EngineError as exc:
+            logging.getLogger(__name__).warning("flows go without their programs: %s", exc)
+            return
+        self._thread = threading.Thread(
+            target=self.engine.run, args=(self._stop,), name="netwarden-engine", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._stack.close()
+
+    def process(self, client: tuple[str, int], destination: tuple[str, int]) -> Any:
+        if self.engine is None:
+            return None
+        from netwarden.model import Endpoint, FlowKey, Transport
+
+        key = FlowKey(Transport.TCP, Endpoint(*client), Endpoint(*destination))
+        return self.engine.flow_process(key)
+
+    def link(self, link: Any) -> None:
+        if self.engine is not None:
+            self.engine.relay_links.append(link)
+
+    def exe(self, client: tuple[str, int], destination: tuple[str, int]) -> str:
+        """The client program's executable ("" while not known)."""
+        found = self.process(client, destination)
+        return found.exe if found is not None and found.exe else ""
+
+    def add_process(
+        self, record: dict[str, Any], client: tuple[str, int], destination: tuple[str, int]
+    ) -> dict[str, Any]:
+        found = self.process(client, destination)
+        record["process"] = (
+            None if found is None else {"pid": found.pid, "name": found.name, "exe": found.exe}
+        )
+        return record
 
 
 def _load_policy(path: Path) -> Any:

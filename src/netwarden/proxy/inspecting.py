@@ -45,6 +45,7 @@ from netwarden.tls.passthrough import PassthroughMemory
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+PROGRAM_TRIES, PROGRAM_WAIT = 10, 0.005  # the engine's flow events are a few ms behind
 IDLE_CHECK = 5.0
 HTTP_ALPN = ("", "http/1.1")
 
@@ -138,14 +139,30 @@ class Inspector:
         self.contexts = contexts
         self.memory = memory
         self.on_event = on_event
-        self.client_program = client_program or (lambda client, _destination: client[0])
+        self.client_program = client_program  # "" while not known
 
     def tell(self, client: Address, destination: Address, what: Learnt) -> None:
         if self.on_event is not None:
             self.on_event(InspectEvent(client, destination, what))
 
+    async def program_of(self, client: Address, destination: Address) -> str:
+        """The client program (for the passthrough memory): its executable once the
+        engine's flow events name it, waiting a moment for them; else its address."""
+        if self.client_program is not None:
+            for _attempt in range(PROGRAM_TRIES):
+                program = self.client_program(client, destination)
+                if program:
+                    return program
+                await asyncio.sleep(PROGRAM_WAIT)
+        return client[0]
+
     def layer_for(
-        self, found: Identification, first: bytes, client: Address, destination: Address
+        self,
+        found: Identification,
+        first: bytes,
+        client: Address,
+        destination: Address,
+        program: str = "",
     ) -> Layer | TlsInterception | None:
         """The layer to drive, or None: relay untouched (by the kernel)."""
         observe = self.stream is not None
@@ -159,7 +176,7 @@ class Inspector:
             ):
                 return untouched
             if self.memory is not None and self.memory.passes(
-                self.client_program(client, destination), host or destination[0]
+                program or client[0], host or destination[0]
             ):
                 return untouched
             rules = self.policy.http
@@ -226,13 +243,17 @@ async def inspect_connection(
         upstream.close()
         return RelayStats(error=f"client: {exc.strerror or exc}")
     inspector.tell(client, destination, found)
-    layer = inspector.layer_for(found, first, client, destination)
+    program = ""
+    if found.hello is not None and inspector.memory is not None:
+        program = await inspector.program_of(client, destination)
+    layer = inspector.layer_for(found, first, client, destination, program)
     if layer is None:
         stats = await _untouched(conn, upstream, first, idle_timeout)
     else:
         driver = _Driver(
             conn, upstream, client, destination, inspector, idle_timeout, found.summary()
         )
+        driver.program = program or client[0]
         stats = await driver.run(layer, first)
     stats.app = found.as_json()
     if layer is not None:
@@ -277,6 +298,7 @@ class _Driver:
         app: str = "",
     ) -> None:
         self.app = app
+        self.program = client[0]  # the client program, as the passthrough memory names it
         self.sockets = {Side.CLIENT: conn, Side.SERVER: upstream}
         self.client, self.destination = client, destination
         self.inspector = inspector
@@ -416,9 +438,8 @@ class _Driver:
     def _report(self, event: HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked) -> None:
         inspector = self.inspector
         if isinstance(event, TlsFailed) and event.side is Side.CLIENT and inspector.memory:
-            program = inspector.client_program(self.client, self.destination)
             inspector.memory.remember(
-                program, event.server_name or self.destination[0], event.reason
+                self.program, event.server_name or self.destination[0], event.reason
             )
         inspector.tell(self.client, self.destination, event)
 
