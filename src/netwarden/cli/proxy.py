@@ -88,14 +88,14 @@ def proxy(
         typer.Option(help="Transparent flows move through splice(2), not through Python."),
     ] = True,
     processes: Annotated[
-        bool | None,
+        bool,
         typer.Option(
-            "--processes/--no-processes",
-            help="Name each flow's client program (runs the monitor's engine beside the "
-            "proxy; its flow events cost the plain relay new connections/s). Default: on "
-            "when inspecting.",
+            "--processes",
+            help="Name each flow's client program, and key the TLS passthrough memory by "
+            "it (runs the monitor's engine beside the proxy, which costs new connections "
+            "per second).",
         ),
-    ] = None,
+    ] = False,
     max_connections: Annotated[
         int | None,
         typer.Option(
@@ -157,8 +157,7 @@ def proxy(
 
     from netwarden.cli.render import relayed_flow
 
-    wanted = inspector is not None if processes is None else processes
-    programs = _ClientPrograms() if wanted else None
+    programs = _ClientPrograms() if processes else None
     if programs is not None and inspector is not None:
         inspector.client_program = programs.exe
 

@@ -155,11 +155,13 @@ class Http1Filter:
         exchange = self.exchange = _Exchange(method, bare_host, path, verdict)
         if verdict.blocked_by is not None:
             return self._refuse(exchange, verdict.blocked_by)
-        headers = rewritten(
-            request.headers.raw_items(),
-            ((r.set_request_headers, r.remove_request_headers) for r in verdict.rewrites),
-        )
-        forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
+        forwarded = request  # as parsed (no second validation) unless a rule rewrites it
+        if verdict.rewrites:
+            headers = rewritten(
+                request.headers.raw_items(),
+                ((r.set_request_headers, r.remove_request_headers) for r in verdict.rewrites),
+            )
+            forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
         return _send(Side.SERVER, self.server.send(forwarded))
 
     def _refuse(self, exchange: _Exchange, rule: HttpRule) -> list[Command]:
@@ -189,16 +191,18 @@ class Http1Filter:
                 exchange.blocked = exchange.response_blocked = True
                 exchange.verdict = RequestVerdict(blocked_by=rule)
                 return [*self._refuse_response(exchange, rule)]
-            headers = rewritten(
-                event.headers.raw_items(),
-                (
-                    (r.set_response_headers, r.remove_response_headers)
-                    for r in exchange.verdict.rewrites
-                ),
-            )
-            response = h11.Response(
-                status_code=event.status_code, headers=headers, reason=event.reason
-            )
+            response = event
+            if exchange.verdict.rewrites:
+                headers = rewritten(
+                    event.headers.raw_items(),
+                    (
+                        (r.set_response_headers, r.remove_response_headers)
+                        for r in exchange.verdict.rewrites
+                    ),
+                )
+                response = h11.Response(
+                    status_code=event.status_code, headers=headers, reason=event.reason
+                )
             exchange.status = event.status_code
             return [
                 exchange.report(event.status_code),

@@ -45,7 +45,6 @@ from netwarden.tls.passthrough import PassthroughMemory
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
-PROGRAM_TRIES, PROGRAM_WAIT = 10, 0.005  # the engine's flow events are a few ms behind
 IDLE_CHECK = 5.0
 HTTP_ALPN = ("", "http/1.1")
 
@@ -145,16 +144,11 @@ class Inspector:
         if self.on_event is not None:
             self.on_event(InspectEvent(client, destination, what))
 
-    async def program_of(self, client: Address, destination: Address) -> str:
-        """The client program (for the passthrough memory): its executable once the
-        engine's flow events name it, waiting a moment for them; else its address."""
-        if self.client_program is not None:
-            for _attempt in range(PROGRAM_TRIES):
-                program = self.client_program(client, destination)
-                if program:
-                    return program
-                await asyncio.sleep(PROGRAM_WAIT)
-        return client[0]
+    def clients(self, client: Address, destination: Address) -> tuple[str, ...]:
+        """Who the passthrough memory knows a client by: its program's executable when
+        the engine's flow events named it already, and its address."""
+        program = self.client_program(client, destination) if self.client_program else ""
+        return (program, client[0]) if program else (client[0],)
 
     def layer_for(
         self,
@@ -162,7 +156,6 @@ class Inspector:
         first: bytes,
         client: Address,
         destination: Address,
-        program: str = "",
     ) -> Layer | TlsInterception | None:
         """The layer to drive, or None: relay untouched (by the kernel)."""
         observe = self.stream is not None
@@ -176,7 +169,7 @@ class Inspector:
             ):
                 return untouched
             if self.memory is not None and self.memory.passes(
-                program or client[0], host or destination[0]
+                self.clients(client, destination), host or destination[0]
             ):
                 return untouched
             rules = self.policy.http
@@ -243,17 +236,13 @@ async def inspect_connection(
         upstream.close()
         return RelayStats(error=f"client: {exc.strerror or exc}")
     inspector.tell(client, destination, found)
-    program = ""
-    if found.hello is not None and inspector.memory is not None:
-        program = await inspector.program_of(client, destination)
-    layer = inspector.layer_for(found, first, client, destination, program)
+    layer = inspector.layer_for(found, first, client, destination)
     if layer is None:
         stats = await _untouched(conn, upstream, first, idle_timeout)
     else:
         driver = _Driver(
             conn, upstream, client, destination, inspector, idle_timeout, found.summary()
         )
-        driver.program = program or client[0]
         stats = await driver.run(layer, first)
     stats.app = found.as_json()
     if layer is not None:
@@ -298,7 +287,6 @@ class _Driver:
         app: str = "",
     ) -> None:
         self.app = app
-        self.program = client[0]  # the client program, as the passthrough memory names it
         self.sockets = {Side.CLIENT: conn, Side.SERVER: upstream}
         self.client, self.destination = client, destination
         self.inspector = inspector
@@ -439,7 +427,9 @@ class _Driver:
         inspector = self.inspector
         if isinstance(event, TlsFailed) and event.side is Side.CLIENT and inspector.memory:
             inspector.memory.remember(
-                self.program, event.server_name or self.destination[0], event.reason
+                inspector.clients(self.client, self.destination),
+                event.server_name or self.destination[0],
+                event.reason,
             )
         inspector.tell(self.client, self.destination, event)
 

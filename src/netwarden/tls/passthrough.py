@@ -15,7 +15,7 @@ from netwarden.paths import write_private
 
 @dataclass(frozen=True, slots=True)
 class Remembered:
-    program: str  # the client program's executable ("" when unknown)
+    program: str  # the client program's executable, or its address
     host: str
     until: float  # epoch seconds
     reason: str
@@ -60,19 +60,24 @@ class PassthroughMemory:
         )
         self._loaded_at = self.path.stat().st_mtime
 
-    def remember(self, program: str, host: str, reason: str) -> Remembered:
-        entry = Remembered(program, host, time.time() + self.duration, reason)
+    def remember(self, clients: tuple[str, ...], host: str, reason: str) -> None:
+        """clients: who the client is known as (its program, its address)."""
+        until = time.time() + self.duration
         with self._lock:
             self._load()
-            self._entries[(program, host)] = entry
+            for client in clients:
+                self._entries[(client, host)] = Remembered(client, host, until, reason)
             self._save()
-        return entry
 
-    def passes(self, program: str, host: str) -> bool:
+    def passes(self, clients: tuple[str, ...], host: str) -> bool:
+        now = time.time()
         with self._lock:
             self._load()
-            entry = self._entries.get((program, host))
-            return entry is not None and entry.until > time.time()
+            for client in clients:
+                entry = self._entries.get((client, host))
+                if entry is not None and entry.until > now:
+                    return True
+            return False
 
     def entries(self) -> list[Remembered]:
         with self._lock:
