@@ -157,3 +157,31 @@ def test_help_paragraphs_are_not_broken_mid_sentence() -> None:
     code, output = _run("--help")
     assert code == 0
     assert "program rules and the callouts given" in " ".join(output.split())
+
+
+def test_the_ca_is_made_once_shown_exported_and_its_key_kept_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETWARDEN_STATE_DIR", str(tmp_path))
+    code, output = _run("ca", "show")
+    assert code == 1
+    assert "netwarden ca init" in output
+    code, output = _run("ca", "init")
+    assert code == 0
+    assert "update-ca-certificates" in output  # how to trust it
+    assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+    fingerprint = json.loads(_run("ca", "show", "--json")[1])["sha256"]
+    code, output = _run("ca", "init")
+    assert "exists already" in output
+    assert fingerprint in output  # not replaced without --force
+    code, output = _run("ca", "export")
+    assert output.startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE" not in output
+    der = tmp_path / "ca.der"
+    assert _run("ca", "export", "--der", "--output", str(der))[0] == 0
+    assert der.read_bytes()[0] == 0x30  # an ASN.1 sequence
+    assert _run("ca", "init", "--force")[0] == 0
+    assert json.loads(_run("ca", "show", "--json")[1])["sha256"] != fingerprint
+    code, output = _run("ca", "passthrough", "list")
+    assert "no host is passed through" in output
+    assert _run("ca", "passthrough", "clear")[1].strip() == "forgot 0 hosts"

@@ -312,6 +312,7 @@ def doctor(
     try:
         capabilities = read_capabilities()
         capabilities.append(_connect_layer(capabilities))
+        capabilities.append(_interception())
     except PlatformError as exc:
         fail(str(exc))
     if as_json:
@@ -334,6 +335,20 @@ def doctor(
         mark = "ok  " if cap.available else "MISSING"
         typer.echo(f"[{mark:7}] {cap.name}: {cap.detail}")
         typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
+
+
+def _interception() -> Capability:
+    """TLS interception: whether netwarden's CA exists (and is usable) here."""
+    from netwarden.engine.host import Capability as Cap
+    from netwarden.tls.ca import CaError, ca_directory, load
+
+    enables = "TLS interception by the inspecting proxy (intercept_tls, docs/inspect.md)"
+    try:
+        ca = load(ca_directory())
+    except CaError as exc:
+        return Cap("netwarden CA", False, str(exc), enables)
+    detail = f"{ca.certificate_path} (SHA-256 {ca.fingerprint()[:23]}...)"
+    return Cap("netwarden CA", True, detail, enables)
 
 
 def _connect_layer(probed: list[Capability]) -> Capability:

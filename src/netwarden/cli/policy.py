@@ -85,6 +85,11 @@ def check(
       \\[\\[redirect]]    name, to ("proxy" or ADDRESS:PORT), direction (out|forward),
       destination, port, user, group, scope, service, mark, method (nat|tproxy),
       target_mark
+
+      \\[inspect]       intercept_tls, passthrough, upstream_ca, pinning_memory,
+      identify_timeout; \\[\\[inspect.http]] name, action (allow|block|rewrite), host,
+      method, path_prefix, path_regex, content_type, respond (page|reset), set_/remove_
+      request_/response_headers (docs/inspect.md)
     """
     policy = _load(path)
     counts = {d.value: sum(1 for r in policy.rules if r.direction == d) for d in policy.defaults}
@@ -95,8 +100,21 @@ def check(
         f"{count(len(policy.redirects), 'redirect')}, {count(len(policy.sets), 'set')}"
         + (f", {len(policy.program_rules)} by program" if policy.program_rules else "")
         + "; "
-        f"defaults: {defaults}"
+        f"defaults: {defaults}" + _inspect_summary(policy)
     )
+
+
+def _inspect_summary(policy: Policy) -> str:
+    inspect = policy.inspect
+    if not (inspect.enabled or inspect.passthrough_hosts or inspect.passthrough_networks):
+        return ""
+    parts = [count(len(inspect.http), "HTTP rule")]
+    if inspect.intercept_tls:
+        passing = len(inspect.passthrough_hosts) + len(inspect.passthrough_networks)
+        parts.append(
+            f"TLS intercepted ({passing} passed through)" if passing else "TLS intercepted"
+        )
+    return "; inspect: " + ", ".join(parts)
 
 
 @app.command()
