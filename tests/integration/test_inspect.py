@@ -533,3 +533,53 @@ def test_a_stream_callout_resets_a_connection_that_sends_a_secret(
     out, _err = daemon.communicate(timeout=20)
     blocked = [json.loads(line) for line in out.splitlines() if "stream_blocked" in line]
     assert [b["callout"] for b in blocked] == ["secret guard"]
+
+
+SEND_RAW = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as sock:
+    sock.sendall(bytes.fromhex(sys.argv[3]))
+    if sys.argv[4] == "half":
+        sock.shutdown(socket.SHUT_WR)
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+"""
+
+
+def test_hostile_clients_cost_their_connection_only(inspecting: Setup) -> None:
+    """Garbage, a truncated ClientHello, a ClientHello naming a host no certificate can
+    carry, an HTTP request line without end: each is refused or passed on, and the
+    proxy goes on serving."""
+    from tests.unit.test_identify import chrome_hello
+
+    hello = chrome_hello()
+    odd_name = hello.replace(b"tls.example", b"tls.exampl\xff")  # same length, not ASCII
+    server = inspecting.server.ipv4
+    for port, data in (
+        (443, b"\x16\x03\x01\xff\xff" + bytes(300)),
+        (443, hello[:100]),
+        (443, odd_name),
+        (80, b"GET /" + b"a" * 40_000),
+        (80, bytes(range(256)) * 10),
+    ):
+        for ending in ("half", "wait"):
+            inspecting.client.run(
+                [PY, "-c", SEND_RAW, server, str(port), data.hex(), ending], check=False, timeout=20
+            )
+    # The clients that left in the middle of a handshake were taken for pinning ones.
+    assert server in inspecting.netwarden("ca", "passthrough", "list").stdout
+    inspecting.netwarden("ca", "passthrough", "clear")
+    fine = inspecting.curl("--cacert", inspecting.ca, f"https://{server}/after")
+    assert fine.stdout == "hello from /after\n"
+    assert inspecting.proxy.poll() is None
+    assert inspecting.proxy.stderr is not None
+    said = b""
+    while select.select([inspecting.proxy.stderr], [], [], 0.2)[0]:
+        chunk = os.read(inspecting.proxy.stderr.fileno(), 1 << 16)
+        if not chunk:
+            break
+        said += chunk
+    assert b"a bug" not in said, said

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import re
 import ssl
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -34,6 +35,7 @@ from netwarden.inspect.commands import (
 from netwarden.inspect.tls_hello import ClientHello
 
 READ_SIZE = 256 * 1024
+HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9_-]{1,63}", re.ASCII)
 
 
 class Layer(Protocol):
@@ -135,7 +137,9 @@ class TlsInterception:
     ) -> None:
         """inner(alpn, host) makes the layer for the decrypted stream."""
         self.hello = hello
-        self.server_name = hello.server_name or ""
+        # A name no certificate could carry (a hostile or broken client's) is not used.
+        name = hello.server_name or ""
+        self.server_name = name if HOSTNAME.fullmatch(name) else ""
         self.address = address
         self.contexts = contexts
         self.make_inner = inner

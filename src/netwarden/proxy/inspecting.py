@@ -236,7 +236,13 @@ async def inspect_connection(
         upstream.close()
         return RelayStats(error=f"client: {exc.strerror or exc}")
     inspector.tell(client, destination, found)
-    layer = inspector.layer_for(found, first, client, destination)
+    try:
+        layer = inspector.layer_for(found, first, client, destination)
+    except Exception as exc:  # a bug must cost this connection only
+        log.exception("%s:%d -> %s:%d: inspection failed (a bug)", *client, *destination)
+        conn.close()
+        upstream.close()
+        return RelayStats(error=f"inspection failed: {type(exc).__name__}: {exc}")
     if layer is None:
         stats = await _untouched(conn, upstream, first, idle_timeout)
     else:
@@ -314,6 +320,13 @@ class _Driver:
                 await self._pump_both()
         except OSError as exc:
             self.stats.error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        except Exception as exc:  # a layer's bug must cost one connection, not the proxy
+            log.exception(
+                "%s:%d -> %s:%d: inspection failed (a bug)", *self.client, *self.destination
+            )
+            self.stats.error = f"inspection failed: {type(exc).__name__}: {exc}"
+            self._close_all(reset=True)
+            return self.stats
         if self.relay_from is not None and not self.closed.is_set():
             early = self.relay_from
             before = self.stats.client_to_server
@@ -337,10 +350,11 @@ class _Driver:
                 task.cancel()
             await asyncio.gather(*pumps, closed, both, return_exceptions=True)
             for task in pumps:
-                if not task.cancelled() and isinstance(task.exception(), OSError):
-                    error = task.exception()
-                    assert isinstance(error, OSError)
+                error = None if task.cancelled() else task.exception()
+                if isinstance(error, OSError):
                     self.stats.error = self.stats.error or f"{error.strerror or error}"
+                elif error is not None:
+                    raise error  # a bug: run() logs it and closes the connection
 
     async def _watch_idle(self) -> None:
         """Until closed; closes a connection idle both ways for idle_timeout."""
