@@ -12,7 +12,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from netwarden.model import Endpoint
 from netwarden.model.connect import StreamData
 from netwarden.model.flow import host_port
 from netwarden.policy.inspect_model import HttpRule, InspectPolicy
+from netwarden.proxy.handshakes import Handover, Handshake, OpenServer, Refusal
 from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.relay import RelayStats
@@ -244,7 +245,7 @@ async def inspect_connection(
         upstream.close()
         return RelayStats(error=f"inspection failed: {type(exc).__name__}: {exc}")
     if layer is None:
-        stats = await _untouched(conn, upstream, first, idle_timeout)
+        stats = await relay_untouched(conn, upstream, first, idle_timeout)
     else:
         driver = _Driver(
             conn, upstream, client, destination, inspector, idle_timeout, found.summary()
@@ -256,7 +257,7 @@ async def inspect_connection(
     return stats
 
 
-async def _untouched(
+async def relay_untouched(
     conn: socket.socket, upstream: socket.socket, first: bytes, idle_timeout: float
 ) -> RelayStats:
     loop = asyncio.get_running_loop()
@@ -330,7 +331,7 @@ class _Driver:
         if self.relay_from is not None and not self.closed.is_set():
             early = self.relay_from
             before = self.stats.client_to_server
-            stats = await _untouched(
+            stats = await relay_untouched(
                 self.sockets[Side.CLIENT], self.sockets[Side.SERVER], early, self.idle_timeout
             )
             stats.client_to_server += before - len(early)
@@ -499,3 +500,75 @@ def _linger(sock: socket.socket) -> None:
     task = asyncio.ensure_future(drain())
     _lingering.add(task)
     task.add_done_callback(_lingering.discard)
+
+
+class Refused(Exception):
+    """The server a handshake named cannot be had: why, and one sentence."""
+
+    def __init__(self, why: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A finished handshake: the server connected, where, and the client's first bytes."""
+
+    upstream: socket.socket
+    destination: Address
+    early: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotHanded:
+    """A handshake that ended without a connection: why, and the server it named when
+    that one could not be had (None: the client's request itself was at fault)."""
+
+    reason: str
+    destination: Address | None = None
+
+
+Connector = Callable[[str, int], Awaitable[tuple[socket.socket, Address]]]
+
+
+async def shake_hands(
+    conn: socket.socket, handshake: Handshake, connect: Connector, timeout: float
+) -> Handed | NotHanded:
+    """Drive a listener's handshake (SOCKS5, HTTP proxy) to its end: the server it named
+    connected, or why not (the client was answered, and is to be closed)."""
+    loop = asyncio.get_running_loop()
+    conn.setblocking(False)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            data = await asyncio.wait_for(
+                loop.sock_recv(conn, 4096), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            return NotHanded(f"no complete {handshake.kind} request within {timeout:.0f} s")
+        if not data:
+            return NotHanded("the client left during the handshake")
+        named: Address | None = None
+        commands = handshake.from_client(data)
+        while commands:
+            command, commands = commands[0], commands[1:]
+            if isinstance(command, Send):
+                await loop.sock_sendall(conn, command.data)
+            elif isinstance(command, Close):
+                return NotHanded(command.reason or "closed", named)
+            elif isinstance(command, OpenServer):
+                named = (command.host, command.port)
+                try:
+                    upstream, destination = await connect(command.host, command.port)
+                except Refused as exc:
+                    commands = handshake.failed(exc.why, str(exc)) + commands
+                    continue
+                bound = upstream.getsockname()
+                opened = handshake.opened((str(bound[0]), int(bound[1])))
+                for step in opened:
+                    if isinstance(step, Send):
+                        await loop.sock_sendall(conn, step.data)
+                    elif isinstance(step, Handover):
+                        return Handed(upstream, destination, step.early)
+                upstream.close()
+                return NotHanded("the handshake ended without handing over", named)

@@ -31,6 +31,7 @@ from netwarden.proxy.handlers import forget_handler
 from netwarden.proxy.inspecting import Inspector, inspect_connection
 from netwarden.proxy.kernel_relay import kernel_relay
 from netwarden.proxy.limits import ConnectionLimit
+from netwarden.proxy.listeners import listening_socket
 from netwarden.proxy.relay import RelayStats, relay
 from netwarden.proxy.upstream import Hop, connect_direct, open_upstream
 from netwarden.proxy.workers import Workers
@@ -49,31 +50,9 @@ class FlowReport:
     stats: RelayStats
 
 
-IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
 ACCEPTORS = 2  # threads waiting in accept() on each listener
 REPORT_INTERVAL = 0.05  # how often flows relayed on threads are reported
 ACCEPT_AGAIN = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED)
-
-
-def _listener(host: str, port: int, tproxy: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if tproxy:  # accept connections addressed to other hosts (TPROXY); needs root
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _platform_original_destination(sock: socket.socket) -> tuple[str, int]:
@@ -156,7 +135,7 @@ class TransparentProxy:
         sockets: list[socket.socket] = []
         try:
             for host, port in listeners:
-                sockets.append(_listener(host, port, self.tproxy))
+                sockets.append(listening_socket(host, port, self.tproxy))
                 self._limits[sockets[-1].fileno()] = ConnectionLimit(
                     f"transparent listener {host}:{port}", self._max_connections
                 )

@@ -1,11 +1,12 @@
 """User-mode proxy listeners that need no root: SOCKS5 and HTTP (CONNECT and
 absolute-URI forwarding). Applications are pointed at them; they resolve names
-themselves (remote DNS), ask the policy, connect, and hand over to the shared relay."""
+themselves (remote DNS), ask the policy, connect, and hand over to the I/O module that
+inspects or splices (proxy/inspecting.py), which drives their handshakes too
+(proxy/handshakes.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -13,27 +14,25 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from netwarden.model.flow import host_port
-from netwarden.proxy import http_proxy, kernel_relay, socks5
 from netwarden.proxy.gate import Gate
 from netwarden.proxy.handlers import forget_handler
-from netwarden.proxy.inspecting import Inspector, inspect_connection
-from netwarden.proxy.kernel_relay import Streams
+from netwarden.proxy.handshakes import Handshake, HttpProxyHandshake, Refusal, Socks5Handshake
+from netwarden.proxy.inspecting import (
+    Inspector,
+    NotHanded,
+    Refused,
+    inspect_connection,
+    relay_untouched,
+    shake_hands,
+)
 from netwarden.proxy.limits import ConnectionLimit
-from netwarden.proxy.relay import RelayStats, relay
+from netwarden.proxy.listeners import listening_socket
+from netwarden.proxy.relay import RelayStats
 from netwarden.proxy.upstream import open_upstream
 
 log = logging.getLogger(__name__)
 
-
 HEAD_TIMEOUT = 30.0
-Accepted = Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[object, object, None]]
-
-
-class Refused(Exception):
-    def __init__(self, reply: socks5.Reply, message: str) -> None:
-        super().__init__(message)
-        self.reply = reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +41,28 @@ class ProxiedFlow:
     client: tuple[str, int]
     destination: tuple[str, int]
     stats: RelayStats
+
+
+class Listener:
+    """One SOCKS5 or HTTP proxy listener: accepts connections and hands each to the
+    proxy's handler, within its connection limit."""
+
+    def __init__(
+        self, sock: socket.socket, kind: str, proxy: UserModeProxy, limit: ConnectionLimit
+    ) -> None:
+        self.sock, self.kind, self.proxy, self.limit = sock, kind, proxy, limit
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, peer = await loop.sock_accept(self.sock)
+            if self.proxy.looped(peer) or not self.limit.enter():
+                conn.close()
+                continue
+            self.proxy.spawn(self.proxy.handle(conn, peer, self.kind), self.limit)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class UserModeProxy:
@@ -58,9 +79,9 @@ class UserModeProxy:
         inspector: Inspector | None = None,
     ) -> None:
         """inspector: look inside what the clients send through (as the transparent
-        proxy does); mark: SO_MARK of the upstream connections (needs CAP_NET_ADMIN), which
-        redirect rules skip, so that a redirect covering their destination does not
-        send them back into a proxy."""
+        proxy does); mark: SO_MARK of the upstream connections (needs CAP_NET_ADMIN),
+        which redirect rules skip, so that a redirect covering their destination does
+        not send them back into a proxy."""
         self.gate = gate
         self.inspector = inspector
         self.mark = mark
@@ -74,40 +95,32 @@ class UserModeProxy:
         self.on_flow = on_flow
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, socks: list[tuple[str, int]], http: list[tuple[str, int]]) -> list[
-        asyncio.Server
-    ]:  # fmt: skip
-        servers = []
-        for kind, handler, addresses in (
-            ("SOCKS5", self._socks, socks),
-            ("HTTP proxy", self._http, http),
-        ):
-            for host, port in addresses:
-                limit = ConnectionLimit(f"{kind} listener {host}:{port}", self._max_connections)
-                servers.append(
-                    await asyncio.start_server(
-                        self._spawner(handler, limit), host, port, reuse_address=True
-                    )
-                )
-        return servers
+    async def start(
+        self, socks: list[tuple[str, int]], http: list[tuple[str, int]]
+    ) -> list[Listener]:
+        listeners: list[Listener] = []
+        try:
+            for kind, name, addresses in (
+                ("socks5", "SOCKS5", socks),
+                ("http", "HTTP proxy", http),
+            ):
+                for host, port in addresses:
+                    limit = ConnectionLimit(f"{name} listener {host}:{port}", self._max_connections)
+                    listeners.append(Listener(listening_socket(host, port), kind, self, limit))
+        except OSError:
+            for listener in listeners:
+                listener.close()
+            raise
+        return listeners
 
-    def _spawner(
-        self, handler: Handler, limit: ConnectionLimit
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]:
-        def spawn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self._looped(writer) or not limit.enter():
-                writer.transport.abort()
-                return
-            task = asyncio.ensure_future(handler(reader, writer))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
-            task.add_done_callback(lambda _task: limit.leave())
+    def spawn(self, handler: Coroutine[object, object, None], limit: ConnectionLimit) -> None:
+        task = asyncio.ensure_future(handler)
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: forget_handler(self._tasks, done))
+        task.add_done_callback(lambda _task: limit.leave())
 
-        return spawn
-
-    def _looped(self, writer: asyncio.StreamWriter) -> bool:
-        peer = writer.get_extra_info("peername")
-        if peer is None or (":" in str(peer[0]), int(peer[1])) not in self._own_ports:
+    def looped(self, peer: tuple[object, ...]) -> bool:
+        if (":" in str(peer[0]), int(str(peer[1]))) not in self._own_ports:
             return False
         log.error(
             "redirection loop: this proxy's own upstream connection came back to it; "
@@ -115,66 +128,87 @@ class UserModeProxy:
         )
         return True
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        forget_handler(self._tasks, task)
+    async def handle(self, conn: socket.socket, peer: tuple[object, ...], kind: str) -> None:
+        client = (str(peer[0]), int(str(peer[1])))
+        handshake: Handshake = (
+            Socks5Handshake(self.users) if kind == "socks5" else HttpProxyHandshake()
+        )
+        own: list[tuple[bool, int]] = []
+        try:
+            handed = await shake_hands(
+                conn, handshake, lambda host, port: self._connect(host, port, own), HEAD_TIMEOUT
+            )
+            if isinstance(handed, NotHanded):
+                if handed.destination is None:  # the client's request was at fault
+                    log.info("%s: client %s: %s", kind, host_port(client), handed.reason)
+                else:  # its server could not be had: a flow that failed
+                    self._report(kind, client, handed.destination, RelayStats(error=handed.reason))
+                conn.close()
+                return
+            if self.inspector is not None:
+                stats = await inspect_connection(
+                    conn,
+                    handed.upstream,
+                    client,
+                    handed.destination,
+                    self.inspector,
+                    self.idle_timeout,
+                    handed.early,
+                )
+            else:
+                stats = await relay_untouched(
+                    conn, handed.upstream, handed.early, self.idle_timeout
+                )
+            self._report(kind, client, handed.destination, stats)
+        except OSError as exc:
+            log.info("%s: client %s: %s", kind, host_port(client), exc)
+            conn.close()
+        finally:
+            for port in own:
+                self._own_ports.discard(port)
 
-    async def _connect(self, host: str, port: int) -> tuple[
-        tuple[asyncio.StreamReader, asyncio.StreamWriter], tuple[str, int]
-    ]:  # fmt: skip
+    async def _connect(
+        self, host: str, port: int, own: list[tuple[bool, int]]
+    ) -> tuple[socket.socket, tuple[str, int]]:
         """Resolve (remote DNS), ask the gate about each address, connect to the first
-        allowed one that answers."""
+        allowed one that answers; Refused says why none did."""
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise Refused(socks5.Reply.HOST_UNREACHABLE, f"cannot resolve {host}: {exc}") from exc
-        last: Refused = Refused(socks5.Reply.HOST_UNREACHABLE, f"no address for {host}")
+            raise Refused(Refusal.UNREACHABLE, f"cannot resolve {host}: {exc}") from exc
+        last = Refused(Refusal.UNREACHABLE, f"no address for {host}")
         for _family, _type, _proto, _name, sockaddr in infos:
             address = str(ipaddress.ip_address(sockaddr[0]))
             reason = self.gate(address, port) if self.gate is not None else None
             if reason is not None:
-                last = Refused(socks5.Reply.NOT_ALLOWED, reason)
+                last = Refused(Refusal.POLICY, reason)
                 continue
             try:
-                streams = await self._open(address, port)  # bounded by connect_timeout
+                return await self._open(address, port, own), (address, port)
             except ConnectionRefusedError as exc:
-                last = Refused(socks5.Reply.CONNECTION_REFUSED, str(exc))
+                last = Refused(Refusal.REFUSED, str(exc))
             except (OSError, TimeoutError) as exc:
-                last = Refused(socks5.Reply.HOST_UNREACHABLE, str(exc) or "timed out")
-            else:
-                return streams, (address, port)
+                last = Refused(Refusal.UNREACHABLE, str(exc) or "timed out")
         raise last
 
-    async def _open(self, address: str, port: int) -> Streams:
+    async def _open(self, address: str, port: int, own: list[tuple[bool, int]]) -> socket.socket:
         """A connection to address:port from a socket with the proxy's mark, its local
-        port known to the hop guard (until the handler's _forget)."""
-        own: list[tuple[bool, int]] = []
+        port known to the hop guard (until the handler ends)."""
 
         def remember(sock: socket.socket) -> None:
             own.append((sock.family == socket.AF_INET6, int(sock.getsockname()[1])))
-            self._own_ports.add(own[0])
+            self._own_ports.add(own[-1])
 
         try:
-            try:
-                sock = await open_upstream(
-                    address, port, mark=self.mark, timeout=self.connect_timeout, on_bound=remember
-                )
-            except PermissionError:  # no CAP_NET_ADMIN for SO_MARK: say so once, go unmarked
-                self._mark_refused()
-                sock = await open_upstream(
-                    address, port, timeout=self.connect_timeout, on_bound=remember
-                )
-            return await asyncio.open_connection(sock=sock)
-        except BaseException:
-            if own:
-                self._own_ports.discard(own[0])
-            raise
-
-    def _forget(self, upstream: Streams) -> None:
-        """The upstream connection is done with: its port leaves the hop guard."""
-        local = upstream[1].get_extra_info("sockname")
-        if local is not None:
-            self._own_ports.discard((":" in str(local[0]), int(local[1])))
+            return await open_upstream(
+                address, port, mark=self.mark, timeout=self.connect_timeout, on_bound=remember
+            )
+        except PermissionError:  # no CAP_NET_ADMIN for SO_MARK: say so once, go unmarked
+            self._mark_refused()
+            return await open_upstream(
+                address, port, timeout=self.connect_timeout, on_bound=remember
+            )
 
     def _mark_refused(self) -> None:
         if self.mark:
@@ -185,139 +219,12 @@ class UserModeProxy:
                 "proxy; exempt this proxy's user from such redirects"
             )
 
-    async def _pass_on(self, kind: str, client: Streams, upstream: Streams,
-                       destination: tuple[str, int], early: bytes) -> None:  # fmt: skip
-        """What the client sent after its request (for absolute-URI HTTP, the request
-        itself too), then both ways; the flow reported with every payload byte."""
-        if self.inspector is not None:
-            stats = await self._inspect(client, upstream, destination, early)
-            self._report(kind, client[1], destination, stats)
-            return
-        if early:
-            upstream[1].write(early)
-        stats = await self._relay(client, upstream)
-        stats.client_to_server += len(early)
-        self._report(kind, client[1], destination, stats)
-
-    async def _inspect(
-        self, client: Streams, upstream: Streams, destination: tuple[str, int], early: bytes
-    ) -> RelayStats:
-        """The inspecting proxy's layers, as for redirected connections."""
-        assert self.inspector is not None
-        peer = client[1].get_extra_info("peername") or ("?", 0)
-        client_sock, from_client = await kernel_relay.detach(client)
-        server_sock, from_server = await kernel_relay.detach(upstream)
-        if from_server:  # a server that spoke first: its words go on untouched
-            client_sock.setblocking(False)
-            await asyncio.get_running_loop().sock_sendall(client_sock, from_server)
-        stats = await inspect_connection(
-            client_sock,
-            server_sock,
-            (str(peer[0]), int(peer[1])),
-            destination,
-            self.inspector,
-            self.idle_timeout,
-            early + from_client,
-        )
-        stats.server_to_client += len(from_server)
-        return stats
-
-    async def _relay(self, client: Streams, upstream: Streams) -> RelayStats:
-        """After the handshake nothing is inspected: the kernel fast path where there
-        is one."""
-        if kernel_relay.AVAILABLE:
-            return await kernel_relay.relay_streams(client, upstream, self.idle_timeout)
-        return await relay(client, upstream, self.idle_timeout)
-
-    def _report(self, kind: str, writer: asyncio.StreamWriter, destination: tuple[str, int],
-                stats: RelayStats) -> None:  # fmt: skip
-        peer = writer.get_extra_info("peername") or ("?", 0)
+    def _report(
+        self, kind: str, client: tuple[str, int], destination: tuple[str, int], stats: RelayStats
+    ) -> None:
         if stats.error:
-            log.info("%s %s -> %s: %s", kind, host_port(peer), host_port(destination), stats.error)
+            log.info(
+                "%s %s -> %s: %s", kind, host_port(client), host_port(destination), stats.error
+            )
         if self.on_flow is not None:
-            self.on_flow(ProxiedFlow(kind, (str(peer[0]), int(peer[1])), destination, stats))
-
-    async def _socks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        protocol = socks5.Socks5Server(require_auth=self.users is not None)
-        request: socks5.ConnectRequest | None = None
-        try:
-            while request is None:
-                data = await asyncio.wait_for(reader.read(4096), HEAD_TIMEOUT)
-                if not data:
-                    return
-                for event in protocol.receive(data):
-                    if isinstance(event, socks5.Failed):
-                        writer.write(event.reply)
-                        log.info("socks5: %s", event.message)
-                        return
-                    if isinstance(event, socks5.MethodChosen):
-                        writer.write(event.reply)
-                    elif isinstance(event, socks5.Credentials):
-                        ok = self.users is not None and self.users.get(event.username) == (
-                            event.password
-                        )
-                        writer.write(protocol.authenticated(ok))
-                        if not ok:
-                            return
-                    else:
-                        request = event
-            destination = (request.host, request.port)
-            try:
-                upstream, destination = await self._connect(request.host, request.port)
-            except Refused as exc:
-                writer.write(socks5.reply(exc.reply))
-                self._report("socks5", writer, destination, RelayStats(error=str(exc)))
-                return
-            try:
-                bound = upstream[1].get_extra_info("sockname")
-                writer.write(socks5.reply(socks5.Reply.SUCCEEDED, (str(bound[0]), int(bound[1]))))
-                await self._pass_on(
-                    "socks5", (reader, writer), upstream, destination, protocol.leftover()
-                )
-            finally:
-                self._forget(upstream)
-        except (OSError, TimeoutError) as exc:
-            log.info("socks5: client %s", exc)
-        finally:
-            if not writer.is_closing():
-                writer.close()
-
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = b""
-        try:
-            while not (end := http_proxy.head_complete(buffer)):
-                if len(buffer) > http_proxy.MAX_HEAD:
-                    writer.write(http_proxy.BadRequest(431, "request head too large").response())
-                    return
-                data = await asyncio.wait_for(reader.read(4096), HEAD_TIMEOUT)
-                if not data:
-                    return
-                buffer += data
-            request = http_proxy.parse(buffer[:end])
-            if isinstance(request, http_proxy.BadRequest):
-                writer.write(request.response())
-                return
-            destination = (request.host, request.port)
-            try:
-                upstream, destination = await self._connect(request.host, request.port)
-            except Refused as exc:
-                status = 403 if exc.reply is socks5.Reply.NOT_ALLOWED else 502
-                writer.write(http_proxy.BadRequest(status, str(exc)).response())
-                self._report("http", writer, destination, RelayStats(error=str(exc)))
-                return
-            try:
-                early = buffer[end:]
-                if isinstance(request, http_proxy.Tunnel):
-                    writer.write(http_proxy.ESTABLISHED)
-                else:
-                    early = request.head + early
-                await self._pass_on("http", (reader, writer), upstream, destination, early)
-            finally:
-                self._forget(upstream)
-        except (OSError, TimeoutError) as exc:
-            log.info("http proxy: client %s", exc)
-        finally:
-            if not writer.is_closing():
-                writer.close()
-                with contextlib.suppress(OSError, ConnectionError):
-                    await writer.wait_closed()
+            self.on_flow(ProxiedFlow(kind, client, destination, stats))

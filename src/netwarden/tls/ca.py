@@ -103,25 +103,18 @@ def create(directory: Path, common_name: str | None = None) -> CertificateAuthor
 
 def load(directory: Path) -> CertificateAuthority:
     key_path, cert_path = directory / "ca.key", directory / "ca.pem"
-    if not key_path.exists() and not cert_path.exists():
-        raise CaError(f"no CA in {directory}: make one with `netwarden ca init`")
     try:
+        if not key_path.exists() and not cert_path.exists():
+            raise CaError(f"no CA in {directory}: make one with `netwarden ca init`")
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError) as exc:
+        private = not key_path.stat().st_mode & 0o077
+    except OSError as exc:  # a directory this user may not read, too
+        raise CaError(f"cannot read the CA in {directory}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
         raise CaError(f"cannot read the CA in {directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CaError(f"the CA key in {key_path} is not an EC key")
-    if key_path.stat().st_mode & 0o077:
+    if not private:
         raise CaError(f"the CA key {key_path} is readable by others; chmod 600 it")
     return CertificateAuthority(certificate, key, directory)
-
-
-def load_or_create(directory: Path) -> tuple[CertificateAuthority, bool]:
-    """The CA in directory, made first if there is none; True when it was made now."""
-    try:
-        return load(directory), False
-    except CaError:
-        if (directory / "ca.key").exists() or (directory / "ca.pem").exists():
-            raise
-    return create(directory), True
