@@ -389,3 +389,35 @@ def test_tls_interception_survives_garbage(
     wire.layer.from_client(data)
     wire.layer.from_client(b"")
     wire.layer.from_server(b"")
+
+
+def test_http1_long_bodies_pass_by_count_and_the_next_request_follows() -> None:
+    layer = Http1Filter(RULES, "h")
+    layer.from_client(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n"
+    out = layer.from_server(head + b"a" * 1000)
+    assert layer.counted == 199_000  # the rest passes by count
+    body = _sent(out, Side.CLIENT)[len(head) :]
+    assert layer.from_client(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n") == []  # waits
+    for _ in range(19):
+        body += _sent(layer.from_server(b"b" * 10_000), Side.CLIENT)
+    last = layer.from_server(b"c" * 9_000)
+    body += _sent(last, Side.CLIENT)
+    assert body == b"a" * 1000 + b"b" * 190_000 + b"c" * 9_000
+    assert _sent(last, Side.SERVER) == b"GET /next HTTP/1.1\r\nHost: h\r\nX-Tag: 1\r\n\r\n"
+    out = layer.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert _sent(out, Side.CLIENT).endswith(b"\r\n\r\nok")
+    assert _exchanges(out) == [("/next", "allowed", "")]
+
+
+def test_http1_counted_body_then_close_or_short_bodies_through_h11() -> None:
+    layer = Http1Filter(RULES, "h")
+    layer.from_client(b"GET /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    layer.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    assert layer.counted == 100_000
+    assert layer.from_server(b"x" * 100_000)[-1] == Close()
+    short = Http1Filter(RULES, "h")
+    short.from_client(b"GET /small HTTP/1.1\r\nHost: h\r\n\r\n")
+    short.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert short.counted is None
+    assert _sent(short.from_server(b"x" * 1000), Side.CLIENT) == b"x" * 1000  # through h11

@@ -33,6 +33,7 @@ from netwarden.inspect.http_rules import (
 from netwarden.policy.inspect_model import BlockResponse, HttpRule
 
 MAX_HEAD = 64 * 1024
+COUNTED_MIN = 64 * 1024  # shorter bodies go through h11: counting them saves nothing
 
 
 def _send(side: Side, data: bytes | None) -> list[Command]:
@@ -52,8 +53,9 @@ class _Exchange:
     def __init__(self, method: str, host: str, path: str, verdict: RequestVerdict) -> None:
         self.method, self.host, self.path, self.verdict = method, host, path, verdict
         self.blocked = verdict.blocked_by is not None
-        self.response_blocked = False
-        self.status = 0  # by its content type: the rest of it is dropped
+        self.response_blocked = False  # by its content type: the rest of it is dropped
+        self.status = 0
+        self.request_close = False  # the client asked to close after this one
 
     def report(self, status: int) -> HttpExchange:
         rule = self.verdict.blocked_by or self.verdict.allowed_by
@@ -77,20 +79,83 @@ class Http1Filter:
         self.exchange: _Exchange | None = None
         self.requests = 0
         self.relaying = False
+        # A response body nobody needs to see, passed on by count without h11: bytes
+        # still to come, whether the connection is kept alive after it, and what the
+        # client sent meanwhile (its next requests).
+        self.counted: int | None = None
+        self.keep_alive = False
+        self.waiting = bytearray()
 
     # -- bytes in ----------------------------------------------------------------
 
     def from_client(self, data: bytes) -> list[Command]:
         if self.relaying:
             return [Send(Side.SERVER, data)] if data else [EndOfData(Side.SERVER)]
+        if self.counted is not None:
+            if not data:
+                return [Close(reason="the client left during a response")]
+            self.waiting += data
+            return []
         self.client.receive_data(data)
         return self._client_events()
 
     def from_server(self, data: bytes) -> list[Command]:
         if self.relaying:
             return [Send(Side.CLIENT, data)] if data else [EndOfData(Side.CLIENT)]
+        if self.counted is not None:
+            return self._counted_body(data)
         self.server.receive_data(data)
         return self._server_events()
+
+    # -- bodies passed on by count ------------------------------------------------
+
+    def _count_body(self, request_close: bool, response: h11.Response) -> None:
+        """Pass the rest of this response's body on by count (when nobody needs to see
+        it and its length is known), sparing h11 a copy of each piece."""
+        exchange = self.exchange
+        length = _header(response.headers, b"content-length")
+        if (
+            self.observe
+            or exchange is None
+            or exchange.method == "HEAD"
+            or response.status_code in (204, 304)
+            or not length.isdigit()
+            or int(length) < COUNTED_MIN
+            or _header(response.headers, b"transfer-encoding")
+            or self.client.their_state not in (h11.DONE, h11.MUST_CLOSE)
+            or len(self.server.trailing_data[0]) >= int(length)
+        ):
+            return
+        response_close = b"close" in _header(response.headers, b"connection").lower().encode()
+        self.keep_alive = not (request_close or response_close) and (
+            response.http_version == b"1.1"
+        )
+        self.counted = int(length)
+
+    def _counted_body(self, data: bytes) -> list[Command]:
+        assert self.counted is not None
+        if not data:
+            return [Close(reason="the server closed in the middle of a response")]
+        piece = data[: self.counted]
+        self.counted -= len(piece)
+        out: list[Command] = [Send(Side.CLIENT, piece)] if piece else []
+        if self.counted:
+            return out
+        return out + self._after_counted_body(data[len(piece) :])
+
+    def _after_counted_body(self, beyond: bytes) -> list[Command]:
+        """The body is through: both sides start afresh at their next request (new h11
+        connections, with what the client sent meanwhile), or the connection closes."""
+        self.counted = None
+        if not self.keep_alive or beyond:
+            return [Close()]
+        unread, _closed = self.client.trailing_data
+        waiting = bytes(unread) + bytes(self.waiting)
+        self.waiting.clear()
+        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.exchange = None
+        return self.from_client(waiting) if waiting else []
 
     # -- the client's side -------------------------------------------------------
 
@@ -153,6 +218,9 @@ class Http1Filter:
         bare_host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host.strip("[]")
         verdict = decide_request(self.rules, method, bare_host, path)
         exchange = self.exchange = _Exchange(method, bare_host, path, verdict)
+        exchange.request_close = request.http_version != b"1.1" or (
+            b"close" in _header(request.headers, b"connection").lower().encode()
+        )
         if verdict.blocked_by is not None:
             return self._refuse(exchange, verdict.blocked_by)
         forwarded = request  # as parsed (no second validation) unless a rule rewrites it
@@ -204,13 +272,18 @@ class Http1Filter:
                     status_code=event.status_code, headers=headers, reason=event.reason
                 )
             exchange.status = event.status_code
-            return [
+            sent = [
                 exchange.report(event.status_code),
                 *_send(Side.CLIENT, self.client.send(response)),
             ]
+            self._count_body(exchange.request_close, response)
+            return sent
         if isinstance(event, h11.Data):
             if exchange is not None and exchange.response_blocked:
                 return []
+            if self.counted is not None:  # what h11 had of the body already (not all of it)
+                self.counted -= len(event.data)
+                return [Send(Side.CLIENT, bytes(event.data))]
             seen = self._observed(Side.SERVER, bytes(event.data))
             return [*seen, *_send(Side.CLIENT, self.client.send(event))]
         if isinstance(event, h11.EndOfMessage):

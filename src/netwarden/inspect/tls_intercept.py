@@ -34,7 +34,7 @@ from netwarden.inspect.commands import (
 )
 from netwarden.inspect.tls_hello import ClientHello
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 16 * 1024  # a TLS record at most; a larger buffer is allocated on every read
 HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9_-]{1,63}", re.ASCII)
 
 
