@@ -21,9 +21,10 @@ MAX_BYTES = 1 << 20  # the file starts again beyond this
 MAX_AGE = 600.0  # seconds: older notes name connections long gone
 
 
-def notes_path() -> Path:
-    namespace = os.stat("/proc/thread-self/ns/net").st_ino
-    return RUN_DIR / f"apps-net{namespace}.ndjson"
+def notes_path(netns: str | None = None) -> Path:
+    """The file of this network namespace (or of /run/netns/NETNS)."""
+    where = f"/run/netns/{netns}" if netns else "/proc/thread-self/ns/net"
+    return RUN_DIR / f"apps-net{os.stat(where).st_ino}.ndjson"
 
 
 class AppNoteWriter:

@@ -70,10 +70,10 @@ class Engine:
                 is_root=is_root,
                 record_events=record_events,
             )
-            if netns is None:  # what a `netwarden up` here identifies joins the flows
-                from netwarden.engine.app_notes import AppNoteReader, notes_path
+            # What a `netwarden up` in that namespace identifies joins the flows.
+            from netwarden.engine.app_notes import AppNoteReader, notes_path
 
-                monitor.app_notes = AppNoteReader(notes_path()).poll
+            monitor.app_notes = AppNoteReader(notes_path(netns)).poll
             yield cls(sources, monitor, is_root)
 
     @property
