@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import replace
 
@@ -39,6 +40,14 @@ def test_filter_words() -> None:
     assert FlowFilter.parse("pid:7").matches(_flow(7))
     assert not FlowFilter.parse("pid:7").matches(_flow(8))
     assert FlowFilter.parse("").matches(_flow(1))
+
+
+def test_the_app_filter_matches_what_the_proxy_identified() -> None:
+    tls = dataclasses.replace(_flow(1), app="tls web.example h2")
+    assert FlowFilter.parse("app:tls").matches(tls)
+    assert FlowFilter.parse("app:WEB.example").matches(tls)
+    assert not FlowFilter.parse("app:ssh").matches(tls)
+    assert not FlowFilter.parse("app:tls").matches(_flow(2))  # nothing identified
 
 
 @pytest.mark.parametrize("text", ["colour:red", "port:http"])

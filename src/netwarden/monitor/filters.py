@@ -17,6 +17,7 @@ class FlowFilter:
     address: str | None = None  # substring of local or remote address
     transport: str | None = None
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None  # addr:10.0.0.0/8
+    app: str | None = None  # substring of what the proxy identified: app:tls, app:example.com
 
     def matches(self, flow: Flow) -> bool:
         if self.process:
@@ -41,11 +42,14 @@ class FlowFilter:
             within(key.local.address, self.network) or within(key.remote.address, self.network)
         ):
             return False
+        if self.app and self.app.lower() not in flow.app.lower():
+            return False
         return not (self.transport and str(key.transport) != self.transport.lower())
 
     @classmethod
     def parse(cls, text: str) -> FlowFilter:
-        """'proc:curl port:443 state:established addr:10.0 tcp' or a bare word (process)."""
+        """'proc:curl port:443 state:established addr:10.0 app:tls tcp' or a bare word
+        (process)."""
         values: dict[str, str] = {}
         for word in text.split():
             name, sep, value = word.partition(":")
@@ -58,12 +62,12 @@ class FlowFilter:
                     values["process"] = word
             elif name in ("proc", "process", "pid"):
                 values["process"] = value
-            elif name in ("port", "state", "transport"):
+            elif name in ("port", "state", "transport", "app"):
                 values[name] = value
             elif name in ("addr", "address", "host"):
                 values["address"] = value
             else:
-                raise ValueError(f"unknown filter {name!r}: use proc:, port:, state:, addr:")
+                raise ValueError(f"unknown filter {name!r}: use proc:, port:, state:, addr:, app:")
         port = values.get("port")
         if port is not None and not (port.isdigit() and int(port) <= 65535):
             raise ValueError(f"port must be a number from 0 to 65535, not {port!r}")
@@ -81,4 +85,5 @@ class FlowFilter:
             address=address,
             transport=values.get("transport"),
             network=network,
+            app=values.get("app"),
         )

@@ -116,7 +116,7 @@ class MonitorApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        yield Input(placeholder="proc:NAME port:N state:S addr:A tcp|udp  (Enter to apply)",
+        yield Input(placeholder="proc:NAME port:N state:S addr:A app:TLS tcp|udp  (Enter to apply)",
                     id="filter")  # fmt: skip
         yield DataTable(id="flows", cursor_type="row", zebra_stripes=True)
         yield DataTable(id="totals", cursor_type="row", zebra_stripes=True)
