@@ -133,3 +133,16 @@ def test_an_upstream_ca_is_found_beside_the_policy(tmp_path: Path) -> None:
     text = "[inspect]\nupstream_ca = 'private-ca.pem'\n"
     inspect = parse(text, str(tmp_path / "p.toml"), ENV, base=tmp_path).inspect
     assert inspect.upstream_ca == str(tmp_path / "private-ca.pem")
+
+
+def test_the_example_policy_is_valid_and_means_what_it_says() -> None:
+    example = Path(__file__).parents[2] / "examples" / "policies" / "inspect.toml"
+    policy = parse(example.read_text(), str(example), ENV, base=example.parent)
+    rules = policy.inspect.http
+    assert policy.inspect.intercept_tls
+    assert decide_request(rules, "GET", "x.ads.example", "/").blocked_by is not None
+    assert decide_request(rules, "GET", "dl.example", "/setup.EXE").blocked_by is None
+    assert decide_request(rules, "GET", "dl.example", "/setup.exe").blocked_by is not None
+    later = decide_request(rules, "GET", "dl.example", "/download?id=3")
+    assert blocked_by_content(later, "application/x-msdownload") is not None
+    assert policy.inspect.passes_through("www.bank.example", "203.0.113.5")

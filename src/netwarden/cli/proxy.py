@@ -111,6 +111,11 @@ def proxy(
       netwarden proxy --listen 127.0.0.1:15001 --listen [::1]:15001 &\n
       netwarden redirect --dport 80 --to 127.0.0.1:15001 --to [::1]:15001
 
+    Inspecting (HTTP rules, TLS interception with netwarden's CA; docs/inspect.md):\n
+      netwarden ca init\n
+      netwarden proxy --listen 127.0.0.1:15001 --policy examples/policies/inspect.toml &\n
+      netwarden redirect --dport 80 --dport 443 --to 127.0.0.1:15001
+
     User mode (no root; point applications at it):\n
       netwarden proxy --socks5 127.0.0.1:1080 --http 127.0.0.1:3128 --policy policy.toml\n
       curl --socks5-hostname 127.0.0.1:1080 http://example.test/
