@@ -583,3 +583,30 @@ def test_hostile_clients_cost_their_connection_only(inspecting: Setup) -> None:
             break
         said += chunk
     assert b"a bug" not in said, said
+
+
+def test_up_without_a_ca_for_interception_says_so_and_leaves_nothing(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, _server = pair
+    policy = tmp_path / "policy.toml"
+    policy.write_text(UP_POLICY.format(upstream_ca=policy))  # any readable file will do
+    result = client.run(
+        [
+            "env",
+            f"NETWARDEN_STATE_DIR={tmp_path / 'state'}",
+            PY,
+            "-m",
+            "netwarden",
+            "up",
+            "--policy",
+            str(policy),
+            "--no-history",
+        ],
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "intercept_tls needs netwarden's CA" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert client.run(["nft", "list", "tables"]).stdout.strip() == ""

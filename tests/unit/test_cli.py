@@ -185,3 +185,16 @@ def test_the_ca_is_made_once_shown_exported_and_its_key_kept_private(
     code, output = _run("ca", "passthrough", "list")
     assert "no host is passed through" in output
     assert _run("ca", "passthrough", "clear")[1].strip() == "forgot 0 hosts"
+
+
+def test_interception_without_a_ca_is_one_sentence_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETWARDEN_STATE_DIR", str(tmp_path / "state"))
+    policy = tmp_path / "p.toml"
+    policy.write_text("[inspect]\nintercept_tls = true\n")
+    code, output = _run("proxy", "--listen", "127.0.0.1:15999", "--policy", str(policy))
+    assert code == 1
+    assert "intercept_tls needs netwarden's CA" in output
+    assert "netwarden ca init" in output
+    assert "Traceback" not in output
