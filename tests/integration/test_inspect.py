@@ -368,16 +368,17 @@ def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None
 
 def _up(
     client: Host, policy: Path, *extra: str, env: tuple[str, ...] = ()
-) -> subprocess.Popen[str]:
-    """netwarden up, once it says it is up."""
+) -> tuple[subprocess.Popen[str], str]:
+    """netwarden up, once it says it is up, and what it said."""
     daemon = client.popen(
         [*env, PY, "-m", "netwarden", "up", "--policy", str(policy), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert daemon.stderr is not None
-    assert "netwarden: up:" in daemon.stderr.readline()
-    return daemon
+    said = daemon.stderr.readline()
+    assert "netwarden: up:" in said
+    return daemon, said
 
 
 UP_POLICY = """
@@ -414,7 +415,8 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
     policy = tmp_path / "policy.toml"
     policy.write_text(UP_POLICY.format(upstream_ca=test_ca))
     history = tmp_path / "history.sqlite"
-    daemon = _up(client, policy, "--history", str(history), env=env)
+    daemon, said = _up(client, policy, "--history", str(history), env=env)
+    assert "inspecting: 1 HTTP rule, TLS intercepted" in said
     watch = client.popen(
         [PY, "-m", "netwarden", "monitor", "--watch", "--no-history"],
         stdout=subprocess.PIPE,
@@ -516,7 +518,7 @@ def test_a_stream_callout_resets_a_connection_that_sends_a_secret(
     policy = tmp_path / "policy.toml"
     policy.write_text(STREAM_POLICY)
     guard = Path(__file__).parents[2] / "examples" / "callouts" / "stream_secret_guard.py"
-    daemon = _up(client, policy, "--no-history", "--callouts", str(guard))
+    daemon, _said = _up(client, policy, "--no-history", "--callouts", str(guard))
     url = f"http://{server.ipv4}/upload"
     fine = client.run(
         ["curl", "-sS", "--max-time", "10", "--data-binary", "x" * 100_000, url], check=False

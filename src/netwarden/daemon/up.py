@@ -329,4 +329,12 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
     ):
         if listeners:
             summary += f"; {kind} on " + ", ".join(f"{h}:{p}" for h, p in listeners)
+    inspect = policy.inspect
+    if proxied and inspect.enabled:
+        what = [count(len(inspect.http), "HTTP rule")]
+        if inspect.intercept_tls:
+            what.append("TLS intercepted")
+        summary += "; inspecting: " + ", ".join(what)
+    elif inspect.enabled:
+        summary += "; [inspect] applies to nothing: no [[redirect]] sends connections to the proxy"
     return summary
