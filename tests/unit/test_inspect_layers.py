@@ -421,3 +421,27 @@ def test_http1_counted_body_then_close_or_short_bodies_through_h11() -> None:
     short.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     assert short.counted is None
     assert _sent(short.from_server(b"x" * 1000), Side.CLIENT) == b"x" * 1000  # through h11
+
+
+def test_leaves_are_cached_and_signed_anew_before_they_expire(
+    tls_world: tuple[TlsContexts, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime
+
+    from cryptography import x509
+
+    from netwarden.tls import leaves
+
+    contexts = tls_world[0]
+    first = contexts.for_client(None, "renew.test", "")
+    assert contexts.for_client(None, "renew.test", "") is first  # cached
+    path, expires = contexts.leaves.leaf(("renew.test",))
+    stored = x509.load_pem_x509_certificate(path.read_bytes())
+    assert stored.issuer == contexts.leaves.ca.certificate.subject
+    assert expires - datetime.datetime.now(datetime.UTC) <= leaves.LEAF_VALIDITY
+    # Within a day of expiry (here: always), the leaf is signed again and the context
+    # presenting it is made again.
+    monkeypatch.setattr(leaves, "RENEW_BEFORE", leaves.LEAF_VALIDITY * 2)
+    renewed = contexts.for_client(None, "renew.test", "")
+    assert renewed is not first
+    assert x509.load_pem_x509_certificate(path.read_bytes()).serial_number != (stored.serial_number)

@@ -4,6 +4,7 @@ CA), one per leaf and chosen ALPN for clients."""
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import threading
 
@@ -18,7 +19,10 @@ class TlsContexts:
         self.extra_ca = extra_ca
         self._lock = threading.Lock()
         self._upstream: dict[tuple[str, ...], ssl.SSLContext] = {}
-        self._client: dict[tuple[tuple[str, ...], str], ssl.SSLContext] = {}
+        # (names, ALPN) -> the context and the expiry of the leaf it presents
+        self._client: dict[
+            tuple[tuple[str, ...], str], tuple[ssl.SSLContext, datetime.datetime]
+        ] = {}
         self._sessions: dict[str, ssl.SSLSession] = {}
 
     def upstream(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
@@ -47,13 +51,14 @@ class TlsContexts:
         (and server_name); it answers ALPN with alpn only (what the upstream chose), or
         with none."""
         names = names_of(certificate, server_name)
-        chain = self.leaves.chain_file(names)
+        chain, expires = self.leaves.leaf(names)
         with self._lock:
-            context = self._client.get((names, alpn))
-            if context is None:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                context.load_cert_chain(chain)
-                if alpn:
-                    context.set_alpn_protocols([alpn])
-                self._client[(names, alpn)] = context
+            known = self._client.get((names, alpn))
+            if known is not None and known[1] == expires:
+                return known[0]
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # a leaf signed anew: reload
+            context.load_cert_chain(chain)
+            if alpn:
+                context.set_alpn_protocols([alpn])
+            self._client[(names, alpn)] = (context, expires)
             return context

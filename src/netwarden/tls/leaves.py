@@ -79,13 +79,18 @@ class LeafStore:
         return key
 
     def chain_file(self, names: tuple[str, ...]) -> Path:
+        return self.leaf(names)[0]
+
+    def leaf(self, names: tuple[str, ...]) -> tuple[Path, datetime.datetime]:
+        """The chain file for names and when its leaf expires (signed anew when it
+        would expire within RENEW_BEFORE)."""
         if not names:
             raise ValueError("a leaf certificate needs at least one name")
         now = datetime.datetime.now(datetime.UTC)
         with self._lock:
             known = self._files.get(names)
             if known is not None and known[1] - now > RENEW_BEFORE:
-                return known[0]
+                return known
             path = self.directory / (
                 hashlib.sha256("\n".join(names).encode()).hexdigest()[:32] + ".pem"
             )
@@ -93,7 +98,7 @@ class LeafStore:
             if expires is None or expires - now <= RENEW_BEFORE:
                 expires = self._sign(names, path, now)
             self._files[names] = (path, expires)
-            return path
+            return path, expires
 
     def _valid_until(self, path: Path) -> datetime.datetime | None:
         try:
