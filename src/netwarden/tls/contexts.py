@@ -4,6 +4,7 @@ CA), one per leaf and chosen ALPN for clients."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ssl
 import threading
@@ -11,6 +12,7 @@ import threading
 from netwarden.tls.leaves import LeafStore, names_of
 
 MAX_SESSIONS = 4096
+MAX_CLIENT_CONTEXTS = 2048  # one per host (and ALPN) intercepted lately
 
 
 class TlsContexts:
@@ -19,10 +21,11 @@ class TlsContexts:
         self.extra_ca = extra_ca
         self._lock = threading.Lock()
         self._upstream: dict[tuple[str, ...], ssl.SSLContext] = {}
-        # (names, ALPN) -> the context and the expiry of the leaf it presents
-        self._client: dict[
+        # (names, ALPN) -> the context and the expiry of the leaf it presents; the
+        # least recently used go first beyond MAX_CLIENT_CONTEXTS
+        self._client: collections.OrderedDict[
             tuple[tuple[str, ...], str], tuple[ssl.SSLContext, datetime.datetime]
-        ] = {}
+        ] = collections.OrderedDict()
         self._sessions: dict[str, ssl.SSLSession] = {}
 
     def upstream(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
@@ -55,10 +58,13 @@ class TlsContexts:
         with self._lock:
             known = self._client.get((names, alpn))
             if known is not None and known[1] == expires:
+                self._client.move_to_end((names, alpn))
                 return known[0]
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # a leaf signed anew: reload
             context.load_cert_chain(chain)
             if alpn:
                 context.set_alpn_protocols([alpn])
             self._client[(names, alpn)] = (context, expires)
+            if len(self._client) > MAX_CLIENT_CONTEXTS:
+                self._client.popitem(last=False)
             return context
