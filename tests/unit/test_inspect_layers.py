@@ -445,3 +445,17 @@ def test_leaves_are_cached_and_signed_anew_before_they_expire(
     renewed = contexts.for_client(None, "renew.test", "")
     assert renewed is not first
     assert x509.load_pem_x509_certificate(path.read_bytes()).serial_number != (stored.serial_number)
+
+
+def test_expired_leaf_files_are_removed_when_the_store_opens(tmp_path: Path) -> None:
+    import os
+
+    ours = ca_module.create(tmp_path / "ca")
+    store = LeafStore(ours, tmp_path / "leaves")
+    fresh = store.chain_file(("fresh.test",))
+    old = store.chain_file(("old.test",))
+    long_ago = old.stat().st_mtime - 30 * 86400
+    os.utime(old, (long_ago, long_ago))
+    LeafStore(ours, tmp_path / "leaves")
+    assert fresh.exists()
+    assert not old.exists()

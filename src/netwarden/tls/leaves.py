@@ -3,10 +3,12 @@ for a short time, kept in memory and on disk, made again before they expire."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
 import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -57,6 +59,16 @@ class LeafStore:
         self._lock = threading.Lock()
         self._files: dict[tuple[str, ...], tuple[Path, datetime.datetime]] = {}
         self._key = self._leaf_key()
+        self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        """Leaves signed longer ago than they are valid: gone from the disk (one file
+        per host ever intercepted would otherwise pile up)."""
+        oldest = time.time() - LEAF_VALIDITY.total_seconds()
+        for path in self.directory.glob("*.pem"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < oldest:
+                    path.unlink()
 
     def _leaf_key(self) -> ec.EllipticCurvePrivateKey:
         """One key for every leaf (as mitmproxy does): a leaf then costs one signature."""
