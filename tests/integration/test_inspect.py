@@ -612,3 +612,39 @@ def test_up_without_a_ca_for_interception_says_so_and_leaves_nothing(
     assert "intercept_tls needs netwarden's CA" in result.stderr
     assert "Traceback" not in result.stderr
     assert client.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+def test_identification_alone_names_each_flows_protocol(pair: tuple[Host, Host]) -> None:
+    """netwarden proxy --inspect without a policy: nothing is decided or decrypted, and
+    each flow says what it was (HTTP with its host, TLS with SNI and JA4)."""
+    client, server = pair
+    web.start(server, 80)
+    proxy = client.popen(
+        [PY, "-m", "netwarden", "proxy", "--listen", "127.0.0.1:15001", "--inspect"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proxy.stderr is not None
+    assert "proxy listening" in proxy.stderr.readline()
+    client.run([PY, "-m", "netwarden", "redirect", "--dport", "80", "--to", "127.0.0.1:15001"])
+    fetched = client.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: named.test",
+            f"http://{server.ipv4}/secret",
+        ],
+        check=False,
+    )
+    assert fetched.stdout == "hello from /secret\n"  # no rule: nothing blocked
+    assert proxy.stdout is not None
+    flow = json.loads(proxy.stdout.readline())
+    assert flow["app"] == {
+        "protocol": "http",
+        "method": "GET",
+        "host": "named.test",
+        "path": "/secret",
+    }  # identified, not inspected further
