@@ -49,28 +49,20 @@ def _rss_kib(pid: int, field: str) -> int:
     return 0
 
 
+def _curl(client: Host, ca: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl over HTTP/1.1, trusting ca (the same client for every path)."""
+    return client.run(
+        ["curl", "-sS", "--http1.1", "--cacert", str(ca), *args], check=False, timeout=900
+    )
+
+
 def _requests(client: Host, url: str, ca: Path, count: int, fresh: bool, work: Path) -> float:
     """Requests per second for count GETs by one curl (keep-alive unless fresh)."""
     config = work / "urls"
     config.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * count)
     extra = ["-H", "Connection: close"] if fresh else []
     started = time.monotonic()
-    result = client.run(
-        [
-            "curl",
-            "-sS",
-            "--http1.1",
-            "--cacert",
-            str(ca),
-            "-K",
-            str(config),
-            "-w",
-            "%{http_code}\\n",
-            *extra,
-        ],
-        check=False,
-        timeout=600,
-    )
+    result = _curl(client, ca, "-K", str(config), "-w", "%{http_code}\\n", *extra)
     elapsed = time.monotonic() - started
     codes = result.stdout.split()
     if result.returncode != 0 or codes.count("200") != count:
@@ -80,22 +72,7 @@ def _requests(client: Host, url: str, ca: Path, count: int, fresh: bool, work: P
 
 def _download(client: Host, url: str, ca: Path, pid: int | None) -> dict[str, float]:
     before = _rss_kib(pid, "VmRSS") if pid else 0
-    result = client.run(
-        [
-            "curl",
-            "-sS",
-            "--http1.1",
-            "--cacert",
-            str(ca),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download} %{speed_download}",
-            url,
-        ],
-        check=False,
-        timeout=900,
-    )
+    result = _curl(client, ca, "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url)
     size, speed = result.stdout.split()
     if int(size) != BIG:
         raise RuntimeError(f"download incomplete: {size} bytes; {result.stderr.strip()}")

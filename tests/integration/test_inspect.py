@@ -9,6 +9,7 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,6 +382,28 @@ def _up(
     return daemon, said
 
 
+def _lines_until(
+    process: subprocess.Popen[str], wanted: Callable[[str], bool], timeout: float = 15.0
+) -> list[str]:
+    """The process's output lines up to the first one wanted (all read until then, or
+    until timeout)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    pending = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not select.select([process.stdout], [], [], 0.1)[0]:
+            continue
+        chunk = os.read(process.stdout.fileno(), 65536).decode()
+        if not chunk:
+            break
+        *complete, pending = (pending + chunk).split("\n")
+        lines += complete
+        if any(wanted(line) for line in complete):
+            break
+    return lines
+
+
 UP_POLICY = """
 [settings]
 proxy_port = 15001
@@ -422,55 +445,49 @@ def test_up_inspects_what_its_policy_redirects_and_records_the_protocol(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.5)  # the watching monitor has read the table once
+    watched = _lines_until(watch, lambda line: True)  # it has read the table once
     ca = str(tmp_path / "state" / "ca" / "ca.pem")
-    resolve = f"web.test:443:{server.ipv4}"
-    fine = client.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            ca,
-            "--resolve",
-            resolve,
-            "https://web.test/fine",
-        ],
-        check=False,
-    )
+
+    def curl(*args: str) -> subprocess.CompletedProcess[str]:
+        return client.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                ca,
+                "--resolve",
+                f"web.test:443:{server.ipv4}",
+                *args,
+            ],
+            check=False,
+        )
+
+    fine = curl("https://web.test/fine")
     assert fine.stdout == "hello from /fine\n", fine.stderr
-    blocked = client.run(
-        [
-            "curl",
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            ca,
-            "--resolve",
-            resolve,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "https://web.test/secret",
-        ],
-        check=False,
-    )
+    blocked = curl("-o", "/dev/null", "-w", "%{http_code}", "https://web.test/secret")
     assert blocked.stdout == "403"
-    time.sleep(2.5)  # the closed flows are reported
+    # A monitor started apart shows what the daemon's proxy identified, too.
+    watched += _lines_until(
+        watch,
+        lambda line: (
+            '"event":"closed"' in line
+            and '"remote_port":443' in line
+            and '"name":"curl"' in line
+            and '"app":"tls web.test' in line
+        ),
+    )
     watch.terminate()
-    watched, _ = watch.communicate(timeout=20)
+    watch.wait(timeout=20)
     client.run([PY, "-m", "netwarden", "down"])
     out, _err = daemon.communicate(timeout=20)
-    # A monitor started apart shows what the daemon's proxy identified, too.
     apps = {
         json.loads(line)["app"]
-        for line in watched.splitlines()
+        for line in watched
         if '"remote_port":443' in line and '"name":"curl"' in line
     }
-    assert "tls web.test h2,http/1.1" in apps, watched[-2000:]
+    assert "tls web.test h2,http/1.1" in apps, watched[-20:]
     records = [json.loads(line) for line in out.splitlines()]
     assert [(r["path"], r["verdict"]) for r in records if r["kind"] == "http_exchange"] == [
         ("/fine", "allowed"),

@@ -149,7 +149,8 @@ def proxy(
         return
     loaded = _load_policy(policy) if policy is not None else None
     gate = _policy_gate(loaded) if loaded is not None else None
-    inspector = _inspector(loaded, inspect)
+    programs = _ClientPrograms() if processes else None
+    inspector = _inspector(loaded, inspect, programs.exe if programs is not None else None)
     from netwarden.proxy.upstream import Hop
 
     try:
@@ -161,10 +162,6 @@ def proxy(
     logging.getLogger("pydivert").setLevel(logging.WARNING)
 
     from netwarden.cli.render import relayed_flow
-
-    programs = _ClientPrograms() if processes else None
-    if programs is not None and inspector is not None:
-        inspector.client_program = programs.exe
 
     def transparent_flow(flow: FlowReport) -> None:
         record = relayed_flow("transparent", flow.client, flow.destination, flow.stats)
@@ -272,12 +269,7 @@ class _ClientPrograms:
         self._stack.close()
 
     def process(self, client: tuple[str, int], destination: tuple[str, int]) -> Any:
-        if self.engine is None:
-            return None
-        from netwarden.model import Endpoint, FlowKey, Transport
-
-        key = FlowKey(Transport.TCP, Endpoint(*client), Endpoint(*destination))
-        return self.engine.flow_process(key)
+        return None if self.engine is None else self.engine.connection_process(client, destination)
 
     def link(self, link: Any) -> None:
         if self.engine is not None:
@@ -285,8 +277,7 @@ class _ClientPrograms:
 
     def exe(self, client: tuple[str, int], destination: tuple[str, int]) -> str:
         """The client program's executable ("" while not known)."""
-        found = self.process(client, destination)
-        return found.exe if found is not None and found.exe else ""
+        return "" if self.engine is None else self.engine.connection_program(client, destination)
 
     def add_process(
         self, record: dict[str, Any], client: tuple[str, int], destination: tuple[str, int]
@@ -312,7 +303,7 @@ def _policy_gate(policy: Any) -> Any:
     return policy_gate(policy, os.getuid(), os.getgid())
 
 
-def _inspector(policy: Any, identify: bool) -> Any:
+def _inspector(policy: Any, identify: bool, client_program: Any) -> Any:
     """The inspection the policy's [inspect] section asks for (or identification alone
     with --inspect); None when neither."""
     from netwarden.policy.inspect_model import InspectPolicy
@@ -331,7 +322,7 @@ def _inspector(policy: Any, identify: bool) -> Any:
             _write(record)
 
     try:
-        return build_inspector(settings, learnt, identify)
+        return build_inspector(settings, learnt, identify, client_program=client_program)
     except InspectSetupError as exc:
         _fail(str(exc), 1)
         raise

@@ -27,7 +27,7 @@ from netwarden.engine.callouts import (
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
-from netwarden.model import Endpoint, FlowKey, RelayLink, Transport
+from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
 from netwarden.model.flow import AppNote
 from netwarden.monitor.history import HistoryStore
@@ -154,18 +154,12 @@ def _inspector(policy: Policy, engine: Engine, registry: CalloutRegistry) -> Ins
 
     streaming = stream if registry.at(Layer.STREAM) else None
 
-    def program(client: tuple[str, int], destination: tuple[str, int]) -> str:
-        key = FlowKey(Transport.TCP, Endpoint(*client), Endpoint(*destination))
-        found = engine.flow_process(key)
-        return found.exe if found is not None else ""
-
     try:
-        inspector = build_inspector(policy.inspect, learnt, stream=streaming)
+        return build_inspector(
+            policy.inspect, learnt, stream=streaming, client_program=engine.connection_program
+        )
     except InspectSetupError as exc:
         raise PlatformError(str(exc)) from None
-    if inspector is not None:
-        inspector.client_program = program
-    return inspector
 
 
 def needs_transparent(policy: Policy) -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from netwarden.engine import host
 from netwarden.engine.bus import EngineEvent, EventBus
-from netwarden.model import FlowKey, ProcessInfo, RelayLink
+from netwarden.model import Endpoint, FlowKey, ProcessInfo, RelayLink, Transport
 from netwarden.model.flow import AppNote
 from netwarden.platform.base import PlatformError
 
@@ -85,6 +85,18 @@ class Engine:
         """The process the kernel's flow events named for a flow (they outlive a
         process that exits at once); None when none did yet."""
         return self.monitor.table.stamped_process(key)
+
+    def connection_process(
+        self, client: tuple[str, int], destination: tuple[str, int]
+    ) -> ProcessInfo | None:
+        """The process behind a TCP connection from client to destination, as the
+        kernel's flow events named it (None until they do)."""
+        return self.flow_process(FlowKey(Transport.TCP, Endpoint(*client), Endpoint(*destination)))
+
+    def connection_program(self, client: tuple[str, int], destination: tuple[str, int]) -> str:
+        """That process's executable ("" until known)."""
+        process = self.connection_process(client, destination)
+        return process.exe if process is not None else ""
 
     def publish(self, events: Sequence[EngineEvent]) -> None:
         self.bus.publish(events)

@@ -34,6 +34,7 @@ from netwarden.inspect.commands import (
 )
 from netwarden.inspect.tls_hello import ClientHello
 
+SESSION_TRIES = 3  # a server's ticket comes right after the handshake, or never
 READ_SIZE = 16 * 1024  # a TLS record at most; a larger buffer is allocated on every read
 HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,62}\.)*[a-z0-9_-]{1,63}", re.ASCII)
 
@@ -147,7 +148,7 @@ class TlsInterception:
         self.alpn = ""
         self.upstream_error = ""
         self._from_client = bytearray(hello_bytes)  # until our side of TLS exists
-        self.session_kept = False
+        self.session_tries = SESSION_TRIES  # reads of the server left to find its ticket
         self.server = _Tls(
             contexts.upstream(hello.alpn_names),
             False,
@@ -279,7 +280,7 @@ class TlsInterception:
             plain, finished = tls.read_all()
         except ssl.SSLError as exc:
             return [Close(reason=f"{side.value} TLS failed: {exc.reason or exc}")]
-        if side is Side.SERVER and not self.session_kept:
+        if side is Side.SERVER and self.session_tries:
             self._keep_session()
         out: list[Command] = []
         if plain:
@@ -314,10 +315,11 @@ class TlsInterception:
     def _keep_session(self) -> None:
         """The upstream's session ticket (TLS 1.3 sends it after the handshake), so the
         next connection to it resumes: one signature and verification less."""
-        session = self.server.obj.session
+        self.session_tries -= 1
+        session = self.server.obj.session  # costs ~0.5 ms: asked of a few reads only
         if session is not None and session.has_ticket:
             self.contexts.keep_session(self._session_key, session)
-            self.session_kept = True
+            self.session_tries = 0
 
     def _tls_of(self, side: Side) -> _Tls:
         tls = self.client if side is Side.CLIENT else self.server

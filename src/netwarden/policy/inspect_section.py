@@ -165,6 +165,10 @@ class InspectSection:
             out.append((name, text))
         return tuple(out)
 
+    def _header_names(self, raw: dict[str, Any], key: str, line: int) -> tuple[str, ...]:
+        names = self._strings(raw, key, line, HEADER_NAME, "a header name")
+        return tuple(name.lower() for name in names)
+
     def _http_rule(self, index: int, raw: Any) -> HttpRule | None:
         header = self.lines.header("inspect.http", index)
 
@@ -240,27 +244,13 @@ class InspectSection:
             set_request_headers=self._headers(
                 raw, "set_request_headers", at("set_request_headers")
             ),
-            remove_request_headers=tuple(
-                n.lower()
-                for n in self._strings(
-                    raw,
-                    "remove_request_headers",
-                    at("remove_request_headers"),
-                    HEADER_NAME,
-                    "a header name",
-                )
+            remove_request_headers=self._header_names(
+                raw, "remove_request_headers", at("remove_request_headers")
             ),
             set_response_headers=self._headers(
                 raw, "set_response_headers", at("set_response_headers")
             ),
-            remove_response_headers=tuple(
-                n.lower()
-                for n in self._strings(
-                    raw,
-                    "remove_response_headers",
-                    at("remove_response_headers"),
-                    HEADER_NAME,
-                    "a header name",
-                )
+            remove_response_headers=self._header_names(
+                raw, "remove_response_headers", at("remove_response_headers")
             ),
         )

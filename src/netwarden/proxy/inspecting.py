@@ -98,6 +98,7 @@ def build_inspector(
     on_event: Callable[[InspectEvent], None],
     identify: bool = False,
     stream: Callable[[StreamData], str] | None = None,
+    client_program: Callable[[Address, Address], str] | None = None,
 ) -> Inspector | None:
     """The inspection a policy's [inspect] section asks for (identification alone when
     identify is set and the section asks for nothing); None when neither."""
@@ -116,7 +117,7 @@ def build_inspector(
             raise InspectSetupError(f"intercept_tls needs netwarden's CA: {exc}") from None
         contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
         memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
-    return Inspector(settings, contexts, memory, on_event, stream=stream)
+    return Inspector(settings, contexts, memory, on_event, client_program, stream)
 
 
 class Inspector:
@@ -240,10 +241,9 @@ async def inspect_connection(
     try:
         layer = inspector.layer_for(found, first, client, destination)
     except Exception as exc:  # a bug must cost this connection only
-        log.exception("%s:%d -> %s:%d: inspection failed (a bug)", *client, *destination)
         conn.close()
         upstream.close()
-        return RelayStats(error=f"inspection failed: {type(exc).__name__}: {exc}")
+        return RelayStats(error=_a_bug(client, destination, exc))
     if layer is None:
         stats = await relay_untouched(conn, upstream, first, idle_timeout)
     else:
@@ -255,6 +255,12 @@ async def inspect_connection(
     if layer is not None:
         stats.app["inspected"] = True
     return stats
+
+
+def _a_bug(client: Address, destination: Address, exc: Exception) -> str:
+    """Log a bug of inspection (with its traceback); the flow's error."""
+    log.exception("%s:%d -> %s:%d: inspection failed (a bug)", *client, *destination)
+    return f"inspection failed: {type(exc).__name__}: {exc}"
 
 
 async def relay_untouched(
@@ -322,10 +328,7 @@ class _Driver:
         except OSError as exc:
             self.stats.error = f"{type(exc).__name__}: {exc.strerror or exc}"
         except Exception as exc:  # a layer's bug must cost one connection, not the proxy
-            log.exception(
-                "%s:%d -> %s:%d: inspection failed (a bug)", *self.client, *self.destination
-            )
-            self.stats.error = f"inspection failed: {type(exc).__name__}: {exc}"
+            self.stats.error = _a_bug(self.client, self.destination, exc)
             self._close_all(reset=True)
             return self.stats
         if self.relay_from is not None and not self.closed.is_set():
