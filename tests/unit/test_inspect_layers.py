@@ -27,6 +27,7 @@ from netwarden.inspect.commands import (
 from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.identify import Identifier
+from netwarden.inspect.scanning import EICAR, ContentScanning, Direction, EicarScanner, ScanAction
 from netwarden.inspect.tls_intercept import TlsInterception, Untouched
 from netwarden.policy.inspect_model import BlockResponse, HttpAction, HttpRule
 from netwarden.testing.certs import make_server_files
@@ -150,8 +151,10 @@ class _H2Wire:
     """A real h2 client and server on either side of the filter, bytes moved until
     nobody has anything more to say."""
 
-    def __init__(self, respond: dict[bytes, tuple[bytes, bytes]]) -> None:
-        self.layer = Http2Filter(RULES, "h")
+    def __init__(
+        self, respond: dict[bytes, tuple[bytes, bytes]], scanning: ContentScanning | None = None
+    ) -> None:
+        self.layer = Http2Filter(RULES, "h", scanning=scanning)
         self.client, self.server = _h2_peer(True), _h2_peer(False)
         self.respond = respond  # path -> (content type, body)
         self.client_events: list[h2.events.Event] = []
@@ -251,6 +254,36 @@ def test_http2_streams_are_each_decided() -> None:
         ("/", "blocked", "no-ads"),
         ("/a", "allowed", ""),
         ("/z", "blocked", "no-zip"),
+    ]
+
+
+def test_http2_scanned_downloads_each_decided() -> None:
+    scanning = ContentScanning([EicarScanner(ScanAction.BLOCK, frozenset(Direction))], 1000)
+    big = b"y" * 200_000 + EICAR
+    wire = _H2Wire(
+        {
+            b"/a": (b"text/plain", b"x" * 200_000),
+            b"/eicar": (b"text/plain", EICAR),
+            b"/late": (b"text/plain", big),
+        },
+        scanning,
+    )
+    for stream_id, path in ((1, b"/a"), (3, b"/eicar"), (5, b"/late")):
+        wire.request(stream_id, path)
+    wire.run()
+    assert wire.body_of(1) == b"x" * 200_000
+    assert wire.headers_of(3)[b":status"] == b"403"
+    assert b"EICAR-Test-File" in wire.body_of(3)
+    assert EICAR not in wire.body_of(3)
+    assert wire.headers_of(5)[b":status"] == b"200"  # the head went before the signature
+    assert len(wire.body_of(5)) < len(big) - 900  # the hold-back never went
+    reset = [e for e in wire.client_events if isinstance(e, h2.events.StreamReset)]
+    assert [e.stream_id for e in reset] == [5]
+    assert sorted(_exchanges(wire.commands)) == [
+        ("/a", "allowed", ""),
+        ("/eicar", "blocked", "eicar:EICAR-Test-File"),
+        ("/late", "allowed", ""),
+        ("/late", "blocked", "eicar:EICAR-Test-File"),
     ]
 
 

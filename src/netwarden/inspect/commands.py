@@ -93,6 +93,20 @@ class StreamBlocked:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Detected:
+    """A scanner's finding in a body or stream, and what became of it."""
+
+    scanner: str
+    signature: str
+    action: str  # blocked, logged
+    direction: str  # upload, download
+    method: str = ""
+    host: str = ""
+    path: str = ""
+    matched: str = ""  # what matched, redacted (DLP)
+
+
 Command = (
     Send
     | EndOfData
@@ -103,4 +117,5 @@ Command = (
     | TlsFailed
     | Observed
     | StreamBlocked
+    | Detected
 )

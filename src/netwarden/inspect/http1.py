@@ -16,6 +16,7 @@ import h11
 from netwarden.inspect.commands import (
     Close,
     Command,
+    Detected,
     EndOfData,
     HttpExchange,
     Observed,
@@ -29,6 +30,15 @@ from netwarden.inspect.http_rules import (
     blocked_by_content,
     decide_request,
     rewritten,
+    scan_block_page,
+)
+from netwarden.inspect.scanning import (
+    BodyScan,
+    ContentScanning,
+    Direction,
+    Finding,
+    Scanned,
+    detections,
 )
 from netwarden.policy.inspect_model import BlockResponse, HttpRule
 
@@ -56,6 +66,12 @@ class _Exchange:
         self.response_blocked = False  # by its content type: the rest of it is dropped
         self.status = 0
         self.request_close = False  # the client asked to close after this one
+        self.upload: BodyScan | None = None
+        self.download: BodyScan | None = None
+        self.held: h11.Response | None = None  # the response's head, until its body is scanned
+
+    def blocked_report(self, by: str, status: int) -> HttpExchange:
+        return HttpExchange(self.method, self.host, self.path, "blocked", by, status)
 
     def report(self, status: int) -> HttpExchange:
         rule = self.verdict.blocked_by or self.verdict.allowed_by
@@ -70,8 +86,15 @@ class _Exchange:
 
 
 class Http1Filter:
-    def __init__(self, rules: Sequence[HttpRule], default_host: str, observe: bool = False) -> None:
+    def __init__(
+        self,
+        rules: Sequence[HttpRule],
+        default_host: str,
+        observe: bool = False,
+        scanning: ContentScanning | None = None,
+    ) -> None:
         self.rules = tuple(rules)
+        self.scanning = scanning
         self.observe = observe
         self.default_host = default_host
         self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -117,6 +140,7 @@ class Http1Filter:
         if (
             self.observe
             or exchange is None
+            or exchange.download is not None
             or exchange.method == "HEAD"
             or response.status_code in (204, 304)
             or not length.isdigit()
@@ -193,11 +217,16 @@ class Http1Filter:
             if exchange is None or exchange.blocked:
                 return []
             seen = self._observed(Side.CLIENT, bytes(event.data))
+            if exchange.upload is not None:
+                return seen + self._upload(exchange, exchange.upload.feed(bytes(event.data)))
             return [*seen, *_send(Side.SERVER, self.server.send(event))]
         if isinstance(event, h11.EndOfMessage):
             if exchange is None or exchange.blocked:
                 return self._next_cycle()
             seen = self._observed(Side.CLIENT, b"", end=True)
+            if exchange.upload is not None:
+                sent = self._upload(exchange, exchange.upload.finish(), event)
+                return seen + sent + ([] if exchange.blocked else self._next_cycle())
             return [*seen, *_send(Side.SERVER, self.server.send(event)), *self._next_cycle()]
         if isinstance(event, h11.ConnectionClosed):
             if self.server.our_state in (h11.IDLE, h11.DONE, h11.MUST_CLOSE):
@@ -223,6 +252,11 @@ class Http1Filter:
         )
         if verdict.blocked_by is not None:
             return self._refuse(exchange, verdict.blocked_by)
+        if self.scanning is not None and (
+            _header(request.headers, b"content-length") not in ("", "0")
+            or _header(request.headers, b"transfer-encoding")
+        ):
+            exchange.upload = self.scanning.body(Direction.UPLOAD)
         forwarded = request  # as parsed (no second validation) unless a rule rewrites it
         if verdict.rewrites:
             headers = rewritten(
@@ -272,6 +306,9 @@ class Http1Filter:
                     status_code=event.status_code, headers=headers, reason=event.reason
                 )
             exchange.status = event.status_code
+            if self._scans_download(exchange, response):
+                exchange.held = response
+                return []
             sent = [
                 exchange.report(event.status_code),
                 *_send(Side.CLIENT, self.client.send(response)),
@@ -285,10 +322,16 @@ class Http1Filter:
                 self.counted -= len(event.data)
                 return [Send(Side.CLIENT, bytes(event.data))]
             seen = self._observed(Side.SERVER, bytes(event.data))
+            if exchange is not None and exchange.download is not None:
+                return seen + self._download(exchange, exchange.download.feed(bytes(event.data)))
             return [*seen, *_send(Side.CLIENT, self.client.send(event))]
         if isinstance(event, h11.EndOfMessage):
             if exchange is not None and exchange.response_blocked:
                 return [Close(reason="response blocked by its content type")]
+            if exchange is not None and exchange.download is not None:
+                seen = self._observed(Side.SERVER, b"", end=True)
+                sent = self._download(exchange, exchange.download.finish(), event)
+                return seen + sent + ([] if exchange.blocked else self._next_cycle())
             out: list[Command] = [
                 *self._observed(Side.SERVER, b"", end=True),
                 *_send(Side.CLIENT, self.client.send(event)),
@@ -313,6 +356,67 @@ class Http1Filter:
         response = h11.Response(status_code=403, headers=headers, reason=b"Forbidden")
         events = (response, h11.Data(data=body), h11.EndOfMessage())
         return Send(Side.CLIENT, b"".join(self.client.send(e) or b"" for e in events))
+
+    # -- scanned bodies ------------------------------------------------------------
+
+    def _scans_download(self, exchange: _Exchange, response: h11.Response) -> bool:
+        if self.scanning is None or exchange.method == "HEAD":
+            return False
+        if response.status_code in (204, 304):
+            return False
+        exchange.download = self.scanning.body(Direction.DOWNLOAD)
+        return exchange.download is not None
+
+    def _upload(
+        self, exchange: _Exchange, scanned: Scanned, end: h11.EndOfMessage | None = None
+    ) -> list[Command]:
+        out: list[Command] = [*self._detected(exchange, scanned, Direction.UPLOAD)]
+        if scanned.blocked is not None:
+            return out + self._refuse_scanned(exchange, scanned.blocked, Direction.UPLOAD)
+        if scanned.release:
+            out += _send(Side.SERVER, self.server.send(h11.Data(data=scanned.release)))
+        if end is not None:
+            out += _send(Side.SERVER, self.server.send(end))
+        return out
+
+    def _download(
+        self, exchange: _Exchange, scanned: Scanned, end: h11.EndOfMessage | None = None
+    ) -> list[Command]:
+        out: list[Command] = [*self._detected(exchange, scanned, Direction.DOWNLOAD)]
+        if scanned.blocked is not None:
+            exchange.response_blocked = True
+            return out + self._refuse_scanned(exchange, scanned.blocked, Direction.DOWNLOAD)
+        if exchange.held is not None and (scanned.release or end is not None):
+            out += [
+                exchange.report(exchange.status),
+                *_send(Side.CLIENT, self.client.send(exchange.held)),
+            ]
+            exchange.held = None
+        if scanned.release:
+            out += _send(Side.CLIENT, self.client.send(h11.Data(data=scanned.release)))
+        if end is not None:
+            out += _send(Side.CLIENT, self.client.send(end))
+        return out
+
+    def _detected(self, exchange: _Exchange, scanned: Scanned, way: Direction) -> list[Detected]:
+        return detections(scanned, way, exchange.method, exchange.host, exchange.path)
+
+    def _refuse_scanned(
+        self, exchange: _Exchange, finding: Finding, way: Direction
+    ) -> list[Command]:
+        """The client gets the block page when no answer went to it yet; else (part of a
+        download went) a reset. The server's connection, in the middle of a body, goes."""
+        exchange.blocked = True
+        reason = f"{finding.scanner} found {finding.signature} in the {way.value}"
+        rule = f"{finding.scanner}:{finding.signature}"
+        if self.client.our_state is not h11.SEND_RESPONSE:
+            return [exchange.blocked_report(rule, 0), Close(reset=True, reason=reason)]
+        headers, body = scan_block_page(finding, way, exchange.method, exchange.host, exchange.path)
+        headers.append((b"connection", b"close"))
+        response = h11.Response(status_code=403, headers=headers, reason=b"Forbidden")
+        events = (response, h11.Data(data=body), h11.EndOfMessage())
+        page = b"".join(self.client.send(e) or b"" for e in events)
+        return [exchange.blocked_report(rule, 403), Send(Side.CLIENT, page), Close(reason=reason)]
 
     def _observed(self, side: Side, data: bytes, end: bool = False) -> list[Command]:
         exchange = self.exchange

@@ -28,6 +28,15 @@ from netwarden.inspect.http_rules import (
     blocked_by_content,
     decide_request,
     rewritten,
+    scan_block_page,
+)
+from netwarden.inspect.scanning import (
+    BodyScan,
+    ContentScanning,
+    Direction,
+    Finding,
+    Scanned,
+    detections,
 )
 from netwarden.policy.inspect_model import BlockResponse, HttpRule
 
@@ -58,13 +67,17 @@ class _Stream:
     request_ended: bool = False  # with its headers
     to_server: _Outbound = field(default_factory=_Outbound)
     to_client: _Outbound = field(default_factory=_Outbound)
+    upload: BodyScan | None = None
+    download: BodyScan | None = None
+    held: Headers | None = None  # the response's headers, until its body is scanned
+    answered: bool = False  # the client has the response's headers
+    decided_by: str = ""  # what blocked it when no rule did (a scanner)
 
     def report(self) -> HttpExchange:
         rule = self.verdict.blocked_by or self.verdict.allowed_by
         verdict = "blocked" if self.blocked else "allowed"
-        return HttpExchange(
-            self.method, self.host, self.path, verdict, rule.name if rule else "", self.status
-        )
+        name = self.decided_by or (rule.name if rule else "")
+        return HttpExchange(self.method, self.host, self.path, verdict, name, self.status)
 
 
 def _connection(client_side: bool) -> h2.connection.H2Connection:
@@ -101,8 +114,15 @@ def _bare(authority: str) -> str:
 
 
 class Http2Filter:
-    def __init__(self, rules: Sequence[HttpRule], default_host: str, observe: bool = False) -> None:
+    def __init__(
+        self,
+        rules: Sequence[HttpRule],
+        default_host: str,
+        observe: bool = False,
+        scanning: ContentScanning | None = None,
+    ) -> None:
         self.observe = observe
+        self.scanning = scanning
         self.rules = tuple(rules)
         self.default_host = default_host
         self.client = _connection(client_side=False)
@@ -188,6 +208,8 @@ class Http2Filter:
             self.server.send_headers(stream.server_id, changed, end_stream=ended)
         except h2.exceptions.ProtocolError as exc:
             return self._refuse_error(stream, f"cannot open the stream upstream: {exc}")
+        if not ended and self.scanning is not None:
+            stream.upload = self.scanning.body(Direction.UPLOAD)
         return []
 
     def _refuse(self, stream: _Stream, rule: HttpRule) -> list[Command]:
@@ -263,12 +285,22 @@ class Http2Filter:
                 for r in stream.verdict.rewrites
             ),
         )
+        if not ended and self._scans_download(stream):
+            stream.held = changed
+            return []
         self._send_headers(stream, changed, end=ended)
         if ended:
             self._forget(stream)
         return [stream.report()]
 
+    def _scans_download(self, stream: _Stream) -> bool:
+        if self.scanning is None or stream.method == "HEAD" or stream.status in (204, 304):
+            return False
+        stream.download = self.scanning.body(Direction.DOWNLOAD)
+        return stream.download is not None
+
     def _send_headers(self, stream: _Stream, headers: Headers, end: bool) -> None:
+        stream.answered = stream.answered or not _pseudo(headers, b":status").startswith("1")
         try:
             self.client.send_headers(stream.client_id, headers, end_stream=end)
         except h2.exceptions.ProtocolError:
@@ -285,20 +317,82 @@ class Http2Filter:
         and its data acknowledged at once, when the stream is blocked)."""
         connection = self.client if source is Side.CLIENT else self.server
         outbound = stream.to_server if source is Side.CLIENT else stream.to_client
+        scan = stream.upload if source is Side.CLIENT else stream.download
         if isinstance(event, h2.events.DataReceived):
             if stream.blocked:
                 connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return []
-            outbound.chunks.append((event.data or b"", event.flow_controlled_length))
-            self._drain(stream, source.other)
-            return self._observed(stream, source, event.data or b"")
+            data = event.data or b""
+            seen = self._observed(stream, source, data)
+            if scan is None:
+                outbound.chunks.append((data, event.flow_controlled_length))
+                self._drain(stream, source.other)
+                return seen
+            # What the scan holds back is acknowledged at once (it is bounded by the
+            # hold-back), what it releases when it is passed on.
+            scanned = scan.feed(data)
+            held = max(0, event.flow_controlled_length - len(scanned.release))
+            if held:
+                connection.acknowledge_received_data(held, event.stream_id)
+            released = event.flow_controlled_length - held
+            return seen + self._scanned(stream, source, scanned, released)
         if stream.blocked:
             return []
         if isinstance(event, h2.events.TrailersReceived):
             outbound.trailers = list(event.headers or [])
+        out: list[Command] = []
+        if scan is not None:
+            out = self._scanned(stream, source, scan.finish(), 0, end=True)
+            if stream.blocked:
+                return out
         outbound.end = True
         self._drain(stream, source.other)
-        return self._observed(stream, source, b"", end=True)
+        return out + self._observed(stream, source, b"", end=True)
+
+    def _scanned(
+        self, stream: _Stream, source: Side, scanned: Scanned, acknowledge: int, end: bool = False
+    ) -> list[Command]:
+        """A scan's step: its findings reported; what it released passed on (the
+        response's headers first), or the stream refused."""
+        way = Direction.UPLOAD if source is Side.CLIENT else Direction.DOWNLOAD
+        out: list[Command] = [*detections(scanned, way, stream.method, stream.host, stream.path)]
+        if scanned.blocked is not None:
+            return out + self._refuse_scanned(stream, scanned.blocked, way)
+        if stream.held is not None and source is Side.SERVER and (scanned.release or end):
+            self._send_headers(stream, stream.held, end=False)
+            stream.held = None
+            out.append(stream.report())
+        if scanned.release:
+            outbound = stream.to_server if source is Side.CLIENT else stream.to_client
+            outbound.chunks.append((scanned.release, acknowledge))
+            self._drain(stream, source.other)
+        return out
+
+    def _refuse_scanned(self, stream: _Stream, finding: Finding, way: Direction) -> list[Command]:
+        """The upstream stream is cancelled; the client gets the block page when it has
+        no response yet, else its stream is reset."""
+        stream.blocked = True
+        stream.decided_by = f"{finding.scanner}:{finding.signature}"
+        self._reset(self.server, stream.server_id, h2.errors.ErrorCodes.CANCEL)
+        self.by_server.pop(stream.server_id, None)
+        for connection, stream_id, outbound in (
+            (self.client, stream.client_id, stream.to_server),
+            (self.server, stream.server_id, stream.to_client),
+        ):
+            dropped = sum(acknowledge for _, acknowledge in outbound.chunks)
+            if dropped and stream_id:
+                connection.acknowledge_received_data(dropped, stream_id)
+        stream.server_id = 0
+        stream.to_server, stream.to_client = _Outbound(), _Outbound()
+        stream.held = None
+        if stream.answered:
+            self._reset(self.client, stream.client_id, h2.errors.ErrorCodes.CANCEL)
+            self._forget(stream)
+            stream.status = 0
+            return [stream.report()]
+        headers, body = scan_block_page(finding, way, stream.method, stream.host, stream.path)
+        stream.status = 403
+        return self._answer(stream, 403, headers, body)
 
     def _observed(
         self, stream: _Stream, side: Side, data: bytes, end: bool = False

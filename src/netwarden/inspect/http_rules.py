@@ -6,6 +6,7 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from netwarden.inspect.scanning import Direction, Finding
 from netwarden.policy.inspect_model import HttpAction, HttpRule
 
 Headers = list[tuple[bytes, bytes]]
@@ -57,17 +58,34 @@ def rewritten(
 
 
 def block_page(rule: HttpRule, method: str, host: str, path: str) -> tuple[Headers, bytes]:
+    why = f"by the rule <b>{html.escape(rule.name)}</b> (policy line {rule.line})"
+    return _page(method, host, path, why, (b"x-netwarden-rule", rule.name))
+
+
+def scan_block_page(
+    finding: Finding, direction: Direction, method: str, host: str, path: str
+) -> tuple[Headers, bytes]:
+    what = "upload" if direction is Direction.UPLOAD else "download"
+    why = (
+        f"because {html.escape(finding.scanner)} found <b>{html.escape(finding.signature)}</b> "
+        f"in its {what}"
+    )
+    return _page(method, host, path, why, (b"x-netwarden-scan", finding.signature))
+
+
+def _page(
+    method: str, host: str, path: str, why: str, tag: tuple[bytes, str]
+) -> tuple[Headers, bytes]:
     what = html.escape(f"{method} {host}{path}"[:300])
     body = (
         '<!doctype html><html><head><meta charset="utf-8"><title>Blocked by netwarden'
         "</title></head><body><h1>Blocked by netwarden</h1>"
-        f"<p>The request <code>{what}</code> was blocked by the rule "
-        f"<b>{html.escape(rule.name)}</b> (policy line {rule.line}).</p></body></html>\n"
+        f"<p>The request <code>{what}</code> was blocked {why}.</p></body></html>\n"
     ).encode()
     headers = [
         (b"content-type", b"text/html; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
-        (b"x-netwarden-rule", rule.name.encode("ascii", "replace")),
+        (tag[0], tag[1].encode("ascii", "replace")),
     ]
     return headers, body

@@ -7,6 +7,9 @@ import enum
 import re
 from dataclasses import dataclass
 
+from netwarden.inspect.clamd import DEFAULT_SOCKET
+from netwarden.inspect.dlp import DlpRule
+from netwarden.inspect.scanning import Direction, ScanAction
 from netwarden.policy.prefixes import Network
 
 
@@ -67,6 +70,24 @@ class HttpRule:
         )
 
 
+SCANNERS = ("eicar", "clamd")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPolicy:
+    """[inspect.scan]: which scanners look at which bodies, and what a finding does."""
+
+    scanners: tuple[str, ...] = ()
+    clamd: str | tuple[str, int] = DEFAULT_SOCKET
+    bodies: frozenset[Direction] = frozenset(Direction)
+    streams: bool = False  # raw TCP streams (not HTTP) too
+    action: ScanAction = ScanAction.BLOCK
+    on_error: ScanAction = ScanAction.BLOCK  # clamd unreachable or failing
+    hold_back: int = 1 << 20
+    max_size: int = 25 << 20  # bytes of one body scanned (clamd's StreamMaxLength)
+    line: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class InspectPolicy:
     intercept_tls: bool = False
@@ -76,10 +97,16 @@ class InspectPolicy:
     upstream_ca: str = ""  # extra CA file trusted for upstream servers, with the system's
     pinning_memory: float = 3600.0  # seconds a host refused by a client stays passed through
     identify_timeout: float = 0.5  # how long a quiet client is waited for (server speaks first)
+    scan: ScanPolicy = ScanPolicy()
+    dlp: tuple[DlpRule, ...] = ()
 
     @property
     def enabled(self) -> bool:
-        return self.intercept_tls or bool(self.http)
+        return self.intercept_tls or bool(self.http) or self.scans
+
+    @property
+    def scans(self) -> bool:
+        return bool(self.scan.scanners or self.dlp)
 
     def passes_through(self, host: str, address: str) -> bool:
         import ipaddress

@@ -13,6 +13,8 @@ path_prefix = ["/collect"]
 path_regex = "\\.exe$"
 content_type = ["application/x-msdownload"]   # of the response
 respond = "page"                   # page (403 naming the rule) | reset
+
+Scanning and DLP ([inspect.scan], [[inspect.dlp]]): see scan_section.py.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netwarden.policy.inspect_model import BlockResponse, HttpAction, HttpRule, InspectPolicy
+from netwarden.policy.inspect_model import (
+    BlockResponse,
+    HttpAction,
+    HttpRule,
+    InspectPolicy,
+    ScanPolicy,
+)
 from netwarden.policy.lines import LineFinder
 from netwarden.policy.prefixes import Network
+from netwarden.policy.scan_section import ScanSection
 
 INSPECT_KEYS = {
     "intercept_tls",
@@ -34,6 +43,8 @@ INSPECT_KEYS = {
     "pinning_memory",
     "identify_timeout",
     "http",
+    "scan",
+    "dlp",
 }
 HTTP_KEYS = {
     "name",
@@ -90,7 +101,10 @@ class InspectSection:
             self.problem(at("http"), "HTTP rules are written as [[inspect.http]] tables")
             raw_rules = []
         rules = [self._http_rule(index, body) for index, body in enumerate(raw_rules)]
+        scans = ScanSection(self.lines, self.problem)
         return InspectPolicy(
+            scan=scans.scan(raw["scan"]) if "scan" in raw else ScanPolicy(),
+            dlp=scans.dlp(raw.get("dlp", []), at("dlp")),
             intercept_tls=intercept,
             http=tuple(rule for rule in rules if rule is not None),
             passthrough_hosts=hosts,

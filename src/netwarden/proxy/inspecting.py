@@ -13,12 +13,14 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from netwarden.inspect.commands import (
     Close,
     Command,
+    Detected,
     EndOfData,
     HttpExchange,
     Observed,
@@ -32,6 +34,8 @@ from netwarden.inspect.commands import (
 from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.identify import Identification, Identifier
+from netwarden.inspect.scanning import ContentScanning, Scanner
+from netwarden.inspect.stream_scan import StreamScan
 from netwarden.inspect.tls_intercept import Contexts, Layer, TlsInterception, Untouched
 from netwarden.model import Endpoint
 from netwarden.model.connect import StreamData
@@ -46,13 +50,14 @@ from netwarden.tls.passthrough import PassthroughMemory
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+SCAN_WORKERS = 64  # connections whose layers wait on a scanning daemon at once
 IDLE_CHECK = 5.0
 HTTP_ALPN = ("", "http/1.1")
 
 Address = tuple[str, int]
 
 
-Learnt = Identification | HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked
+Learnt = Identification | HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked | Detected
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ INSPECT_KINDS = {
     HttpExchange: "http_exchange",
     TlsIntercepted: "tls_intercepted",
     TlsFailed: "tls_failed",
+    Detected: "detection",
 }
 
 
@@ -117,7 +123,30 @@ def build_inspector(
             raise InspectSetupError(f"intercept_tls needs netwarden's CA: {exc}") from None
         contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
         memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
-    return Inspector(settings, contexts, memory, on_event, client_program, stream)
+    return Inspector(
+        settings, contexts, memory, on_event, client_program, stream, content_scanning(settings)
+    )
+
+
+def content_scanning(settings: InspectPolicy) -> ContentScanning | None:
+    """The scanners the policy's [inspect.scan] and [[inspect.dlp]] name (None: none)."""
+    if not settings.scans:
+        return None
+    from netwarden.inspect.clamd import ClamdScanner
+    from netwarden.inspect.dlp import DlpScanner
+    from netwarden.inspect.scanning import EicarScanner
+
+    scan = settings.scan
+    scanners: list[Scanner] = []
+    if "eicar" in scan.scanners:
+        scanners.append(EicarScanner(scan.action, scan.bodies))
+    if "clamd" in scan.scanners:
+        scanners.append(ClamdScanner(scan.clamd, scan.action, scan.on_error, scan.bodies))
+    if settings.dlp:
+        scanners.append(DlpScanner(settings.dlp))
+    return ContentScanning(
+        scanners, scan.hold_back, scan.max_size, blocking="clamd" in scan.scanners
+    )
 
 
 class Inspector:
@@ -132,10 +161,15 @@ class Inspector:
         on_event: Callable[[InspectEvent], None] | None = None,
         client_program: Callable[[Address, Address], str] | None = None,
         stream: Callable[[StreamData], str] | None = None,
+        scanning: ContentScanning | None = None,
     ) -> None:
         """stream: the STREAM layer (the callouts' verdict on data passed on: the name
         of the callout that blocks it, or "")."""
         self.stream = stream
+        self.scanning = scanning
+        self.workers: ThreadPoolExecutor | None = None
+        if scanning is not None and scanning.blocking:  # layers that wait on a daemon
+            self.workers = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="netwarden-scan")
         self.policy = policy
         self.contexts = contexts
         self.memory = memory
@@ -161,7 +195,8 @@ class Inspector:
     ) -> Layer | TlsInterception | None:
         """The layer to drive, or None: relay untouched (by the kernel)."""
         observe = self.stream is not None
-        untouched = Untouched(observe=True) if observe else None
+        scanning = self.scanning
+        untouched: Layer | None = Untouched(observe=True) if observe else None
         if found.hello is not None:
             host = found.server_name
             if (
@@ -175,24 +210,38 @@ class Inspector:
             ):
                 return untouched
             rules = self.policy.http
+            raw = self._raw_layer(observe)
             return TlsInterception(
                 found.hello,
                 first,
                 destination[0],
                 self.contexts,
-                lambda alpn, host: _http_layer(rules, alpn, host, observe),
+                lambda alpn, host: _http_layer(rules, alpn, host, observe, scanning, raw),
             )
-        if found.protocol == "http" and (self.policy.http or observe):
-            return Http1Filter(self.policy.http, destination[0], observe)
-        return untouched
+        if found.protocol == "http" and (self.policy.http or observe or scanning):
+            return Http1Filter(self.policy.http, destination[0], observe, scanning)
+        return self._raw_layer(observe) or untouched
+
+    def _raw_layer(self, observe: bool) -> Layer | None:
+        """For bytes that are not HTTP: scanned when the policy scans streams."""
+        if self.scanning is not None and self.policy.scan.streams:
+            return StreamScan(self.scanning, observe)
+        return None
 
 
-def _http_layer(rules: tuple[HttpRule, ...], alpn: str, host: str, observe: bool) -> Layer:
+def _http_layer(
+    rules: tuple[HttpRule, ...],
+    alpn: str,
+    host: str,
+    observe: bool,
+    scanning: ContentScanning | None,
+    raw: Layer | None,
+) -> Layer:
     if alpn == "h2":
-        return Http2Filter(rules, host, observe)
+        return Http2Filter(rules, host, observe, scanning)
     if alpn in HTTP_ALPN:
-        return Http1Filter(rules, host, observe)
-    return Untouched(observe)
+        return Http1Filter(rules, host, observe, scanning)
+    return raw or Untouched(observe)
 
 
 async def _first_bytes(
@@ -308,6 +357,7 @@ class _Driver:
         self.closed = asyncio.Event()
         self.relay_from: bytes | None = None  # set by Relay: hand over to the fast path
         self.held = bytearray()  # from the client, while nothing went to the server yet
+        self.turn = asyncio.Lock()  # layer calls made in worker threads, one at a time
         self.sent_to_server = False
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
@@ -318,10 +368,10 @@ class _Driver:
         self.stats.client_to_server = len(first)
         try:
             if isinstance(layer, TlsInterception):
-                commands = layer.start()
+                commands = await self._step(lambda _: layer.start(), b"")
             else:
                 self.held += first
-                commands = layer.from_client(first)
+                commands = await self._step(layer.from_client, first)
             await self._carry_out(commands)
             if not self.closed.is_set() and self.relay_from is None:
                 await self._pump_both()
@@ -383,10 +433,20 @@ class _Driver:
                 if not self.sent_to_server:
                     self.held += data
             layer = self.layer
-            commands = layer.from_client(data) if side is Side.CLIENT else layer.from_server(data)
+            step = layer.from_client if side is Side.CLIENT else layer.from_server
+            commands = await self._step(step, data)
             await self._carry_out(commands)
             if not data or self.relay_from is not None:
                 return
+
+    async def _step(self, step: Callable[[bytes], list[Command]], data: bytes) -> list[Command]:
+        """One call of the layer: in a worker thread (one at a time per connection)
+        when a scanner in it waits on a daemon, else right here."""
+        workers = self.inspector.workers
+        if workers is None:
+            return step(data)
+        async with self.turn:
+            return await asyncio.get_running_loop().run_in_executor(workers, step, data)
 
     async def _carry_out(self, commands: list[Command]) -> None:
         loop = asyncio.get_running_loop()
@@ -441,8 +501,24 @@ class _Driver:
             )
         )
 
-    def _report(self, event: HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked) -> None:
+    def _report(
+        self, event: HttpExchange | TlsIntercepted | TlsFailed | StreamBlocked | Detected
+    ) -> None:
         inspector = self.inspector
+        if isinstance(event, Detected):
+            where = f" of {event.method} {event.host}{event.path}" if event.method else ""
+            matched = f" ({event.matched})" if event.matched else ""
+            log.warning(
+                "%s:%d -> %s:%d: %s found %s%s in the %s%s: %s",
+                *self.client,
+                *self.destination,
+                event.scanner,
+                event.signature,
+                matched,
+                event.direction,
+                where,
+                event.action,
+            )
         if isinstance(event, TlsFailed) and event.side is Side.CLIENT and inspector.memory:
             inspector.memory.remember(
                 inspector.clients(self.client, self.destination),
