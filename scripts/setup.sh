@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # several times slower on hosts with thousands of sockets).
 apt_packages=(nftables conntrack iptables iproute2 util-linux procps python3 python3-venv
   gcc libc6-dev python3-dev)
-dev_packages=(curl openssl)
+# clamav-daemon: the tests start their own clamd with signatures they write.
+dev_packages=(curl openssl clamav-daemon)
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 [ $dev -eq 1 ] && apt_packages+=("${dev_packages[@]}")

@@ -10,9 +10,7 @@ import select
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +18,7 @@ from netwarden.testing import web
 from netwarden.testing.certs import make_server_files
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY
+from tests.integration.inspecting import Setup, start_inspecting
 
 pytestmark = pytest.mark.root
 
@@ -45,103 +44,9 @@ remove_response_headers = ["server"]
 """
 
 
-@dataclass
-class Setup:
-    client: Host
-    server: Host
-    proxy: subprocess.Popen[str]
-    state: Path
-    env: tuple[str, ...]
-    unread: str = ""  # the proxy's output read, not yet a whole line
-    log: list[dict[str, Any]] = field(default_factory=list)
-    taken: dict[str, int] = field(default_factory=dict)  # records of each kind returned
-
-    @property
-    def ca(self) -> str:
-        return str(self.state / "ca" / "ca.pem")
-
-    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.client.run(["curl", "-sS", "--max-time", "10", *args], check=False)
-
-    def netwarden(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.client.run([*self.env, PY, "-m", "netwarden", *args], check=False)
-
-    def records(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """The proxy's next NDJSON records of this kind (each kind read in order)."""
-        assert self.proxy.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            mine = [r for r in self.log if r["kind"] == kind]
-            taken = self.taken.get(kind, 0)
-            if len(mine) >= taken + count or time.monotonic() >= deadline:
-                self.taken[kind] = min(len(mine), taken + count)
-                return mine[taken : taken + count]
-            if select.select([self.proxy.stdout], [], [], 0.1)[0]:
-                self.unread += os.read(self.proxy.stdout.fileno(), 65536).decode()
-                *lines, self.unread = self.unread.split("\n")
-                self.log += [json.loads(line) for line in lines]
-
-
-def _setup(pair: tuple[Host, Host], tmp_path: Path, trust_upstream: bool) -> Setup:
-    client, server = pair
-    tmp_path.chmod(0o755)
-    test_ca, cert, key = make_server_files(
-        tmp_path / "server", [server.ipv4, server.ipv6, "web.test"]
-    )
-    web.start(server, 443, cert, key, h2=True)
-    web.start(server, 80)
-    state = tmp_path / "state"
-    env = ("env", f"NETWARDEN_STATE_DIR={state}")
-    client.run([*env, PY, "-m", "netwarden", "ca", "init"])
-    policy = tmp_path / "policy.toml"
-    upstream_ca = f'upstream_ca = "{test_ca}"' if trust_upstream else ""
-    policy.write_text(POLICY.format(upstream_ca=upstream_ca))
-    proxy = client.popen(
-        [
-            *env,
-            PY,
-            "-m",
-            "netwarden",
-            "proxy",
-            "--listen",
-            "127.0.0.1:15001",
-            "--listen",
-            "[::1]:15001",
-            "--socks5",
-            "127.0.0.1:1080",
-            "--http",
-            "127.0.0.1:3128",
-            "--processes",
-            "--policy",
-            str(policy),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proxy.stderr is not None
-    assert "proxy listening" in proxy.stderr.readline()
-    client.run(
-        [
-            PY,
-            "-m",
-            "netwarden",
-            "redirect",
-            "--dport",
-            "80",
-            "--dport",
-            "443",
-            "--to",
-            "127.0.0.1:15001",
-            "--to",
-            "[::1]:15001",
-        ]
-    )
-    return Setup(client, server, proxy, state, env)
-
-
 @pytest.fixture
 def inspecting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
-    return _setup(pair, tmp_path, trust_upstream=True)
+    return start_inspecting(pair, tmp_path, trust_upstream=True, policy_text=POLICY)
 
 
 @pytest.mark.parametrize(
@@ -353,7 +258,7 @@ def test_tls_that_is_not_http_works_through_interception(inspecting: Setup) -> N
 
 @pytest.fixture
 def distrusting(pair: tuple[Host, Host], tmp_path: Path) -> Setup:
-    return _setup(pair, tmp_path, trust_upstream=False)
+    return start_inspecting(pair, tmp_path, trust_upstream=False, policy_text=POLICY)
 
 
 def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None:

@@ -7,6 +7,7 @@ import gc
 import inspect
 import json
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -264,13 +265,22 @@ def history(
             "root, else ~/.local/state/netwarden/history.sqlite."
         ),
     ] = None,
+    detections: Annotated[
+        bool,
+        typer.Option(
+            "--detections",
+            help="List what the content scanners found (viruses, DLP matches) instead "
+            "of connections; with --since and --limit.",
+        ),
+    ] = False,
 ) -> None:
     """Query closed connections recorded by `netwarden monitor` and `netwarden up`.
 
     Examples:\n
       netwarden history --process curl --since 1h\n
       netwarden history --host 192.0.2.7 --port 443 --format json\n
-      netwarden history --host 10.0.0.0/8
+      netwarden history --host 10.0.0.0/8\n
+      netwarden history --detections --since 1d
     """
     from netwarden.cli.render import table
     from netwarden.engine.host import is_privileged
@@ -289,6 +299,9 @@ def history(
         process=process, since=_parse_time(since, "--since"), until=_parse_time(until, "--until"),
         host=host, port=port, limit=limit,
     )  # fmt: skip
+    if detections:
+        _detections(path, query.since, limit, output)
+        return
     try:
         store = HistoryStore(path)
         flows = store.query(query)
@@ -299,6 +312,24 @@ def history(
         sys.stdout.write(json.dumps([f.to_json() for f in flows]) + "\n")
     else:
         sys.stdout.write(table(flows, with_time=True) + "\n")
+
+
+def _detections(path: Path, since: float | None, limit: int, output: OutputFormat) -> None:
+    from netwarden.cli.render import detection_table
+    from netwarden.monitor.history import HistoryError, HistoryStore
+
+    try:
+        store = HistoryStore(path)
+        found = store.detections(since, limit)
+        store.close()
+    except (HistoryError, sqlite3.Error) as exc:
+        fail(str(exc))
+    if output is OutputFormat.json:
+        sys.stdout.write(json.dumps(found) + "\n")
+    elif found:
+        sys.stdout.write(detection_table(found) + "\n")
+    else:
+        sys.stdout.write("no detections recorded\n")
 
 
 @app.command()

@@ -89,7 +89,9 @@ def check(
       \\[inspect]       intercept_tls, passthrough, upstream_ca, pinning_memory,
       identify_timeout; \\[\\[inspect.http]] name, action (allow|block|rewrite), host,
       method, path_prefix, path_regex, content_type, respond (page|reset), set_/remove_
-      request_/response_headers (docs/inspect.md)
+      request_/response_headers (docs/inspect.md); \\[inspect.scan] scanners (eicar,
+      clamd), clamd, bodies, streams, action (block|log), on_error, hold_back, max_size;
+      \\[\\[inspect.dlp]] name, match (card|private_key|cloud_key) or regex, action
     """
     policy = _load(path)
     counts = {d.value: sum(1 for r in policy.rules if r.direction == d) for d in policy.defaults}
@@ -114,6 +116,10 @@ def _inspect_summary(policy: Policy) -> str:
         parts.append(
             f"TLS intercepted ({passing} passed through)" if passing else "TLS intercepted"
         )
+    if inspect.scan.scanners:
+        parts.append("scanning with " + ", ".join(inspect.scan.scanners))
+    if inspect.dlp:
+        parts.append(count(len(inspect.dlp), "DLP pattern"))
     return "; inspect: " + ", ".join(parts)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from netwarden.model import Flow
@@ -82,8 +82,36 @@ def table(flows: Iterable[Flow], *, with_time: bool = False) -> str:
         if with_app:
             row += (flow.app or "-",)
         rows.append(row)
+    return aligned(rows)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def detection_table(detections: Iterable[dict[str, object]]) -> str:
+    """Findings of the content scanners (history rows) as aligned columns."""
+    rows: list[tuple[str, ...]] = [
+        ("TIME", "PID", "PROCESS", "WHAT", "WAY", "SCANNER", "SIGNATURE", "MATCHED", "ACTION")
+    ]
+    for found in detections:
+        moment = float(str(found["time"]))
+        what = f"{found['method']} {found['host']}{found['path']}".strip()
+        rows.append(
+            (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment)),
+                str(found["pid"] or "-"),
+                str(found["process_name"] or "-"),
+                what or f"{found['client']} -> {found['destination']}",
+                str(found["direction"]),
+                str(found["scanner"]),
+                str(found["signature"]),
+                str(found["matched"] or "-"),
+                str(found["action"]),
+            )
+        )
+    return aligned(rows)

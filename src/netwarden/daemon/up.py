@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from netwarden.callout.api import Layer
 from netwarden.callout.registry import DEFAULT_BUDGET, CalloutRegistry, FailMode, LoadedCallout
 from netwarden.daemon import state
+from netwarden.daemon.detections import DetectionRecorder
 from netwarden.engine import host
 from netwarden.engine.app_notes import AppNoteWriter, notes_path
 from netwarden.engine.bus import Inspected, PolicyApplied, Subscriber
@@ -129,9 +130,12 @@ class ProxyThread:
         self._thread.join(10)
 
 
-def _inspector(policy: Policy, engine: Engine, registry: CalloutRegistry) -> Inspector | None:
+def _inspector(
+    policy: Policy, engine: Engine, registry: CalloutRegistry, detections: DetectionRecorder
+) -> Inspector | None:
     """Inspection as the policy's [inspect] section asks, its findings told to the
-    engine: the protocol joins the application's flow, the rest goes on the bus."""
+    engine: the protocol joins the application's flow, the rest goes on the bus (and a
+    scanner's findings, with the process, into the history)."""
     from netwarden.inspect.identify import Identification
 
     shared = AppNoteWriter(notes_path())
@@ -145,8 +149,12 @@ def _inspector(policy: Policy, engine: Engine, registry: CalloutRegistry) -> Ins
             shared.append(note)  # for monitors started apart
             return
         record = event_record(event)
-        if record is not None:
-            engine.publish([Inspected(record)])
+        if record is None:
+            return
+        if record["kind"] == "detection":
+            detections.add(record, event.client, event.destination)
+            return
+        engine.publish([Inspected(record)])
 
     def stream(data: StreamData) -> str:
         decision = registry.classify_stream(data)
@@ -254,7 +262,13 @@ def run(
                 failure_publisher(engine.publish),
             )
             if needs_proxy(policy):
-                inspector = _inspector(policy, engine, registry)
+                detections = DetectionRecorder(
+                    engine.connection_process,
+                    history,
+                    lambda record: engine.publish([Inspected(record)]),
+                )
+                stack.callback(detections.close)
+                inspector = _inspector(policy, engine, registry, detections)
                 proxy = ProxyThread(policy, on_flow, engine.relay_links.append, inspector)
                 proxy.start()
             layer = connect_layer_for(policy, registry)
@@ -328,6 +342,10 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
         what = [count(len(inspect.http), "HTTP rule")]
         if inspect.intercept_tls:
             what.append("TLS intercepted")
+        if inspect.scan.scanners:
+            what.append("scanning with " + ", ".join(inspect.scan.scanners))
+        if inspect.dlp:
+            what.append(count(len(inspect.dlp), "DLP pattern"))
         summary += "; inspecting: " + ", ".join(what)
     elif inspect.enabled:
         summary += "; [inspect] applies to nothing: no [[redirect]] sends connections to the proxy"

@@ -69,6 +69,7 @@ class _Exchange:
         self.upload: BodyScan | None = None
         self.download: BodyScan | None = None
         self.held: h11.Response | None = None  # the response's head, until its body is scanned
+        self.held_request: h11.Request | None = None  # the same for an upload
 
     def blocked_report(self, by: str, status: int) -> HttpExchange:
         return HttpExchange(self.method, self.host, self.path, "blocked", by, status)
@@ -264,7 +265,24 @@ class Http1Filter:
                 ((r.set_request_headers, r.remove_request_headers) for r in verdict.rewrites),
             )
             forwarded = h11.Request(method=request.method, target=request.target, headers=headers)
+        if exchange.upload is not None:
+            return self._hold_request(exchange, forwarded)
         return _send(Side.SERVER, self.server.send(forwarded))
+
+    def _hold_request(self, exchange: _Exchange, request: h11.Request) -> list[Command]:
+        """The request goes with the first part of its body the scanners release: a body
+        blocked within the hold-back never reaches the server at all. A client waiting
+        for 100 Continue gets it from here."""
+        if _header(request.headers, b"expect").lower() != "100-continue":
+            exchange.held_request = request
+            return []
+        exchange.held_request = h11.Request(
+            method=request.method,
+            target=request.target,
+            headers=[(n, v) for n, v in request.headers.raw_items() if n.lower() != b"expect"],
+        )
+        go_on = h11.InformationalResponse(status_code=100, headers=[])
+        return _send(Side.CLIENT, self.client.send(go_on))
 
     def _refuse(self, exchange: _Exchange, rule: HttpRule) -> list[Command]:
         if rule.respond is BlockResponse.RESET:
@@ -373,6 +391,9 @@ class Http1Filter:
         out: list[Command] = [*self._detected(exchange, scanned, Direction.UPLOAD)]
         if scanned.blocked is not None:
             return out + self._refuse_scanned(exchange, scanned.blocked, Direction.UPLOAD)
+        if exchange.held_request is not None and (scanned.release or end is not None):
+            out += _send(Side.SERVER, self.server.send(exchange.held_request))
+            exchange.held_request = None
         if scanned.release:
             out += _send(Side.SERVER, self.server.send(h11.Data(data=scanned.release)))
         if end is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,29 @@ CREATE TABLE IF NOT EXISTS flows (
 CREATE INDEX IF NOT EXISTS flows_last_seen ON flows(last_seen);
 CREATE INDEX IF NOT EXISTS flows_process ON flows(process_name);
 CREATE INDEX IF NOT EXISTS flows_remote ON flows(remote_address, remote_port);
+CREATE TABLE IF NOT EXISTS detections (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    pid INTEGER,
+    process_name TEXT NOT NULL,
+    exe TEXT NOT NULL,
+    client TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    scanner TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    action TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    method TEXT NOT NULL,
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    matched TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS detections_time ON detections(time);
 """
+DETECTION_COLUMNS = (
+    "time", "pid", "process_name", "exe", "client", "destination", "scanner", "signature",
+    "action", "direction", "method", "host", "path", "matched",
+)  # fmt: skip
 
 COLUMNS = (
     "transport, local_address, local_port, remote_address, remote_port, state, pid, "
@@ -87,6 +110,7 @@ class HistoryStore:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._writing = threading.Lock()  # the monitor and the proxy write from two threads
             self._db.executescript(SCHEMA)
             present = {row[1] for row in self._db.execute("PRAGMA table_info(flows)")}
             for name, declaration in ADDED_COLUMNS.items():
@@ -98,15 +122,43 @@ class HistoryStore:
     def record(self, flows: Iterable[Flow]) -> int:
         rows = [_row(flow) for flow in flows]
         if rows:
-            with self._db:
+            with self._writing, self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(INSERT, rows)
         return len(rows)
 
     def prune(self, now: float | None = None) -> int:
         cutoff = (now if now is not None else time.time()) - self.retention_seconds
-        cursor = self._db.execute("DELETE FROM flows WHERE last_seen < ?", (cutoff,))
+        with self._writing:
+            cursor = self._db.execute("DELETE FROM flows WHERE last_seen < ?", (cutoff,))
+            self._db.execute("DELETE FROM detections WHERE time < ?", (cutoff,))
         return cursor.rowcount
+
+    def record_detection(self, detection: dict[str, object]) -> None:
+        """One finding of a content scanner (a `detection` record of the inspecting
+        proxy, with the time and the process when known)."""
+        row = [detection.get(name, "") for name in DETECTION_COLUMNS]
+        row[0] = detection.get("time") or time.time()
+        row[1] = detection.get("pid")
+        placeholders = ", ".join("?" * len(DETECTION_COLUMNS))
+        with self._writing:
+            self._db.execute(
+                f"INSERT INTO detections ({', '.join(DETECTION_COLUMNS)}) VALUES ({placeholders})",
+                [str(v) if i > 1 else v for i, v in enumerate(row)],
+            )
+
+    def detections(self, since: float | None = None, limit: int = 1000) -> list[dict[str, object]]:
+        """Findings of the content scanners, newest first."""
+        sql = f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections"
+        args: list[object] = []
+        if since is not None:
+            sql += " WHERE time >= ?"
+            args.append(since)
+        sql += " ORDER BY time DESC LIMIT ?"
+        args.append(limit)
+        return [
+            dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in self._db.execute(sql, args)
+        ]
 
     def query(self, q: HistoryQuery) -> list[Flow]:
         where: list[str] = []

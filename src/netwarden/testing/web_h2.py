@@ -12,22 +12,23 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-Answer = Callable[[str, dict[str, str]], tuple[dict[str, str], int, bytes]]
+Answer = Callable[[str, dict[str, str], bytes], tuple[dict[str, str], int, bytes]]
 
 
 class _Body:
-    """A body to send: bytes, or a size of 'x' bytes made as it goes."""
+    """A body to send: a size of 'x' bytes made as it goes, then data."""
 
     def __init__(self, data: bytes, size: int) -> None:
-        self.data, self.left = data, size if not data else len(data)
+        self.data, self.filler = data, size
+        self.left = size + len(data)
 
     def take(self, count: int) -> bytes:
         count = min(count, self.left)
         self.left -= count
-        if self.data:
-            piece, self.data = self.data[:count], self.data[count:]
-            return piece
-        return b"x" * count
+        filler = min(count, self.filler)
+        self.filler -= filler
+        piece, self.data = self.data[: count - filler], self.data[count - filler :]
+        return b"x" * filler + piece
 
 
 def serve(sock: socket.socket, answer: Answer) -> None:
@@ -37,6 +38,7 @@ def serve(sock: socket.socket, answer: Answer) -> None:
     connection.initiate_connection()
     sock.sendall(connection.data_to_send())
     requests: dict[int, dict[str, str]] = {}
+    bodies: dict[int, bytes] = {}
     sending: dict[int, _Body] = {}
     while True:
         try:
@@ -54,13 +56,17 @@ def serve(sock: socket.socket, answer: Answer) -> None:
                 requests[event.stream_id] = dict(event.headers or [])  # type: ignore[arg-type]
             elif isinstance(event, h2.events.DataReceived):
                 connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                bodies[event.stream_id] = bodies.get(event.stream_id, b"") + (event.data or b"")
             elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
                 headers = requests.pop(event.stream_id)
-                response, size, body = answer(headers.get(":path", "/"), headers)
+                received = bodies.pop(event.stream_id, b"")
+                response, size, body = answer(headers.get(":path", "/"), headers, received)
                 connection.send_headers(event.stream_id, [(":status", "200"), *response.items()])
                 sending[event.stream_id] = _Body(body, size)
             elif isinstance(event, h2.events.StreamReset):
                 sending.pop(event.stream_id, None)
+                requests.pop(event.stream_id, None)
+                bodies.pop(event.stream_id, None)
         for stream_id, pending in list(sending.items()):
             while pending.left:
                 window = min(
