@@ -10,6 +10,7 @@ from netwarden.callout.api import Connection
 from netwarden.model.connect import BLOCK, PERMIT, ConnectDirection, Verdict
 from netwarden.policy.matcher import FlowQuery, ProgramFacts, decide_by_program
 from netwarden.policy.model import Action, Direction, Policy
+from netwarden.policy.schedule import now
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ class ProgramRules:
         self.policy = policy
 
     def classify(self, connection: Connection) -> Verdict | None:
-        decision = decide_by_program(self.policy, query_of(connection))
+        policy = self.policy.in_force(now()) if self.policy.scheduled else self.policy
+        decision = decide_by_program(policy, query_of(connection))
         for rule in decision.logged:
             log.info("rule %r: %s", rule.name, connection)
         if decision.rule is None:

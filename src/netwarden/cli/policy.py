@@ -81,7 +81,8 @@ def check(
       \\[\\[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
       protocol (tcp|udp|icmp|any), from, to (addresses or @sets), from_port, port,
       interface; out only: user, group, scope, service; by program (with `netwarden
-      up`): exe, process, sha256, parent_exe, cmdline\n
+      up`): exe, process, sha256, parent_exe, cmdline; in force at times only (with
+      `netwarden up`): days (["mon-fri"]), hours ("08:00-17:30"), timezone\n
       \\[\\[redirect]]    name, to ("proxy" or ADDRESS:PORT), direction (out|forward),
       destination, port, user, group, scope, service, mark, method (nat|tproxy),
       target_mark
@@ -101,6 +102,7 @@ def check(
         f"({', '.join(f'{n} {d}' for d, n in counts.items())}), "
         f"{count(len(policy.redirects), 'redirect')}, {count(len(policy.sets), 'set')}"
         + (f", {len(policy.program_rules)} by program" if policy.program_rules else "")
+        + (f", {len(policy.scheduled)} with days/hours" if policy.scheduled else "")
         + "; "
         f"defaults: {defaults}" + _inspect_summary(policy)
     )
@@ -141,6 +143,13 @@ def apply(
         _fail(
             f"netwarden: {path}: rule(s) {names} name a program; such rules are decided "
             "as each connection starts, by `netwarden up --policy FILE`",
+            2,
+        )
+    if policy.scheduled:
+        names = ", ".join(repr(rule.name) for rule in policy.scheduled)
+        _fail(
+            f"netwarden: {path}: rule(s) {names} have days or hours; `netwarden up --policy "
+            "FILE` puts them in force and out of it as the clock goes",
             2,
         )
     _refuse_while_up(policy.settings.table, "replaced")
@@ -226,17 +235,39 @@ def show(
             typer.echo(f"  {owner}: {mark:#x}")
 
 
-@app.command()
-def test(
+@app.command("test")
+def decide_flow(
     path: Annotated[Path, typer.Argument(help="Policy file (TOML).", metavar="FILE")],
     flow: Annotated[
         str, typer.Option(help="e.g. 'tcp out 10.0.0.5:40000 -> 192.0.2.7:443 uid=1000'.")
     ],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Decide as at this time (ISO, like 2026-12-01T08:30, local time unless it "
+            "says +01:00); rules with days/hours apply only then. Default: now."
+        ),
+    ] = None,
 ) -> None:
     """Say which rule decides a flow and why, without root and without the kernel."""
-    from netwarden.policy.matcher import FlowSyntaxError, decide, parse_flow
+    import datetime
 
-    policy = _load(path)
+    from netwarden.policy.matcher import FlowSyntaxError, decide, parse_flow
+    from netwarden.policy.schedule import now
+
+    moment = now()
+    if at is not None:
+        try:
+            given = datetime.datetime.fromisoformat(at)
+        except ValueError:
+            _fail(f"--at: {at!r} is not a time like 2026-12-01T08:30")
+            return
+        moment = (given if given.tzinfo else given.astimezone()).timestamp()
+    loaded = _load(path)
+    policy = loaded.in_force(moment)
+    for rule in loaded.scheduled:
+        if rule not in policy.rules and rule.when is not None:
+            typer.echo(f"not in force then: rule {rule.name!r} ({rule.when.describe()})")
     try:
         query = parse_flow(flow, _firewall().environment())
     except FlowSyntaxError as exc:

@@ -36,6 +36,7 @@ from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.loader import connect_mask_problems
 from netwarden.policy.model import Policy
+from netwarden.policy.schedule import now
 from netwarden.proxy.gate import policy_gate
 from netwarden.proxy.inspecting import (
     InspectEvent,
@@ -184,6 +185,40 @@ def needs_proxy(policy: Policy) -> bool:
 
 
 MARK_CHECK_SECONDS = 2.0
+WINDOW_RECHECK = 3600.0  # seconds between looks when no window changes within a week
+
+
+def _follow_windows(
+    policy: Policy,
+    firewall: Firewall,
+    layer: ConnectLayer | None,
+    by: str,
+    publish: Callable[[Sequence[PolicyApplied]], None],
+    stop: threading.Event,
+) -> None:
+    """Put rules with days or hours in force, and out of it, as the clock goes: the
+    policy is applied anew (atomically) at each change."""
+    in_force = {rule.name for rule in policy.in_force(now()).scheduled}
+    while not stop.is_set():
+        change = policy.next_change(now())
+        wait = WINDOW_RECHECK if change is None else max(0.0, change - now())
+        if stop.wait(min(wait, WINDOW_RECHECK)):
+            return
+        current = policy.in_force(now())
+        names = {rule.name for rule in current.scheduled}
+        if names == in_force:
+            continue
+        try:
+            compiled, rules = apply_policy(current, firewall, layer, by=by)
+        except PlatformError as exc:
+            log.error("time windows: could not apply the policy (the previous one stays): %s", exc)
+            continue
+        for name in sorted(names - in_force):
+            log.warning("time window: rule %r is in force now", name)
+        for name in sorted(in_force - names):
+            log.warning("time window: rule %r is out of force now", name)
+        in_force = names
+        publish([PolicyApplied(policy.source, compiled.table, rules)])
 
 
 def _keep_marks(firewall: Firewall, policy: CompiledPolicy, stop: threading.Event) -> None:
@@ -274,9 +309,16 @@ def run(
             layer = connect_layer_for(policy, registry)
             if layer is not None and (problems := connect_mask_problems(policy.settings)):
                 raise PlatformError(problems[0])
-            compiled, rules = apply_policy(
-                policy, firewall, layer, by=f"netwarden up (pid {os.getpid()})"
-            )
+            by = f"netwarden up (pid {os.getpid()})"
+            compiled, rules = apply_policy(policy.in_force(now()), firewall, layer, by=by)
+            if policy.scheduled:
+                follower = threading.Thread(
+                    target=_follow_windows,
+                    args=(policy, firewall, layer, by, engine.publish, stop),
+                    daemon=True,
+                    name="netwarden-windows",
+                )
+                follower.start()
 
             def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
                 firewall.add_connect_target(compiled.table, new_layer, target)
@@ -329,6 +371,11 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
         f"up: {count(len(policy.rules), 'rule')}, {count(len(policy.redirects), 'redirect')} "
         f"({count(rules, 'kernel rule')}) in table inet {policy.settings.table}"
     )
+    if policy.scheduled:
+        active = len(policy.in_force(now()).scheduled)
+        summary += (
+            f"; {count(len(policy.scheduled), 'rule')} with days/hours ({active} in force now)"
+        )
     if proxied and needs_transparent(policy):
         summary += f"; proxy on port {policy.settings.proxy_port}"
     for kind, listeners in (

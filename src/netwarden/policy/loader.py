@@ -31,6 +31,7 @@ service = "nginx.service"  # out only: a systemd service's processes
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -61,6 +62,7 @@ from netwarden.policy.model import (
     Settings,
 )
 from netwarden.policy.prefixes import Network, load_lines
+from netwarden.policy.schedule import Schedule, parse_days, parse_hours, parse_zone
 
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
@@ -93,6 +95,9 @@ RULE_KEYS = {
     "sha256",
     "parent_exe",
     "cmdline",
+    "days",
+    "hours",
+    "timezone",
 }
 PROGRAM_KEYS = ("exe", "process", "sha256", "parent_exe", "cmdline")
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -505,6 +510,7 @@ class _Loader:
             interface = ""
         uid, gid, cgroup = self._owner(raw, at, direction)
         program = self._program(raw, at, direction, protocol) if block is None else None
+        when = self._schedule(raw, at) if block is None else None
         if len(self.problems) > before or action is None or direction is None:
             return None
         return Rule(
@@ -523,7 +529,36 @@ class _Loader:
             cgroup=cgroup,
             line=header,
             program=program,
+            when=when,
         )
+
+    def _schedule(self, raw: dict[str, Any], at: Where) -> Schedule | None:
+        """A rule's time window (days, hours, timezone), or None: always."""
+        if not any(key in raw for key in ("days", "hours", "timezone")):
+            return None
+        schedule = Schedule()
+        try:
+            if "days" in raw:
+                days = raw["days"]
+                days = [days] if isinstance(days, str) else days
+                if not isinstance(days, list) or not all(isinstance(d, str) for d in days):
+                    raise ValueError('days is a list like ["mon-fri"]')
+                schedule = dataclasses.replace(schedule, days=parse_days(days))
+        except ValueError as exc:
+            self.problem(at("days"), f"days: {exc}")
+        try:
+            if "hours" in raw:
+                start, end = parse_hours(str(raw["hours"]))
+                schedule = dataclasses.replace(schedule, start=start, end=end)
+        except ValueError as exc:
+            self.problem(at("hours"), f"hours: {exc}")
+        try:
+            if "timezone" in raw:
+                parse_zone(str(raw["timezone"]))
+                schedule = dataclasses.replace(schedule, zone=str(raw["timezone"]))
+        except ValueError as exc:
+            self.problem(at("timezone"), f"timezone: {exc}")
+        return schedule
 
     def _program(
         self, raw: dict[str, Any], at: Where, direction: Direction | None, protocol: Protocol

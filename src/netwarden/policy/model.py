@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import zlib
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from netwarden.policy.inspect_model import InspectPolicy
 from netwarden.policy.prefixes import Network, PrefixTable
+from netwarden.policy.schedule import Schedule
 
 
 class Action(enum.StrEnum):
@@ -170,6 +172,7 @@ class Rule:
     target: RedirectTarget | None = None  # redirect rules only
     mark: int | None = None  # redirect rules only: the socket mark a connection must carry
     program: ProgramMatch | None = None  # decided per connection by `netwarden up`
+    when: Schedule | None = None  # in force only then (`netwarden up` follows the clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +202,20 @@ class Policy:
     @property
     def program_rules(self) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if rule.program is not None)
+
+    @property
+    def scheduled(self) -> tuple[Rule, ...]:
+        """Rules in force only at some times."""
+        return tuple(rule for rule in self.rules if rule.when is not None)
+
+    def in_force(self, at: float) -> Policy:
+        """This policy with only the rules whose time window holds at `at`."""
+        if not self.scheduled:
+            return self
+        rules = tuple(r for r in self.rules if r.when is None or r.when.active(at))
+        return dataclasses.replace(self, rules=rules)
+
+    def next_change(self, after: float) -> float | None:
+        """When a rule's time window next opens or closes (None: not within a week)."""
+        changes = [r.when.next_change(after) for r in self.rules if r.when is not None]
+        return min((c for c in changes if c is not None), default=None)

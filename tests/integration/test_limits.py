@@ -1,0 +1,92 @@
+"""Access limits and shaping under `netwarden up`, in netlab with real programs: rules
+in force only in their time window (the daemon's clock shifted by the test), byte
+quotas per program, and rate limits per program."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from netwarden.testing import web
+from netwarden.testing.netlab import Host
+from tests.integration.conftest import PY
+
+pytestmark = pytest.mark.root
+
+WINDOW_POLICY = """
+[[rule]]
+name = "office-hours-only"
+action = "reject"
+direction = "out"
+protocol = "tcp"
+port = 80
+days = ["mon-fri"]
+hours = "09:00-17:00"
+timezone = "UTC"
+"""
+
+
+def _up(client: Host, policy: Path, *env: str) -> tuple[subprocess.Popen[str], str]:
+    daemon = client.popen(
+        ["env", *env, PY, "-m", "netwarden", "up", "--policy", str(policy), "--no-history"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    said = daemon.stderr.readline()
+    assert "netwarden: up:" in said, said + daemon.stderr.read()
+    return daemon, said
+
+
+def _down(client: Host, daemon: subprocess.Popen[str]) -> str:
+    client.run([PY, "-m", "netwarden", "down"])
+    _out, err = daemon.communicate(timeout=20)
+    return err
+
+
+def _offset_to(moment: str) -> str:
+    """NETWARDEN_TIME_OFFSET=... making the daemon's clock read `moment` now."""
+    target = datetime.datetime.fromisoformat(moment).timestamp()
+    return f"NETWARDEN_TIME_OFFSET={target - time.time():.3f}"
+
+
+def _fetch(client: Host, server: Host) -> int:
+    done = client.run(
+        ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", f"http://{server.ipv4}/"],
+        check=False,
+    )
+    return done.returncode
+
+
+def test_a_rule_is_in_force_only_inside_its_time_window(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    web.start(server, 80)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(WINDOW_POLICY)
+    # Monday 08:59:57 UTC: the window opens three seconds later.
+    daemon, said = _up(client, policy, _offset_to("2026-12-07T08:59:57+00:00"))
+    assert "1 rule with days/hours (0 in force now)" in said
+    assert _fetch(client, server) == 0
+    time.sleep(4)
+    assert _fetch(client, server) == 7  # refused: the rule is in force
+    err = _down(client, daemon)
+    assert "rule 'office-hours-only' is in force now" in err
+    # Monday 16:59:57 UTC: in force, and out of it three seconds later.
+    daemon, said = _up(client, policy, _offset_to("2026-12-07T16:59:57+00:00"))
+    assert "(1 in force now)" in said
+    assert _fetch(client, server) == 7
+    time.sleep(4)
+    assert _fetch(client, server) == 0
+    err = _down(client, daemon)
+    assert "rule 'office-hours-only' is out of force now" in err
+    # Saturday: never in force.
+    daemon, said = _up(client, policy, _offset_to("2026-12-05T10:00:00+00:00"))
+    assert "(0 in force now)" in said
+    assert _fetch(client, server) == 0
+    _down(client, daemon)
