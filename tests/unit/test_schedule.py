@@ -26,7 +26,7 @@ def test_hours_and_zones() -> None:
     assert parse_hours("08:00-17:30") == (480, 1050)
     assert parse_hours("22:00-06:00") == (1320, 360)
     for bad in ("8-17", "25:00-26:00", "10:00-10:00"):
-        with pytest.raises(ValueError, match="time of day|empty"):
+        with pytest.raises(ValueError, match=r"time of day|empty"):
             parse_hours(bad)
     with pytest.raises(ValueError, match="unknown time zone"):
         parse_zone("Mars/Base")
