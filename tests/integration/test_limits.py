@@ -5,6 +5,7 @@ quotas per program, and rate limits per program."""
 from __future__ import annotations
 
 import datetime
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -89,4 +90,70 @@ def test_a_rule_is_in_force_only_inside_its_time_window(
     daemon, said = _up(client, policy, _offset_to("2026-12-05T10:00:00+00:00"))
     assert "(0 in force now)" in said
     assert _fetch(client, server) == 0
+    _down(client, daemon)
+
+
+QUOTA_POLICY = """
+[[quota]]
+name = "curl-5mb"
+process = ["curl"]
+limit = "5 MB"
+period = "day"
+"""
+
+PYTHON_GET = (
+    "import sys, urllib.request; print(len(urllib.request.urlopen(sys.argv[1], timeout=10).read()))"
+)
+
+
+def _quota_used(client: Host, env: str) -> dict[str, object]:
+    shown = client.run(["env", env, PY, "-m", "netwarden", "quota", "show", "--json"])
+    [row] = json.loads(shown.stdout)
+    return dict(row)
+
+
+def _until_reached(
+    client: Host, env: str, reached: bool, timeout: float = 10.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = _quota_used(client, env)
+        if row["reached"] is reached or time.monotonic() > deadline:
+            return row
+        time.sleep(0.2)
+
+
+def test_a_quota_blocks_the_programs_next_connection_and_survives_a_restart(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    web.start(server, 80)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(QUOTA_POLICY)
+    env = f"NETWARDEN_STATE_DIR={tmp_path / 'state'}"
+    url = f"http://{server.ipv4}/bytes/3000000"
+
+    def curl() -> subprocess.CompletedProcess[str]:
+        return client.run(
+            ["curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w", "%{size_download}", url],
+            check=False,
+        )
+
+    daemon, said = _up(client, policy, env)
+    assert "1 quota" in said
+    assert curl().stdout == "3000000"
+    assert curl().stdout == "3000000"  # over 5 MB now: the next connection is refused
+    row = _until_reached(client, env, True)
+    assert row["reached"] is True
+    assert 6_000_000 <= int(str(row["used"])) < 6_100_000
+    assert curl().returncode != 0
+    other = client.run([PY, "-c", PYTHON_GET, url])  # another program goes on
+    assert other.stdout.strip() == "3000000"
+    _down(client, daemon)
+    daemon, _said = _up(client, policy, env)  # the count survives a restart
+    assert _quota_used(client, env)["reached"] is True
+    assert curl().returncode != 0
+    client.run(["env", env, PY, "-m", "netwarden", "quota", "reset", "curl-5mb"])
+    assert _until_reached(client, env, False)["used"] == 0
+    assert curl().stdout == "3000000"
     _down(client, daemon)

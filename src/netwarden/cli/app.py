@@ -599,15 +599,17 @@ def _register_subcommands() -> None:
     from netwarden.cli.callouts import app as callouts_app
     from netwarden.cli.policy import app as policy_app
     from netwarden.cli.proxy import proxy
+    from netwarden.cli.quota import app as quota_app
     from netwarden.cli.redirect import down, redirect
 
     app.add_typer(policy_app, name="policy")
     app.add_typer(callouts_app, name="callouts")
     app.add_typer(ca_app, name="ca")
+    app.add_typer(quota_app, name="quota")
     app.command()(redirect)
     app.command()(down)
     app.command()(proxy)
-    _reflow_help(app, policy_app, callouts_app, ca_app, passthrough_app)
+    _reflow_help(app, policy_app, callouts_app, ca_app, passthrough_app, quota_app)
 
 
 _register_subcommands()

@@ -28,10 +28,12 @@ from netwarden.engine.callouts import (
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, is_privileged
+from netwarden.engine.quotas import QuotaBook, QuotaKeeper
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
 from netwarden.model.flow import AppNote
 from netwarden.monitor.history import HistoryStore
+from netwarden.paths import state_dir
 from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.loader import connect_mask_problems
@@ -289,12 +291,18 @@ def run(
                 raise PlatformError(str(exc)) from None
             for subscriber in subscribers:
                 engine.bus.subscribe(subscriber)
+            quotas = None
+            if policy.quotas:
+                quotas = QuotaBook(policy.quotas, state_dir())
+                engine.bus.subscribe(quotas.on_events)
+                stack.callback(QuotaKeeper(quotas).close)
             registry = registry_for(
                 policy,
                 callouts.loaded,
                 fail_mode,
                 callouts.budget,
                 failure_publisher(engine.publish),
+                quotas,
             )
             if needs_proxy(policy):
                 detections = DetectionRecorder(
@@ -376,6 +384,8 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
         summary += (
             f"; {count(len(policy.scheduled), 'rule')} with days/hours ({active} in force now)"
         )
+    if policy.quotas:
+        summary += f"; {count(len(policy.quotas), 'quota')} (netwarden quota)"
     if proxied and needs_transparent(policy):
         summary += f"; proxy on port {policy.settings.proxy_port}"
     for kind, listeners in (

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from netwarden.callout.api import Change, Layer
 from netwarden.callout.program_rules import ORIGIN, ProgramRules
+from netwarden.callout.quota_guard import QuotaGuard
 from netwarden.callout.registry import (
     DEFAULT_BUDGET,
     CalloutRegistry,
@@ -25,6 +26,7 @@ from netwarden.policy.connect_layer import ConnectLayer
 
 if TYPE_CHECKING:
     from netwarden.engine.core import Engine
+    from netwarden.engine.quotas import QuotaBook
     from netwarden.platform.base import ConnectQueue, PacketQueue
     from netwarden.policy.model import Policy
 
@@ -39,9 +41,12 @@ def registry_for(
     fail_mode: FailMode,
     budget: float = DEFAULT_BUDGET,
     on_failure: Callable[[Failure], None] | None = None,
+    quotas: QuotaBook | None = None,
 ) -> CalloutRegistry:
-    """The policy's program rules (asked first) and the loaded callouts."""
+    """The policy's program rules (asked first), its quotas, and the loaded callouts."""
     everything = list(loaded)
+    if quotas is not None and policy.quotas:
+        everything.insert(0, LoadedCallout(QuotaGuard(quotas), ORIGIN))
     if policy.program_rules:
         everything.insert(0, LoadedCallout(ProgramRules(policy), ORIGIN))
     return CalloutRegistry(everything, fail_mode=fail_mode, budget=budget, on_failure=on_failure)

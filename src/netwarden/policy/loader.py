@@ -45,6 +45,7 @@ from netwarden.model.flow import parse_host_port
 from netwarden.policy.environment import Environment
 from netwarden.policy.errors import PolicyError, Problem
 from netwarden.policy.inspect_section import InspectSection
+from netwarden.policy.limits_section import LimitsSection
 from netwarden.policy.lines import LineFinder
 from netwarden.policy.loops import redirect_loops
 from netwarden.policy.model import (
@@ -66,7 +67,7 @@ from netwarden.policy.schedule import Schedule, parse_days, parse_hours, parse_z
 
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
-TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect", "inspect"}
+TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect", "inspect", "quota", "shape"}
 SETTINGS_KEYS = {
     "table", "priority", "proxy_port", "proxy_mark", "mark_base", "socks5", "http_proxy",
     "connect_queue", "connect_mask", "fail_mode",
@@ -245,12 +246,26 @@ class _Loader:
         inspect = InspectSection(self.lines, self.problem, self.base).load(
             document.get("inspect", {})
         )
+        limits = LimitsSection(self)
+        quotas = limits.quotas(document.get("quota", []))
+        shapes = limits.shapes(document.get("shape", []))
+        if quotas and any(q.who.program is not None for q in quotas):
+            for problem in connect_mask_problems(settings):
+                self.problem(self.lines.key("settings", "connect_mask"), problem)
         if self.problems:
             raise PolicyError(
                 sorted(self.problems, key=lambda p: (p.file != self.filename, p.line))
             )
         return Policy(
-            tuple(rules), defaults, sets, settings, self.filename, tuple(redirects), inspect
+            tuple(rules),
+            defaults,
+            sets,
+            settings,
+            self.filename,
+            tuple(redirects),
+            inspect,
+            quotas,
+            shapes,
         )
 
     def _check_marks(self, rules: tuple[Rule, ...], settings: Settings) -> None:

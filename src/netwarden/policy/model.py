@@ -8,10 +8,14 @@ import ipaddress
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from netwarden.policy.inspect_model import InspectPolicy
 from netwarden.policy.prefixes import Network, PrefixTable
 from netwarden.policy.schedule import Schedule
+
+if TYPE_CHECKING:
+    from netwarden.policy.limits_model import Quota, Shape
 
 
 class Action(enum.StrEnum):
@@ -198,6 +202,8 @@ class Policy:
     source: str = ""  # the file it came from
     redirects: tuple[Rule, ...] = ()  # tried before the filters, for new TCP connections
     inspect: InspectPolicy = field(default_factory=InspectPolicy)
+    quotas: tuple[Quota, ...] = ()
+    shapes: tuple[Shape, ...] = ()
 
     @property
     def program_rules(self) -> tuple[Rule, ...]:
