@@ -7,11 +7,13 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import netwarden
 from netwarden.testing import web
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY
@@ -157,3 +159,64 @@ def test_a_quota_blocks_the_programs_next_connection_and_survives_a_restart(
     assert _until_reached(client, env, False)["used"] == 0
     assert curl().stdout == "3000000"
     _down(client, daemon)
+
+
+SHAPE_POLICY = """
+[[shape]]
+name = "uploads"
+process = ["nw-uploader"]
+upload = "2 MB/s"
+
+[[shape]]
+name = "downloads"
+process = ["nw-downloader"]
+download = "2 MB/s"
+"""
+SECONDS = 10
+
+
+def _programs(directory: Path) -> dict[str, str]:
+    """Interpreters under other names: the kernel names a process by what it ran."""
+    directory.mkdir()
+    directory.chmod(0o755)
+    names = {}
+    for name in ("nw-uploader", "nw-downloader", "nw-unlimited"):
+        (directory / name).symlink_to(sys.executable)
+        names[name] = str(directory / name)
+    return names
+
+
+def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    tmp_path.chmod(0o755)
+    source = str(Path(netwarden.__file__).parents[1])
+    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    programs = _programs(tmp_path / "bin")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(SHAPE_POLICY)
+    daemon, said = _up(client, policy)
+    assert "2 rate limits" in said
+    runs = {}
+    for name, path in programs.items():
+        mode = "upload" if name == "nw-uploader" else "download"
+        argv = [path, "-m", "netwarden.testing.rates", mode, server.ipv4, "7000", str(SECONDS)]
+        runs[name] = client.popen(["env", f"PYTHONPATH={source}", *argv], stdout=subprocess.PIPE)
+    rates = {}
+    for name, run in runs.items():
+        out, _ = run.communicate(timeout=SECONDS + 60)
+        rates[name] = json.loads(out)["rate"]
+    assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
+    assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
+    assert rates["nw-unlimited"] > 20_000_000, rates
+    err = _down(client, daemon)
+    assert "Traceback" not in err
+    links = client.run(["ip", "-o", "link"]).stdout
+    assert "nw-upload" not in links
+    assert "nw-download" not in links
+    interface = client.run(["ip", "-o", "addr", "show", "to", client.ipv4]).stdout.split()[1]
+    for way in ("ingress", "egress"):
+        assert client.run(["tc", "filter", "show", "dev", interface, way]).stdout == ""
+    assert "clsact" not in client.run(["tc", "qdisc", "show", "dev", interface]).stdout

@@ -117,7 +117,12 @@ def down() -> None:
     import time
 
     from netwarden.daemon import state
-    from netwarden.engine.host import PlatformError, clean_dead_monitors, clear_connect_queue
+    from netwarden.engine.host import (
+        PlatformError,
+        clean_dead_monitors,
+        clear_connect_queue,
+        clear_shaping,
+    )
     from netwarden.engine.host import firewall as host_firewall
 
     said = []
@@ -140,6 +145,8 @@ def down() -> None:
             said.append("redirection removed")
         if clear_connect_queue():
             said.append("removed the CONNECT layer's queue rules")
+        if clear_shaping():
+            said.append("removed the rate limits left by a daemon that died")
         for table in clean_dead_monitors():
             said.append(f"removed table inet {table} of a monitor that died")
     except PlatformError as exc:

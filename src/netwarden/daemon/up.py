@@ -27,7 +27,7 @@ from netwarden.engine.callouts import (
 )
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
-from netwarden.engine.host import Firewall, PlatformError, is_privileged
+from netwarden.engine.host import Firewall, PlatformError, ShapeClass, Shaper, is_privileged
 from netwarden.engine.quotas import QuotaBook, QuotaKeeper
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
@@ -187,6 +187,20 @@ def needs_proxy(policy: Policy) -> bool:
 
 
 MARK_CHECK_SECONDS = 2.0
+
+
+def _shaper(policy: Policy, stack: contextlib.ExitStack) -> Shaper | None:
+    """The kernel's rate limits for the policy's [[shape]] tables (removed at the end)."""
+    if not policy.shapes:
+        return None
+    backend = host.backend()
+    shaper = backend.shaper()
+    classes = [ShapeClass(s.name, s.upload, s.download) for s in policy.shapes]
+    stack.callback(shaper.close)
+    shaper.start(classes, backend.shaped_interfaces())
+    return shaper
+
+
 WINDOW_RECHECK = 3600.0  # seconds between looks when no window changes within a week
 
 
@@ -254,6 +268,7 @@ def claim(policy: Policy, firewall: Firewall) -> None:
         with contextlib.suppress(PlatformError):
             firewall.remove(previous.table)
         host.backend().clear_connect_queue()
+        host.backend().clear_shaping()
         state.clear()
 
 
@@ -296,6 +311,7 @@ def run(
                 quotas = QuotaBook(policy.quotas, state_dir())
                 engine.bus.subscribe(quotas.on_events)
                 stack.callback(QuotaKeeper(quotas).close)
+            shaper = _shaper(policy, stack)
             registry = registry_for(
                 policy,
                 callouts.loaded,
@@ -303,6 +319,7 @@ def run(
                 callouts.budget,
                 failure_publisher(engine.publish),
                 quotas,
+                shaper,
             )
             if needs_proxy(policy):
                 detections = DetectionRecorder(
@@ -386,6 +403,8 @@ def _summary(policy: Policy, rules: int, proxied: bool) -> str:
         )
     if policy.quotas:
         summary += f"; {count(len(policy.quotas), 'quota')} (netwarden quota)"
+    if policy.shapes:
+        summary += f"; {count(len(policy.shapes), 'rate limit')}"
     if proxied and needs_transparent(policy):
         summary += f"; proxy on port {policy.settings.proxy_port}"
     for kind, listeners in (

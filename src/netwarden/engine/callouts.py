@@ -18,6 +18,7 @@ from netwarden.callout.registry import (
     Failure,
     LoadedCallout,
 )
+from netwarden.callout.shape_guard import ShapeGuard
 from netwarden.engine import host
 from netwarden.engine.bus import CalloutFailed, EngineEvent, PolicyApplied
 from netwarden.engine.connect import ConnectLoop, PacketLoop
@@ -27,7 +28,7 @@ from netwarden.policy.connect_layer import ConnectLayer
 if TYPE_CHECKING:
     from netwarden.engine.core import Engine
     from netwarden.engine.quotas import QuotaBook
-    from netwarden.platform.base import ConnectQueue, PacketQueue
+    from netwarden.platform.base import ConnectQueue, PacketQueue, Shaper
     from netwarden.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,13 @@ def registry_for(
     budget: float = DEFAULT_BUDGET,
     on_failure: Callable[[Failure], None] | None = None,
     quotas: QuotaBook | None = None,
+    shaper: Shaper | None = None,
 ) -> CalloutRegistry:
-    """The policy's program rules (asked first), its quotas, and the loaded callouts."""
+    """The policy's program rules (asked first), its quotas and rate limits, and the
+    loaded callouts."""
     everything = list(loaded)
+    if shaper is not None and policy.shapes:
+        everything.insert(0, LoadedCallout(ShapeGuard(policy.shapes, shaper), ORIGIN))
     if quotas is not None and policy.quotas:
         everything.insert(0, LoadedCallout(QuotaGuard(quotas), ORIGIN))
     if policy.program_rules:

@@ -14,6 +14,8 @@ from netwarden.platform.base import (
     PlatformError,
     QuickRedirect,
     RuleCounters,
+    ShapeClass,
+    Shaper,
 )
 from netwarden.platform.select import current, is_privileged
 
@@ -23,10 +25,13 @@ __all__ = [
     "PlatformError",
     "QuickRedirect",
     "RuleCounters",
+    "ShapeClass",
+    "Shaper",
     "backend",
     "capabilities",
     "clean_dead_monitors",
     "clear_connect_queue",
+    "clear_shaping",
     "firewall",
     "is_privileged",
     "monitor_table",
@@ -60,6 +65,11 @@ def process_alive(pid: int) -> bool:
 def clear_connect_queue() -> bool:
     """Remove what queues first packets for the CONNECT layer (a crashed daemon's)."""
     return backend().clear_connect_queue()
+
+
+def clear_shaping() -> bool:
+    """Remove netwarden's rate limits (a crashed daemon's)."""
+    return backend().clear_shaping()
 
 
 def clean_dead_monitors() -> list[str]:

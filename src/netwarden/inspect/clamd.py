@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 
 from netwarden.inspect.scanning import Direction, Finding, ScanAction, ScanSession
 
@@ -35,6 +36,8 @@ def parse_address(text: str) -> str | tuple[str, int]:
 
 def _connect(address: str | tuple[str, int], timeout: float) -> socket.socket:
     if isinstance(address, str):
+        if sys.platform == "win32":
+            raise OSError("on Windows, name clamd as host:port")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:

@@ -189,6 +189,33 @@ class PacketQueue(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ShapeClass:
+    """A rate limit as the kernel applies it: bytes per second each way (None: none)."""
+
+    name: str
+    upload: int | None
+    download: int | None
+
+
+class Shaper(Protocol):
+    """Rate limits in the kernel for connections named by their local port."""
+
+    def start(self, classes: Sequence[ShapeClass], interfaces: Sequence[str]) -> None:
+        """Set up the limits on these interfaces (a previous daemon's removed first)."""
+        ...
+
+    def assign(self, transport: str, version: int, local_port: int, index: int) -> None:
+        """Limit this connection by class `index`, before its first packet goes on."""
+        ...
+
+    def release(self, transport: str, version: int, local_port: int) -> None: ...
+
+    def close(self) -> None:
+        """Remove everything start() and assign() set up."""
+        ...
+
+
 class Backend(Protocol):
     def open_sources(
         self, netns: str | None, *, events: bool
@@ -228,4 +255,14 @@ class Backend(Protocol):
 
     def clear_connect_queue(self) -> bool:
         """Remove what queues first packets, also a crashed daemon's; True if any was."""
+        ...
+
+    def shaper(self) -> Shaper: ...
+
+    def shaped_interfaces(self) -> list[str]:
+        """The interfaces rate limits apply on (all but loopback)."""
+        ...
+
+    def clear_shaping(self) -> bool:
+        """Remove netwarden's rate limits, also a crashed daemon's; True if any were."""
         ...

@@ -19,6 +19,7 @@ from netwarden.platform.base import (
     FlowStamps,
     PacketQueue,
     ProcessResolver,
+    Shaper,
     SocketClosedEvents,
     SocketTable,
 )
@@ -209,6 +210,19 @@ class LinuxBackend:
         from netwarden.platform.linux.connect_queue import remove_queue_rules
 
         return remove_queue_rules()
+
+    def shaper(self) -> Shaper:
+        from netwarden.platform.linux.shaper import TcShaper
+
+        return TcShaper()
+
+    def shaped_interfaces(self) -> list[str]:
+        return [name for _index, name in socket.if_nameindex() if name != "lo"]
+
+    def clear_shaping(self) -> bool:
+        from netwarden.platform.linux.shaper import clear_shaping
+
+        return clear_shaping()
 
     def clean_dead_monitors(self) -> list[str]:
         from netwarden.platform.linux.conntrack import clean_dead_monitors

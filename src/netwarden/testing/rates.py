@@ -1,0 +1,108 @@
+"""Measured transfers for shaping tests and benchmarks:
+
+    python -m netwarden.testing.rates serve PORT
+    python -m netwarden.testing.rates upload|download HOST PORT SECONDS
+
+An upload is measured where it arrives (the server counts what it received in SECONDS
+from the first byte and answers with the count); a download where it arrives too (the
+client counts). The client prints {"bytes": N, "seconds": S, "rate": N/S}. Start the
+client under another name (a symlink to the interpreter) to tell programs apart.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+
+CHUNK = 64 * 1024
+
+
+def serve(port: int) -> None:
+    listener = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_serve_one, args=(conn,), daemon=True).start()
+
+
+def _serve_one(conn: socket.socket) -> None:
+    with conn:
+        request = conn.recv(64).decode()
+        mode, _, seconds = request.partition(" ")
+        if mode == "download":
+            block = b"d" * CHUNK
+            try:
+                while True:
+                    conn.sendall(block)
+            except OSError:
+                return
+        received, took = _count(conn, float(seconds))
+        conn.settimeout(30)
+        conn.sendall(f"{received} {took}\n".encode())
+        try:
+            while conn.recv(CHUNK):  # until the client has the answer and goes
+                pass
+        except OSError:
+            pass
+
+
+def _count(conn: socket.socket, seconds: float) -> tuple[int, float]:
+    """Bytes received in `seconds` from the first one, and the time it took."""
+    received = len(conn.recv(CHUNK))
+    start = time.monotonic()
+    while True:
+        left = start + seconds - time.monotonic()
+        if left <= 0:
+            break
+        conn.settimeout(left)
+        try:
+            piece = conn.recv(CHUNK)
+        except TimeoutError:
+            break
+        if not piece:
+            break
+        received += len(piece)
+    return received, time.monotonic() - start
+
+
+def measure(mode: str, host: str, port: int, seconds: float) -> dict[str, float]:
+    with socket.create_connection((host, port), timeout=seconds + 30) as conn:
+        conn.sendall(f"{mode} {seconds}".encode().ljust(64))
+        if mode == "download":
+            received, took = _count(conn, seconds)
+        else:
+            block = b"u" * CHUNK
+            conn.settimeout(0.2)
+            answer = b""
+            deadline = time.monotonic() + seconds + 30
+            while not answer.endswith(b"\n") and time.monotonic() < deadline:
+                try:
+                    conn.sendall(block)
+                except TimeoutError:
+                    pass
+                try:
+                    conn.setblocking(False)
+                    answer += conn.recv(100)
+                except (BlockingIOError, TimeoutError):
+                    pass
+                finally:
+                    conn.settimeout(0.2)
+            count, took_text = answer.decode().split()
+            received, took = int(count), float(took_text)
+    return {"bytes": received, "seconds": took, "rate": received / took if took else 0.0}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["serve"]:
+        serve(int(args[1]))
+        return
+    mode, host, port, seconds = args
+    print(json.dumps(measure(mode, host, int(port), float(seconds))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
