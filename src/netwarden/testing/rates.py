@@ -11,7 +11,9 @@ client under another name (a symlink to the interpreter) to tell programs apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import socket
 import sys
 import threading
@@ -74,25 +76,28 @@ def measure(mode: str, host: str, port: int, seconds: float) -> dict[str, float]
         if mode == "download":
             received, took = _count(conn, seconds)
         else:
-            block = b"u" * CHUNK
-            conn.settimeout(0.2)
-            answer = b""
-            deadline = time.monotonic() + seconds + 30
-            while not answer.endswith(b"\n") and time.monotonic() < deadline:
-                try:
-                    conn.sendall(block)
-                except TimeoutError:
-                    pass
-                try:
-                    conn.setblocking(False)
-                    answer += conn.recv(100)
-                except (BlockingIOError, TimeoutError):
-                    pass
-                finally:
-                    conn.settimeout(0.2)
-            count, took_text = answer.decode().split()
-            received, took = int(count), float(took_text)
+            received, took = _upload(conn, seconds)
     return {"bytes": received, "seconds": took, "rate": received / took if took else 0.0}
+
+
+def _upload(conn: socket.socket, seconds: float) -> tuple[int, float]:
+    """Send until the server answers with what it counted."""
+    block = b"u" * CHUNK
+    answer = b""
+    deadline = time.monotonic() + seconds + 30
+    conn.setblocking(False)
+    while not answer.endswith(b"\n") and time.monotonic() < deadline:
+        readable, writable, _ = select.select([conn], [conn], [], 0.2)
+        if writable:
+            with contextlib.suppress(BlockingIOError):
+                conn.send(block)
+        if readable:
+            piece = conn.recv(100)
+            if not piece:
+                break
+            answer += piece
+    count, took = answer.decode().split()
+    return int(count), float(took)
 
 
 def main() -> None:
