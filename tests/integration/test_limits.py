@@ -220,3 +220,54 @@ def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
     for way in ("ingress", "egress"):
         assert client.run(["tc", "filter", "show", "dev", interface, way]).stdout == ""
     assert "clsact" not in client.run(["tc", "qdisc", "show", "dev", interface]).stdout
+
+
+PROXIED_SHAPE_POLICY = """
+[settings]
+proxy_port = 15001
+
+[[redirect]]
+name = "through-the-proxy"
+port = 7000
+to = "proxy"
+
+[[shape]]
+name = "downloads"
+process = ["nw-downloader"]
+download = "2 MB/s"
+
+[[shape]]
+name = "uploads"
+process = ["nw-uploader"]
+upload = "2 MB/s"
+"""
+
+
+def test_rate_limits_hold_for_connections_through_the_proxy(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """The proxy's upstream connections are netwarden's own: the proxy paces the
+    program's reads and writes itself."""
+    client, server = pair
+    tmp_path.chmod(0o755)
+    source = str(Path(netwarden.__file__).parents[1])
+    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    programs = _programs(tmp_path / "bin")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(PROXIED_SHAPE_POLICY)
+    daemon, _said = _up(client, policy)
+    runs = {}
+    for name, path in programs.items():
+        mode = "upload" if name == "nw-uploader" else "download"
+        argv = [path, "-m", "netwarden.testing.rates", mode, server.ipv4, "7000", "6"]
+        runs[name] = client.popen(["env", f"PYTHONPATH={source}", *argv], stdout=subprocess.PIPE)
+    rates = {}
+    for name, run in runs.items():
+        out, _ = run.communicate(timeout=70)
+        rates[name] = json.loads(out)["rate"]
+    err = _down(client, daemon)
+    assert "Traceback" not in err, err
+    assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
+    assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
+    assert rates["nw-unlimited"] > 20_000_000, rates

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from netwarden.callout.api import Layer
 from netwarden.callout.registry import DEFAULT_BUDGET, CalloutRegistry, FailMode, LoadedCallout
+from netwarden.callout.shape_guard import ShapeGuard
 from netwarden.daemon import state
 from netwarden.daemon.detections import DetectionRecorder
 from netwarden.engine import host
@@ -27,7 +28,7 @@ from netwarden.engine.callouts import (
 )
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
-from netwarden.engine.host import Firewall, PlatformError, ShapeClass, Shaper, is_privileged
+from netwarden.engine.host import Firewall, PlatformError, ShapeClass, is_privileged
 from netwarden.engine.quotas import QuotaBook, QuotaKeeper
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
@@ -47,6 +48,7 @@ from netwarden.proxy.inspecting import (
     build_inspector,
     event_record,
 )
+from netwarden.proxy.pacing import Pacing
 from netwarden.proxy.transparent import FlowReport, TransparentProxy
 from netwarden.proxy.userspace import UserModeProxy
 from netwarden.wording import count
@@ -98,6 +100,11 @@ class ProxyThread:
             self.error = exc
         finally:
             self._ready.set()
+            # Connections still open end here, each closing its sockets.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     async def _serve(self) -> None:
@@ -134,7 +141,11 @@ class ProxyThread:
 
 
 def _inspector(
-    policy: Policy, engine: Engine, registry: CalloutRegistry, detections: DetectionRecorder
+    policy: Policy,
+    engine: Engine,
+    registry: CalloutRegistry,
+    detections: DetectionRecorder,
+    shaping: ShapeGuard | None,
 ) -> Inspector | None:
     """Inspection as the policy's [inspect] section asks, its findings told to the
     engine: the protocol joins the application's flow, the rest goes on the bus (and a
@@ -165,9 +176,20 @@ def _inspector(
 
     streaming = stream if registry.at(Layer.STREAM) else None
 
+    pacing = None
+    if shaping is not None:
+        pacing = Pacing(
+            policy.shapes,
+            engine.connection_process,
+            lambda client, destination: shaping.shape_of(Endpoint(*client), Endpoint(*destination)),
+        )
     try:
         return build_inspector(
-            policy.inspect, learnt, stream=streaming, client_program=engine.connection_program
+            policy.inspect,
+            learnt,
+            stream=streaming,
+            client_program=engine.connection_program,
+            pacing=pacing,
         )
     except InspectSetupError as exc:
         raise PlatformError(str(exc)) from None
@@ -189,8 +211,9 @@ def needs_proxy(policy: Policy) -> bool:
 MARK_CHECK_SECONDS = 2.0
 
 
-def _shaper(policy: Policy, stack: contextlib.ExitStack) -> Shaper | None:
-    """The kernel's rate limits for the policy's [[shape]] tables (removed at the end)."""
+def _shaping(policy: Policy, stack: contextlib.ExitStack) -> ShapeGuard | None:
+    """The kernel's rate limits for the policy's [[shape]] tables (removed at the end),
+    and the callout that hands connections to them."""
     if not policy.shapes:
         return None
     backend = host.backend()
@@ -198,7 +221,7 @@ def _shaper(policy: Policy, stack: contextlib.ExitStack) -> Shaper | None:
     classes = [ShapeClass(s.name, s.upload, s.download) for s in policy.shapes]
     stack.callback(shaper.close)
     shaper.start(classes, backend.shaped_interfaces())
-    return shaper
+    return ShapeGuard(policy.shapes, shaper)
 
 
 WINDOW_RECHECK = 3600.0  # seconds between looks when no window changes within a week
@@ -311,7 +334,7 @@ def run(
                 quotas = QuotaBook(policy.quotas, state_dir())
                 engine.bus.subscribe(quotas.on_events)
                 stack.callback(QuotaKeeper(quotas).close)
-            shaper = _shaper(policy, stack)
+            shaping = _shaping(policy, stack)
             registry = registry_for(
                 policy,
                 callouts.loaded,
@@ -319,7 +342,7 @@ def run(
                 callouts.budget,
                 failure_publisher(engine.publish),
                 quotas,
-                shaper,
+                shaping,
             )
             if needs_proxy(policy):
                 detections = DetectionRecorder(
@@ -328,7 +351,7 @@ def run(
                     lambda record: engine.publish([Inspected(record)]),
                 )
                 stack.callback(detections.close)
-                inspector = _inspector(policy, engine, registry, detections)
+                inspector = _inspector(policy, engine, registry, detections, shaping)
                 proxy = ProxyThread(policy, on_flow, engine.relay_links.append, inspector)
                 proxy.start()
             layer = connect_layer_for(policy, registry)

@@ -28,7 +28,7 @@ from netwarden.policy.connect_layer import ConnectLayer
 if TYPE_CHECKING:
     from netwarden.engine.core import Engine
     from netwarden.engine.quotas import QuotaBook
-    from netwarden.platform.base import ConnectQueue, PacketQueue, Shaper
+    from netwarden.platform.base import ConnectQueue, PacketQueue
     from netwarden.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,13 @@ def registry_for(
     budget: float = DEFAULT_BUDGET,
     on_failure: Callable[[Failure], None] | None = None,
     quotas: QuotaBook | None = None,
-    shaper: Shaper | None = None,
+    shaping: ShapeGuard | None = None,
 ) -> CalloutRegistry:
     """The policy's program rules (asked first), its quotas and rate limits, and the
     loaded callouts."""
     everything = list(loaded)
-    if shaper is not None and policy.shapes:
-        everything.insert(0, LoadedCallout(ShapeGuard(policy.shapes, shaper), ORIGIN))
+    if shaping is not None:
+        everything.insert(0, LoadedCallout(shaping, ORIGIN))
     if quotas is not None and policy.quotas:
         everything.insert(0, LoadedCallout(QuotaGuard(quotas), ORIGIN))
     if policy.program_rules:

@@ -44,6 +44,7 @@ from netwarden.policy.inspect_model import HttpRule, InspectPolicy
 from netwarden.proxy.handshakes import Handover, Handshake, OpenServer, Refusal
 from netwarden.proxy.kernel_relay import AVAILABLE as SPLICE_AVAILABLE
 from netwarden.proxy.kernel_relay import kernel_relay
+from netwarden.proxy.pacing import UNLIMITED, Buckets, Pacing, TokenBucket
 from netwarden.proxy.relay import RelayStats
 from netwarden.tls.passthrough import PassthroughMemory
 
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
 SCAN_WORKERS = 64  # connections whose layers wait on a scanning daemon at once
+PACE_LOOKUP = 2.0  # seconds a connection's process is looked for (for its rate limits)
 IDLE_CHECK = 5.0
 HTTP_ALPN = ("", "http/1.1")
 
@@ -105,10 +107,12 @@ def build_inspector(
     identify: bool = False,
     stream: Callable[[StreamData], str] | None = None,
     client_program: Callable[[Address, Address], str] | None = None,
+    pacing: Pacing | None = None,
 ) -> Inspector | None:
     """The inspection a policy's [inspect] section asks for (identification alone when
-    identify is set and the section asks for nothing); None when neither."""
-    if not (settings.enabled or identify or stream):
+    identify is set and the section asks for nothing; the rate limits of pacing); None
+    when none of these."""
+    if not (settings.enabled or identify or stream or pacing):
         return None
     contexts = memory = None
     if settings.intercept_tls:
@@ -123,9 +127,11 @@ def build_inspector(
             raise InspectSetupError(f"intercept_tls needs netwarden's CA: {exc}") from None
         contexts = TlsContexts(LeafStore(ca, directory / "leaves"), settings.upstream_ca)
         memory = PassthroughMemory(directory / "passthrough.json", settings.pinning_memory)
-    return Inspector(
+    inspector = Inspector(
         settings, contexts, memory, on_event, client_program, stream, content_scanning(settings)
     )
+    inspector.pacing = pacing
+    return inspector
 
 
 def content_scanning(settings: InspectPolicy) -> ContentScanning | None:
@@ -167,6 +173,7 @@ class Inspector:
         of the callout that blocks it, or "")."""
         self.stream = stream
         self.scanning = scanning
+        self.pacing: Pacing | None = None  # rate limits of programs
         self.workers: ThreadPoolExecutor | None = None
         if scanning is not None and scanning.blocking:  # layers that wait on a daemon
             self.workers = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="netwarden-scan")
@@ -196,7 +203,10 @@ class Inspector:
         """The layer to drive, or None: relay untouched (by the kernel)."""
         observe = self.stream is not None
         scanning = self.scanning
-        untouched: Layer | None = Untouched(observe=True) if observe else None
+        paced = (
+            self.pacing is not None and self.pacing.buckets_for(client, destination) != UNLIMITED
+        )
+        untouched: Layer | None = Untouched(observe) if observe or paced else None
         if found.hello is not None:
             host = found.server_name
             if (
@@ -358,6 +368,8 @@ class _Driver:
         self.relay_from: bytes | None = None  # set by Relay: hand over to the fast path
         self.held = bytearray()  # from the client, while nothing went to the server yet
         self.turn = asyncio.Lock()  # layer calls made in worker threads, one at a time
+        self.pace: Buckets | None = None  # the rate limits of the client's program
+        self.pace_deadline = time.monotonic() + PACE_LOOKUP  # its process looked up till then
         self.sent_to_server = False
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
@@ -426,7 +438,11 @@ class _Driver:
         loop = asyncio.get_running_loop()
         sock = self.sockets[side]
         while not self.closed.is_set():
-            data = await loop.sock_recv(sock, READ_SIZE)
+            bucket = self._bucket(side)
+            most = READ_SIZE if bucket is None else await bucket.allowance(READ_SIZE)
+            data = await loop.sock_recv(sock, most)
+            if bucket is not None:
+                bucket.spend(len(data))
             self.stats.last_activity = time.monotonic()
             if side is Side.CLIENT:
                 self.stats.client_to_server += len(data)
@@ -438,6 +454,16 @@ class _Driver:
             await self._carry_out(commands)
             if not data or self.relay_from is not None:
                 return
+
+    def _bucket(self, side: Side) -> TokenBucket | None:
+        """The rate limit this side's reads wait for (the client's: its uploads)."""
+        pacing = self.inspector.pacing
+        if pacing is None:
+            return None
+        if self.pace is None and time.monotonic() < self.pace_deadline:
+            self.pace = pacing.buckets_for(self.client, self.destination)
+        upload, download = self.pace or UNLIMITED
+        return upload if side is Side.CLIENT else download
 
     async def _step(self, step: Callable[[bytes], list[Command]], data: bytes) -> list[Command]:
         """One call of the layer: in a worker thread (one at a time per connection)
@@ -477,6 +503,14 @@ class _Driver:
                     self._close_all(reset=True)
                     return
             elif isinstance(command, Relay):
+                if self.inspector.pacing is not None and self.pace != UNLIMITED:
+                    # Rate limited (or not known yet): untouched, but still read here.
+                    self.layer = Untouched()
+                    if self.held:
+                        await loop.sock_sendall(self.sockets[Side.SERVER], bytes(self.held))
+                    self.sent_to_server = True
+                    self.held.clear()
+                    continue
                 self.relay_from = bytes(self.held)  # not HTTP after all: untouched from here
                 return
             else:
