@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,9 +42,12 @@ def _up(client: Host, policy: Path, *env: str) -> tuple[subprocess.Popen[str], s
         stderr=subprocess.PIPE,
     )
     assert daemon.stderr is not None
-    said = daemon.stderr.readline()
-    assert "netwarden: up:" in said, said + daemon.stderr.read()
-    return daemon, said
+    said: list[str] = []
+    while not said or "netwarden: up:" not in said[-1]:
+        line = daemon.stderr.readline()
+        assert line, f"netwarden up exited: {said}"
+        said.append(line)
+    return daemon, said[-1]
 
 
 def _down(client: Host, daemon: subprocess.Popen[str]) -> str:
@@ -271,3 +276,38 @@ def test_rate_limits_hold_for_connections_through_the_proxy(
     assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
     assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
     assert rates["nw-unlimited"] > 20_000_000, rates
+
+
+def _shaping_left(client: Host, interface: str) -> list[str]:
+    left = [line for line in client.run(["ip", "-o", "link"]).stdout.splitlines() if "nw-" in line]
+    for way in ("ingress", "egress"):
+        left += client.run(["tc", "filter", "show", "dev", interface, way]).stdout.splitlines()
+    return left
+
+
+def test_rate_limits_a_crashed_daemon_left_are_removed_by_down_and_by_the_next_up(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    client, server = pair
+    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(SHAPE_POLICY.replace("nw-uploader", "curl"))
+    interface = client.run(["ip", "-o", "addr", "show", "to", client.ipv4]).stdout.split()[1]
+    for recover in (["down"], ["up"]):
+        daemon, _said = _up(client, policy)
+        telnet = ["curl", "-s", "--max-time", "20", f"telnet://{server.ipv4}:7000"]
+        held = client.popen(telnet, stdin=subprocess.DEVNULL)
+        time.sleep(1)  # its connection is shaped now: a filter per interface and device
+        assert len(_shaping_left(client, interface)) > 2
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        held.kill()
+        assert _shaping_left(client, interface)  # left behind by the crash
+        if recover == ["down"]:
+            said = client.run([PY, "-m", "netwarden", "down"]).stdout
+            assert "removed the rate limits left by a daemon that died" in said
+        else:
+            daemon, _said = _up(client, policy)  # takes over, then stops cleanly
+            _down(client, daemon)
+        assert _shaping_left(client, interface) == []
+        assert "clsact" not in client.run(["tc", "qdisc", "show", "dev", interface]).stdout
