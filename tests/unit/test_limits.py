@@ -168,7 +168,7 @@ def test_an_unreadable_usage_file_starts_at_zero(tmp_path: Path) -> None:
 
 def test_the_token_bucket_lets_through_its_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     moments = iter([0.0, 0.5, 0.5, 2.0])
-    monkeypatch.setattr(pacing.time, "monotonic", lambda: next(moments))
+    monkeypatch.setattr("netwarden.proxy.pacing.time.monotonic", lambda: next(moments))
     bucket = pacing.TokenBucket(rate=100_000, burst=50_000)
     bucket.spend(50_000)  # the burst is gone
     bucket._refill()  # half a second later: 50,000 bytes more
