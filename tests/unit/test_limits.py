@@ -211,3 +211,18 @@ def test_the_kernel_shaper_sends_a_connection_to_its_class_by_local_port(
     assert batches == []  # still one user
     shaper.release("tcp", 4, 40001)
     assert all("prio 40000" in c and c.startswith("filter del") for c in batches[0])
+
+
+def test_the_example_policy_of_purposes_is_valid_and_means_what_it_says() -> None:
+    example = Path(__file__).parents[2] / "examples" / "policies" / "purposes.toml"
+    policy = parse(example.read_text(), str(example), ENV, base=example.parent)
+    assert policy.inspect.scan.scanners == ("eicar", "clamd")
+    assert [rule.name for rule in policy.inspect.dlp] == ["cards", "keys", "cloud-keys"]
+    [night] = policy.scheduled
+    assert night.when is not None
+    assert night.when.active(_at("2026-12-03T22:00"))  # a Thursday night, here
+    assert not night.when.active(_at("2026-12-04T22:00"))  # Friday
+    [video] = policy.quotas
+    assert video.who.matches("/usr/bin/mpv", "mpv", 1000, "")
+    [backups] = policy.shapes
+    assert (backups.upload, backups.download) == (2_000_000, 10_000_000)

@@ -103,6 +103,8 @@ def check(
         f"{count(len(policy.redirects), 'redirect')}, {count(len(policy.sets), 'set')}"
         + (f", {len(policy.program_rules)} by program" if policy.program_rules else "")
         + (f", {len(policy.scheduled)} with days/hours" if policy.scheduled else "")
+        + (f", {count(len(policy.quotas), 'quota')}" if policy.quotas else "")
+        + (f", {count(len(policy.shapes), 'rate limit')}" if policy.shapes else "")
         + "; "
         f"defaults: {defaults}" + _inspect_summary(policy)
     )
