@@ -344,6 +344,7 @@ def doctor(
         capabilities = read_capabilities()
         capabilities.append(_connect_layer(capabilities))
         capabilities.append(_interception())
+        capabilities.append(_clamd())
     except PlatformError as exc:
         fail(str(exc))
     if as_json:
@@ -380,6 +381,20 @@ def _interception() -> Capability:
         return Cap("netwarden CA", False, str(exc), enables)
     detail = f"{ca.certificate_path} (SHA-256 {ca.fingerprint()[:23]}...)"
     return Cap("netwarden CA", True, detail, enables)
+
+
+def _clamd() -> Capability:
+    """Whether ClamAV's daemon answers where a policy names it by default."""
+    from netwarden.engine.host import Capability as Cap
+    from netwarden.inspect.clamd import DEFAULT_SOCKET, ping
+
+    enables = 'virus scanning by clamd (scanners = ["clamd"], docs/scanning.md)'
+    try:
+        version = ping(DEFAULT_SOCKET)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return Cap("clamd", False, f"no answer on {DEFAULT_SOCKET}: {reason}", enables)
+    return Cap("clamd", True, f"{version} on {DEFAULT_SOCKET}", enables)
 
 
 def _connect_layer(probed: list[Capability]) -> Capability:

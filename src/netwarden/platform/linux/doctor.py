@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,6 +213,33 @@ def probe_native_monitor() -> Capability:
     )  # fmt: skip
 
 
+def probe_shaping() -> Capability:
+    """IFB devices, HTB and clsact, tried in a network namespace of the probe's own (the
+    host's interfaces are not touched)."""
+    enables = "rate limits ([[shape]], docs/limits.md)"
+    if os.geteuid() != 0:
+        return Capability("rate limits", False, "cannot tell without root", enables)
+    script = (
+        "ip link add nw-probe type ifb && ip link set nw-probe up && "
+        "tc qdisc add dev nw-probe root handle 1: htb && tc qdisc add dev nw-probe clsact && "
+        "tc filter add dev nw-probe ingress prio 40000 protocol ip u32 match ip dport 1 0xffff "
+        "action mirred egress redirect dev nw-probe"
+    )
+    try:
+        done = subprocess.run(
+            ["unshare", "--net", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Capability("rate limits", False, f"could not probe: {exc}", enables)
+    if done.returncode != 0:
+        return Capability("rate limits", False, done.stderr.strip()[:200], enables)
+    return Capability("rate limits", True, "IFB, HTB, clsact, u32 and mirred work", enables)
+
+
 PROBES: tuple[Callable[[], Capability], ...] = (
     probe_privileges,
     probe_nftables,
@@ -224,6 +252,7 @@ PROBES: tuple[Callable[[], Capability], ...] = (
     probe_btf,
     probe_flow_events,
     probe_native_monitor,
+    probe_shaping,
 )
 
 
