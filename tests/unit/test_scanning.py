@@ -9,10 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netwarden.inspect.clamd import UNAVAILABLE, ClamdScanner, parse_address
 from netwarden.inspect.commands import Close, Command, Detected, HttpExchange, Send, Side
 from netwarden.inspect.dlp import BUILTIN, DlpRule, DlpScanner, luhn_valid, user_pattern
+from netwarden.inspect.dlp import CARD as CARD_REGEX
 from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.scanning import (
     EICAR,
@@ -324,3 +327,11 @@ def test_clamd_addresses() -> None:
     for bad in ("clamd", "host:0", ":3310", "host:http"):
         with pytest.raises(ValueError, match="neither a unix socket path nor host:port"):
             parse_address(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["4111", "1", " ", "-", "x", "1111 ", "0000-", "a9"]), max_size=80))
+def test_the_card_search_finds_what_the_full_regex_finds(parts: list[str]) -> None:
+    text = "".join(parts).encode()
+    fast = [(m.start(), m.end()) for m in BUILTIN["card"].matches(text)]
+    assert fast == [(m.start(), m.end()) for m in CARD_REGEX.finditer(text)]

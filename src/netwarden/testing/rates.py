@@ -1,11 +1,12 @@
 """Measured transfers for shaping tests and benchmarks:
 
     python -m netwarden.testing.rates serve PORT
-    python -m netwarden.testing.rates upload|download HOST PORT SECONDS
+    python -m netwarden.testing.rates upload|download HOST PORT SECONDS [RATE]
 
 An upload is measured where it arrives (the server counts what it received in SECONDS
 from the first byte and answers with the count); a download where it arrives too (the
-client counts). The client prints {"bytes": N, "seconds": S, "rate": N/S}. Start the
+client counts). An upload given RATE (bytes per second) sends no faster. The client
+prints {"bytes": N, "seconds": S, "rate": N/S}. Start the
 client under another name (a symlink to the interpreter) to tell programs apart.
 """
 
@@ -70,27 +71,35 @@ def _count(conn: socket.socket, seconds: float) -> tuple[int, float]:
     return received, time.monotonic() - start
 
 
-def measure(mode: str, host: str, port: int, seconds: float) -> dict[str, float]:
+def measure(
+    mode: str, host: str, port: int, seconds: float, rate: float | None = None
+) -> dict[str, float]:
     with socket.create_connection((host, port), timeout=seconds + 30) as conn:
         conn.sendall(f"{mode} {seconds}".encode().ljust(64))
         if mode == "download":
             received, took = _count(conn, seconds)
         else:
-            received, took = _upload(conn, seconds)
+            received, took = _upload(conn, seconds, rate)
     return {"bytes": received, "seconds": took, "rate": received / took if took else 0.0}
 
 
-def _upload(conn: socket.socket, seconds: float) -> tuple[int, float]:
-    """Send until the server answers with what it counted."""
+def _upload(conn: socket.socket, seconds: float, rate: float | None) -> tuple[int, float]:
+    """Send until the server answers with what it counted (no faster than rate)."""
     block = b"u" * CHUNK
     answer = b""
-    deadline = time.monotonic() + seconds + 30
+    started = time.monotonic()
+    deadline = started + seconds + 30
+    sent = 0
     conn.setblocking(False)
     while not answer.endswith(b"\n") and time.monotonic() < deadline:
-        readable, writable, _ = select.select([conn], [conn], [], 0.2)
+        early = sent / rate - (time.monotonic() - started) if rate else 0.0
+        waiting = early > 0
+        readable, writable, _ = select.select(
+            [conn], [] if waiting else [conn], [], min(early, 0.2) if waiting else 0.2
+        )
         if writable:
             with contextlib.suppress(BlockingIOError):
-                conn.send(block)
+                sent += conn.send(block)
         if readable:
             piece = conn.recv(100)
             if not piece:
@@ -105,8 +114,9 @@ def main() -> None:
     if args[:1] == ["serve"]:
         serve(int(args[1]))
         return
-    mode, host, port, seconds = args
-    print(json.dumps(measure(mode, host, int(port), float(seconds))), flush=True)
+    mode, host, port, seconds, *rate = args
+    limit = float(rate[0]) if rate else None
+    print(json.dumps(measure(mode, host, int(port), float(seconds), limit)), flush=True)
 
 
 if __name__ == "__main__":
