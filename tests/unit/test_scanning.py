@@ -335,3 +335,25 @@ def test_the_card_search_finds_what_the_full_regex_finds(parts: list[str]) -> No
     text = "".join(parts).encode()
     fast = [(m.start(), m.end()) for m in BUILTIN["card"].matches(text)]
     assert fast == [(m.start(), m.end()) for m in CARD_REGEX.finditer(text)]
+
+
+def test_http1_long_bodies_by_count_are_still_scanned_and_held() -> None:
+    layer = Http1Filter((), "h", scanning=_scanning(hold_back=1000))
+    layer.from_client(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    body = b"z" * 200_000
+    out = layer.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + body[:100])
+    assert layer.counted is not None  # passed on by count, not through h11
+    out += layer.from_server(body[100:150_000])
+    sent = _sent(out, Side.CLIENT)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert sent.endswith(b"z" * 1000)
+    assert len(sent) == len(sent.split(b"\r\n\r\n", 1)[0]) + 4 + 149_000  # 1000 held
+    out = layer.from_server(body[150_000:])
+    assert _sent(out, Side.CLIENT) == b"z" * 51_000
+    assert _sent(out, Side.SERVER) == b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"  # the next one
+    out = layer.from_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"y" * 500)
+    out += layer.from_server(b"y" * 99_000)
+    out += layer.from_server(EICAR[:30])
+    assert not [c for c in out if isinstance(c, Close)]
+    out = layer.from_server(EICAR[30:] + b"y" * (500 - len(EICAR)))
+    assert out[-1] == Close(reset=True, reason="eicar found EICAR-Test-File in the download")

@@ -141,7 +141,6 @@ class Http1Filter:
         if (
             self.observe
             or exchange is None
-            or exchange.download is not None
             or exchange.method == "HEAD"
             or response.status_code in (204, 304)
             or not length.isdigit()
@@ -163,10 +162,40 @@ class Http1Filter:
             return [Close(reason="the server closed in the middle of a response")]
         piece = data[: self.counted]
         self.counted -= len(piece)
-        out: list[Command] = [Send(Side.CLIENT, piece)] if piece else []
-        if self.counted:
+        out = self._pass_counted(piece)
+        exchange = self.exchange
+        if self.counted or (exchange is not None and exchange.blocked):
             return out
+        if exchange is not None and exchange.download is not None:
+            out += self._counted_download(exchange, exchange.download.finish(), end=True)
+            if exchange.blocked:
+                return out
         return out + self._after_counted_body(data[len(piece) :])
+
+    def _pass_counted(self, piece: bytes) -> list[Command]:
+        """A piece of a body passed on by count (through the download's scan when there
+        is one)."""
+        exchange = self.exchange
+        if exchange is None or exchange.download is None:
+            return [Send(Side.CLIENT, piece)] if piece else []
+        return self._counted_download(exchange, exchange.download.feed(piece))
+
+    def _counted_download(
+        self, exchange: _Exchange, scanned: Scanned, end: bool = False
+    ) -> list[Command]:
+        out: list[Command] = [*self._detected(exchange, scanned, Direction.DOWNLOAD)]
+        if scanned.blocked is not None:
+            exchange.response_blocked = True
+            return out + self._refuse_scanned(exchange, scanned.blocked, Direction.DOWNLOAD)
+        if exchange.held is not None and (scanned.release or end):
+            out += [
+                exchange.report(exchange.status),
+                *_send(Side.CLIENT, self.client.send(exchange.held)),
+            ]
+            exchange.held = None
+        if scanned.release:
+            out.append(Send(Side.CLIENT, scanned.release))
+        return out
 
     def _after_counted_body(self, beyond: bytes) -> list[Command]:
         """The body is through: both sides start afresh at their next request (new h11
@@ -326,6 +355,7 @@ class Http1Filter:
             exchange.status = event.status_code
             if self._scans_download(exchange, response):
                 exchange.held = response
+                self._count_body(exchange.request_close, response)
                 return []
             sent = [
                 exchange.report(event.status_code),
@@ -338,7 +368,7 @@ class Http1Filter:
                 return []
             if self.counted is not None:  # what h11 had of the body already (not all of it)
                 self.counted -= len(event.data)
-                return [Send(Side.CLIENT, bytes(event.data))]
+                return self._pass_counted(bytes(event.data))
             seen = self._observed(Side.SERVER, bytes(event.data))
             if exchange is not None and exchange.download is not None:
                 return seen + self._download(exchange, exchange.download.feed(bytes(event.data)))
