@@ -1,4 +1,5 @@
-"""The C module of the Linux monitor; everything else is in pyproject.toml.
+"""The C modules: the Linux monitor's, and DLP's candidates; everything else is in
+pyproject.toml.
 
 Optional: without a compiler the install still succeeds and netwarden uses its Python
 code for the same work, only slower.
@@ -21,4 +22,11 @@ native = Extension(
                         "-Wno-unused-parameter"],
     optional=True,
 )  # fmt: skip
-setup(ext_modules=[native] if sys.platform == "linux" else [])
+# Where the built-in DLP patterns can match, in one pass (netwarden/inspect/dlp.py).
+dlpscan = Extension(
+    "netwarden.inspect._dlpscan",
+    sources=["src/netwarden/inspect/_dlpscan.c"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra"] if sys.platform != "win32" else [],
+    optional=True,
+)
+setup(ext_modules=[native, dlpscan] if sys.platform == "linux" else [dlpscan])

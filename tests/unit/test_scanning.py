@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from netwarden.inspect.clamd import UNAVAILABLE, ClamdScanner, parse_address
 from netwarden.inspect.commands import Close, Command, Detected, HttpExchange, Send, Side
-from netwarden.inspect.dlp import BUILTIN, DlpRule, DlpScanner, luhn_valid, user_pattern
+from netwarden.inspect.dlp import (
+    BUILTIN,
+    DlpRule,
+    DlpScanner,
+    candidates_in_python,
+    find_candidates,
+    luhn_valid,
+    user_pattern,
+)
 from netwarden.inspect.dlp import CARD as CARD_REGEX
 from netwarden.inspect.http1 import Http1Filter
 from netwarden.inspect.scanning import (
@@ -333,8 +341,24 @@ def test_clamd_addresses() -> None:
 @given(st.lists(st.sampled_from(["4111", "1", " ", "-", "x", "1111 ", "0000-", "a9"]), max_size=80))
 def test_the_card_search_finds_what_the_full_regex_finds(parts: list[str]) -> None:
     text = "".join(parts).encode()
-    fast = [(m.start(), m.end()) for m in BUILTIN["card"].matches(text)]
-    assert fast == [(m.start(), m.end()) for m in CARD_REGEX.finditer(text)]
+    wanted = [(m.start(), m.end()) for m in CARD_REGEX.finditer(text)]
+    for find in (find_candidates, candidates_in_python):  # in C, and in Python
+        fast = BUILTIN["card"].matches(text, find(text))
+        assert [(m.start(), m.end()) for m in fast] == wanted
+
+
+KEY_PARTS = ["AKIA", "ASIA", "AIza", "ghp_", "xoxb-", "Q", "7", " ", "_"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(KEY_PARTS), max_size=60))
+def test_cloud_keys_are_found_by_their_prefixes_as_by_the_regexes(parts: list[str]) -> None:
+    text = "".join(parts).encode()
+    found = []
+    for find in (find_candidates, candidates_in_python):
+        keys = BUILTIN["cloud_key"].matches(text, find(text))
+        found.append(sorted((m.start(), m.end()) for m in keys))
+    assert found[0] == found[1]
 
 
 def test_http1_long_bodies_by_count_are_still_scanned_and_held() -> None:

@@ -46,43 +46,41 @@ def _label(matched: bytes) -> str | None:
     return matched.decode("latin-1")  # a PEM header names the kind of key, not the key
 
 
-Finder = Callable[[bytes], Iterable["re.Match[bytes]"]]
+@dataclass(slots=True)
+class Candidates:
+    """Where the built-in patterns can match in one buffer: runs that can hold a card
+    number ((start, end)), and where cloud keys' prefixes start ((position, kind); None:
+    not found out, search by regex)."""
+
+    card_runs: list[tuple[int, int]]
+    key_starts: list[tuple[int, int]] | None
+
+
+Finder = Callable[[bytes, Candidates], Iterable["re.Match[bytes]"]]
 
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
     regex: re.Pattern[bytes]
     shown: Callable[[bytes], str | None]  # the redacted match, None: not a real match
-    finder: Finder | None = None  # a faster way to the regex's matches
+    finder: Finder | None = None  # a faster way to the regex's matches, by candidates
 
-    def matches(self, buffer: bytes) -> Iterable[re.Match[bytes]]:
-        return self.finder(buffer) if self.finder is not None else self.regex.finditer(buffer)
+    def matches(
+        self, buffer: bytes, candidates: Candidates | None = None
+    ) -> Iterable[re.Match[bytes]]:
+        if self.finder is None:
+            return self.regex.finditer(buffer)
+        return self.finder(buffer, candidates or find_candidates(buffer))
 
 
-CARD = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+# 13 to 19 digits in a row, or a group of four and two to four more groups of three to
+# six after a space or dash each (4-4-4-4, 4-6-5, 4-4-4-4-3): how cards are written.
+CARD = re.compile(rb"(?<![0-9])(?:[0-9]{13,19}|[0-9]{4}(?:[ -][0-9]{3,6}){2,4})(?![0-9])")
 DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+# Every card holds one of these (digits as 0).
+CARD_SEEDS = (b"0" * 13, b"0000 000", b"0000-000")
 RUN_AHEAD = re.compile(rb"[0 -]*")
 CARD_SPAN = 40  # characters of the longest card number written with separators
-DENSE_HITS, DENSE_SPACING = 64, 256  # this many groups of digits this close: dense text
-
-
-def _card_matches(buffer: bytes) -> Iterable[re.Match[bytes]]:
-    """The card regex, tried only around four digits in a row (every card format has
-    such a group): a text with few such places is searched at memchr speed."""
-    flat = buffer.translate(DIGITS_AS_ZERO)
-    start = hits = 0
-    while (found := flat.find(b"0000", start)) >= 0:
-        hits += 1
-        if hits == DENSE_HITS and found < DENSE_HITS * DENSE_SPACING:
-            # Digits everywhere (a table, a form of numbers): one pass of the regex.
-            yield from CARD.finditer(buffer, start)
-            return
-        run = RUN_AHEAD.match(flat, found)
-        high = run.end() if run else found + 4
-        # A card holding these digits starts at most CARD_SPAN before them.
-        yield from CARD.finditer(buffer, max(start, found - CARD_SPAN), high)
-        start = high
-
 
 KEY_PREFIXES = (
     re.compile(rb"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"),  # AWS access key ids
@@ -92,13 +90,64 @@ KEY_PREFIXES = (
 )
 
 
-def _key_matches(buffer: bytes) -> Iterable[re.Match[bytes]]:
-    """Each kind of key by its literal prefix (fast to search), not inside a word."""
+def candidates_in_python(buffer: bytes) -> Candidates:
+    """What the C module (_dlpscan) finds in one pass, with bytes.find: the places a
+    card seed shows and the run of digits, spaces and dashes from there."""
+    flat = buffer.translate(DIGITS_AS_ZERO)
+    upcoming = {seed: flat.find(seed) for seed in CARD_SEEDS}
+    runs: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        for seed, at in upcoming.items():
+            if 0 <= at < start:
+                upcoming[seed] = flat.find(seed, start)
+        found = min((at for at in upcoming.values() if at >= 0), default=-1)
+        if found < 0:
+            return Candidates(runs, None)
+        run = RUN_AHEAD.match(flat, found)
+        high = run.end() if run else found + 1
+        # A card holding this place starts at most CARD_SPAN before it.
+        runs.append((max(start, found - CARD_SPAN), high))
+        start = high
+
+
+try:
+    from netwarden.inspect._dlpscan import candidates as _in_c
+
+    def find_candidates(buffer: bytes) -> Candidates:
+        card_runs, key_starts = _in_c(buffer)
+        return Candidates(card_runs, key_starts)
+
+except ImportError:  # built without a compiler
+    find_candidates = candidates_in_python
+
+
+def _card_matches(buffer: bytes, candidates: Candidates) -> Iterable[re.Match[bytes]]:
+    """The card regex, tried only where a card can be."""
+    for low, high in candidates.card_runs:
+        yield from CARD.finditer(buffer, low, high)
+
+
+def _key_matches(buffer: bytes, candidates: Candidates) -> Iterable[re.Match[bytes]]:
+    """Each kind of key at the places its prefix starts, not inside a word."""
+    if candidates.key_starts is not None:
+        ends = [0] * len(KEY_PREFIXES)  # as finditer: no match inside the last of its kind
+        for position, kind in candidates.key_starts:
+            if position < ends[kind]:
+                continue
+            match = KEY_PREFIXES[kind].match(buffer, position)
+            if match is not None:
+                ends[kind] = match.end()
+                yield match
+        return
     for regex in KEY_PREFIXES:
-        for match in regex.finditer(buffer):
+        position = 0
+        while (match := regex.search(buffer, position)) is not None:
             start = match.start()
             if start and buffer[start - 1 : start].isalnum():
+                position = start + 1  # inside a word: a key may still start further on
                 continue
+            position = match.end()
             yield match
 
 
@@ -133,6 +182,7 @@ class DlpSession:
         self.offset = 0  # of the tail's first byte in the stream
         self.checked = 0  # matches ending at or before this offset were looked at
         self.reported: set[tuple[str, int]] = set()
+        self.by_candidates = any(rule.pattern.finder is not None for rule in self.rules)
 
     def feed(self, data: bytes) -> list[Finding]:
         return self._search(self.tail + data, final=False)
@@ -144,8 +194,9 @@ class DlpSession:
         found: list[Finding] = []
         end = self.offset + len(buffer)
         checked = end
+        candidates = find_candidates(buffer) if self.by_candidates else None
         for rule in self.rules:
-            for match in rule.pattern.matches(buffer):
+            for match in rule.pattern.matches(buffer, candidates):
                 start, stop = self.offset + match.start(), self.offset + match.end()
                 if stop <= self.checked or (rule.name, start) in self.reported:
                     continue
@@ -161,7 +212,8 @@ class DlpSession:
         keep = buffer[-TAIL:]
         self.offset = end - len(keep)
         self.tail = keep
-        self.reported = {(name, start) for name, start in self.reported if start >= self.offset}
+        if self.reported:
+            self.reported = {(name, at) for name, at in self.reported if at >= self.offset}
         return found
 
 

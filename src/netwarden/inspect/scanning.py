@@ -10,6 +10,7 @@ what straddles two pieces), and at most `hold_back` bytes wait in netwarden.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,7 +75,8 @@ class BodyScan:
         self.sessions = tuple(sessions)
         self.hold_back = hold_back
         self.max_size = max_size
-        self.held = bytearray()
+        self.held: deque[bytes] = deque()  # pieces, not joined (no copies)
+        self.held_size = 0
         self.seen = 0
         self.unscanned = 0
         self.blocked: Finding | None = None
@@ -84,17 +86,12 @@ class BodyScan:
         if self.blocked is not None:
             return Scanned(b"", blocked=self.blocked)
         found = self._scan(data)
-        self.held += data
         if self.blocked is not None:
-            self.held.clear()
+            self._drop()
             return Scanned(b"", found, self.blocked)
-        cut = len(self.held) - self.hold_back
-        if cut <= 0:
-            return Scanned(b"", found)
-        release = bytes(self.held[:cut])
-        del self.held[:cut]
-        self.released += cut
-        return Scanned(release, found)
+        self.held.append(data)
+        self.held_size += len(data)
+        return Scanned(self._take(self.held_size - self.hold_back), found)
 
     def finish(self) -> Scanned:
         if self.blocked is not None:
@@ -104,12 +101,29 @@ class BodyScan:
             found += session.finish()
         self._decide(found)
         if self.blocked is not None:
-            self.held.clear()
+            self._drop()
             return Scanned(b"", tuple(found), self.blocked)
-        release = bytes(self.held)
-        self.held.clear()
+        return Scanned(self._take(self.held_size), tuple(found), unscanned=self.unscanned)
+
+    def _take(self, count: int) -> bytes:
+        """The oldest `count` held bytes, released."""
+        parts: list[bytes] = []
+        while count > 0 and self.held:
+            first = self.held[0]
+            if len(first) <= count:
+                parts.append(self.held.popleft())
+            else:
+                parts.append(first[:count])
+                self.held[0] = first[count:]
+            count -= len(parts[-1])
+        release = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.held_size -= len(release)
         self.released += len(release)
-        return Scanned(release, tuple(found), unscanned=self.unscanned)
+        return release
+
+    def _drop(self) -> None:
+        self.held.clear()
+        self.held_size = 0
 
     def _scan(self, data: bytes) -> tuple[Finding, ...]:
         if self.max_size is not None:
