@@ -31,6 +31,28 @@ def start_server(host: Host, *args: str) -> subprocess.Popen[str]:
     return proc
 
 
+def start_up(
+    host: Host,
+    policy: Path,
+    *extra: str,
+    env: tuple[str, ...] = (),
+    stdout: int = subprocess.PIPE,
+) -> tuple[subprocess.Popen[str], str]:
+    """netwarden up in a host, once it says it is up; and what it said then."""
+    daemon = host.popen(
+        ["env", *env, PY, "-m", "netwarden", "up", "--policy", str(policy), *extra],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    said: list[str] = []
+    while not said or "netwarden: up:" not in said[-1]:
+        line = daemon.stderr.readline()
+        assert line, f"netwarden up exited: {said}"
+        said.append(line)
+    return daemon, said[-1]
+
+
 @pytest.fixture
 def pair(lab: Lab) -> tuple[Host, Host]:
     client, server = lab.host("client"), lab.host("server")

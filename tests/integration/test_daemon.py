@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from netwarden.testing.netlab import Host
-from tests.integration.conftest import PY, in_cgroup, start_server, traffic
+from tests.integration.conftest import PY, in_cgroup, start_server, start_up, traffic
 from tests.integration.monitor_process import within
 from tests.integration.test_policy import probe
 
@@ -38,16 +38,7 @@ port = 5001
 
 
 def _up(client: Host, policy: Path, history: Path) -> subprocess.Popen[str]:
-    daemon = client.popen([PY, "-m", "netwarden", "up", "--policy", str(policy),
-                           "--history", str(history)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    assert daemon.stderr is not None
-    said: list[str] = []
-    while not said or "netwarden: up:" not in said[-1]:
-        line = daemon.stderr.readline()
-        assert line, f"netwarden up exited: {said}"
-        said.append(line)
-    return daemon
+    return start_up(client, policy, "--history", str(history))[0]
 
 
 def _tables(host: Host) -> str:

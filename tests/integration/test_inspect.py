@@ -17,7 +17,7 @@ import pytest
 from netwarden.testing import web
 from netwarden.testing.certs import make_server_files
 from netwarden.testing.netlab import Host
-from tests.integration.conftest import PY
+from tests.integration.conftest import PY, start_up
 from tests.integration.inspecting import Setup, start_inspecting
 
 pytestmark = pytest.mark.root
@@ -275,16 +275,7 @@ def test_an_untrusted_upstream_is_refused_explicitly(distrusting: Setup) -> None
 def _up(
     client: Host, policy: Path, *extra: str, env: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], str]:
-    """netwarden up, once it says it is up, and what it said."""
-    daemon = client.popen(
-        [*env, PY, "-m", "netwarden", "up", "--policy", str(policy), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert daemon.stderr is not None
-    said = daemon.stderr.readline()
-    assert "netwarden: up:" in said
-    return daemon, said
+    return start_up(client, policy, *extra, env=env)
 
 
 def _lines_until(

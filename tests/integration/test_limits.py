@@ -18,7 +18,7 @@ import pytest
 import netwarden
 from netwarden.testing import web
 from netwarden.testing.netlab import Host
-from tests.integration.conftest import PY
+from tests.integration.conftest import PY, start_up
 
 pytestmark = pytest.mark.root
 
@@ -36,18 +36,7 @@ timezone = "UTC"
 
 
 def _up(client: Host, policy: Path, *env: str) -> tuple[subprocess.Popen[str], str]:
-    daemon = client.popen(
-        ["env", *env, PY, "-m", "netwarden", "up", "--policy", str(policy), "--no-history"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert daemon.stderr is not None
-    said: list[str] = []
-    while not said or "netwarden: up:" not in said[-1]:
-        line = daemon.stderr.readline()
-        assert line, f"netwarden up exited: {said}"
-        said.append(line)
-    return daemon, said[-1]
+    return start_up(client, policy, "--no-history", env=env, stdout=subprocess.DEVNULL)
 
 
 def _down(client: Host, daemon: subprocess.Popen[str]) -> str:
@@ -191,12 +180,28 @@ def _programs(directory: Path) -> dict[str, str]:
     return names
 
 
+def _rates_at_once(
+    client: Host, server: Host, programs: dict[str, str], seconds: int
+) -> dict[str, float]:
+    """Each program's measured rate, all running at once: the uploader uploads, the
+    others download."""
+    source = str(Path(netwarden.__file__).parents[1])
+    runs = {}
+    for name, path in programs.items():
+        mode = "upload" if name == "nw-uploader" else "download"
+        argv = [path, "-m", "netwarden.testing.rates", mode, server.ipv4, "7000", str(seconds)]
+        runs[name] = client.popen(["env", f"PYTHONPATH={source}", *argv], stdout=subprocess.PIPE)
+    return {
+        name: float(json.loads(run.communicate(timeout=seconds + 60)[0])["rate"])
+        for name, run in runs.items()
+    }
+
+
 def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
     pair: tuple[Host, Host], tmp_path: Path
 ) -> None:
     client, server = pair
     tmp_path.chmod(0o755)
-    source = str(Path(netwarden.__file__).parents[1])
     server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
     time.sleep(0.5)
     programs = _programs(tmp_path / "bin")
@@ -204,15 +209,7 @@ def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
     policy.write_text(SHAPE_POLICY)
     daemon, said = _up(client, policy)
     assert "2 rate limits" in said
-    runs = {}
-    for name, path in programs.items():
-        mode = "upload" if name == "nw-uploader" else "download"
-        argv = [path, "-m", "netwarden.testing.rates", mode, server.ipv4, "7000", str(SECONDS)]
-        runs[name] = client.popen(["env", f"PYTHONPATH={source}", *argv], stdout=subprocess.PIPE)
-    rates = {}
-    for name, run in runs.items():
-        out, _ = run.communicate(timeout=SECONDS + 60)
-        rates[name] = json.loads(out)["rate"]
+    rates = _rates_at_once(client, server, programs, SECONDS)
     assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
     assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
     assert rates["nw-unlimited"] > 20_000_000, rates
@@ -227,7 +224,8 @@ def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
     assert "clsact" not in client.run(["tc", "qdisc", "show", "dev", interface]).stdout
 
 
-PROXIED_SHAPE_POLICY = """
+PROXIED_SHAPE_POLICY = (
+    """
 [settings]
 proxy_port = 15001
 
@@ -235,17 +233,9 @@ proxy_port = 15001
 name = "through-the-proxy"
 port = 7000
 to = "proxy"
-
-[[shape]]
-name = "downloads"
-process = ["nw-downloader"]
-download = "2 MB/s"
-
-[[shape]]
-name = "uploads"
-process = ["nw-uploader"]
-upload = "2 MB/s"
 """
+    + SHAPE_POLICY
+)
 
 
 def test_rate_limits_hold_for_connections_through_the_proxy(
@@ -255,22 +245,13 @@ def test_rate_limits_hold_for_connections_through_the_proxy(
     program's reads and writes itself."""
     client, server = pair
     tmp_path.chmod(0o755)
-    source = str(Path(netwarden.__file__).parents[1])
     server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
     time.sleep(0.5)
     programs = _programs(tmp_path / "bin")
     policy = tmp_path / "policy.toml"
     policy.write_text(PROXIED_SHAPE_POLICY)
     daemon, _said = _up(client, policy)
-    runs = {}
-    for name, path in programs.items():
-        mode = "upload" if name == "nw-uploader" else "download"
-        argv = [path, "-m", "netwarden.testing.rates", mode, server.ipv4, "7000", "6"]
-        runs[name] = client.popen(["env", f"PYTHONPATH={source}", *argv], stdout=subprocess.PIPE)
-    rates = {}
-    for name, run in runs.items():
-        out, _ = run.communicate(timeout=70)
-        rates[name] = json.loads(out)["rate"]
+    rates = _rates_at_once(client, server, programs, 6)
     err = _down(client, daemon)
     assert "Traceback" not in err, err
     assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates

@@ -14,7 +14,7 @@ import pytest
 from netwarden.inspect.scanning import EICAR
 from netwarden.testing import clamd, web
 from netwarden.testing.netlab import Host
-from tests.integration.conftest import PY
+from tests.integration.conftest import PY, start_up
 from tests.integration.inspecting import Setup, start_inspecting
 
 pytestmark = pytest.mark.root
@@ -191,13 +191,7 @@ def test_up_records_each_detection_with_its_process_in_the_history(
     policy = tmp_path / "policy.toml"
     policy.write_text(UP_POLICY)
     history = tmp_path / "history.sqlite"
-    daemon = client.popen(
-        [PY, "-m", "netwarden", "up", "--policy", str(policy), "--history", str(history)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert daemon.stderr is not None
-    said = daemon.stderr.readline()
+    daemon, said = start_up(client, policy, "--history", str(history))
     assert "scanning with eicar" in said, said
     url = f"http://{server.ipv4}/eicar"
     got = client.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url], check=False)
