@@ -291,8 +291,9 @@ def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, fl
 
     cores: dict[str, list[float]] = {"without": [], "with": []}
     daemons: dict[str, list[float]] = {"without": [], "with": []}
-    for _round in range(rounds):
-        for name, policy in (("without", NOTHING), ("with", SHAPES)):
+    for round_ in range(rounds):
+        order = (("without", NOTHING), ("with", SHAPES))
+        for name, policy in order if round_ % 2 else order[::-1]:  # no order to favour
             daemon = up(policy)
             # A limited connection held open: its filters sit on the interface.
             held = rates("nw-uploader", "upload", 15, 1000)

@@ -212,3 +212,43 @@ def test_up_records_each_detection_with_its_process_in_the_history(
     table = client.run(history_of).stdout
     assert "EICAR-Test-File" in table
     assert "curl" in table
+
+
+ECHO = (
+    "import socket, threading\n"
+    "s = socket.create_server(('0.0.0.0', 7000))\n"
+    "def echo(c):\n"
+    "    with c:\n"
+    "        while data := c.recv(65536):\n"
+    "            c.sendall(data)\n"
+    "while True:\n"
+    "    threading.Thread(target=echo, args=(s.accept()[0],)).start()\n"
+)
+
+
+def test_raw_streams_are_scanned_when_the_policy_asks(scanning: Setup, tmp_path: Path) -> None:
+    """A TCP stream that is not HTTP, through the SOCKS5 listener: passed on as it is,
+    reset when it carries the signature."""
+    scanning.server.popen([PY, "-c", ECHO])
+    scanning.restart(
+        SCAN_POLICY.format(upstream_ca="").replace("scanners = [", "streams = true\nscanners = [")
+    )
+    clean, infected = tmp_path / "clean.txt", tmp_path / "infected.txt"
+    clean.write_bytes(b"just words\n")
+    infected.write_bytes(b"words, then " + EICAR + b"\n")
+    url = f"telnet://{scanning.server.ipv4}:7000"
+
+    def send(path: Path) -> subprocess.CompletedProcess[str]:
+        return scanning.client.run(
+            ["curl", "-sS", "--max-time", "3", "--socks5", "127.0.0.1:1080", url],
+            check=False,
+            input=path.read_text(),
+        )
+
+    echoed = send(clean)
+    assert echoed.stdout == "just words\n", echoed.stderr
+    refused = send(infected)
+    assert "EICAR" not in refused.stdout
+    assert refused.returncode not in (0, 28), refused  # reset, not a timeout
+    [found] = scanning.records("detection")
+    assert (found["scanner"], found["direction"], found["action"]) == ("eicar", "upload", "blocked")

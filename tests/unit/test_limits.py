@@ -226,3 +226,40 @@ def test_the_example_policy_of_purposes_is_valid_and_means_what_it_says() -> Non
     assert video.who.matches("/usr/bin/mpv", "mpv", 1000, "")
     [backups] = policy.shapes
     assert (backups.upload, backups.download) == (2_000_000, 10_000_000)
+
+
+def test_where_the_kernel_cannot_shape_the_daemon_says_so_and_the_proxy_still_paces(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import contextlib
+
+    from netwarden.daemon import up
+    from netwarden.engine.host import PlatformError
+
+    class Refusing:
+        closed = False
+
+        def start(self, classes: object, interfaces: object) -> None:
+            raise PlatformError("shaping: ip link add nw-upload type ifb: Unknown device type")
+
+        def close(self) -> None:
+            self.closed = True
+
+    refusing = Refusing()
+
+    class Backend:
+        def shaper(self) -> Refusing:
+            return refusing
+
+        def shaped_interfaces(self) -> list[str]:
+            return ["eth0"]
+
+    monkeypatch.setattr("netwarden.engine.host.backend", Backend)
+    policy = parse('[[shape]]\nprocess = ["x"]\nupload = "1 MB/s"\n', "p.toml", ENV)
+    with contextlib.ExitStack() as stack:
+        guard = up._shaping(policy, stack)
+        assert guard is not None
+        assert isinstance(guard.shaper, up.NoShaper)
+        assert refusing.closed  # what it had set up is gone
+    assert "only for connections through netwarden's proxy" in caplog.text
+    assert "Unknown device type" in caplog.text

@@ -28,7 +28,7 @@ from netwarden.engine.callouts import (
 )
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
-from netwarden.engine.host import Firewall, PlatformError, ShapeClass, is_privileged
+from netwarden.engine.host import Firewall, PlatformError, ShapeClass, Shaper, is_privileged
 from netwarden.engine.quotas import QuotaBook, QuotaKeeper
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
@@ -217,11 +217,36 @@ def _shaping(policy: Policy, stack: contextlib.ExitStack) -> ShapeGuard | None:
     if not policy.shapes:
         return None
     backend = host.backend()
-    shaper = backend.shaper()
+    shaper: Shaper = backend.shaper()
     classes = [ShapeClass(s.name, s.upload, s.download) for s in policy.shapes]
     stack.callback(shaper.close)
-    shaper.start(classes, backend.shaped_interfaces())
+    try:
+        shaper.start(classes, backend.shaped_interfaces())
+    except PlatformError as exc:
+        log.warning(
+            "rate limits hold only for connections through netwarden's proxy: the kernel "
+            "cannot shape here (%s); `netwarden doctor` says what is missing",
+            exc,
+        )
+        shaper.close()
+        shaper = NoShaper()
     return ShapeGuard(policy.shapes, shaper)
+
+
+class NoShaper:
+    """Where the kernel cannot shape: connections are only recorded, for the proxy."""
+
+    def start(self, classes: Sequence[ShapeClass], interfaces: Sequence[str]) -> None:
+        pass
+
+    def assign(self, transport: str, version: int, local_port: int, index: int) -> None:
+        pass
+
+    def release(self, transport: str, version: int, local_port: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 WINDOW_RECHECK = 3600.0  # seconds between looks when no window changes within a week
