@@ -25,6 +25,7 @@ from netwarden.inspect.dlp import (
 )
 from netwarden.inspect.dlp import CARD as CARD_REGEX
 from netwarden.inspect.http1 import Http1Filter
+from netwarden.inspect.http2 import Http2Filter
 from netwarden.inspect.scanning import (
     EICAR,
     BodyScan,
@@ -381,3 +382,55 @@ def test_http1_long_bodies_by_count_are_still_scanned_and_held() -> None:
     assert not [c for c in out if isinstance(c, Close)]
     out = layer.from_server(EICAR[30:] + b"y" * (500 - len(EICAR)))
     assert out[-1] == Close(reset=True, reason="eicar found EICAR-Test-File in the download")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"5\r\nhello\r\n",
+                b"0\r\n\r\n",
+                EICAR[:30],
+                EICAR[30:],
+                CARD,
+                b"z" * 40_000,
+                b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+                b"\x00\xff garbage \r\n\r\n",
+                b"",
+            ]
+        ),
+        max_size=12,
+    ),
+    st.lists(st.booleans(), max_size=12),
+)
+def test_scanning_layers_survive_anything_either_side_sends(
+    pieces: list[bytes], sides: list[bool]
+) -> None:
+    """Whatever arrives in whatever order (as the proxy would deliver it: nothing after
+    a side's end or a Close): commands out, never an exception."""
+    layers: list[Http1Filter | StreamScan] = [
+        Http1Filter((), "h", scanning=_scanning(hold_back=100)),
+        StreamScan(_scanning(hold_back=100)),
+    ]
+    for layer in layers:
+        ended: set[bool] = set()
+        out = layer.from_client(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n")
+        for piece, from_client in zip(pieces, sides, strict=False):
+            if any(isinstance(c, Close) for c in out) or from_client in ended:
+                break
+            out = layer.from_client(piece) if from_client else layer.from_server(piece)
+            if not piece:
+                ended.add(from_client)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.binary(max_size=400))
+def test_http2_with_scanning_survives_garbage(from_client: bytes, from_server: bytes) -> None:
+    layer = Http2Filter((), "h", scanning=_scanning(hold_back=100))
+    layer.start()
+    layer.from_client(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + from_client)
+    layer.from_server(from_server)

@@ -128,6 +128,8 @@ class Http1Filter:
             return [Send(Side.CLIENT, data)] if data else [EndOfData(Side.CLIENT)]
         if self.counted is not None:
             return self._counted_body(data)
+        if data and self.exchange is not None and self.exchange.held_request is not None:
+            return [Close(reason="the server spoke before it had the request")]
         self.server.receive_data(data)
         return self._server_events()
 
