@@ -25,7 +25,9 @@ from netwarden.jsontext import dumps_lines
 GC_YOUNGEST_THRESHOLD = 10_000  # allocations between collections (Python's default: 700)
 
 if TYPE_CHECKING:
+    from netwarden.daemon.metrics_server import MetricsServer
     from netwarden.daemon.up import CalloutOptions
+    from netwarden.engine.bus import Subscriber
     from netwarden.engine.core import Engine
     from netwarden.engine.host import Capability
     from netwarden.monitor.filters import FlowFilter
@@ -490,6 +492,15 @@ def up(
     history_path: HistoryPath = None,
     no_history: NoHistory = False,
     retention_days: RetentionDays = 30.0,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (no token: keep it "
+            "on loopback, e.g. 127.0.0.1:9464).",
+        ),
+    ] = None,
 ) -> None:
     """Run netwarden: enforce the policy, decide new connections by its program rules
     and the callouts given, run the proxy its redirects name, and record every
@@ -557,7 +568,8 @@ def up(
             sys.stdout.buffer.write(dumps_lines(lines))
             sys.stdout.flush()
 
-    subscribers = [inspected, decision] if decisions else [inspected]
+    subscribers: list[Subscriber] = [inspected, decision] if decisions else [inspected]
+    server = _metrics_server(metrics, subscribers) if metrics else None
     try:
         run_daemon(loaded, history, stop, ready, flow, options, subscribers=subscribers)
     except PlatformError as exc:
@@ -565,7 +577,28 @@ def up(
     finally:
         if history is not None:
             history.close()
+        if server is not None:
+            server.stop()
     typer.echo("netwarden: down, everything removed", err=True)
+
+
+def _metrics_server(address: str, subscribers: list[Subscriber]) -> MetricsServer:
+    """The metrics, counted from the bus (a subscriber added), served at address."""
+    from netwarden.daemon.metrics_server import MetricsServer
+    from netwarden.engine.metrics import Metrics
+
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not host:
+        fail(f"--metrics: {address!r} is not HOST:PORT (like 127.0.0.1:9464)")
+    counted = Metrics()
+    subscribers.append(counted.on_events)
+    try:
+        server = MetricsServer(counted, host, int(port))
+    except (OSError, ValueError) as exc:
+        fail(f"--metrics: cannot listen on {address}: {exc}", 1)
+    server.start()
+    return server
 
 
 def _callout_options(sources: list[str], fail_mode: str | None, budget: float) -> CalloutOptions:
