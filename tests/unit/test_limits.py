@@ -11,14 +11,9 @@ import pytest
 
 from netwarden.engine.quotas import QuotaBook, request_reset
 from netwarden.model import (
-    Attribution,
-    AttributionMethod,
-    Flow,
     FlowEvent,
     FlowEventKind,
-    FlowKey,
     ProcessInfo,
-    Transport,
 )
 from netwarden.platform.base import ShapeClass
 from netwarden.platform.linux import shaper as tc
@@ -28,7 +23,7 @@ from netwarden.policy.limits_model import LimitAction, Period, Quota, Selector, 
 from netwarden.policy.loader import parse
 from netwarden.policy.model import ProgramMatch
 from netwarden.proxy import pacing
-from netwarden.testing.fakes import endpoint
+from netwarden.testing.fakes import flow_event
 
 ENV = fake_environment()
 CURL = ProcessInfo(pid=42, name="curl", exe="/usr/bin/curl", uid=1000)
@@ -108,19 +103,11 @@ class Clock:
         return self.now
 
 
-def _event(kind: FlowEventKind, port: int, process: ProcessInfo, sent: int, got: int,
-           first_seen: float) -> FlowEvent:  # fmt: skip
-    flow = Flow(
-        key=FlowKey(Transport.TCP, endpoint(f"10.0.0.1:{port}"), endpoint("192.0.2.7:80")),
-        state="ESTABLISHED",
-        process=process,
-        attribution=Attribution(AttributionMethod.FLOW_EVENT),
-        bytes_sent=sent,
-        bytes_received=got,
-        first_seen=first_seen,
-        uid=process.uid,
-    )
-    return FlowEvent(kind, flow)
+def _event(
+    kind: FlowEventKind, port: int, process: ProcessInfo, sent: int, got: int, first_seen: float
+) -> FlowEvent:
+    local, remote = f"10.0.0.1:{port}", "192.0.2.7:80"
+    return flow_event(kind, process, sent, got, local, remote, first_seen)
 
 
 CURL_QUOTA = Quota("curl", 1, Selector(program=ProgramMatch(process=("curl",))), 1000, zone="UTC")

@@ -8,30 +8,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from netwarden.engine.bus import CalloutFailed, DecisionTaken, Inspected
 from netwarden.engine.metrics import Metrics
 from netwarden.model import (
-    Attribution,
-    AttributionMethod,
-    Flow,
     FlowEvent,
     FlowEventKind,
-    FlowKey,
     ProcessInfo,
-    Transport,
 )
-from netwarden.testing.fakes import endpoint
+from netwarden.testing.fakes import flow_event
 
 CURL = ProcessInfo(pid=42, name="curl", exe="/usr/bin/curl")
 
 
 def _event(kind: FlowEventKind, sent: int, received: int, port: int = 40000) -> FlowEvent:
-    flow = Flow(
-        key=FlowKey(Transport.TCP, endpoint(f"10.0.0.1:{port}"), endpoint("192.0.2.7:443")),
-        state="ESTABLISHED",
-        process=CURL,
-        attribution=Attribution(AttributionMethod.FLOW_EVENT),
-        bytes_sent=sent,
-        bytes_received=received,
-    )
-    return FlowEvent(kind, flow)
+    return flow_event(kind, CURL, sent, received, local=f"10.0.0.1:{port}")
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

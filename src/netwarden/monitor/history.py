@@ -63,10 +63,10 @@ CREATE TABLE IF NOT EXISTS detections (
 );
 CREATE INDEX IF NOT EXISTS detections_time ON detections(time);
 """
-DETECTION_COLUMNS = (
-    "time", "pid", "process_name", "exe", "client", "destination", "scanner", "signature",
-    "action", "direction", "method", "host", "path", "matched",
-)  # fmt: skip
+DETECTION_COLUMNS = tuple(
+    "time pid process_name exe client destination scanner signature action direction "
+    "method host path matched".split()
+)
 
 COLUMNS = (
     "transport, local_address, local_port, remote_address, remote_port, state, pid, "

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from netwarden.model import Endpoint, ProcessInfo, Transport
+from netwarden.model import (
+    Attribution,
+    AttributionMethod,
+    Endpoint,
+    Flow,
+    FlowEvent,
+    FlowEventKind,
+    FlowKey,
+    ProcessInfo,
+    Transport,
+)
 from netwarden.model.observations import AddressSource
 from netwarden.platform.base import (
     CountedFlow,
@@ -84,6 +94,29 @@ def udp_conntrack(
 def endpoint(text: str) -> Endpoint:
     host, _, port = text.rpartition(":")
     return Endpoint(host.strip("[]"), int(port))
+
+
+def flow_event(
+    kind: FlowEventKind,
+    process: ProcessInfo,
+    sent: int,
+    received: int,
+    local: str = "10.0.0.1:40000",
+    remote: str = "192.0.2.7:443",
+    first_seen: float = 0.0,
+) -> FlowEvent:
+    """An engine event about a TCP flow of this process, with these totals."""
+    flow = Flow(
+        key=FlowKey(Transport.TCP, endpoint(local), endpoint(remote)),
+        state="ESTABLISHED",
+        process=process,
+        attribution=Attribution(AttributionMethod.FLOW_EVENT),
+        bytes_sent=sent,
+        bytes_received=received,
+        first_seen=first_seen,
+        uid=process.uid,
+    )
+    return FlowEvent(kind, flow)
 
 
 @dataclass
