@@ -63,9 +63,21 @@ CREATE TABLE IF NOT EXISTS detections (
 );
 CREATE INDEX IF NOT EXISTS detections_time ON detections(time);
 """
-DETECTION_COLUMNS = tuple(
-    "time pid process_name exe client destination scanner signature action direction "
-    "method host path matched".split()
+DETECTION_COLUMNS = (
+    "time",
+    "pid",
+    "process_name",
+    "exe",
+    "client",
+    "destination",
+    "scanner",
+    "signature",
+    "action",
+    "direction",
+    "method",
+    "host",
+    "path",
+    "matched",
 )
 
 COLUMNS = (
