@@ -115,7 +115,7 @@ CURL_QUOTA = Quota("curl", 1, Selector(program=ProgramMatch(process=("curl",))),
 
 def test_a_book_counts_what_each_flow_moved_since_it_was_last_seen(tmp_path: Path) -> None:
     clock = Clock("2026-12-02T10:00+00:00")
-    book = QuotaBook([CURL_QUOTA], tmp_path, clock)
+    book = QuotaBook([CURL_QUOTA], tmp_path, clock, clock)
     later = clock.now + 1
     book.on_events([_event(FlowEventKind.OPENED, 1, CURL, 100, 200, later)])
     book.on_events([_event(FlowEventKind.UPDATED, 1, CURL, 300, 200, later)])
@@ -135,17 +135,17 @@ def test_a_book_counts_what_each_flow_moved_since_it_was_last_seen(tmp_path: Pat
 
 def test_usage_survives_a_restart_ends_with_its_period_and_resets(tmp_path: Path) -> None:
     clock = Clock("2026-12-02T10:00+00:00")
-    book = QuotaBook([CURL_QUOTA], tmp_path, clock)
+    book = QuotaBook([CURL_QUOTA], tmp_path, clock, clock)
     book.on_events([_event(FlowEventKind.OPENED, 1, CURL, 700, 0, clock.now + 1)])
     book.keep()
-    assert QuotaBook([CURL_QUOTA], tmp_path, clock).report()[0]["used"] == 700
+    assert QuotaBook([CURL_QUOTA], tmp_path, clock, clock).report()[0]["used"] == 700
     clock.now = _at("2026-12-03T00:00:01+00:00")  # the next day
-    assert QuotaBook([CURL_QUOTA], tmp_path, clock).report()[0]["used"] == 0
+    assert QuotaBook([CURL_QUOTA], tmp_path, clock, clock).report()[0]["used"] == 0
     clock.now = _at("2026-12-02T11:00+00:00")
     request_reset(tmp_path, ["curl"])
     book.keep()
     assert book.report()[0]["used"] == 0
-    assert QuotaBook([CURL_QUOTA], tmp_path, clock).report()[0]["used"] == 0
+    assert QuotaBook([CURL_QUOTA], tmp_path, clock, clock).report()[0]["used"] == 0
 
 
 def test_an_unreadable_usage_file_starts_at_zero(tmp_path: Path) -> None:

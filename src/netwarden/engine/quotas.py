@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,20 @@ class Usage:
 
 class QuotaBook:
     def __init__(
-        self, quotas: Sequence[Quota], directory: Path, clock: Callable[[], float] = now
+        self,
+        quotas: Sequence[Quota],
+        directory: Path,
+        clock: Callable[[], float] = now,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """clock: the time periods go by (shifted in tests); wall: the time flows are
+        stamped with."""
         self.quotas = {quota.name: quota for quota in quotas}
         self.path = directory / USAGE_FILE
         self.resets_path = directory / RESETS_FILE
         self.clock = clock
         self.started = clock()
+        self.started_wall = wall()
         self.lock = threading.Lock()
         self.last: dict[FlowKey, tuple[int, int]] = {}  # the totals counted of each flow
         self.dirty = False
@@ -68,7 +76,7 @@ class QuotaBook:
             before = self.last.get(key)
         if not flow.bytes_measured:
             return
-        if before is None and flow.first_seen <= self.started:
+        if before is None and flow.first_seen <= self.started_wall:
             before = (flow.bytes_sent, flow.bytes_received)  # counted before this start
         sent, received = before or (0, 0)
         more_sent = max(0, flow.bytes_sent - sent)
