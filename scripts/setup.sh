@@ -53,6 +53,8 @@ fi
 .venv/bin/python -m compileall -q src >/dev/null
 .venv/bin/python -c "import netwarden.platform.linux._native" 2>/dev/null ||
   echo "setup: the C module did not build; netwarden works without it, slower" >&2
+.venv/bin/python -c "import netwarden.inspect._dlpscan" 2>/dev/null ||
+  echo "setup: the DLP C module did not build; DLP works without it, slower" >&2
 if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null &&
   ! setpriv --reuid=65534 --regid=65534 --clear-groups .venv/bin/python -c pass 2>/dev/null; then
   echo "setup: note: other users cannot run .venv/bin/netwarden (its Python, or this" \
