@@ -8,6 +8,9 @@ import struct
 import threading
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -447,3 +450,51 @@ def test_http2_with_scanning_survives_garbage(from_client: bytes, from_server: b
     layer.start()
     layer.from_client(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + from_client)
     layer.from_server(from_server)
+
+
+def _h2(client_side: bool) -> h2.connection.H2Connection:
+    peer = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+    )
+    peer.initiate_connection()
+    return peer
+
+
+def test_http2_uploads_go_upstream_only_once_scanned() -> None:
+    """A blocked upload never reaches the server, not even its headers; a clean one
+    arrives whole."""
+    layer = Http2Filter((), "h", scanning=_scanning(hold_back=1000))
+    client, server = _h2(True), _h2(False)
+    to_server: list[h2.events.Event] = []
+    to_client: list[h2.events.Event] = []
+
+    def move(commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Send):
+                if command.side is Side.CLIENT:
+                    to_client.extend(client.receive_data(command.data))
+                else:
+                    to_server.extend(server.receive_data(command.data))
+
+    move(layer.start())
+    for stream_id, body in ((1, b"words, then " + EICAR), (3, b"just words")):
+        headers = [
+            (b":method", b"POST"),
+            (b":path", b"/up"),
+            (b":scheme", b"https"),
+            (b":authority", b"h"),
+        ]
+        client.send_headers(stream_id, headers)
+        client.send_data(stream_id, body, end_stream=True)
+    move(layer.from_client(client.data_to_send()))
+    move(layer.from_server(server.data_to_send()))
+    opened = [e for e in to_server if isinstance(e, h2.events.RequestReceived)]
+    assert len(opened) == 1  # only the clean one
+    data = b"".join(e.data or b"" for e in to_server if isinstance(e, h2.events.DataReceived))
+    assert data == b"just words"
+    answers = {
+        e.stream_id: dict(e.headers or [])[b":status"]
+        for e in to_client
+        if isinstance(e, h2.events.ResponseReceived)
+    }
+    assert answers == {1: b"403"}

@@ -70,6 +70,7 @@ class _Stream:
     upload: BodyScan | None = None
     download: BodyScan | None = None
     held: Headers | None = None  # the response's headers, until its body is scanned
+    pending: Headers | None = None  # the request's headers, until its body is scanned
     answered: bool = False  # the client has the response's headers
     decided_by: str = ""  # what blocked it when no rule did (a scanner)
 
@@ -201,15 +202,23 @@ class Http2Filter:
             headers,
             ((_lower(r.set_request_headers), r.remove_request_headers) for r in verdict.rewrites),
         )
-        stream.server_id = self.server.get_next_available_stream_id()
-        self.by_server[stream.server_id] = stream
         ended = stream.request_ended = event.stream_ended is not None
-        try:
-            self.server.send_headers(stream.server_id, changed, end_stream=ended)
-        except h2.exceptions.ProtocolError as exc:
-            return self._refuse_error(stream, f"cannot open the stream upstream: {exc}")
         if not ended and self.scanning is not None:
             stream.upload = self.scanning.body(Direction.UPLOAD)
+        if stream.upload is not None:
+            # Opened upstream with the first part of the body the scanners release: a
+            # body blocked within the hold-back never reaches the server at all.
+            stream.pending = changed
+            return []
+        return self._open_upstream(stream, changed, ended)
+
+    def _open_upstream(self, stream: _Stream, headers: Headers, ended: bool) -> list[Command]:
+        stream.server_id = self.server.get_next_available_stream_id()
+        self.by_server[stream.server_id] = stream
+        try:
+            self.server.send_headers(stream.server_id, headers, end_stream=ended)
+        except h2.exceptions.ProtocolError as exc:
+            return self._refuse_error(stream, f"cannot open the stream upstream: {exc}")
         return []
 
     def _refuse(self, stream: _Stream, rule: HttpRule) -> list[Command]:
@@ -362,6 +371,9 @@ class Http2Filter:
             self._send_headers(stream, stream.held, end=False)
             stream.held = None
             out.append(stream.report())
+        if stream.pending is not None and source is Side.CLIENT and (scanned.release or end):
+            headers, stream.pending = stream.pending, None
+            out += self._open_upstream(stream, headers, ended=False)
         if scanned.release:
             outbound = stream.to_server if source is Side.CLIENT else stream.to_client
             outbound.chunks.append((scanned.release, acknowledge))
@@ -384,7 +396,7 @@ class Http2Filter:
                 connection.acknowledge_received_data(dropped, stream_id)
         stream.server_id = 0
         stream.to_server, stream.to_client = _Outbound(), _Outbound()
-        stream.held = None
+        stream.held = stream.pending = None
         if stream.answered:
             self._reset(self.client, stream.client_id, h2.errors.ErrorCodes.CANCEL)
             self._forget(stream)
