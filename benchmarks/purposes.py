@@ -28,7 +28,7 @@ from pathlib import Path
 
 import netwarden
 from benchmarks.common import cpu_seconds, machine
-from netwarden.testing import clamd, web
+from netwarden.testing import clamd, rates, web
 from netwarden.testing.certs import make_server_files
 from netwarden.testing.netlab import Host, Lab
 
@@ -242,15 +242,14 @@ def _busy_cores(seconds: float, during: Callable[[], object]) -> float:
 
 def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, float]:
     source = str(Path(netwarden.__file__).parents[1])
-    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    rates.start(server, 7000)
     bin_dir = work / "bin"
     bin_dir.mkdir()
     bin_dir.chmod(0o755)
     for name in ("nw-uploader", "nw-downloader", "nw-bystander"):
         (bin_dir / name).symlink_to(PY)
 
-    def rates(program: str, mode: str, seconds: int, rate: int = 0) -> subprocess.Popen[str]:
+    def run_rates(program: str, mode: str, seconds: int, rate: int = 0) -> subprocess.Popen[str]:
         argv = [
             str(bin_dir / program),
             "-m",
@@ -280,13 +279,13 @@ def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, fl
         daemon.communicate(timeout=30)
 
     daemon = up(SHAPES)
-    runs = [rates("nw-uploader", "upload", 10), rates("nw-downloader", "download", 10)]
+    runs = [run_rates("nw-uploader", "upload", 10), run_rates("nw-downloader", "download", 10)]
     measured = [json.loads(run.communicate(timeout=90)[0])["rate"] for run in runs]
     down(daemon)
     figures = {"upload_rate": measured[0] / SHAPE_RATE, "download_rate": measured[1] / SHAPE_RATE}
 
     def gigabit() -> None:
-        run = rates("nw-bystander", "upload", 10, GIGABIT)
+        run = run_rates("nw-bystander", "upload", 10, GIGABIT)
         figures["bystander_mb_s"] = json.loads(run.communicate(timeout=90)[0])["rate"] / 1e6
 
     cores: dict[str, list[float]] = {"without": [], "with": []}
@@ -296,7 +295,7 @@ def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, fl
         for name, policy in order if round_ % 2 else order[::-1]:  # no order to favour
             daemon = up(policy)
             # A limited connection held open: its filters sit on the interface.
-            held = rates("nw-uploader", "upload", 15, 1000)
+            held = run_rates("nw-uploader", "upload", 15, 1000)
             time.sleep(1)
             before = cpu_seconds(daemon.pid)
             cores[name].append(_busy_cores(10, gigabit))

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import netwarden
-from netwarden.testing import web
+from netwarden.testing import rates, web
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY, start_up
 
@@ -51,6 +52,16 @@ def _offset_to(moment: str) -> str:
     return f"NETWARDEN_TIME_OFFSET={target - time.time():.3f}"
 
 
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether check() came true within timeout seconds (asked again and again)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _fetch(client: Host, server: Host) -> int:
     done = client.run(
         ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", f"http://{server.ipv4}/"],
@@ -70,16 +81,14 @@ def test_a_rule_is_in_force_only_inside_its_time_window(
     daemon, said = _up(client, policy, _offset_to("2026-12-07T08:59:57+00:00"))
     assert "1 rule with days/hours (0 in force now)" in said
     assert _fetch(client, server) == 0
-    time.sleep(4)
-    assert _fetch(client, server) == 7  # refused: the rule is in force
+    assert _until(lambda: _fetch(client, server) == 7)  # refused: the rule is in force
     err = _down(client, daemon)
     assert "rule 'office-hours-only' is in force now" in err
     # Monday 16:59:57 UTC: in force, and out of it three seconds later.
     daemon, said = _up(client, policy, _offset_to("2026-12-07T16:59:57+00:00"))
     assert "(1 in force now)" in said
     assert _fetch(client, server) == 7
-    time.sleep(4)
-    assert _fetch(client, server) == 0
+    assert _until(lambda: _fetch(client, server) == 0)
     err = _down(client, daemon)
     assert "rule 'office-hours-only' is out of force now" in err
     # Saturday: never in force.
@@ -202,17 +211,16 @@ def test_rate_limits_hold_each_program_to_its_rate_and_leave_others_alone(
 ) -> None:
     client, server = pair
     tmp_path.chmod(0o755)
-    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    rates.start(server, 7000)
     programs = _programs(tmp_path / "bin")
     policy = tmp_path / "policy.toml"
     policy.write_text(SHAPE_POLICY)
     daemon, said = _up(client, policy)
     assert "2 rate limits" in said
-    rates = _rates_at_once(client, server, programs, SECONDS)
-    assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
-    assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
-    assert rates["nw-unlimited"] > 20_000_000, rates
+    measured = _rates_at_once(client, server, programs, SECONDS)
+    assert 1_800_000 <= measured["nw-uploader"] <= 2_200_000, measured
+    assert 1_800_000 <= measured["nw-downloader"] <= 2_200_000, measured
+    assert measured["nw-unlimited"] > 20_000_000, measured
     err = _down(client, daemon)
     assert "Traceback" not in err
     links = client.run(["ip", "-o", "link"]).stdout
@@ -245,18 +253,17 @@ def test_rate_limits_hold_for_connections_through_the_proxy(
     program's reads and writes itself."""
     client, server = pair
     tmp_path.chmod(0o755)
-    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    rates.start(server, 7000)
     programs = _programs(tmp_path / "bin")
     policy = tmp_path / "policy.toml"
     policy.write_text(PROXIED_SHAPE_POLICY)
     daemon, _said = _up(client, policy)
-    rates = _rates_at_once(client, server, programs, 6)
+    measured = _rates_at_once(client, server, programs, 6)
     err = _down(client, daemon)
     assert "Traceback" not in err, err
-    assert 1_800_000 <= rates["nw-uploader"] <= 2_200_000, rates
-    assert 1_800_000 <= rates["nw-downloader"] <= 2_200_000, rates
-    assert rates["nw-unlimited"] > 20_000_000, rates
+    assert 1_800_000 <= measured["nw-uploader"] <= 2_200_000, measured
+    assert 1_800_000 <= measured["nw-downloader"] <= 2_200_000, measured
+    assert measured["nw-unlimited"] > 20_000_000, measured
 
 
 def _shaping_left(client: Host, interface: str) -> list[str]:
@@ -270,7 +277,7 @@ def test_rate_limits_a_crashed_daemon_left_are_removed_by_down_and_by_the_next_u
     pair: tuple[Host, Host], tmp_path: Path
 ) -> None:
     client, server = pair
-    server.popen([PY, "-m", "netwarden.testing.rates", "serve", "7000"], stdout=subprocess.PIPE)
+    rates.start(server, 7000)
     policy = tmp_path / "policy.toml"
     policy.write_text(SHAPE_POLICY.replace("nw-uploader", "curl"))
     interface = client.run(["ip", "-o", "addr", "show", "to", client.ipv4]).stdout.split()[1]
@@ -278,8 +285,8 @@ def test_rate_limits_a_crashed_daemon_left_are_removed_by_down_and_by_the_next_u
         daemon, _said = _up(client, policy)
         telnet = ["curl", "-s", "--max-time", "20", f"telnet://{server.ipv4}:7000"]
         held = client.popen(telnet, stdin=subprocess.DEVNULL)
-        time.sleep(1)  # its connection is shaped now: a filter per interface and device
-        assert len(_shaping_left(client, interface)) > 2
+        # Its connection shaped: a filter on the interface and on the device.
+        assert _until(lambda: len(_shaping_left(client, interface)) > 2)
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait(timeout=10)
         held.kill()

@@ -217,6 +217,7 @@ def test_up_records_each_detection_with_its_process_in_the_history(
 ECHO = (
     "import socket, threading\n"
     "s = socket.create_server(('0.0.0.0', 7000))\n"
+    "print('listening', flush=True)\n"
     "def echo(c):\n"
     "    with c:\n"
     "        while data := c.recv(65536):\n"
@@ -229,7 +230,9 @@ ECHO = (
 def test_raw_streams_are_scanned_when_the_policy_asks(scanning: Setup, tmp_path: Path) -> None:
     """A TCP stream that is not HTTP, through the SOCKS5 listener: passed on as it is,
     reset when it carries the signature."""
-    scanning.server.popen([PY, "-c", ECHO])
+    echo = scanning.server.popen([PY, "-c", ECHO], stdout=subprocess.PIPE)
+    assert echo.stdout is not None
+    assert echo.stdout.readline() == "listening\n"
     scanning.restart(
         SCAN_POLICY.format(upstream_ca="").replace("scanners = [", "streams = true\nscanners = [")
     )

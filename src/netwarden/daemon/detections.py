@@ -25,6 +25,7 @@ CHECK = 0.05
 
 Address = tuple[str, int]
 Lookup = Callable[[Address, Address], ProcessInfo | None]
+Entry = tuple[float, dict[str, object], Address, Address]  # since, record, client, server
 
 
 class DetectionRecorder:
@@ -37,9 +38,7 @@ class DetectionRecorder:
         self.lookup = lookup
         self.history = history
         self.publish = publish
-        self.incoming: queue.SimpleQueue[tuple[float, dict[str, object], Address, Address]]
-        self.incoming = queue.SimpleQueue()
-        self.stopping = threading.Event()
+        self.incoming: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="netwarden-detections", daemon=True)
         self.thread.start()
 
@@ -49,27 +48,29 @@ class DetectionRecorder:
 
     def close(self) -> None:
         """Record what is still waiting (without its process when unknown) and stop."""
-        self.stopping.set()
+        self.incoming.put(None)
         self.thread.join(WAIT + 5)
 
     def _run(self) -> None:
-        waiting: list[tuple[float, dict[str, object], Address, Address]] = []
-        while True:
-            stopping = self.stopping.is_set()
-            while not self.incoming.empty():
-                waiting.append(self.incoming.get())
+        waiting: list[Entry] = []
+        stopping = False
+        while not stopping or waiting:
+            try:  # asleep while nothing waits; a look every CHECK while something does
+                entry = self.incoming.get(timeout=CHECK if waiting else None)
+                if entry is None:
+                    stopping = True
+                else:
+                    waiting.append(entry)
+            except queue.Empty:
+                pass
             still = []
-            for entry in waiting:
-                since, record, client, destination = entry
+            for since, record, client, destination in waiting:
                 process = self.lookup(client, destination)
                 if process is not None or stopping or time.monotonic() - since >= WAIT:
                     self._finish(record, process)
                 else:
-                    still.append(entry)
+                    still.append((since, record, client, destination))
             waiting = still
-            if stopping and self.incoming.empty():
-                return
-            self.stopping.wait(CHECK)
 
     def _finish(self, record: dict[str, object], process: ProcessInfo | None) -> None:
         if process is not None:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from netwarden.engine.bus import CalloutFailed, DecisionTaken, Inspected
-from netwarden.model import FlowEvent, FlowEventKind, FlowKey
+from netwarden.engine.flow_deltas import FlowDeltas
+from netwarden.model import FlowEvent, FlowEventKind
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"  # the program of a flow no one could attribute
@@ -53,7 +54,7 @@ class Metrics:
             registry=self.registry,
         )
         self.lock = threading.Lock()
-        self.seen: dict[FlowKey, tuple[int, int]] = {}  # the totals counted of each flow
+        self.deltas = FlowDeltas()
 
     def on_events(self, events: Sequence[object]) -> None:
         """The engine's bus."""
@@ -75,15 +76,7 @@ class Metrics:
         program = flow.process.name if flow.process is not None and flow.process.name else UNKNOWN
         if event.kind is FlowEventKind.OPENED:
             self.connections.labels(program, str(flow.key.transport)).inc()
-        if event.kind is FlowEventKind.CLOSED:
-            before = self.seen.pop(flow.key, (0, 0))
-        else:
-            before = self.seen.get(flow.key, (0, 0))
-            self.seen[flow.key] = (flow.bytes_sent, flow.bytes_received)
-        if not flow.bytes_measured:
-            return
-        sent = flow.bytes_sent - before[0]
-        received = flow.bytes_received - before[1]
+        sent, received = self.deltas.of(event)
         if sent > 0:
             self.bytes.labels(program, "sent").inc(sent)
         if received > 0:

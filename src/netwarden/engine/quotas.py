@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from netwarden.model import FlowEvent, FlowEventKind, FlowKey
+from netwarden.engine.flow_deltas import FlowDeltas
+from netwarden.model import FlowEvent
 from netwarden.paths import write_private
 from netwarden.policy.limits_model import LimitAction, Quota
 from netwarden.policy.schedule import now
@@ -50,9 +51,8 @@ class QuotaBook:
         self.resets_path = directory / RESETS_FILE
         self.clock = clock
         self.started = clock()
-        self.started_wall = wall()
         self.lock = threading.Lock()
-        self.last: dict[FlowKey, tuple[int, int]] = {}  # the totals counted of each flow
+        self.deltas = FlowDeltas(counted_before=wall())
         self.dirty = False
         self.usage = {name: Usage(q.period_start(self.started)) for name, q in self.quotas.items()}
         self._load()
@@ -69,20 +69,7 @@ class QuotaBook:
 
     def _count(self, event: FlowEvent) -> None:
         flow = event.flow
-        key = flow.key
-        if event.kind is FlowEventKind.CLOSED:
-            before = self.last.pop(key, None)
-        else:
-            before = self.last.get(key)
-        if not flow.bytes_measured:
-            return
-        if before is None and flow.first_seen <= self.started_wall:
-            before = (flow.bytes_sent, flow.bytes_received)  # counted before this start
-        sent, received = before or (0, 0)
-        more_sent = max(0, flow.bytes_sent - sent)
-        more_received = max(0, flow.bytes_received - received)
-        if event.kind is not FlowEventKind.CLOSED:
-            self.last[key] = (flow.bytes_sent, flow.bytes_received)
+        more_sent, more_received = self.deltas.of(event)
         if not more_sent and not more_received:
             return
         at = self.clock()

@@ -61,7 +61,6 @@ class Scanned:
     release: bytes  # may go on to the receiver now
     found: tuple[Finding, ...] = ()
     blocked: Finding | None = None  # the finding that stops the body (nothing released)
-    unscanned: int = 0  # bytes passed beyond max_size without being scanned (once, at end)
 
 
 class BodyScan:
@@ -78,7 +77,7 @@ class BodyScan:
         self.held: deque[bytes] = deque()  # pieces, not joined (no copies)
         self.held_size = 0
         self.seen = 0
-        self.unscanned = 0
+        self.unscanned = 0  # bytes beyond max_size, passed without being scanned
         self.blocked: Finding | None = None
         self.released = 0  # bytes already gone to the receiver
 
@@ -103,7 +102,7 @@ class BodyScan:
         if self.blocked is not None:
             self._drop()
             return Scanned(b"", tuple(found), self.blocked)
-        return Scanned(self._take(self.held_size), tuple(found), unscanned=self.unscanned)
+        return Scanned(self._take(self.held_size), tuple(found))
 
     def _take(self, count: int) -> bytes:
         """The oldest `count` held bytes, released."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime
 import enum
-import fnmatch
 import ipaddress
 from dataclasses import dataclass
 
 from netwarden.model import Flow
+from netwarden.policy.matcher import ProgramFacts, in_cgroup, program_matches
 from netwarden.policy.model import CgroupMatch, ProgramMatch
 from netwarden.policy.prefixes import Network
 
@@ -53,18 +53,14 @@ class Selector:
         return " ".join(parts) or "everything"
 
     def matches(self, exe: str, name: str, uid: int | None, cgroup: str, remote: str = "") -> bool:
-        program = self.program
-        if program is not None:
-            if program.exe and not any(fnmatch.fnmatchcase(exe, p) for p in program.exe):
-                return False
-            if program.process and name not in program.process:
-                return False
+        if self.program is not None and not program_matches(
+            self.program, ProgramFacts(name=name, exe=exe)
+        ):
+            return False
         if self.uid is not None and self.uid != uid:
             return False
-        if self.cgroup is not None:
-            path, own = self.cgroup.path.strip("/"), cgroup.strip("/")
-            if own != path and not own.startswith(path + "/"):
-                return False
+        if self.cgroup is not None and not in_cgroup(self.cgroup, cgroup):
+            return False
         if self.hosts:
             try:
                 address = ipaddress.ip_address(remote)

@@ -15,6 +15,7 @@ from netwarden.policy.environment import Environment
 from netwarden.policy.model import (
     Action,
     Addresses,
+    CgroupMatch,
     Direction,
     Policy,
     PortRange,
@@ -158,14 +159,17 @@ def matches(rule: Rule, flow: FlowQuery, policy: Policy) -> bool:
         return False
     if rule.mark is not None and rule.mark != flow.mark:
         return False
-    if rule.cgroup is not None:
-        path = rule.cgroup.path.strip("/")
-        cgroup = flow.cgroup.strip("/")
-        if cgroup != path and not cgroup.startswith(path + "/"):
-            return False
+    if rule.cgroup is not None and not in_cgroup(rule.cgroup, flow.cgroup):
+        return False
     return rule.program is None or (
         flow.program is not None and program_matches(rule.program, flow.program)
     )
+
+
+def in_cgroup(match: CgroupMatch, cgroup: str) -> bool:
+    """Whether a socket's cgroup is the matched one or below it."""
+    path, own = match.path.strip("/"), cgroup.strip("/")
+    return own == path or own.startswith(path + "/")
 
 
 def program_matches(match: ProgramMatch, facts: ProgramFacts) -> bool:

@@ -16,9 +16,14 @@ import contextlib
 import json
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netwarden.testing.netlab import Host
 
 CHUNK = 64 * 1024
 
@@ -107,6 +112,15 @@ def _upload(conn: socket.socket, seconds: float, rate: float | None) -> tuple[in
             answer += piece
     count, took = answer.decode().split()
     return int(count), float(took)
+
+
+def start(host: Host, port: int) -> subprocess.Popen[str]:
+    """The server in a netlab host, once it listens."""
+    argv = [sys.executable, "-m", "netwarden.testing.rates", "serve", str(port)]
+    server = host.popen(argv, stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    json.loads(server.stdout.readline())  # printed once it listens
+    return server
 
 
 def main() -> None:
