@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 apt_packages=(nftables conntrack iptables iproute2 util-linux procps python3 python3-venv
   gcc libc6-dev python3-dev)
 # clamav-daemon: the tests start their own clamd with signatures they write.
-dev_packages=(curl openssl clamav-daemon)
+# chromium, chromium-driver: the dashboard's tests drive a real headless browser.
+dev_packages=(curl openssl clamav-daemon chromium chromium-driver)
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 [ $dev -eq 1 ] && apt_packages+=("${dev_packages[@]}")

@@ -53,6 +53,15 @@ def start_up(
     return daemon, said[-1]
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """netwarden's state (the API token, quotas, the CA) under the test's directory,
+    never the host's /var/lib/netwarden."""
+    state = tmp_path / "nw-state"
+    monkeypatch.setenv("NETWARDEN_STATE_DIR", str(state))
+    return state
+
+
 @pytest.fixture
 def pair(lab: Lab) -> tuple[Host, Host]:
     client, server = lab.host("client"), lab.host("server")

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 
 from netwarden.callout.api import Connection
-from netwarden.model.connect import BLOCK, PERMIT, ConnectDirection, Verdict
+from netwarden.model.connect import ASK, BLOCK, PERMIT, ConnectDirection, Verdict
 from netwarden.policy.matcher import FlowQuery, ProgramFacts, decide_by_program
 from netwarden.policy.model import Action, Direction, Policy
 from netwarden.policy.schedule import now
@@ -18,7 +18,8 @@ ORIGIN = "the policy"
 
 
 class ProgramRules:
-    """Asked before any other callout. A rule that only logs is logged here."""
+    """Asked before any other callout. A rule that only logs is logged here. `policy`
+    is replaced when an answer given "always" adds a rule."""
 
     name = "policy"
     weight = 1_000_000
@@ -33,6 +34,8 @@ class ProgramRules:
             log.info("rule %r: %s", rule.name, connection)
         if decision.rule is None:
             return None
+        if decision.action is Action.ASK:
+            return ASK
         return PERMIT if decision.action is Action.ALLOW else BLOCK
 
 

@@ -26,7 +26,7 @@ GC_YOUNGEST_THRESHOLD = 10_000  # allocations between collections (Python's defa
 
 if TYPE_CHECKING:
     from netwarden.daemon.metrics_server import MetricsServer
-    from netwarden.daemon.up import CalloutOptions
+    from netwarden.daemon.up import CalloutOptions, WebOptions
     from netwarden.engine.bus import Subscriber
     from netwarden.engine.core import Engine
     from netwarden.engine.host import Capability
@@ -340,35 +340,37 @@ def doctor(
 ) -> None:
     """Say which kernel mechanisms work here and which netwarden features they enable."""
     from netwarden.engine.host import PlatformError
-    from netwarden.engine.host import capabilities as read_capabilities
 
     try:
-        capabilities = read_capabilities()
-        capabilities.append(_connect_layer(capabilities))
-        capabilities.append(_interception())
-        capabilities.append(_clamd())
+        capabilities = _capabilities()
     except PlatformError as exc:
         fail(str(exc))
     if as_json:
-        sys.stdout.write(
-            json.dumps(
-                [
-                    {
-                        "name": c.name,
-                        "available": c.available,
-                        "detail": c.detail,
-                        "enables": c.enables,
-                    }
-                    for c in capabilities
-                ]
-            )
-            + "\n"
-        )
+        sys.stdout.write(json.dumps([_capability_json(c) for c in capabilities]) + "\n")
         return
     for cap in capabilities:
         mark = "ok  " if cap.available else "MISSING"
         typer.echo(f"[{mark:7}] {cap.name}: {cap.detail}")
         typer.echo(f"          {'enables' if cap.available else 'without it, no'}: {cap.enables}")
+
+
+def _capabilities() -> list[Capability]:
+    from netwarden.engine.host import capabilities as read_capabilities
+
+    capabilities = read_capabilities()
+    capabilities.append(_connect_layer(capabilities))
+    capabilities.append(_interception())
+    capabilities.append(_clamd())
+    return capabilities
+
+
+def _capability_json(c: Capability) -> dict[str, Any]:
+    return {"name": c.name, "available": c.available, "detail": c.detail, "enables": c.enables}
+
+
+def _doctor_json() -> list[dict[str, Any]]:
+    """What `netwarden doctor --json` prints (for the control API)."""
+    return [_capability_json(c) for c in _capabilities()]
 
 
 def _interception() -> Capability:
@@ -501,6 +503,17 @@ def up(
             "on loopback, e.g. 127.0.0.1:9464).",
         ),
     ] = None,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Serve the dashboard and control API on --web-address (loopback, with the "
+            "token; the API is always on netwarden's unix socket too).",
+        ),
+    ] = False,
+    web_address: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Where --web listens (loopback only).")
+    ] = "127.0.0.1:8470",
 ) -> None:
     """Run netwarden: enforce the policy, decide new connections by its program rules
     and the callouts given, run the proxy its redirects name, and record every
@@ -569,9 +582,12 @@ def up(
             sys.stdout.flush()
 
     subscribers: list[Subscriber] = [inspected, decision] if decisions else [inspected]
+    web_options = _web_options(web_address if web else None)
     server = _metrics_server(metrics, subscribers) if metrics else None
     try:
-        run_daemon(loaded, history, stop, ready, flow, options, subscribers=subscribers)
+        run_daemon(
+            loaded, history, stop, ready, flow, options, subscribers=subscribers, web=web_options
+        )
     except PlatformError as exc:
         fail(str(exc), 1)
     finally:
@@ -580,6 +596,29 @@ def up(
         if server is not None:
             server.stop()
     typer.echo("netwarden: down, everything removed", err=True)
+
+
+def _web_options(address: str | None) -> WebOptions:
+    import ipaddress
+
+    from netwarden.daemon.up import WebOptions
+
+    def said(url: str) -> None:
+        typer.echo(f"netwarden: dashboard at {url}", err=True)
+
+    if address is None:
+        return WebOptions(doctor=_doctor_json)
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not loopback:
+        fail(f"--web-address: {address!r} is not a loopback HOST:PORT (like 127.0.0.1:8470)")
+    return WebOptions(tcp=(host, int(port)), doctor=_doctor_json, on_url=said)
 
 
 def _metrics_server(address: str, subscribers: list[Subscriber]) -> MetricsServer:
@@ -646,6 +685,7 @@ def _register_subcommands() -> None:
     from netwarden.cli.ca import passthrough_app
     from netwarden.cli.callouts import app as callouts_app
     from netwarden.cli.policy import app as policy_app
+    from netwarden.cli.prompts import app as prompts_app
     from netwarden.cli.proxy import proxy
     from netwarden.cli.quota import app as quota_app
     from netwarden.cli.redirect import down, redirect
@@ -654,10 +694,11 @@ def _register_subcommands() -> None:
     app.add_typer(callouts_app, name="callouts")
     app.add_typer(ca_app, name="ca")
     app.add_typer(quota_app, name="quota")
+    app.add_typer(prompts_app, name="prompts")
     app.command()(redirect)
     app.command()(down)
     app.command()(proxy)
-    _reflow_help(app, policy_app, callouts_app, ca_app, passthrough_app, quota_app)
+    _reflow_help(app, policy_app, callouts_app, ca_app, passthrough_app, quota_app, prompts_app)
 
 
 _register_subcommands()

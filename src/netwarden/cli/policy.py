@@ -182,22 +182,7 @@ def show(
     from netwarden.engine import applied
 
     record = applied.read(table) or {}
-    known = record.get("rules", {})
-    rows = []
-    for c in counters:
-        rule = known.get(c.counter, {})
-        rows.append(
-            {
-                "counter": c.counter,
-                "rule": rule.get("name", c.comment),
-                "action": rule.get("action", ""),
-                "direction": rule.get("direction", ""),
-                "matches": rule.get("matches", ""),
-                "line": rule.get("line"),
-                "packets": c.packets,
-                "bytes": c.bytes,
-            }
-        )
+    rows = applied.rule_rows(counters, record)
     if as_json:
         sys.stdout.write(
             dumps(

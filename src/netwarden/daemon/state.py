@@ -28,6 +28,12 @@ def state_file() -> Path:
     return RUN_DIR / f"up-net{namespace}.json"
 
 
+def api_socket() -> Path:
+    """Where `netwarden up` serves its control API (mode 0600)."""
+    namespace = os.stat("/proc/thread-self/ns/net").st_ino
+    return RUN_DIR / f"api-net{namespace}.sock"
+
+
 def read() -> DaemonState | None:
     try:
         data = json.loads(state_file().read_text())

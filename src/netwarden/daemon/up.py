@@ -11,12 +11,17 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from netwarden.callout.api import Layer
+from netwarden.callout.program_rules import ProgramRules
 from netwarden.callout.registry import DEFAULT_BUDGET, CalloutRegistry, FailMode, LoadedCallout
 from netwarden.callout.shape_guard import ShapeGuard
 from netwarden.daemon import state
+from netwarden.daemon.answers import AnswerKeeper
 from netwarden.daemon.detections import DetectionRecorder
+from netwarden.daemon.policy_control import PolicyControl
 from netwarden.engine import host
 from netwarden.engine.app_notes import AppNoteWriter, notes_path
 from netwarden.engine.bus import Inspected, PolicyApplied, Subscriber
@@ -29,6 +34,7 @@ from netwarden.engine.callouts import (
 from netwarden.engine.core import Engine, EngineError
 from netwarden.engine.enforce import apply_policy, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, ShapeClass, Shaper, is_privileged
+from netwarden.engine.prompts import Answer, PromptBook
 from netwarden.engine.quotas import QuotaBook, QuotaKeeper
 from netwarden.model import Endpoint, RelayLink
 from netwarden.model.connect import Action, StreamData
@@ -38,6 +44,7 @@ from netwarden.paths import state_dir
 from netwarden.policy.compiler import CompiledPolicy
 from netwarden.policy.connect_layer import ConnectLayer
 from netwarden.policy.loader import connect_mask_problems
+from netwarden.policy.model import Action as PolicyAction
 from netwarden.policy.model import Policy
 from netwarden.policy.schedule import now
 from netwarden.proxy.gate import policy_gate
@@ -61,6 +68,16 @@ CONNECT_SWITCH_INTERVAL = 0.0005  # seconds
 
 class AlreadyRunning(PlatformError):
     pass
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """The control API (always on its unix socket) and, with tcp, the dashboard."""
+
+    tcp: tuple[str, int] | None = None
+    doctor: Callable[[], list[dict[str, Any]]] = lambda: []
+    token_dir: Path | None = None  # netwarden's state directory unless given
+    on_url: Callable[[str], None] = lambda url: None
 
 
 @dataclass(frozen=True)
@@ -328,10 +345,12 @@ def run(
     on_flow: Callable[[FlowReport], None],
     callouts: CalloutOptions | None = None,
     subscribers: Sequence[Subscriber] = (),
+    web: WebOptions | None = None,
 ) -> None:
     import os
 
     callouts = callouts or CalloutOptions()
+    web = web or WebOptions()
     fail_mode = callouts.fail_mode or FailMode(policy.settings.fail_mode)
 
     if not is_privileged():
@@ -396,8 +415,21 @@ def run(
             def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
                 firewall.add_connect_target(compiled.table, new_layer, target)
 
-            callout_host = CalloutHost(engine, registry, layer, relayout, state.write_callouts)
+            program_rules = _program_rules(registry)
+            answers = AnswerKeeper(policy, program_rules, firewall.environment())
+            prompts = PromptBook(
+                policy.ask.timeout,
+                Answer(allow=policy.ask.default is PolicyAction.ALLOW, by="timeout"),
+                answers.remember,
+                engine.publish,
+            )
+            stack.callback(prompts.close)
+            callout_host = CalloutHost(
+                engine, registry, layer, relayout, state.write_callouts, prompts
+            )
             callout_host.start(stop)
+            control = PolicyControl(policy, firewall, layer, program_rules, answers)
+            _web_face(engine, prompts, control, callout_host, history, web, stack)
             if layer is not None:
                 # A held connection waits while another thread (the monitor) holds the
                 # interpreter: make that thread hand it over sooner than the 5 ms default.
@@ -437,6 +469,44 @@ def run(
         if proxy is not None:
             proxy.stop()
         state.clear()
+
+
+def _program_rules(registry: CalloutRegistry) -> ProgramRules | None:
+    for loaded in registry.loaded:
+        if isinstance(loaded.callout, ProgramRules):
+            return loaded.callout
+    return None
+
+
+def _web_face(
+    engine: Engine,
+    prompts: PromptBook,
+    control: PolicyControl,
+    callout_host: CalloutHost,
+    history: HistoryStore | None,
+    web: WebOptions,
+    stack: contextlib.ExitStack,
+) -> None:
+    """The control API on its unix socket and, when asked, the dashboard on a port."""
+    from netwarden.daemon.web.api import Daemon, build_app
+    from netwarden.daemon.web.live import LiveView
+    from netwarden.daemon.web.server import WebError, WebServer
+    from netwarden.daemon.web.token import api_token
+
+    live = LiveView()
+    engine.bus.subscribe(live.on_events)
+    daemon = Daemon(live, prompts, control, callout_host.status, history, web.doctor)
+    token = api_token(web.token_dir)
+    try:
+        server = WebServer(build_app(daemon, token), state.api_socket(), web.tcp)
+    except (WebError, OSError) as exc:
+        raise PlatformError(str(exc)) from None
+    server.start()
+    stack.callback(server.stop)
+    if web.tcp is not None:
+        address, port = web.tcp
+        shown = f"[{address}]" if ":" in address else address
+        web.on_url(f"http://{shown}:{port}/login?token={token}")
 
 
 def _summary(policy: Policy, rules: int, proxied: bool) -> str:

@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from netwarden.platform.base import RuleCounters
 from netwarden.policy.compiler import counter_name
 from netwarden.policy.describe import matches
 from netwarden.policy.model import Policy
@@ -66,6 +68,28 @@ def read(table: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def rule_rows(counters: Iterable[RuleCounters], record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live rules with their counters, named as the record of the applied policy
+    knows them."""
+    known = record.get("rules", {})
+    rows = []
+    for c in counters:
+        rule = known.get(c.counter, {})
+        rows.append(
+            {
+                "counter": c.counter,
+                "rule": rule.get("name", c.comment),
+                "action": rule.get("action", ""),
+                "direction": rule.get("direction", ""),
+                "matches": rule.get("matches", ""),
+                "line": rule.get("line"),
+                "packets": c.packets,
+                "bytes": c.bytes,
+            }
+        )
+    return rows
 
 
 def forget(table: str) -> None:

@@ -50,7 +50,14 @@ class Inspected:
     record: dict[str, object]
 
 
-EngineEvent = FlowEvent | PolicyApplied | DecisionTaken | CalloutFailed | Inspected
+@dataclass(frozen=True, slots=True)
+class PromptChanged:
+    """An ask prompt opened, or was settled (answered or timed out)."""
+
+    prompt: dict[str, object]  # Prompt.to_json()
+
+
+EngineEvent = FlowEvent | PolicyApplied | DecisionTaken | CalloutFailed | Inspected | PromptChanged
 Subscriber = Callable[[Sequence[EngineEvent]], None]
 
 

@@ -27,6 +27,7 @@ from netwarden.policy.connect_layer import ConnectLayer
 
 if TYPE_CHECKING:
     from netwarden.engine.core import Engine
+    from netwarden.engine.prompts import PromptBook
     from netwarden.engine.quotas import QuotaBook
     from netwarden.platform.base import ConnectQueue, PacketQueue
     from netwarden.policy.model import Policy
@@ -82,8 +83,10 @@ class CalloutHost:
         layer: ConnectLayer | None,
         relayout: Callable[[ConnectLayer, Endpoint], None],
         write_status: Callable[[dict[str, object]], None] | None = None,
+        prompts: PromptBook | None = None,
     ) -> None:
         self.engine = engine
+        self.prompts = prompts
         self.registry = registry
         self.layer = layer
         self.relayout = relayout
@@ -105,6 +108,7 @@ class CalloutHost:
                 self.relayout,
                 self.engine.publish,
                 self.engine.flow_process,
+                self.prompts,
             )
             self._spawn("netwarden-connect", self.loop.run, stop)
             if self.layer.packets:

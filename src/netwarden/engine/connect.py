@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from netwarden.callout.api import Connection
 from netwarden.callout.registry import CalloutRegistry
 from netwarden.engine.bus import DecisionTaken, EngineEvent
+from netwarden.engine.prompts import PromptBook
 from netwarden.model import (
     Attribution,
     AttributionMethod,
@@ -55,10 +56,13 @@ class ConnectLoop:
         relayout: Callable[[ConnectLayer, Endpoint], None],
         publish: Callable[[Sequence[EngineEvent]], None],
         flow_process: Callable[[FlowKey], ProcessInfo | None] | None = None,
+        prompts: PromptBook | None = None,
     ) -> None:
         """flow_process: the process flow events named for a flow, for one whose socket
-        is gone already (a process that sent one datagram and exited)."""
+        is gone already (a process that sent one datagram and exited). prompts: where
+        connections a callout asks about wait (without it, ASK takes the fail mode)."""
         self.queue = queue
+        self.prompts = prompts
         self.flow_process = flow_process
         self.registry = registry
         self.layer = layer
@@ -75,9 +79,15 @@ class ConnectLoop:
             try:
                 # While a connection waits for its flow event, look again soon.
                 timeout = WAIT_STEP if self._waiting else 0.25
-                ready, _w, _x = select.select([self.queue], [], [], timeout)
-                events = self._waited()
-                if ready:
+                sources: list[ConnectQueue | PromptBook] = [self.queue]
+                if self.prompts is not None:
+                    sources.append(self.prompts)
+                    deadline = self.prompts.next_deadline()
+                    if deadline is not None:
+                        timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+                ready, _w, _x = select.select(sources, [], [], timeout)
+                events = self._waited() + self._answered()
+                if self.queue in ready:
                     events += [e for r in self.queue.receive() if (e := self.decide(r))]
             except Exception:  # the loop must go on: connections wait for it
                 failures += 1
@@ -124,13 +134,28 @@ class ConnectLoop:
             elif now < deadline:
                 still.append((request, process, attribution, deadline))
                 continue
-            events.append(self._finish(request, process, attribution))
+            if (event := self._finish(request, process, attribution)) is not None:
+                events.append(event)
         self._waiting = still
+        return events
+
+    def _answered(self) -> list[EngineEvent]:
+        """Release the connections of prompts answered or timed out."""
+        if self.prompts is None:
+            return []
+        events: list[EngineEvent] = []
+        for prompt in self.prompts.settled():
+            assert prompt.answer is not None
+            verdict = prompt.answer.verdict
+            for request in prompt.held:
+                self.queue.decide(request, self.layer.code(verdict))
+            by = f"{prompt.rule}, answered by {prompt.answer.by}"
+            events.append(_taken(prompt.request, prompt.process, verdict, by, str(prompt.answer)))
         return events
 
     def _finish(
         self, request: ConnectRequest, process: ProcessInfo | None, attribution: Attribution
-    ) -> DecisionTaken:
+    ) -> DecisionTaken | None:
         try:
             connection = Connection(
                 request,
@@ -140,6 +165,9 @@ class ConnectLoop:
                 read_parent=self.queue.parent_of,
             )
             decision = self.registry.classify(connection)
+            if decision.verdict.action is Action.ASK and self.prompts is not None:
+                self.prompts.hold(request, process, decision.by)
+                return None  # released when answered (or the time is up)
             code = self._code(request, decision.verdict)
             if (
                 code is not None
@@ -160,6 +188,8 @@ class ConnectLoop:
         return _taken(request, None, verdict, "netwarden", f"failed: {exc}")
 
     def _code(self, request: ConnectRequest, verdict: Verdict) -> int | None:
+        if verdict.action is Action.ASK:  # asked with no one to ask
+            return self.layer.code(self.registry.fail_mode.verdict)
         if verdict.action is Action.REDIRECT:
             if request.transport is not Transport.TCP or request.direction is ConnectDirection.IN:
                 log.warning(

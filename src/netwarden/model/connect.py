@@ -19,6 +19,7 @@ class Action(enum.StrEnum):
     BLOCK = "block"
     REDIRECT = "redirect"
     CONTINUE = "continue"  # no opinion: the next callout decides, then the policy
+    ASK = "ask"  # hold the connection while a person is asked (`netwarden prompts`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Verdict:
 PERMIT = Verdict(Action.PERMIT)
 BLOCK = Verdict(Action.BLOCK)
 CONTINUE = Verdict(Action.CONTINUE)
+ASK = Verdict(Action.ASK)
 
 
 def redirect(address: str, port: int) -> Verdict:

@@ -91,7 +91,7 @@ def compile_policy(policy: Policy, connect: ConnectLayer | None = None) -> Compi
                 sets[(name, version)] = networks
     chains: dict[Direction, list[CompiledRule]] = {d: [] for d in Direction}
     for rule in policy.rules:
-        if rule.program is not None:  # decided at the CONNECT layer, not in the kernel
+        if rule.at_connect:  # decided at the CONNECT layer, not in the kernel
             continue
         for family in _families(rule, policy):
             compiled = _compile(rule, family, policy, sets)
@@ -108,7 +108,7 @@ def compile_policy(policy: Policy, connect: ConnectLayer | None = None) -> Compi
             compiled = _compile(rule, family, policy, sets)
             if compiled is not None:
                 redirects[rule.direction].append(compiled)
-    kernel_rules = [r for r in (*policy.rules, *policy.redirects) if r.program is None]
+    kernel_rules = [r for r in (*policy.rules, *policy.redirects) if not r.at_connect]
     counters = tuple(counter_name(r) for r in kernel_rules) + tuple(
         default_counter(d) for d in Direction
     )

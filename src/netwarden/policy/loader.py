@@ -52,6 +52,7 @@ from netwarden.policy.model import (
     Action,
     Addresses,
     AddressSet,
+    AskSettings,
     CgroupMatch,
     Direction,
     Policy,
@@ -67,7 +68,9 @@ from netwarden.policy.schedule import Schedule, parse_days, parse_hours, parse_z
 
 Where = Callable[[str], int]  # key -> line number
 DEFAULT_SETTINGS = Settings()
-TOP_KEYS = {"settings", "defaults", "sets", "rule", "redirect", "inspect", "quota", "shape"}
+TOP_KEYS = {
+    "settings", "defaults", "sets", "rule", "redirect", "inspect", "quota", "shape", "ask",
+}  # fmt: skip
 SETTINGS_KEYS = {
     "table", "priority", "proxy_port", "proxy_mark", "mark_base", "socks5", "http_proxy",
     "connect_queue", "connect_mask", "fail_mode",
@@ -77,6 +80,7 @@ REDIRECT_KEYS = {
     "service", "mark", "method", "target_mark",
 }  # fmt: skip
 SET_KEYS = {"addresses", "file"}
+ASK_KEYS = {"timeout", "default", "answers"}
 RULE_KEYS = {
     "name",
     "action",
@@ -113,7 +117,45 @@ def load(path: Path, environment: Environment) -> Policy:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([Problem(str(path), 0, f"cannot read the policy: {exc}")]) from exc
-    return parse(text, str(path), environment, base=path.parent)
+    policy = parse(text, str(path), environment, base=path.parent)
+    return with_answers(policy, environment)
+
+
+def answers_path(policy: Policy) -> Path:
+    """Where "always" answers to ask prompts are kept: [ask] answers, else the policy's
+    name with .answers.toml."""
+    source = Path(policy.source)
+    if policy.ask.answers:
+        return source.parent / policy.ask.answers
+    return source.with_name(source.stem + ".answers.toml")
+
+
+def with_answers(policy: Policy, environment: Environment) -> Policy:
+    """The policy with the rules of its answers file first (when it has ask rules and
+    the file exists): an answer given "always" is not asked again."""
+    if not any(rule.action is Action.ASK for rule in policy.rules):
+        return policy
+    path = answers_path(policy)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return replace(policy, rules=policy.rules[policy.answers :], answers=0)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([Problem(str(path), 0, f"cannot read the answers: {exc}")]) from exc
+    answers = parse(text, str(path), environment, base=path.parent)
+    problems = [
+        Problem(str(path), rule.line, "answers are rules by program without days or hours")
+        for rule in answers.rules
+        if rule.program is None or rule.when is not None or rule.action is Action.ASK
+    ]
+    if problems or answers.redirects or answers.quotas or answers.shapes:
+        raise PolicyError(problems or [Problem(str(path), 0, "answers hold [[rule]] tables only")])
+    own = policy.rules[policy.answers :]
+    first = tuple(replace(rule, index=ANSWER_INDEX + rule.index) for rule in answers.rules)
+    return replace(policy, rules=first + own, answers=len(first))
+
+
+ANSWER_INDEX = 1_000_000  # answers' rules are numbered apart from the policy's own
 
 
 def parse(text: str, filename: str, environment: Environment, base: Path | None = None) -> Policy:
@@ -238,7 +280,7 @@ class _Loader:
             if redirect is not None:
                 redirects.append(redirect)
         self._check_marks((*rules, *redirects), settings)
-        if any(rule.program is not None for rule in rules):
+        if any(rule.at_connect for rule in rules):
             for problem in connect_mask_problems(settings):
                 self.problem(self.lines.key("settings", "connect_mask"), problem)
         for line, message in redirect_loops(tuple(redirects), settings.proxy_mark):
@@ -249,6 +291,7 @@ class _Loader:
         limits = LimitsSection(self)
         quotas = limits.quotas(document.get("quota", []))
         shapes = limits.shapes(document.get("shape", []))
+        ask = self._ask(document.get("ask", {}))
         if quotas and any(q.who.program is not None for q in quotas):
             for problem in connect_mask_problems(settings):
                 self.problem(self.lines.key("settings", "connect_mask"), problem)
@@ -266,7 +309,36 @@ class _Loader:
             inspect,
             quotas,
             shapes,
+            ask,
         )
+
+    def _ask(self, raw: Any) -> AskSettings:
+        if not isinstance(raw, dict):
+            self.problem(self.lines.key("", "ask"), "[ask] must be a table")
+            return AskSettings()
+
+        def at(key: str) -> int:
+            return self.lines.key("ask", key)
+
+        self._unknown_keys(raw, ASK_KEYS, "ask", at)
+        settings = AskSettings()
+        timeout = raw.get("timeout", settings.timeout)
+        if (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or not (1 <= timeout <= 3600)
+        ):
+            self.problem(at("timeout"), "timeout is seconds an answer is waited for, 1 to 3600")
+            timeout = settings.timeout
+        default = raw.get("default", str(settings.default))
+        if default not in ("allow", "block"):
+            self.problem(at("default"), 'default (after the timeout) is "allow" or "block"')
+            default = str(settings.default)
+        answers = raw.get("answers", "")
+        if not isinstance(answers, str):
+            self.problem(at("answers"), "answers is the path of a rules file")
+            answers = ""
+        return AskSettings(float(timeout), Action(default), answers)
 
     def _check_marks(self, rules: tuple[Rule, ...], settings: Settings) -> None:
         """Scopes and services are told apart by a 15-bit hash of their names: refuse the
@@ -510,6 +582,10 @@ class _Loader:
             self.problem(at("action"), "redirects are written as [[redirect]] tables")
         direction = self._choice(raw, "direction", Direction, at, required=True)
         protocol = self._choice(raw, "protocol", Protocol, at) or Protocol.ANY
+        if action is Action.ASK and (
+            direction is Direction.FORWARD or protocol is Protocol.ICMP or block is not None
+        ):
+            self.problem(at("action"), "ask holds tcp and udp connections in or out of this host")
         source = self._addresses(raw.get("from", []), at("from"), sets)
         destination = self._addresses(raw.get("to", []), at("to"), sets)
         source_ports = self._ports(raw.get("from_port", []), at("from_port"))

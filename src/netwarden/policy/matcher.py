@@ -107,13 +107,12 @@ def decide_by_program(policy: Policy, flow: FlowQuery) -> Decision:
         if not rule.action.terminal:
             logged.append(rule)
             continue
-        assert rule.program is not None
+        what = f"matches {rule.program.describe()}" if rule.program is not None else "asks"
         return Decision(
             rule.action,
             rule,
             tuple(logged),
-            f"rule {rule.name!r} ({policy.source}:{rule.line}) matches "
-            f"{rule.program.describe()} when the connection starts",
+            f"rule {rule.name!r} ({policy.source}:{rule.line}) {what} when the connection starts",
         )
     return Decision(Action.ALLOW, None, tuple(logged), "")
 
@@ -121,7 +120,7 @@ def decide_by_program(policy: Policy, flow: FlowQuery) -> Decision:
 def _filter(policy: Policy, flow: FlowQuery) -> Decision:
     logged: list[Rule] = []
     for rule in policy.rules:
-        if rule.program is not None:
+        if rule.at_connect:
             continue
         if not matches(rule, flow, policy):
             continue

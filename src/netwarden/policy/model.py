@@ -24,6 +24,7 @@ class Action(enum.StrEnum):
     REJECT = "reject"  # refuse: TCP reset or ICMP unreachable
     LOG = "log"  # log and go on to the next rule
     REDIRECT = "redirect"  # send the connection to a local listener ([[redirect]] only)
+    ASK = "ask"  # hold a new connection while a person decides (`netwarden up`)
 
     @property
     def terminal(self) -> bool:
@@ -178,6 +179,11 @@ class Rule:
     program: ProgramMatch | None = None  # decided per connection by `netwarden up`
     when: Schedule | None = None  # in force only then (`netwarden up` follows the clock)
 
+    @property
+    def at_connect(self) -> bool:
+        """Decided per connection by `netwarden up` (it names a program, or asks)."""
+        return self.program is not None or self.action is Action.ASK
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -194,6 +200,15 @@ class Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class AskSettings:
+    """[ask]: how a rule with action = "ask" waits for its answer."""
+
+    timeout: float = 30.0  # seconds a held connection waits for an answer
+    default: Action = Action.BLOCK  # what happens then: allow or block
+    answers: str = ""  # the rules file "always" answers go to ("": beside the policy)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     rules: tuple[Rule, ...]
     defaults: dict[Direction, Action]
@@ -205,9 +220,13 @@ class Policy:
     quotas: tuple[Quota, ...] = ()
     shapes: tuple[Shape, ...] = ()
 
+    ask: AskSettings = field(default_factory=AskSettings)
+    answers: int = 0  # how many of the rules, first, came from the answers file
+
     @property
     def program_rules(self) -> tuple[Rule, ...]:
-        return tuple(rule for rule in self.rules if rule.program is not None)
+        """The rules decided when a connection starts (by program, or asking)."""
+        return tuple(rule for rule in self.rules if rule.at_connect)
 
     @property
     def scheduled(self) -> tuple[Rule, ...]:

@@ -431,6 +431,8 @@ def _verdict(compiled: CompiledRule) -> JSON:
             if target.address is None or compiled.rule.direction is Direction.FORWARD:
                 return {"redirect": {"port": target.port}}
             return _nat_to(target.address, target.port)
+        case Action.ASK:
+            raise ValueError("ask rules are decided at the CONNECT layer, not by the kernel")
 
 
 def read_counters(table_listing: list[JSON]) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,206 @@
+"""Ask prompts: a new connection held at its first packet while a person decides
+(OpenSnitch's question), answered from the dashboard or `netwarden prompts`, or by
+the default when the time is up."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from netwarden.engine.bus import EngineEvent, PromptChanged
+from netwarden.model import FlowKey, ProcessInfo
+from netwarden.model.connect import BLOCK, PERMIT, ConnectDirection, ConnectRequest, Verdict
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class PromptError(Exception):
+    """An answer that cannot be taken (an unknown or already settled prompt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    allow: bool
+    always: bool = False  # remembered as a rule in the answers file
+    any_destination: bool = False  # the rule names the program only
+    by: str = ""  # who answered: "dashboard", "terminal", "timeout"
+
+    @property
+    def verdict(self) -> Verdict:
+        return PERMIT if self.allow else BLOCK
+
+    def __str__(self) -> str:
+        words = ["allow" if self.allow else "deny", "always" if self.always else "once"]
+        if self.always:
+            words.append("to any destination" if self.any_destination else "to this destination")
+        return " ".join(words)
+
+
+@dataclass(slots=True)
+class Prompt:
+    id: int
+    request: ConnectRequest
+    process: ProcessInfo | None
+    rule: str  # what asked: a policy rule's callout, or a callout's name
+    opened: float  # unix time
+    deadline: float  # monotonic
+    timeout: float
+    answer: Answer | None = None
+    remembered: str = ""  # the rule an "always" answer wrote ("" when none)
+    held: list[ConnectRequest] = field(default_factory=list)  # the request and its retries
+
+    @property
+    def key(self) -> FlowKey:
+        request = self.request
+        return FlowKey(request.transport, request.local, request.remote)
+
+    def to_json(self) -> dict[str, object]:
+        request, process = self.request, self.process
+        state = "open" if self.answer is None else str(self.answer)
+        return {
+            "id": self.id,
+            "state": state,
+            "answered_by": self.answer.by if self.answer is not None else "",
+            "remembered": self.remembered,
+            "flow": str(request),
+            "transport": str(request.transport),
+            "direction": str(request.direction),
+            "local": str(request.local),
+            "remote": str(request.remote),
+            "destination": str(
+                request.remote if request.direction is ConnectDirection.OUT else request.local
+            ),
+            "port": (
+                request.remote.port
+                if request.direction is ConnectDirection.OUT
+                else request.local.port
+            ),
+            "program": process.name if process is not None else "",
+            "pid": process.pid if process is not None else None,
+            "exe": process.exe if process is not None else "",
+            "cmdline": " ".join(process.cmdline) if process is not None else "",
+            "user": user_name(process.uid if process is not None else request.uid),
+            "rule": self.rule,
+            "opened": self.opened,
+            "timeout": self.timeout,
+        }
+
+
+def user_name(uid: int | None) -> str:
+    if uid is None:
+        return ""
+    if sys.platform == "win32":
+        return str(uid)
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class PromptBook:
+    """The open prompts, shared by the CONNECT loop (which holds their connections and
+    releases them once settled) and the faces that answer. remember: writes the rule
+    of an "always" answer and returns its name ("" when it could not)."""
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        default: Answer | None = None,
+        remember: Callable[[Prompt, Answer], str] | None = None,
+        publish: Callable[[Sequence[EngineEvent]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout = timeout
+        self.default = default or Answer(allow=False, by="timeout")
+        self.remember = remember
+        self.publish = publish or (lambda events: None)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[int, Prompt] = {}
+        self._by_key: dict[FlowKey, Prompt] = {}
+        self._ids = itertools.count(1)
+        # A socket pair, not a pipe: select() takes only sockets on Windows.
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+
+    def fileno(self) -> int:
+        """Readable when an answer came (for select)."""
+        return self._wake_read.fileno()
+
+    def close(self) -> None:
+        self._wake_read.close()
+        self._wake_write.close()
+
+    def hold(self, request: ConnectRequest, process: ProcessInfo | None, rule: str) -> bool:
+        """Hold a connection until its prompt is settled; False when it joined the open
+        prompt of the same connection (a retransmitted first packet)."""
+        key = FlowKey(request.transport, request.local, request.remote)
+        with self._lock:
+            known = self._by_key.get(key)
+            if known is not None:
+                known.held.append(request)
+                return False
+            prompt = Prompt(
+                next(self._ids),
+                request,
+                process,
+                rule,
+                time.time(),
+                self.clock() + self.timeout,
+                self.timeout,
+                held=[request],
+            )
+            self._open[prompt.id] = prompt
+            self._by_key[key] = prompt
+        self.publish([PromptChanged(prompt.to_json())])
+        return True
+
+    def pending(self) -> list[Prompt]:
+        with self._lock:
+            return [p for p in self._open.values() if p.answer is None]
+
+    def answer(self, prompt_id: int, answer: Answer) -> Prompt:
+        with self._lock:
+            prompt = self._open.get(prompt_id)
+            if prompt is None:
+                raise PromptError(f"no open prompt {prompt_id} (answered, timed out or unknown)")
+            if prompt.answer is not None:
+                raise PromptError(f"prompt {prompt_id} is answered already ({prompt.answer})")
+            prompt.answer = answer
+        if answer.always and self.remember is not None:
+            prompt.remembered = self.remember(prompt, answer)
+        with contextlib.suppress(BlockingIOError):
+            self._wake_write.send(b"!")
+        return prompt
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            return min((p.deadline for p in self._open.values()), default=None)
+
+    def settled(self) -> list[Prompt]:
+        """The prompts answered, or whose time is up (given the default answer), taken
+        out of the book: their connections are to be released now."""
+        with contextlib.suppress(BlockingIOError):
+            self._wake_read.recv(4096)
+        now = self.clock()
+        done = []
+        with self._lock:
+            for prompt in list(self._open.values()):
+                if prompt.answer is None and now >= prompt.deadline:
+                    prompt.answer = self.default
+                if prompt.answer is not None:
+                    done.append(prompt)
+                    del self._open[prompt.id]
+                    self._by_key.pop(prompt.key, None)
+        if done:
+            self.publish([PromptChanged(p.to_json()) for p in done])
+        return done
