@@ -108,6 +108,7 @@ function render() {
       const td = document.createElement("td");
       td.textContent = value === undefined || value === null ? "" : String(value);
       if (i >= 8 && i <= 10) td.className = "num";
+      if (i === 8 || i === 9) td.title = String(i === 8 ? flow.bytes_sent : flow.bytes_received);
       tr.appendChild(td);
     });
     rows.push(tr);
