@@ -46,7 +46,8 @@ class Browser:
         assert ready, "the browser did not start"
 
     def __call__(self, op: str, **arguments: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
         self.process.stdin.flush()
         answer: dict[str, Any] = json.loads(self.process.stdout.readline())
@@ -61,7 +62,8 @@ class Browser:
 
 @pytest.fixture
 def browser(pair: tuple[Host, Host]) -> Iterator[Browser]:
-    assert shutil.which("chromium") and shutil.which("chromedriver"), "scripts/setup.sh --dev"
+    for program in ("chromium", "chromedriver"):
+        assert shutil.which(program), f"{program} is missing: scripts/setup.sh --dev installs it"
     opened = Browser(pair[0])
     try:
         yield opened
@@ -121,6 +123,7 @@ def test_the_dashboard_shows_a_connection_filters_it_and_answers_prompts(
     assert browser("wait_prompt", text="curl", timeout=10)["prompt"]
     assert browser("answer", text="curl", button="Deny once")["clicked"]
     out, _err = denied.communicate(timeout=20)
-    assert denied.returncode != 0 and out != "200"
+    assert denied.returncode != 0
+    assert out != "200"
     client.run([PY, "-m", "netwarden", "down"])
     daemon.communicate(timeout=20)

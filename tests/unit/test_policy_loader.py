@@ -87,7 +87,8 @@ service = "nginx.service"
         ('[[rule]]\naction = "allow"\n', "p.toml:1: the rule needs direction"),
         (
             '[[rule]]\naction = "permit"\ndirection = "out"\n',
-            "p.toml:2: action must be one of allow, block, reject, log, redirect, ask, not 'permit'",
+            "p.toml:2: action must be one of allow, block, reject, log, redirect, ask, "
+            "not 'permit'",
         ),
         (
             '[[rule]]\naction = "allow"\ndirection = "out"\nto = ["10.1.2.256"]\n',
