@@ -78,7 +78,7 @@ def check(
       connect_queue, connect_mask, fail_mode\n
       \\[defaults]      out = "allow"   in = "block"   forward = "allow"\n
       \\[sets.NAME]     addresses = ["192.0.2.0/24"]   file = "list.txt"\n
-      \\[\\[rule]]        name, action (allow|block|reject|log), direction (out|in|forward),
+      \\[\\[rule]]        name, action (allow|block|reject|log|ask), direction (out|in|forward),
       protocol (tcp|udp|icmp|any), from, to (addresses or @sets), from_port, port,
       interface; out only: user, group, scope, service; by program (with `netwarden
       up`): exe, process, sha256, parent_exe, cmdline; in force at times only (with

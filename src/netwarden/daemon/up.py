@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 
 CONNECT_SWITCH_INTERVAL = 0.0005  # seconds
+WEB_INTERVAL = 0.5  # seconds between the monitor's looks at the socket table, with --web
 
 
 class AlreadyRunning(PlatformError):
@@ -368,7 +369,11 @@ def run(
     try:
         with contextlib.ExitStack() as stack:
             try:
-                engine = stack.enter_context(Engine.open(None, events=True, history=history))
+                # A dashboard shows a new connection within half a second of it opening.
+                interval = WEB_INTERVAL if web.tcp is not None else 1.0
+                engine = stack.enter_context(
+                    Engine.open(None, events=True, history=history, interval=interval)
+                )
             except EngineError as exc:
                 raise PlatformError(str(exc)) from None
             for subscriber in subscribers:

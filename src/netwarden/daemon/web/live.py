@@ -23,7 +23,7 @@ from netwarden.engine.flow_deltas import FlowDeltas
 from netwarden.jsontext import dumps
 from netwarden.model import Flow, FlowEvent, FlowEventKind, FlowKey
 
-PUSH_SECONDS = 0.25
+PUSH_SECONDS = 0.1
 KEEP_CLOSED = 5.0  # seconds a closed flow stays in the snapshot
 CLIENT_BACKLOG = 64  # pushes a slow client may fall behind before it is dropped
 
