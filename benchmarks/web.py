@@ -28,10 +28,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks.callouts import PING_PORT
 from benchmarks.common import cpu_seconds, machine
+from netwarden.testing.browser import BrowserClient
 from netwarden.testing.netlab import Host, Lab
 
 HOLD_PORT = 7600
@@ -135,35 +135,6 @@ def _cpu_under_load(
     return (cpu_seconds(daemon.pid) - before) / (time.monotonic() - started)
 
 
-class Browser:
-    """netwarden.testing.browser in the client namespace."""
-
-    def __init__(self, client: Host) -> None:
-        self.proc = client.popen(
-            [sys.executable, "-m", "netwarden.testing.browser"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline(), "chromium did not start"
-
-    def __call__(self, op: str, **arguments: Any) -> Any:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline())
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=1000)
@@ -204,7 +175,7 @@ def main() -> None:
             plain.stop()
 
         daemon = Daemon(client, Path(scratch), web=True)
-        browser = Browser(client)
+        browser = BrowserClient(client)
         try:
             browser("open", url=f"http://127.0.0.1:8470/login?token={daemon.token}")
             events = client.popen(
@@ -232,7 +203,7 @@ def main() -> None:
     )
 
 
-def _latencies(client: Host, server: Host, browser: Browser, count: int) -> list[float]:
+def _latencies(client: Host, server: Host, browser: BrowserClient, count: int) -> list[float]:
     """Connections made while the load runs; each one's delay to the page."""
     load = client.popen(
         [sys.executable, "-m", "benchmarks.web", "--paced", server.ipv4, "--rate", "1000",
@@ -254,7 +225,7 @@ def _latencies(client: Host, server: Host, browser: Browser, count: int) -> list
     return latencies or [float("inf")]
 
 
-def _filter_times(client: Host, server: Host, browser: Browser, flows: int) -> list[float]:
+def _filter_times(client: Host, server: Host, browser: BrowserClient, flows: int) -> list[float]:
     holder = client.popen(
         [sys.executable, "-m", "benchmarks.web", "--hold", server.ipv4, "--flows", str(flows)],
         stdin=subprocess.PIPE,

@@ -5,6 +5,7 @@ its process, and releases it with the verdict."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,8 @@ class Daemon:
     def __init__(self, host: Host, tmp_path: Path, policy: str, *args: str,
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.host = host
+        if env is not None:  # netwarden's state stays the test's (see own_state_dir)
+            env = {**env, "NETWARDEN_STATE_DIR": os.environ["NETWARDEN_STATE_DIR"]}
         path = tmp_path / "policy.toml"
         path.write_text(policy)
         self.proc = host.popen([PY, "-m", "netwarden", "up", "--policy", str(path),

@@ -4,17 +4,16 @@ filter finds it, and ask prompts are answered with the page's buttons."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from netwarden.testing import web
+from netwarden.testing.browser import BrowserClient
 from netwarden.testing.netlab import Host
 from tests.integration.conftest import PY, start_up
 
@@ -33,38 +32,11 @@ port = 8080
 """
 
 
-class Browser:
-    def __init__(self, host: Host) -> None:
-        self.process = host.popen(
-            [PY, "-m", "netwarden.testing.browser"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        ready = self.process.stdout.readline()
-        assert ready, "the browser did not start"
-
-    def __call__(self, op: str, **arguments: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-        self.process.stdin.flush()
-        answer: dict[str, Any] = json.loads(self.process.stdout.readline())
-        assert "error" not in answer, answer["error"]
-        return answer
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=20)
-
-
 @pytest.fixture
-def browser(pair: tuple[Host, Host]) -> Iterator[Browser]:
+def browser(pair: tuple[Host, Host]) -> Iterator[BrowserClient]:
     for program in ("chromium", "chromedriver"):
         assert shutil.which(program), f"{program} is missing: scripts/setup.sh --dev installs it"
-    opened = Browser(pair[0])
+    opened = BrowserClient(pair[0])
     try:
         yield opened
     finally:
@@ -77,7 +49,7 @@ def _curl(host: Host, url: str) -> subprocess.Popen[str]:
 
 
 def test_the_dashboard_shows_a_connection_filters_it_and_answers_prompts(
-    pair: tuple[Host, Host], tmp_path: Path, own_state_dir: Path, browser: Browser
+    pair: tuple[Host, Host], tmp_path: Path, own_state_dir: Path, browser: BrowserClient
 ) -> None:
     client, server = pair
     web.start(server, 80)

@@ -14,15 +14,19 @@ answers each with one JSON line:
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+
+if TYPE_CHECKING:
+    from netwarden.testing.netlab import Host
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -105,6 +109,37 @@ def handle(driver: WebDriver, command: dict[str, Any]) -> dict[str, Any]:
     if op == "script":
         return {"value": driver.execute_script(command["js"])}
     raise ValueError(f"unknown op {op!r}")
+
+
+class BrowserClient:
+    """This module run in a test host; calls send it one command and return its answer
+    (RuntimeError when the command failed)."""
+
+    def __init__(self, host: Host) -> None:
+        self.process = host.popen(
+            [sys.executable, "-m", "netwarden.testing.browser"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline():
+            raise RuntimeError("chromium did not start (scripts/setup.sh --dev installs it)")
+
+    def __call__(self, op: str, **arguments: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.process.stdout.readline())
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
 def main() -> None:
