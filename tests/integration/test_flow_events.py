@@ -124,7 +124,7 @@ def test_without_netwardens_programs_pydivert_names_the_process(
     host = lab.host("watched")
     start_server(host, "tcp-server", "--bind", "127.0.0.1", "--port", "5602")
     missing: list[str] = []
-    stamps = LinuxBackend._flow_stamps(host.netns, missing)
+    stamps = LinuxBackend._flow_stamps(host.netns, missing, read_process)
     assert stamps is not None, missing
     assert type(stamps).__name__ == "DivertFlowStamps"
     try:

@@ -212,3 +212,28 @@ def test_monitor_removes_its_table_when_stopped(
     assert "netwarden_monitor" in client.run(["nft", "list", "tables"]).stdout
     assert monitor_client.stop() == 0
     assert client.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+def test_processes_that_live_milliseconds_all_carry_exe_and_cmdline(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess, tmp_path: Path
+) -> None:
+    """20 processes started back to back, each connecting, sending 100 kB and exiting
+    within a few milliseconds: /proc is gone before anyone can read it, what their exec
+    recorded names them."""
+    client, server = pair
+    program = tmp_path / "shortlived"
+    source = Path(__file__).with_name("shortlived.c")
+    subprocess.run(["gcc", "-O2", "-o", str(program), str(source)], check=True)
+    start_server(server, "tcp-server", "--port", "5010")
+    burst = f"for i in $(seq 20); do {program} {server.ipv4} 5010 100000; done"
+    lines = client.run(["bash", "-c", burst]).stdout.split("\n")
+    ports = {int(port): int(pid) for pid, port in (line.split() for line in lines if line)}
+    assert len(ports) == 20
+    flows = monitor_client.wait_closed(lambda e: e["local_port"] in ports, count=20)
+    for flow in flows:
+        process = flow["process"]
+        assert process["pid"] == ports[flow["local_port"]]
+        assert process["exe"] == str(program), flow
+        assert process["cmdline"] == [str(program), server.ipv4, "5010", "100000"], flow
+        assert process["uid"] == 0
+        assert flow["bytes_sent"] == 100_000

@@ -165,6 +165,18 @@ long btf_member_offset(const btf_t *b, int32_t id, const char *name) {
     return id < 0 ? -1 : member_offset(b, (uint32_t)id, name, 0);
 }
 
+int bpf_create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
+                   const char *name) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_type = type;
+    attr.key_size = key;
+    attr.value_size = value;
+    attr.max_entries = entries;
+    strncpy(attr.map_name, name, sizeof attr.map_name - 1);
+    return (int)bpf_call(BPF_MAP_CREATE, &attr);
+}
+
 long btf_offset(const btf_t *b, const char *type, const char *member) {
     return btf_member_offset(b, btf_find(b, BTF_KIND_STRUCT, type), member);
 }

@@ -31,6 +31,9 @@ long btf_member_offset(const btf_t *b, int32_t id, const char *name);
 /* Byte offset of a member of the struct named `type`, or -1. */
 long btf_offset(const btf_t *b, const char *type, const char *member);
 
+/* A BPF map (name: at most 15 characters): its descriptor, or -1 with errno. */
+int bpf_create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
+                   const char *name);
 /* The bpf() system call. */
 long bpf_call(int command, union bpf_attr *attr);
 /* Loads a TRACING program attached (`attach`: BPF_TRACE_ITER, BPF_TRACE_RAW_TP) to the

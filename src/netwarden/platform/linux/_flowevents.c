@@ -255,18 +255,6 @@ static int assemble_connect(program_t *p, const offsets_t *o, uint32_t netns,
     return finish(p);
 }
 
-static int create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,
-                      const char *name) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.map_type = type;
-    attr.key_size = key;
-    attr.value_size = value;
-    attr.max_entries = entries;
-    strncpy(attr.map_name, name, sizeof attr.map_name - 1);
-    return (int)bpf_call(BPF_MAP_CREATE, &attr);
-}
-
 typedef int (*assembler_t)(program_t *, const offsets_t *, uint32_t, const flowevents_t *);
 
 static const struct {
@@ -283,10 +271,10 @@ static int attach_all(flowevents_t *f, const btf_t *b, uint32_t netns) {
     int error = find_offsets(b, &o);
     if (error != 0)
         return error;
-    f->ring = create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, "nw_flow_events");
-    f->seen = create_map(BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, SEEN_ENTRIES, "nw_flows_seen");
-    f->known = create_map(BPF_MAP_TYPE_LRU_HASH, 4, 8, KNOWN_ENTRIES, "nw_known_pids");
-    f->connecting = create_map(BPF_MAP_TYPE_LRU_HASH, 8, 32, KNOWN_ENTRIES, "nw_connecting");
+    f->ring = bpf_create_map(BPF_MAP_TYPE_RINGBUF, 0, 0, RING_SIZE, "nw_flow_events");
+    f->seen = bpf_create_map(BPF_MAP_TYPE_LRU_HASH, KEY_SIZE, 8, SEEN_ENTRIES, "nw_flows_seen");
+    f->known = bpf_create_map(BPF_MAP_TYPE_LRU_HASH, 4, 8, KNOWN_ENTRIES, "nw_known_pids");
+    f->connecting = bpf_create_map(BPF_MAP_TYPE_LRU_HASH, 8, 32, KNOWN_ENTRIES, "nw_connecting");
     if (f->ring < 0 || f->seen < 0 || f->known < 0 || f->connecting < 0)
         return errno;
     program_t p;

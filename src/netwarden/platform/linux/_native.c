@@ -46,14 +46,17 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL)
         return NULL;
-    if (PyType_Ready(&nw_TcpTrackerType) < 0 || PyType_Ready(&nw_FlowEventsType) < 0)
+    if (PyType_Ready(&nw_TcpTrackerType) < 0 || PyType_Ready(&nw_FlowEventsType) < 0 ||
+        PyType_Ready(&nw_ExecRecordsType) < 0)
         return NULL;
     Py_INCREF(&nw_TcpBatchType);
     Py_INCREF(&nw_TcpTrackerType);
     Py_INCREF(&nw_FlowEventsType);
+    Py_INCREF(&nw_ExecRecordsType);
     if (PyModule_AddObject(module, "TcpBatch", (PyObject *)&nw_TcpBatchType) < 0 ||
         PyModule_AddObject(module, "TcpTracker", (PyObject *)&nw_TcpTrackerType) < 0 ||
-        PyModule_AddObject(module, "FlowEvents", (PyObject *)&nw_FlowEventsType) < 0) {
+        PyModule_AddObject(module, "FlowEvents", (PyObject *)&nw_FlowEventsType) < 0 ||
+        PyModule_AddObject(module, "ExecRecords", (PyObject *)&nw_ExecRecordsType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

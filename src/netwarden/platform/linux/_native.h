@@ -19,6 +19,7 @@ void nw_address_text(int family, const uint32_t *raw, char *out);
 extern PyTypeObject nw_TcpBatchType;
 extern PyTypeObject nw_TcpTrackerType;
 extern PyTypeObject nw_FlowEventsType;
+extern PyTypeObject nw_ExecRecordsType;
 
 PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
 PyObject *nw_read_destroyed(PyObject *self, PyObject *args);

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from netwarden.model import ProcessInfo
 from netwarden.model.observations import AddressSource
 from netwarden.platform.base import (
     Capability,
@@ -30,6 +31,7 @@ from netwarden.platform.linux.conntrack import (
     ConntrackDump,
     ConntrackEventStream,
 )
+from netwarden.platform.linux.exec_records import ExecRecords, completed_by, open_exec_records
 from netwarden.platform.linux.procfs import ProcResolver, may_load_bpf, read_process
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
 from netwarden.policy.connect_layer import ConnectLayer
@@ -54,6 +56,7 @@ class LinuxSources:
     flow_stamps: FlowStamps | None = None
     addresses: AddressSource | None = None
     missing: tuple[str, ...] = ()
+    exec_records: ExecRecords | None = None
 
     def close(self) -> None:
         for source in (
@@ -67,6 +70,8 @@ class LinuxSources:
         self.sockets.close()
         if self.flow_counters is not None:
             self.flow_counters.close()
+        if self.exec_records is not None:
+            self.exec_records.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -132,7 +137,12 @@ class LinuxBackend:
                         "may be missed"
                     )
         if events:
-            sources.flow_stamps = self._flow_stamps(netns, missing)
+            reader: Callable[[int], ProcessInfo | None] = read_process
+            if is_root:
+                sources.exec_records = open_exec_records()
+                if sources.exec_records is not None:
+                    reader = completed_by(read_process, sources.exec_records)
+            sources.flow_stamps = self._flow_stamps(netns, missing, reader)
         sources.missing = tuple(missing)
         try:
             yield sources
@@ -143,7 +153,9 @@ class LinuxBackend:
                     activation.disable()
 
     @staticmethod
-    def _flow_stamps(netns: str | None, missing: list[str]) -> FlowStamps | None:
+    def _flow_stamps(
+        netns: str | None, missing: list[str], read_process: Callable[[int], ProcessInfo | None]
+    ) -> FlowStamps | None:
         if not may_load_bpf():
             missing.append(
                 "flow events need root (CAP_BPF): processes that exit within a second may "
