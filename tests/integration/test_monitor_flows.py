@@ -237,3 +237,42 @@ def test_processes_that_live_milliseconds_all_carry_exe_and_cmdline(
         assert process["cmdline"] == [str(program), server.ipv4, "5010", "100000"], flow
         assert process["uid"] == 0
         assert flow["bytes_sent"] == 100_000
+
+
+UNACKNOWLEDGED = """
+import json, socket, struct, sys, time
+sock = socket.create_connection((sys.argv[1], 5011))
+print(json.dumps({"local_port": sock.getsockname()[1]}), flush=True)
+sys.stdin.readline()  # the server's side now drops every packet
+sock.sendall(b"u" * 1000)
+time.sleep(1.5)  # retransmitted, never acknowledged
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+sock.close()  # a reset
+"""
+
+
+def test_data_never_acknowledged_reads_what_was_sent_once(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess
+) -> None:
+    client, server = pair
+    start_server(server, "tcp-server", "--port", "5011")
+    sender = client.popen(
+        [sys.executable, "-c", UNACKNOWLEDGED, server.ipv4],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert sender.stdout is not None
+    assert sender.stdin is not None
+    port = json.loads(sender.stdout.readline())["local_port"]
+    drop = "add table inet t; add chain inet t c { type filter hook input priority 0; }; "
+    server.run(["nft", drop + "add rule inet t c tcp dport 5011 drop"])
+    sender.stdin.write("go\n")
+    sender.stdin.flush()
+    assert sender.wait(timeout=20) == 0
+    (flow,) = monitor_client.wait_closed(
+        lambda e: e["local_port"] == port and e["remote_port"] == 5011
+    )
+    assert flow["bytes_sent"] == 1000, flow  # not 1 (the SYN), nor the retransmissions
+    # The reset socket, reported by the kernel with its peer's port zeroed, is no flow.
+    phantoms = monitor_client.seen(lambda e: e["local_port"] == port and e["remote_port"] == 0)
+    assert phantoms == []

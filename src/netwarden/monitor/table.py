@@ -106,6 +106,16 @@ def _is_unconnected(record: SocketRecord) -> bool:
     return record.remote.port == 0
 
 
+def _torn_down(record: SocketRecord) -> bool:
+    """A TCP connection destroyed after a reset (or a disconnect): the kernel reports it
+    with its peer's port, and often its own address, zeroed; its peer's address stays."""
+    return (
+        record.transport is Transport.TCP
+        and record.remote.port == 0
+        and record.remote.address not in ("0.0.0.0", "::")
+    )
+
+
 class FlowTable:
     def __init__(
         self,
@@ -146,6 +156,7 @@ class FlowTable:
         self._rating: dict[FlowKey, _State] = {}
         self._last_snapshot = 0.0  # when the last snapshot was applied (and rates computed)
         self._udp_flows: dict[FlowKey, _State] = {}
+        self._by_cookie: dict[int, _State] = {}  # TCP flows by their socket's cookie
         self._unknown: dict[FlowKey, _State] = {}  # socket flows whose process is unknown
 
     # -- queries -----------------------------------------------------------------
@@ -189,6 +200,12 @@ class FlowTable:
 
     def add_socket_closes(self, records: Iterable[SocketRecord], now: float) -> None:
         for record in records:
+            if _torn_down(record):
+                torn = self._flow_torn_down(record)
+                if torn is not None:  # its last counts, on the connection it was
+                    torn.set_bytes(record.bytes_sent, record.bytes_received)
+                    self._close_later(torn, now)
+                continue
             if record.transport is Transport.UDP and _is_unconnected(record):
                 state = self._flows.get(record.key)
                 if state is not None:
@@ -196,6 +213,13 @@ class FlowTable:
                 continue
             state = self._upsert_socket(record, now)
             self._close_later(state, now)
+
+    def _flow_torn_down(self, record: SocketRecord) -> _State | None:
+        """The connection a torn-down socket was, by its socket's cookie."""
+        state = self._by_cookie.get(record.cookie) if record.cookie else None
+        if state is None or state.key.local.port != record.local.port:
+            return None
+        return state
 
     def add_conntrack(self, records: Iterable[CountedFlow], now: float) -> None:
         for record in records:
@@ -421,6 +445,8 @@ class FlowTable:
         """The flow is closed: out of the table, its CLOSED event out."""
         self._announce(state)
         del self._flows[state.key]
+        if self._by_cookie.get(state.cookie) is state:
+            del self._by_cookie[state.cookie]
         self._closing.pop(state.key, None)
         for index in (self._touched, self._rating, self._udp_flows, self._unknown):
             index.pop(state.key, None)
@@ -450,6 +476,8 @@ class FlowTable:
             state = self._new_state(key, record.state, now)
         if not state.cookie:
             state.cookie = record.cookie
+            if record.cookie and key.transport is Transport.TCP:
+                self._by_cookie[record.cookie] = state
         if state.attribution.method is AttributionMethod.UNKNOWN:
             inode = 0 if record.destroyed else record.inode
             found = by_owner(self._resolver, owner, inode, self._is_root)

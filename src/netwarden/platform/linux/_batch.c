@@ -18,7 +18,7 @@
 
 #define ALL_BUT_MINISOCKS (0xFFFFFFFFu & ~(1u << 6) & ~(1u << 12))
 #define TCP_INFO_BYTES_OFFSET 120 /* tcpi_bytes_acked, then tcpi_bytes_received */
-#define TCP_INFO_SENT_OFFSET 200  /* tcpi_bytes_sent */
+#define TCP_INFO_SENT_OFFSET 200  /* tcpi_bytes_sent, then tcpi_bytes_retrans */
 #define CGROUP_ID_ATTR 21         /* INET_DIAG_CGROUP_ID, missing from older headers */
 
 /* Owner groups of a row, as write() looks its template up: a pid, or one of these. */
@@ -115,10 +115,8 @@ static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int 
         uint64_t acked = u64_at(info + TCP_INFO_BYTES_OFFSET);
         r->received = u64_at(info + TCP_INFO_BYTES_OFFSET + 8);
         r->sent = acked;
-        if (info_len >= TCP_INFO_SENT_OFFSET + 8) {
-            uint64_t sent = u64_at(info + TCP_INFO_SENT_OFFSET);
-            r->sent = sent < acked ? sent : acked;
-        }
+        if (info_len >= TCP_INFO_SENT_OFFSET + 16) /* payload transmitted once */
+            r->sent = u64_at(info + TCP_INFO_SENT_OFFSET) - u64_at(info + TCP_INFO_SENT_OFFSET + 8);
         /* the peer's FIN counts one in bytes_received (CLOSE_WAIT, LAST_ACK, CLOSING) */
         if (r->received && (destroyed || r->state == 8 || r->state == 9 || r->state == 11))
             r->received -= 1;
@@ -127,11 +125,15 @@ static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int 
 }
 
 /* 1: a record; 0: not one we report (another family, a time-wait or request
-   mini-socket: no tcp_info, and time-wait reports its sub-state). A bound but inactive
-   socket comes without tcp_info too, in state CLOSE: counters 0. */
+   mini-socket: no tcp_info, and time-wait reports its sub-state; a connection being
+   torn down after a reset, in state CLOSE with its peer's port already 0). A bound but
+   inactive socket comes without tcp_info too, in state CLOSE: counters 0. */
 static int parse_message(const struct nlmsghdr *h, record_t *r) {
     int protocol, has_info;
     if (!parse_inet(h, r, 0, &protocol, &has_info))
+        return 0;
+    if (r->state == 7 && r->dport == 0 && strcmp(r->remote, "0.0.0.0") != 0 &&
+        strcmp(r->remote, "::") != 0)
         return 0;
     return has_info || r->state == 7;
 }

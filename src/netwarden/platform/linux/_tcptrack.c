@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 typedef struct {
-    long acked, received, sent, sk_socket, cgroup_ptr, kn, kn_id, file, f_inode, i_ino;
+    long acked, received, sent, retrans, sk_socket, cgroup_ptr, kn, kn_id, file, f_inode, i_ino;
     long family, state, num, dport, daddr, rcv_saddr, v6_daddr, v6_rcv_saddr;
 } offsets_t;
 
@@ -24,6 +24,7 @@ static int find_offsets(const btf_t *b, offsets_t *o) {
     o->acked = btf_offset(b, "tcp_sock", "bytes_acked");
     o->received = btf_offset(b, "tcp_sock", "bytes_received");
     o->sent = btf_offset(b, "tcp_sock", "bytes_sent");
+    o->retrans = btf_offset(b, "tcp_sock", "bytes_retrans");
     o->sk_socket = btf_offset(b, "sock", "sk_socket");
     o->cgroup_ptr = cgrp_data < 0 || cgroup < 0 ? -1 : cgrp_data + cgroup;
     o->kn = btf_offset(b, "cgroup", "kn");
@@ -67,7 +68,10 @@ static int load_program(const btf_t *b, int *link) {
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -96),
         LDX(BPF_DW, BPF_REG_1, BPF_REG_8, (short)o.received),
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -88),
+        /* sent: the payload transmitted once (bytes_sent less bytes_retrans) */
         LDX(BPF_DW, BPF_REG_1, BPF_REG_8, (short)o.sent),
+        LDX(BPF_DW, BPF_REG_2, BPF_REG_8, (short)o.retrans),
+        ALU(BPF_SUB, BPF_REG_1, BPF_REG_2),
         STX(BPF_DW, BPF_REG_10, BPF_REG_1, -80),
         /* inode: sk->sk_socket->file->f_inode->i_ino. Loads through kernel pointers are
            checked by the kernel: one that meets NULL (an orphan socket has no struct

@@ -40,6 +40,17 @@ static uint64_t key_hash(const unsigned char *key) {
     return h;
 }
 
+/* A connection being torn down after a reset: in state CLOSE, its peer's port already
+   0 but not its address (not a flow: its last counts came with its destroy event). */
+static int torn_down(const tcp_socket_t *s) {
+    static const uint8_t none[16];
+    if (s->state != 7 || s->remote_port != 0)
+        return 0;
+    if (s->family == AF_INET)
+        return s->v4_remote != 0;
+    return memcmp(s->v6_remote, none, 16) != 0;
+}
+
 static void tracked_from(const tcp_socket_t *s, tracked_t *t) {
     memset(t->key, 0, KEY_SIZE);
     memcpy(t->key, &s->family, 2);
@@ -58,7 +69,7 @@ static void tracked_from(const tcp_socket_t *s, tracked_t *t) {
     t->inode = s->inode;
     t->cgroup = s->cgroup;
     t->cookie = s->cookie;
-    t->sent = s->sent < s->acked ? s->sent : s->acked;
+    t->sent = s->sent; /* transmitted once, acknowledged or not (see _tcptrack.c) */
     t->received = s->received;
     if (t->received && (t->state == 8 || t->state == 9 || t->state == 11))
         t->received -= 1; /* the peer's FIN, as parse_message() */
@@ -93,6 +104,8 @@ static int build_table(const tcp_socket_t *sockets, size_t count, track_table_t 
         return -1;
     memset(t->slots, 0xff, capacity * sizeof *t->slots);
     for (size_t i = 0; i < count; i++) {
+        if (torn_down(&sockets[i]))
+            continue;
         tracked_t entry;
         tracked_from(&sockets[i], &entry);
         size_t at = find_slot(t, entry.key);

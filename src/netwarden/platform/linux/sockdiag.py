@@ -66,6 +66,7 @@ _MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
 _TCP_INFO_BYTES = struct.Struct("=QQ")
 _TCP_INFO_BYTES_OFFSET = 120  # tcpi_bytes_acked, then tcpi_bytes_received
 _TCP_INFO_SENT_OFFSET = 200  # tcpi_bytes_sent: payload only, retransmissions included
+_TCP_INFO_SENT = struct.Struct("=QQ")  # tcpi_bytes_sent, tcpi_bytes_retrans
 # States in which the peer's FIN has been received (it counts one in bytes_received).
 _PEER_FIN_STATES = frozenset({8, 9, 11})
 _U64 = struct.Struct("=Q")
@@ -104,15 +105,17 @@ def _address(family: int, raw: bytes) -> str:
 def _tcp_payload_bytes(info: memoryview, state: int, destroyed: bool) -> tuple[int, int]:
     """Payload bytes each way from tcp_info, without the SYN and FIN sequence numbers.
 
-    bytes_acked counts our SYN and FIN once acknowledged; bytes_sent counts payload
-    only but repeats retransmissions: the smaller is the payload to within two bytes.
-    bytes_received counts the peer's FIN; a destroyed socket is taken to have
+    Sent: bytes_sent less bytes_retrans, the payload transmitted once, acknowledged or
+    not (data of a connection reset before its acknowledgment counts). Kernels before
+    4.19 lack them: bytes_acked (which counts our SYN and FIN) then, to within two
+    bytes. bytes_received counts the peer's FIN; a destroyed socket is taken to have
     closed gracefully.
     """
     acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_BYTES_OFFSET)
     sent = acked
-    if len(info) >= _TCP_INFO_SENT_OFFSET + 8:
-        sent = min(acked, _U64.unpack_from(info, _TCP_INFO_SENT_OFFSET)[0])
+    if len(info) >= _TCP_INFO_SENT_OFFSET + _TCP_INFO_SENT.size:
+        transmitted, retransmitted = _TCP_INFO_SENT.unpack_from(info, _TCP_INFO_SENT_OFFSET)
+        sent = transmitted - retransmitted
     if received and (state in _PEER_FIN_STATES or destroyed):
         received -= 1
     return sent, received
@@ -168,6 +171,8 @@ def parse(
     if transport is Transport.TCP:
         if info is None and not destroyed and state != TCP_CLOSE:
             return None  # a mini-socket (time-wait reports its sub-state, FIN_WAIT2 too)
+        if state == TCP_CLOSE and not destroyed and dport == b"\0\0" and any(dst):
+            return None  # torn down after a reset: its peer's port is 0 already
         if info is not None and len(info) >= _TCP_INFO_BYTES_OFFSET + _TCP_INFO_BYTES.size:
             sent, received = _tcp_payload_bytes(info, state, destroyed)
     state_name = _state_name(transport, state)
