@@ -276,3 +276,56 @@ def test_data_never_acknowledged_reads_what_was_sent_once(
     # The reset socket, reported by the kernel with its peer's port zeroed, is no flow.
     phantoms = monitor_client.seen(lambda e: e["local_port"] == port and e["remote_port"] == 0)
     assert phantoms == []
+
+
+STEADY_UDP = """
+import json, socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], int(sys.argv[2])))
+print(json.dumps({"local_port": sock.getsockname()[1]}), flush=True)
+sent, end = 0, time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    sent += sock.send(b"d" * 100)
+    time.sleep(0.05)
+print(json.dumps({"sent": sent}), flush=True)
+"""
+
+
+def test_a_udp_conversation_under_way_at_the_start_is_counted_since_then(
+    pair: tuple[Host, Host], history_db: Path
+) -> None:
+    client, server = pair
+    start_server(server, "udp-server", "--port", "5012")
+    before = client.popen(
+        [sys.executable, "-c", STEADY_UDP, server.ipv4, "5012", "5"], stdout=subprocess.PIPE
+    )
+    assert before.stdout is not None
+    old_port = json.loads(before.stdout.readline())["local_port"]
+    time.sleep(1.5)
+    monitor = MonitorProcess(client.netns, history_db)
+    try:
+        after = client.run([sys.executable, "-c", STEADY_UDP, server.ipv4, "5012", "1"])
+        new_port = json.loads(after.stdout.splitlines()[0])["local_port"]
+        new_sent = json.loads(after.stdout.splitlines()[1])["sent"]
+        old_sent = json.loads(before.stdout.readline())["sent"]
+        deadline = time.monotonic() + 10
+
+        def last(port: int) -> dict[str, Any]:
+            while time.monotonic() < deadline:
+                seen = monitor.seen(lambda e: e["local_port"] == port and e["remote_port"] == 5012)
+                sent = seen[-1]["bytes_sent"] if seen else 0
+                whole = port != new_port or sent == new_sent  # the new one: all of it
+                if sent and sent % 100 == 0 and whole:
+                    return seen[-1]
+                time.sleep(0.2)
+            raise AssertionError(f"no flow for port {port}")
+
+        old = last(old_port)
+        assert old["bytes_counted_since"] > 0, old
+        assert "under way when the monitor started" in old["bytes_note"]
+        assert 0 < old["bytes_sent"] < old_sent, old
+        new = last(new_port)
+        assert new["bytes_sent"] == new_sent
+        assert "bytes_counted_since" not in new
+    finally:
+        monitor.stop()

@@ -142,6 +142,28 @@ def test_udp_conversation_takes_bytes_from_conntrack_and_owner_from_the_port() -
     assert 0 in flows  # the listening socket itself is a row too
 
 
+def test_a_udp_conversation_under_way_at_the_start_is_counted_from_then_and_says_so() -> None:
+    resolver = FakeResolver(owners={5: 7}, processes={7: NGINX})
+    table = FlowTable(resolver, udp_from_start=True)
+    sockets = [udp_socket("0.0.0.0:53", inode=5)]
+    before = udp_conntrack("10.0.0.9:40000", "10.0.0.1:53", up=100, down=300)
+    [opened] = [e for e in table.apply_snapshot(sockets, [before], 1.0) if e.flow.key.remote.port]
+    assert (opened.flow.bytes_sent, opened.flow.bytes_received) == (0, 0)
+    assert opened.flow.counted_since == 1.0
+    assert opened.flow.to_json()["bytes_note"].startswith("under way when the monitor started")
+    later = udp_conntrack("10.0.0.9:40000", "10.0.0.1:53", up=150, down=380)
+    [moved] = table.apply_snapshot(sockets, [later], 2.0)
+    assert (moved.flow.bytes_sent, moved.flow.bytes_received) == (80, 50)
+    # A conversation that starts after the first dump is counted whole.
+    new = udp_conntrack("10.0.0.9:40001", "10.0.0.1:53", up=10, down=30)
+    [fresh] = [
+        e
+        for e in table.apply_snapshot(sockets, [later, new], 3.0)
+        if e.flow.key.remote.port == 40001
+    ]
+    assert (fresh.flow.bytes_sent, fresh.flow.counted_since) == (30, None)
+
+
 def test_closed_udp_conversation_is_not_revived_by_its_lingering_conntrack_entry() -> None:
     table = FlowTable(FakeResolver())
     table.add_stamps([_stamp("10.0.0.1:40000", "10.0.0.2:53", CURL, Transport.UDP)])

@@ -41,10 +41,12 @@ def human_bytes(count: float) -> str:
 
 
 def byte_cells(flow: Flow) -> tuple[str, str]:
-    """Sent and received, or '-' where nothing measured them."""
+    """Sent and received, or '-' where nothing measured them; '+' before the counts
+    of a conversation counted only since the monitor started."""
     if not flow.bytes_measured:
         return "-", "-"
-    return human_bytes(flow.bytes_sent), human_bytes(flow.bytes_received)
+    since = "+" if flow.counted_since is not None else ""
+    return since + human_bytes(flow.bytes_sent), since + human_bytes(flow.bytes_received)
 
 
 def process_label(flow: Flow) -> tuple[str, str]:

@@ -151,6 +151,7 @@ class ProcessInfo:
         )
 
 
+COUNTED_SINCE = "under way when the monitor started: bytes counted from then"
 NOT_MEASURED = (
     "not measured: no connection tracking counted this UDP conversation (netwarden "
     "monitor tracks connections while it runs; --once changes nothing on the host)"
@@ -196,6 +197,9 @@ class Flow:
     # False for a UDP conversation no connection tracking counted (nothing tracks
     # connections here, or none was seen yet): its byte counts say nothing.
     bytes_measured: bool = True
+    # A UDP conversation that was under way when the monitor started: its bytes are
+    # counted from then (unix time), not from its start.
+    counted_since: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         if not self.bytes_measured:
@@ -204,6 +208,12 @@ class Flow:
                 "bytes_sent": None,
                 "bytes_received": None,
                 "bytes_note": NOT_MEASURED,
+            }
+        if self.counted_since is not None:
+            return {
+                **self._json(),
+                "bytes_counted_since": self.counted_since,
+                "bytes_note": COUNTED_SINCE,
             }
         return self._json()
 

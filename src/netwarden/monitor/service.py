@@ -50,7 +50,11 @@ class Monitor:
         self.history = history
         self.interval = interval
         self.table = FlowTable(
-            sources.processes, netns=sources.netns, is_root=is_root, record_events=record_events
+            sources.processes,
+            netns=sources.netns,
+            is_root=is_root,
+            record_events=record_events,
+            udp_from_start=sources.flow_counter_events is not None,
         )
         self._last_prune = 0.0
         self._unwritten: list[Flow] = []  # closed flows not yet in history

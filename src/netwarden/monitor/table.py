@@ -77,6 +77,7 @@ class _State:
     relay: str = ""
     app: str = ""
     counted: bool = False  # UDP: connection tracking reported its bytes
+    counted_since: float | None = None  # UDP: under way at the start, counted from then
     cookie: int = 0  # the kernel's id of the first socket seen for the flow
 
     def snapshot(self, netns: str, closed: bool = False) -> Flow:
@@ -89,6 +90,7 @@ class _State:
             cgroup=self.cgroup or (self.process.cgroup if self.process is not None else ""),
             netns=netns, relay=self.relay, app=self.app,
             bytes_measured=self.counted or self.key.transport is not Transport.UDP,
+            counted_since=self.counted_since,
         )  # fmt: skip
 
     def set_bytes(self, sent: int, received: int) -> bool:
@@ -124,8 +126,15 @@ class FlowTable:
         netns: str = "",
         is_root: bool = True,
         record_events: bool = True,
+        udp_from_start: bool = False,
     ):
+        """udp_from_start: count UDP conversations under way at the first conntrack
+        dump from then on (a monitor that follows flows), not with what connection
+        tracking counted before (since an unknown time)."""
         self._record_events = record_events
+        self._udp_from_start = udp_from_start
+        self._udp_started: float | None = None  # when the first conntrack dump was read
+        self._udp_baselines: dict[FlowKey, tuple[int, int]] = {}
         self._resolver = resolver
         # This host's addresses when the platform says them (set_local_addresses): a
         # conversation's side whose local address is not among them is not this host's.
@@ -227,17 +236,25 @@ class FlowTable:
                 continue  # TCP bytes come from tcp_info, per socket
             for key, sent, received in self._conntrack_views(record):
                 base_sent, base_received, _ = self._tombstones.get(key, (0, 0, 0.0))
+                baseline = self._udp_baselines.get(key)
+                if baseline is not None:
+                    base_sent, base_received = baseline
                 if record.event is CountedFlowEvent.DESTROY:
                     self._tombstones.pop(key, None)
+                    self._udp_baselines.pop(key, None)
                 sent, received = sent - base_sent, received - base_received
                 state = self._flows.get(key)
                 if state is None:
-                    if record.event is CountedFlowEvent.DESTROY or sent + received <= 0:
+                    if record.event is CountedFlowEvent.DESTROY or (
+                        sent + received <= 0 and baseline is None
+                    ):
                         continue
                     state = self._new_state(key, "ESTABLISHED", now)
                     self._attribute_udp(state)
                 state.last_seen = now
                 state.counted = True
+                if baseline is not None:
+                    state.counted_since = self._udp_started
                 if state.set_bytes(sent, received):
                     self._moving(state)
                 self._touched[key] = state
@@ -315,6 +332,14 @@ class FlowTable:
         """Apply a conntrack dump (None: none was read, the last one stands); the flows
         it shows."""
         if conntrack is not None:
+            if self._udp_from_start and self._udp_started is None:
+                self._udp_started = now
+                self._udp_baselines = {
+                    key: (sent, received)
+                    for record in conntrack
+                    if record.transport is Transport.UDP
+                    for key, sent, received in self._conntrack_views(record)
+                }
             self.add_conntrack(conntrack, now)
             self._conntrack_seen = {k for r in conntrack for k, _s, _r in self._conntrack_views(r)}
         return self._conntrack_seen
