@@ -169,3 +169,70 @@ def test_the_api_wants_its_token_and_stays_on_this_host(
     client.run([PY, "-m", "netwarden", "down"])
     daemon.communicate(timeout=20)
     assert not list(Path("/run/netwarden").glob("api-net*.sock"))
+
+
+def test_the_policy_is_shown_tested_and_applied_through_the_api(
+    pair: tuple[Host, Host], tmp_path: Path, own_state_dir: Path
+) -> None:
+    client, server = pair
+    web.start(server, 80)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(ASK.format(timeout=5))
+    daemon, _said = start_up(client, policy, "--history", str(tmp_path / "h.sqlite"), "--web")
+    token = (own_state_dir / "api-token").read_text().strip()
+
+    def api(method: str, path: str, body: object = None) -> tuple[int, object]:
+        auth = f"Authorization: Bearer {token}"
+        argv = ["curl", "-s", "-w", "\\n%{http_code}", "-X", method, "-H", auth]
+        argv += ["-H", "Content-Type: application/json"]
+        if body is not None:
+            argv += ["-d", json.dumps(body)]
+        out = client.run([*argv, f"http://127.0.0.1:8470{path}"]).stdout
+        text, _newline, code = out.rpartition("\n")
+        return int(code), json.loads(text)
+
+    status, shown = api("GET", "/api/policy")
+    assert status == 200
+    assert isinstance(shown, dict)
+    assert shown["text"] == policy.read_text()
+    assert [r["rule"] for r in shown["connect_rules"]] == ["ask-web"]
+    flow = {"flow": f"tcp out 10.0.0.1:40000 -> {server.ipv4}:22"}
+    assert api("POST", "/api/policy/test", flow)[1]["action"] == "allow"  # type: ignore[index]
+
+    blocking = policy.read_text() + (
+        '\n[[rule]]\nname = "no-ssh"\naction = "reject"\ndirection = "out"\nport = 22\n'
+    )
+    status, dry = api("POST", "/api/policy/apply", {"text": blocking, "dry_run": True})
+    assert status == 200
+    assert isinstance(dry, dict)
+    assert dry["added"] == ["no-ssh"]
+    assert "+port = 22" in dry["diff"]
+    assert not dry["applied"]
+    assert "no-ssh" not in policy.read_text()  # a dry run changes nothing
+    status, done = api("POST", "/api/policy/apply", {"text": blocking, "dry_run": False})
+    assert (status, done["applied"]) == (200, True)  # type: ignore[index]
+    assert "no-ssh" in policy.read_text()
+    assert api("POST", "/api/policy/test", flow)[1]["action"] == "reject"  # type: ignore[index]
+    refused = client.run(
+        ["curl", "-s", "--max-time", "3", f"http://{server.ipv4}:22/"], check=False
+    )
+    assert refused.returncode == 7  # refused at once by the rule now in the kernel
+
+    status, problems = api("POST", "/api/policy/apply", {"text": "[[rule]]\n", "dry_run": True})
+    assert status == 422
+    assert "the rule needs action" in json.dumps(problems)
+    retimed = blocking.replace("timeout = 5", "timeout = 9")
+    status, restart = api("POST", "/api/policy/apply", {"text": retimed, "dry_run": False})
+    assert status == 422
+    assert "restarting netwarden up: ask changed" in json.dumps(restart)
+    assert api("GET", "/api/history?limit=5")[0] == 200
+    status, callouts = api("GET", "/api/callouts")
+    assert status == 200
+    assert isinstance(callouts, dict)
+    assert "callouts" in callouts
+    status, doctor = api("GET", "/api/doctor")
+    assert status == 200
+    assert isinstance(doctor, list)
+    assert any(c["name"] == "nftables" for c in doctor)
+    client.run([PY, "-m", "netwarden", "down"])
+    daemon.communicate(timeout=20)
