@@ -177,6 +177,30 @@ def probe_flow_events() -> Capability:
     return Capability("flow events", ok, detail, enables)
 
 
+def probe_exec_records() -> Capability:
+    enables = "exe and command line of processes that exit before /proc can be read"
+    if not may_load_bpf():
+        return Capability("exec records", False, "needs root (CAP_BPF)", enables)
+    import subprocess
+
+    from netwarden.platform.linux.exec_records import ExecRecords
+
+    try:
+        records = ExecRecords()
+    except OSError as exc:
+        return Capability("exec records", False, f"the BPF program did not load ({exc})", enables)
+    try:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        found = records.lookup(child.pid)
+    finally:
+        records.close()
+    if found is None or not found.exe:
+        return Capability("exec records", False, "the program did not record a probe", enables)
+    detail = f"netwarden's BPF program on sched_process_exec recorded {found.exe}"
+    return Capability("exec records", True, detail, enables)
+
+
 def probe_native_monitor() -> Capability:
     """The C module and the kernel's task_file iterator behind fast socket listings."""
     try:
@@ -251,6 +275,7 @@ PROBES: tuple[Callable[[], Capability], ...] = (
     probe_scope_marks,
     probe_btf,
     probe_flow_events,
+    probe_exec_records,
     probe_native_monitor,
     probe_shaping,
 )
