@@ -318,7 +318,9 @@ def test_a_udp_conversation_under_way_at_the_start_is_counted_since_then(
                 if sent and sent % 100 == 0 and whole:
                     return seen[-1]
                 time.sleep(0.2)
-            raise AssertionError(f"no flow for port {port}")
+            raise AssertionError(
+                f"no flow for port {port}: {monitor.seen(lambda e: e['local_port'] == port)[-3:]}"
+            )
 
         old = last(old_port)
         assert old["bytes_counted_since"] > 0, old

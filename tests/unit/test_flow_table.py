@@ -147,6 +147,9 @@ def test_a_udp_conversation_under_way_at_the_start_is_counted_from_then_and_says
     table = FlowTable(resolver, udp_from_start=True)
     sockets = [udp_socket("0.0.0.0:53", inode=5)]
     before = udp_conntrack("10.0.0.9:40000", "10.0.0.1:53", up=100, down=300)
+    assert table.wants_udp_baseline
+    table.set_udp_baseline([before], [], 1.0)
+    assert not table.wants_udp_baseline
     [opened] = [e for e in table.apply_snapshot(sockets, [before], 1.0) if e.flow.key.remote.port]
     assert (opened.flow.bytes_sent, opened.flow.bytes_received) == (0, 0)
     assert opened.flow.counted_since == 1.0

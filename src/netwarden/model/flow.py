@@ -59,10 +59,21 @@ def parse_host_port(text: str) -> tuple[IPAddress, int | None]:
 class Transport(enum.StrEnum):
     TCP = "tcp"
     UDP = "udp"
+    # Sockets without ports (see platform/linux/other_sockets.py): the local port holds
+    # the IP protocol (a ping socket's echo id, a packet socket's EtherType), the remote
+    # port the socket's inode, which tells apart sockets of one protocol.
+    ICMP = "icmp"  # raw ICMP and ping sockets, IPv4
+    ICMP6 = "icmp6"
+    RAW = "raw"  # raw sockets of any other IP protocol
+    PACKET = "packet"  # AF_PACKET: frames on an interface (the local address)
 
     @property
     def number(self) -> int:
-        return 6 if self is Transport.TCP else 17
+        return {"tcp": 6, "udp": 17, "icmp": 1, "icmp6": 58}.get(self.value, 255)
+
+    @property
+    def has_ports(self) -> bool:
+        return self is Transport.TCP or self is Transport.UDP
 
     @classmethod
     def from_number(cls, number: int) -> Transport:

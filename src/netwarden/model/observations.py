@@ -32,6 +32,8 @@ class SocketRecord:
     bytes_sent: int = 0  # payload bytes the peer acknowledged (TCP only)
     bytes_received: int = 0  # payload bytes received (TCP only)
     destroyed: bool = False
+    pid: int = 0  # the process a kernel event saw use it (raw and packet sockets)
+    counted_since: float | None = None  # open before its bytes were counted: since then
     key: FlowKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

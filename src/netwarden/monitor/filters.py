@@ -5,8 +5,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from netwarden.model import Flow
+from netwarden.model import Flow, Transport
 from netwarden.model.flow import parse_network, within
+
+TRANSPORTS = tuple(str(t) for t in Transport)
+
+
+def _transport_matches(transport: str, wanted: str) -> bool:
+    """proto:icmp takes ICMPv6 too."""
+    wanted = wanted.lower()
+    return transport == wanted or (wanted == "icmp" and transport == "icmp6")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +52,17 @@ class FlowFilter:
             return False
         if self.app and self.app.lower() not in flow.app.lower():
             return False
-        return not (self.transport and str(key.transport) != self.transport.lower())
+        return not self.transport or _transport_matches(str(key.transport), self.transport)
 
     @classmethod
     def parse(cls, text: str) -> FlowFilter:
-        """'proc:curl port:443 state:established addr:10.0 app:tls tcp' or a bare word
-        (process)."""
+        """'proc:curl port:443 state:established addr:10.0 app:tls tcp' (or proto:icmp,
+        proto:raw, proto:packet) or a bare word (process)."""
         values: dict[str, str] = {}
         for word in text.split():
             name, sep, value = word.partition(":")
             if not sep:
-                if word.lower() in ("tcp", "udp"):
+                if word.lower() in TRANSPORTS:
                     values["transport"] = word.lower()
                 elif word.isdigit():
                     values["port"] = word
@@ -64,10 +72,17 @@ class FlowFilter:
                 values["process"] = value
             elif name in ("port", "state", "transport", "app"):
                 values[name] = value
+            elif name == "proto":
+                values["transport"] = value
             elif name in ("addr", "address", "host"):
                 values["address"] = value
             else:
-                raise ValueError(f"unknown filter {name!r}: use proc:, port:, state:, addr:, app:")
+                raise ValueError(
+                    f"unknown filter {name!r}: use proc:, port:, state:, addr:, app:, proto:"
+                )
+        transport = values.get("transport")
+        if transport is not None and transport.lower() not in TRANSPORTS:
+            raise ValueError(f"proto: is one of {', '.join(TRANSPORTS)}, not {transport!r}")
         port = values.get("port")
         if port is not None and not (port.isdigit() and int(port) <= 65535):
             raise ValueError(f"port must be a number from 0 to 65535, not {port!r}")

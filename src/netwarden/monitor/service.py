@@ -85,6 +85,8 @@ class Monitor:
             return self.table.tick(now)
         try:
             udp = changes.others if changes is not None else sockets or []
+            if self.table.wants_udp_baseline and self.sources.flow_counters is not None:
+                self.table.set_udp_baseline(self.sources.flow_counters.snapshot(), udp, now)
             conntrack = self._conntrack_snapshot(full, udp)
         except OSError as exc:  # UDP counters stay as the last dump left them
             log.warning("conntrack dump failed: %s", exc)

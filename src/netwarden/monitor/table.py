@@ -128,9 +128,9 @@ class FlowTable:
         record_events: bool = True,
         udp_from_start: bool = False,
     ):
-        """udp_from_start: count UDP conversations under way at the first conntrack
-        dump from then on (a monitor that follows flows), not with what connection
-        tracking counted before (since an unknown time)."""
+        """udp_from_start: count UDP conversations under way when the monitor starts
+        (set_udp_baseline) from then on (a monitor that follows flows), not with what
+        connection tracking counted before (since an unknown time)."""
         self._record_events = record_events
         self._udp_from_start = udp_from_start
         self._udp_started: float | None = None  # when the first conntrack dump was read
@@ -166,6 +166,7 @@ class FlowTable:
         self._last_snapshot = 0.0  # when the last snapshot was applied (and rates computed)
         self._udp_flows: dict[FlowKey, _State] = {}
         self._by_cookie: dict[int, _State] = {}  # TCP flows by their socket's cookie
+        self._portless: dict[FlowKey, _State] = {}  # raw and packet sockets, dumped whole
         self._unknown: dict[FlowKey, _State] = {}  # socket flows whose process is unknown
 
     # -- queries -----------------------------------------------------------------
@@ -302,6 +303,7 @@ class FlowTable:
                 self._close_later(gone, now)
         seen.update(self._read_conntrack(conntrack, now))
         self._close_unseen(self._udp_flows.values(), seen, now)
+        self._close_unseen(self._portless.values(), seen, now)
         return self.tick(now, rates=True)
 
     def _close_unseen(self, states: Iterable[_State], seen: set[FlowKey], now: float) -> None:
@@ -326,20 +328,37 @@ class FlowTable:
     def _upsert_all(self, records: list[SocketRecord], now: float) -> None:
         owners = self._resolver.owners_of({r.inode for r in records if self._needs_owner(r)})
         for record in records:
-            self._upsert_socket(record, now, owners.get(record.inode)).record = record
+            owner = owners.get(record.inode) or record.pid or None
+            self._upsert_socket(record, now, owner).record = record
+
+    @property
+    def wants_udp_baseline(self) -> bool:
+        return self._udp_from_start and self._udp_started is None
+
+    def set_udp_baseline(
+        self, conntrack: list[CountedFlow], sockets: list[SocketRecord], now: float
+    ) -> None:
+        """The conversations under way as the monitor starts, with what connection
+        tracking counted of them before: their bytes count from now (udp_from_start).
+        A connected UDP socket open now is one too, whether or not connection tracking
+        knows it yet (it may begin to only now)."""
+        self._udp_started = now
+        self._udp_baselines = {
+            record.key: (0, 0)
+            for record in sockets
+            if record.transport is Transport.UDP and not _is_unconnected(record)
+        }
+        for record in conntrack:  # both sides: which are this host's is known later
+            if record.transport is Transport.UDP:
+                client = FlowKey(record.transport, record.orig_src, record.orig_dst)
+                server = FlowKey(record.transport, record.reply_src, record.reply_dst)
+                self._udp_baselines[client] = (record.orig_payload, record.reply_payload)
+                self._udp_baselines[server] = (record.reply_payload, record.orig_payload)
 
     def _read_conntrack(self, conntrack: list[CountedFlow] | None, now: float) -> set[FlowKey]:
         """Apply a conntrack dump (None: none was read, the last one stands); the flows
         it shows."""
         if conntrack is not None:
-            if self._udp_from_start and self._udp_started is None:
-                self._udp_started = now
-                self._udp_baselines = {
-                    key: (sent, received)
-                    for record in conntrack
-                    if record.transport is Transport.UDP
-                    for key, sent, received in self._conntrack_views(record)
-                }
             self.add_conntrack(conntrack, now)
             self._conntrack_seen = {k for r in conntrack for k, _s, _r in self._conntrack_views(r)}
         return self._conntrack_seen
@@ -457,6 +476,8 @@ class FlowTable:
         self._rating[key] = state
         if key.transport is Transport.UDP:
             self._udp_flows[key] = state
+        elif not key.transport.has_ports:
+            self._portless[key] = state
         return state
 
     def _announce(self, state: _State) -> None:
@@ -473,7 +494,7 @@ class FlowTable:
         if self._by_cookie.get(state.cookie) is state:
             del self._by_cookie[state.cookie]
         self._closing.pop(state.key, None)
-        for index in (self._touched, self._rating, self._udp_flows, self._unknown):
+        for index in (self._touched, self._rating, self._udp_flows, self._unknown, self._portless):
             index.pop(state.key, None)
         if state.key.transport is Transport.UDP:
             self._tombstones[state.key] = (state.bytes_sent, state.bytes_received, now)
@@ -520,7 +541,9 @@ class FlowTable:
             state.state = record.state
             state.dirty = True
         state.last_seen = now
-        if record.transport is Transport.TCP and state.set_bytes(
+        if record.counted_since is not None:
+            state.counted_since = record.counted_since
+        if record.transport is not Transport.UDP and state.set_bytes(
             record.bytes_sent, record.bytes_received
         ):
             self._moving(state)

@@ -47,16 +47,18 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (module == NULL)
         return NULL;
     if (PyType_Ready(&nw_TcpTrackerType) < 0 || PyType_Ready(&nw_FlowEventsType) < 0 ||
-        PyType_Ready(&nw_ExecRecordsType) < 0)
+        PyType_Ready(&nw_ExecRecordsType) < 0 || PyType_Ready(&nw_OtherSocketsType) < 0)
         return NULL;
     Py_INCREF(&nw_TcpBatchType);
     Py_INCREF(&nw_TcpTrackerType);
     Py_INCREF(&nw_FlowEventsType);
     Py_INCREF(&nw_ExecRecordsType);
+    Py_INCREF(&nw_OtherSocketsType);
     if (PyModule_AddObject(module, "TcpBatch", (PyObject *)&nw_TcpBatchType) < 0 ||
         PyModule_AddObject(module, "TcpTracker", (PyObject *)&nw_TcpTrackerType) < 0 ||
         PyModule_AddObject(module, "FlowEvents", (PyObject *)&nw_FlowEventsType) < 0 ||
-        PyModule_AddObject(module, "ExecRecords", (PyObject *)&nw_ExecRecordsType) < 0) {
+        PyModule_AddObject(module, "ExecRecords", (PyObject *)&nw_ExecRecordsType) < 0 ||
+        PyModule_AddObject(module, "OtherSockets", (PyObject *)&nw_OtherSocketsType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -20,6 +20,7 @@ extern PyTypeObject nw_TcpBatchType;
 extern PyTypeObject nw_TcpTrackerType;
 extern PyTypeObject nw_FlowEventsType;
 extern PyTypeObject nw_ExecRecordsType;
+extern PyTypeObject nw_OtherSocketsType;
 
 PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
 PyObject *nw_read_destroyed(PyObject *self, PyObject *args);

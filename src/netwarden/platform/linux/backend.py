@@ -32,6 +32,7 @@ from netwarden.platform.linux.conntrack import (
     ConntrackEventStream,
 )
 from netwarden.platform.linux.exec_records import ExecRecords, completed_by, open_exec_records
+from netwarden.platform.linux.other_sockets import open_other_sockets
 from netwarden.platform.linux.procfs import ProcResolver, may_load_bpf, read_process
 from netwarden.platform.linux.sockdiag import SockDiagDestroyEvents, SockDiagTable
 from netwarden.policy.connect_layer import ConnectLayer
@@ -102,9 +103,13 @@ class LinuxBackend:
         is_root = os.geteuid() == 0
         activation = ConntrackActivation(self.monitor_table_prefix, os.getpid())
         with netns_api.entered(netns):
+            table = SockDiagTable()
+            resolver = ProcResolver()
+            if is_root:
+                table.others = open_other_sockets(netns)
             sources = LinuxSources(
-                sockets=SockDiagTable(),
-                processes=ProcResolver(),
+                sockets=table,
+                processes=resolver,
                 netns=netns or "",
                 addresses=LocalAddresses(),
             )
@@ -142,6 +147,7 @@ class LinuxBackend:
                 sources.exec_records = open_exec_records()
                 if sources.exec_records is not None:
                     reader = completed_by(read_process, sources.exec_records)
+                    resolver.read = reader
             sources.flow_stamps = self._flow_stamps(netns, missing, reader)
         sources.missing = tuple(missing)
         try:

@@ -366,10 +366,16 @@ class ConntrackActivation:
                 nftables.delete_table("inet", name)
         current = ACCT_SYSCTL.read_text().strip()
         self._old_acct = inherited or (current if current != "1" else None)
-        nftables.replace_table("inet", self.table, tracking_table(self.table, self._old_acct))
-        self.created_table = True
+        # Accounting first: an entry made before it is on never counts a byte.
         if current != "1":
             ACCT_SYSCTL.write_text("1\n")
+        try:
+            nftables.replace_table("inet", self.table, tracking_table(self.table, self._old_acct))
+        except BaseException:
+            if current != "1" and not self._siblings():
+                ACCT_SYSCTL.write_text(current + "\n")
+            raise
+        self.created_table = True
 
     def disable(self) -> None:
         from netwarden.platform.linux import nftables

@@ -7,6 +7,7 @@ import logging
 import os
 import pwd
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from netwarden.model import ProcessInfo
@@ -229,6 +230,8 @@ class ProcResolver:
         self._cgroups: dict[int, str] = {}
         self._cgroups_scanned = 0.0
         self._cgroup_root = cgroup2_mount()
+        # How a process is read (the backend adds what its exec recorded).
+        self.read: Callable[[int], ProcessInfo | None] = read_process
 
     def _rescan(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -258,7 +261,7 @@ class ProcResolver:
         if cached is not None and cached[0] == started and started is not None:
             self._infos[pid] = (started, cached[1], now)
             return cached[1]
-        info = read_process(pid)
+        info = self.read(pid)
         self._infos[pid] = (started, info, now)
         if len(self._infos) > 65536:
             self._infos.clear()

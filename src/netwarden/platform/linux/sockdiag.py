@@ -18,6 +18,7 @@ from netwarden.platform.base import (
     SocketRecord,
 )
 from netwarden.platform.linux import netlink
+from netwarden.platform.linux.other_sockets import OtherSocketTable
 
 try:
     from netwarden.platform.linux import _native
@@ -220,15 +221,23 @@ class SockDiagTable:
         # By request: each socket's cookie -> (what the dump said, the record made of it).
         self._previous: dict[bytes, dict[bytes, tuple[bytes, SocketRecord]]] = {}
         self._info_offset = -1  # where tcp_info sat in the last TCP message
+        # Raw, ping and packet sockets, where netwarden's BPF programs count them.
+        self.others: OtherSocketTable | None = None
 
     def snapshot(self) -> list[SocketRecord]:
         """Every socket; a socket whose state and counters did not move since the last
         dump is handed back as the very same record object, unparsed."""
-        return self._dump(self._requests)
+        return self._dump(self._requests) + self._other_records()
 
     def _udp_records(self) -> list[SocketRecord]:
-        """The UDP sockets, dumped as snapshot() dumps (TCP ones come natively then)."""
-        return self._dump([r for r in self._requests if r[0] is Transport.UDP])
+        """The UDP sockets, dumped as snapshot() dumps (TCP ones come natively then),
+        and the raw and packet ones."""
+        return self._dump([r for r in self._requests if r[0] is Transport.UDP]) + (
+            self._other_records()
+        )
+
+    def _other_records(self) -> list[SocketRecord]:
+        return self.others.records() if self.others is not None else []
 
     def _dump(self, requests: list[tuple[Transport, bytes]]) -> list[SocketRecord]:
         """The sockets of these requests; each request keeps its own cache of what it
@@ -337,6 +346,8 @@ class SockDiagTable:
         self._sock.close()
         if self._netns >= 0:
             os.close(self._netns)
+        if self.others is not None:
+            self.others.close()
 
 
 def _tcp_tracker(netns_fd: int) -> _native.TcpTracker | None:
