@@ -109,7 +109,8 @@ def monitor(
     filter_text: Annotated[
         str,
         typer.Option(
-            "--filter", help="Only matching flows, e.g. 'proc:curl port:443 state:listen'."
+            "--filter",
+            help="Only matching flows, e.g. 'proc:curl port:443 state:listen' or 'proto:raw'.",
         ),
     ] = "",
     history_path: HistoryPath = None,

@@ -116,8 +116,8 @@ class MonitorApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
-        yield Input(placeholder="proc:NAME port:N state:S addr:A app:TLS tcp|udp  (Enter to apply)",
-                    id="filter")  # fmt: skip
+        hint = "proc:NAME port:N state:S addr:A app:TLS proto:tcp|udp|icmp|raw|packet"
+        yield Input(placeholder=hint, id="filter")
         yield DataTable(id="flows", cursor_type="row", zebra_stripes=True)
         yield DataTable(id="totals", cursor_type="row", zebra_stripes=True)
         yield Footer()
