@@ -12,8 +12,15 @@ from setuptools import Extension, setup
 SOURCE = "src/netwarden/platform/linux/"
 # The module's parts: those with a header of their own, and those sharing _native.h.
 PARTS = ("_btf", "_taskfiles", "_tcptrack", "_flowevents")
-PYTHON_PARTS = ("_native", "_batch", "_tracker", "_procscan", "_flowreader", "_execrecords",
-                "_othersocks")
+PYTHON_PARTS = (
+    "_native",
+    "_batch",
+    "_tracker",
+    "_procscan",
+    "_flowreader",
+    "_execrecords",
+    "_othersocks",
+)
 
 native = Extension(
     "netwarden.platform.linux._native",
