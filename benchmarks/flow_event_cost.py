@@ -1,9 +1,11 @@
 """What netwarden's flow-event programs cost the processes they watch.
 
 The programs run on every sendmsg and recvmsg of the host (the sock_send_length and
-sock_recv_length tracepoints). A ping-pong of 1-byte messages over loopback TCP, four
-socket calls a round trip, is about the worst case: it is timed without the programs,
-with them watching its namespace, and with them watching another namespace, in
+sock_recv_length tracepoints): the flow events' and, since the monitor counts raw and
+packet sockets, the OtherSockets counters', which leave TCP at their third test. A
+ping-pong of 1-byte messages over loopback TCP, four socket calls a round trip, is
+about the worst case: it is timed without the programs, with them watching its
+namespace, with them watching another namespace, and with the counters too, in
 alternation (best of three each), and the ratios printed.
 
 Run as root from the repository root: .venv/bin/python -m benchmarks.flow_event_cost
@@ -48,14 +50,21 @@ def main() -> None:
         here = os.stat("/proc/self/ns/net").st_ino
         best: dict[str, float] = {}
         for _round in range(3):
-            for name, netns in (("without", None), ("watching this namespace", here),
-                                ("watching another namespace", elsewhere)):  # fmt: skip
+            for name, netns, others in (
+                ("without", None, False),
+                ("watching this namespace", here, False),
+                ("watching another namespace", elsewhere, False),
+                ("watching this namespace, raw and packet counters too", here, True),
+            ):
                 events = None if netns is None else _native.FlowEvents(netns)
+                counters = _native.OtherSockets(netns) if others and netns else None
                 try:
                     seconds = round_trip_seconds()
                 finally:
                     if events is not None:
                         events.close()
+                    if counters is not None:
+                        counters.close()
                 best[name] = min(best.get(name, seconds), seconds)
     base = best["without"]
     for name, seconds in best.items():

@@ -54,7 +54,8 @@ def test_a_known_transfer_shows_in_the_metrics_under_its_program(
     deadline = time.monotonic() + 10
     while (seen := _bytes_of(client, "curl")) != wanted and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert seen == wanted
+    text = client.run([PY, "-c", SCRAPE]).stdout
+    assert seen == wanted, [line for line in text.splitlines() if "bytes_total{" in line]
     other = "http://127.0.0.1:9464/other"
     missing = client.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", other])
     assert missing.stdout == "404"

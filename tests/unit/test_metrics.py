@@ -63,3 +63,21 @@ def test_decisions_failures_and_inspection() -> None:
     assert samples[key] == 1
     found = ("netwarden_inspection_events_total", (("kind", "detection"), ("outcome", "blocked")))
     assert samples[found] == 1
+
+
+def test_bytes_before_the_process_is_known_count_under_it_once_known() -> None:
+    metrics = Metrics()
+    nobody = ProcessInfo(pid=0)
+    metrics.on_events([flow_event(FlowEventKind.OPENED, nobody, 87, 0)])
+    metrics.on_events([_event(FlowEventKind.UPDATED, 87, 3000)])
+    metrics.on_events([flow_event(FlowEventKind.OPENED, nobody, 5, 7, local="10.0.0.1:40002")])
+    metrics.on_events([flow_event(FlowEventKind.CLOSED, nobody, 5, 9, local="10.0.0.1:40002")])
+    samples = _samples(metrics)
+
+    def counted(program: str, direction: str) -> float | None:
+        labels = (("direction", direction), ("program", program))
+        return samples.get(("netwarden_bytes_total", labels))
+
+    assert (counted("curl", "sent"), counted("curl", "received")) == (87.0, 3000.0)
+    # A flow that closed before anyone named its process: unknown, whole.
+    assert (counted("unknown", "sent"), counted("unknown", "received")) == (5.0, 9.0)

@@ -428,7 +428,6 @@ def run(
                 answers.remember,
                 engine.publish,
             )
-            stack.callback(prompts.close)
             callout_host = CalloutHost(
                 engine, registry, layer, relayout, state.write_callouts, prompts
             )
@@ -466,7 +465,9 @@ def run(
     finally:
         stop.set()
         if callout_host is not None:
-            callout_host.stop()
+            callout_host.stop()  # (its CONNECT loop reads the prompts: closed after it)
+            if callout_host.prompts is not None:
+                callout_host.prompts.close()
         if keeper is not None:
             keeper.join(timeout=10)  # not marking again while the marks are removed
         with contextlib.suppress(PlatformError):
