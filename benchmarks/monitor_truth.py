@@ -82,7 +82,9 @@ def _row(way: str, expected: list[dict[str, Any]], found: list[Event], exe: str)
     )
     seen = sum(any(want["match"](e) for e in found) for want in expected)
     n = len(expected)
-    return f"{way:22} {seen:>3}/{n:<3} {attributed:>3}/{n:<3} {exact:>3}/{n:<3}"
+    counts = sorted({(e["bytes_sent"], e["bytes_received"]) for e in found})[:2]
+    wrong = "" if exact == n else f"  read {counts}"
+    return f"{way:22} {seen:>3}/{n:<3} {attributed:>3}/{n:<3} {exact:>3}/{n:<3}{wrong}"
 
 
 def main() -> None:
