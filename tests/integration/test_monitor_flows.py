@@ -331,3 +331,30 @@ def test_a_udp_conversation_under_way_at_the_start_is_counted_since_then(
         assert "bytes_counted_since" not in new
     finally:
         monitor.stop()
+
+
+LATE_CLOSER = """
+import json, socket, sys, time
+listener = socket.create_server(("0.0.0.0", 5013))
+print("ready", flush=True)
+peer, _ = listener.accept()
+peer.sendall(b"s" * 500_000)
+time.sleep(1.5)  # closes well after the client did: its FIN finds the client gone
+peer.close()
+"""
+
+
+def test_a_client_that_closes_first_reads_exactly_what_it_received(
+    pair: tuple[Host, Host], monitor_client: MonitorProcess
+) -> None:
+    """The client's socket is destroyed before the server's FIN comes: nothing of a FIN
+    is in its count (one byte went missing when every destroyed socket was taken to
+    have counted one)."""
+    client, server = pair
+    closer = server.popen([sys.executable, "-c", LATE_CLOSER], stdout=subprocess.PIPE)
+    assert closer.stdout is not None
+    assert closer.stdout.readline().strip() == "ready"
+    exchange = ["--host", server.ipv4, "--port", "5013", "--send", "300", "--recv", "500000"]
+    report = traffic(client, "tcp-client", *exchange)
+    (flow,) = monitor_client.wait_closed(_is(report["local_port"]))
+    assert (flow["bytes_sent"], flow["bytes_received"]) == (300, 500_000)

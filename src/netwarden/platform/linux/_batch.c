@@ -70,9 +70,10 @@ static uint64_t u64_at(const unsigned char *p) {
 }
 
 
-/* Fills r from one inet_diag message: 1, or 0 for a family we do not handle. A
-   destroyed socket has closed: its peer's FIN is taken out of bytes_received whatever
-   its last state; *protocol is what the message says (0 when it does not). */
+/* Fills r from one inet_diag message: 1, or 0 for a family we do not handle. The
+   peer's FIN is taken out of bytes_received in the states that follow it; for a
+   destroyed socket the reader decides (sockdiag.py: whether the FIN came).
+   *protocol is what the message says (0 when it does not). */
 static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int *protocol,
                       int *has_info) {
     size_t size = h->nlmsg_len - NLMSG_HDRLEN;
@@ -118,7 +119,7 @@ static int parse_inet(const struct nlmsghdr *h, record_t *r, int destroyed, int 
         if (info_len >= TCP_INFO_SENT_OFFSET + 16) /* payload transmitted once */
             r->sent = u64_at(info + TCP_INFO_SENT_OFFSET) - u64_at(info + TCP_INFO_SENT_OFFSET + 8);
         /* the peer's FIN counts one in bytes_received (CLOSE_WAIT, LAST_ACK, CLOSING) */
-        if (r->received && (destroyed || r->state == 8 || r->state == 9 || r->state == 11))
+        if (r->received && (r->state == 8 || r->state == 9 || r->state == 11))
             r->received -= 1;
     }
     return 1;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #define ENTRIES 4096
+#define FIN_ENTRIES 65536
 #define MAX_INSNS 96
 #define MAX_LABELS 8
 
@@ -28,11 +29,11 @@ typedef struct {
 } other_socket_t;
 
 typedef struct {
-    long net, ns_inum, family, protocol, type, sk_socket, file, f_inode, i_ino;
+    long net, ns_inum, family, protocol, type, sk_socket, file, f_inode, i_ino, flags;
 } offsets_t;
 
 typedef struct {
-    PyObject_HEAD int map, links[2];
+    PyObject_HEAD int map, fins, links[3];
 } OtherSockets;
 
 /* A program with forward jumps to labels, patched when it is done. */
@@ -149,6 +150,45 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     return patch(p);
 }
 
+#define SOCK_DONE_BIT 1 /* enum sock_flags: set when the peer's FIN came (tcp_fin) */
+#define TCP_CLOSE_STATE 7
+
+/* inet_sock_set_state (sk, old state, new state): as a TCP socket of the namespace
+   closes, whether its peer's FIN came (which its bytes_received then counts), by its
+   cookie, for the monitor to read with the socket's destroy message. */
+static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int map) {
+    memset(p, 0, sizeof *p);
+    op(p, MOV(BPF_REG_6, BPF_REG_1));
+    op(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 16));
+    jump(p, JUMPI(BPF_JNE, BPF_REG_1, TCP_CLOSE_STATE, 0), OUT);
+    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_6, 0));
+    jump(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0), OUT);
+    if (netns != 0) {
+        op(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net));
+        op(p, LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
+        jump(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns), OUT);
+    }
+    op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->protocol));
+    jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0), OUT);
+    op(p, LDX(BPF_DW, BPF_REG_8, BPF_REG_7, (short)o->flags));
+    op(p, ALUI(BPF_RSH, BPF_REG_8, SOCK_DONE_BIT));
+    op(p, ALUI(BPF_AND, BPF_REG_8, 1));
+    op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_8, -8));
+    op(p, MOV(BPF_REG_1, BPF_REG_7));
+    op(p, CALL(BPF_FUNC_get_socket_cookie));
+    op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
+    const struct bpf_insn store[] = {
+        LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -16),
+        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -8), MOVI(BPF_REG_4, BPF_ANY),
+        CALL(BPF_FUNC_map_update_elem)};
+    for (size_t i = 0; i < sizeof store / sizeof store[0]; i++)
+        op(p, store[i]);
+    label(p, OUT);
+    op(p, MOVI(BPF_REG_0, 0));
+    op(p, EXIT());
+    return patch(p);
+}
+
 static int find_offsets(const btf_t *b, offsets_t *o) {
     long net_ns = btf_offset(b, "net", "ns"), inum = btf_offset(b, "ns_common", "inum");
     o->net = btf_offset(b, "sock_common", "skc_net");
@@ -160,6 +200,7 @@ static int find_offsets(const btf_t *b, offsets_t *o) {
     o->file = btf_offset(b, "socket", "file");
     o->f_inode = btf_offset(b, "file", "f_inode");
     o->i_ino = btf_offset(b, "inode", "i_ino");
+    o->flags = btf_offset(b, "sock_common", "skc_flags"); /* sk_flags */
     const long *all = &o->net;
     for (size_t i = 0; i < sizeof *o / sizeof(long); i++)
         if (all[i] < 0 || all[i] > 0x7fff)
@@ -181,7 +222,8 @@ static int attach(OtherSockets *self, uint32_t netns) {
     if (error == 0) {
         self->map = bpf_create_map(BPF_MAP_TYPE_LRU_HASH, 8, sizeof(other_socket_t), ENTRIES,
                                    "nw_other_socks");
-        if (self->map < 0)
+        self->fins = bpf_create_map(BPF_MAP_TYPE_LRU_HASH, 8, 8, FIN_ENTRIES, "nw_tcp_fins");
+        if (self->map < 0 || self->fins < 0)
             error = errno;
     }
     program_t p;
@@ -192,17 +234,26 @@ static int attach(OtherSockets *self, uint32_t netns) {
                                      p.insn, p.n, i ? "nw_other_recv" : "nw_other_send",
                                      &self->links[i]);
     }
+    if (error == 0)
+        error = assemble_fins(&p, &o, netns, self->fins);
+    if (error == 0)
+        error = bpf_tracing_link(&b, BTF_KIND_TYPEDEF, "btf_trace_inet_sock_set_state",
+                                 BPF_TRACE_RAW_TP, p.insn, p.n, "nw_tcp_fins", &self->links[2]);
     btf_free(&b);
     return error;
 }
 
 static void release(OtherSockets *self) {
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++) {
         if (self->links[i] >= 0)
             close(self->links[i]);
+        self->links[i] = -1;
+    }
     if (self->map >= 0)
         close(self->map);
-    self->map = self->links[0] = self->links[1] = -1;
+    if (self->fins >= 0)
+        close(self->fins);
+    self->map = self->fins = -1;
 }
 
 static PyObject *others_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -213,7 +264,7 @@ static PyObject *others_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     OtherSockets *self = (OtherSockets *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->map = self->links[0] = self->links[1] = -1;
+    self->map = self->fins = self->links[0] = self->links[1] = self->links[2] = -1;
     int error;
     Py_BEGIN_ALLOW_THREADS
     error = attach(self, netns);
@@ -297,6 +348,17 @@ static PyObject *others_forget(OtherSockets *self, PyObject *inodes) {
     Py_RETURN_NONE;
 }
 
+static PyObject *others_peer_fin(OtherSockets *self, PyObject *arg) {
+    uint64_t key = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    uint64_t fin;
+    if (self->fins < 0 || map_call(BPF_MAP_LOOKUP_ELEM, self->fins, &key, &fin) < 0)
+        Py_RETURN_NONE;
+    map_call(BPF_MAP_DELETE_ELEM, self->fins, &key, NULL);
+    return PyBool_FromLong(fin != 0);
+}
+
 static PyObject *others_close(OtherSockets *self, PyObject *unused) {
     release(self);
     Py_RETURN_NONE;
@@ -308,6 +370,9 @@ static PyMethodDef others_methods[] = {
      "first and last use in CLOCK_MONOTONIC ns)]: every socket counted so far."},
     {"forget", (PyCFunction)others_forget, METH_O,
      "forget(inodes): drop these sockets (gone, their final counts read)."},
+    {"peer_fin", (PyCFunction)others_peer_fin, METH_O,
+     "peer_fin(cookie) -> whether the TCP socket with this cookie had its peer's FIN when "
+     "it closed (None: not seen closing); asked once per socket."},
     {"close", (PyCFunction)others_close, METH_NOARGS, "close(): detaches the programs."},
     {NULL, NULL, 0, NULL},
 };

@@ -135,7 +135,10 @@ class LinuxBackend:
                 )
             if events:
                 try:
-                    sources.closed_sockets = SockDiagDestroyEvents()
+                    destroyed = SockDiagDestroyEvents()
+                    if table.others is not None:
+                        destroyed.peer_fin = table.others.peer_fin
+                    sources.closed_sockets = destroyed
                 except OSError as exc:
                     missing.append(
                         f"sock_diag destroy events unavailable ({exc}): short connections "

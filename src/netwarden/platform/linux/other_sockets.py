@@ -232,6 +232,10 @@ class OtherSocketTable:
             self._last = {i: r for i, r in self._last.items() if i in live}
         return records
 
+    def peer_fin(self, cookie: int) -> bool | None:
+        """Whether the TCP socket with this cookie had its peer's FIN as it closed."""
+        return self._counters.peer_fin(cookie)
+
     def _since(self, inode: int) -> float | None:
         return self._started if self._before is not None and inode in self._before else None
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from netwarden.jsontext import dumps
 from netwarden.model import Endpoint, FlowKey, Transport
@@ -117,7 +119,7 @@ def _tcp_payload_bytes(info: memoryview, state: int, destroyed: bool) -> tuple[i
     if len(info) >= _TCP_INFO_SENT_OFFSET + _TCP_INFO_SENT.size:
         transmitted, retransmitted = _TCP_INFO_SENT.unpack_from(info, _TCP_INFO_SENT_OFFSET)
         sent = transmitted - retransmitted
-    if received and (state in _PEER_FIN_STATES or destroyed):
+    if received and state in _PEER_FIN_STATES:
         received -= 1
     return sent, received
 
@@ -455,13 +457,17 @@ class SockDiagDestroyEvents:
         self._sock = netlink.open_socket(NETLINK_SOCK_DIAG, DESTROY_GROUPS, rcvbuf=32 << 20)
         self._sock.setblocking(False)
         self._buffer = bytearray(netlink.RECV_BUFFER)
+        # Whether a closed TCP socket (by cookie) had its peer's FIN, where netwarden's
+        # BPF programs tell (bytes_received counts that FIN); None: they do not say.
+        self.peer_fin: Callable[[int], bool | None] | None = None
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def drain(self) -> list[SocketRecord]:
         if _native is not None:
-            return [_destroyed(*fields) for fields in _native.read_destroyed(self._sock.fileno())]
+            destroyed = _native.read_destroyed(self._sock.fileno())
+            return [self._without_fin(_destroyed(*fields)) for fields in destroyed]
         records: list[SocketRecord] = []
         for datagram in netlink.recv_nowait(self._sock, self._buffer):
             for msg_type, _flags, payload in netlink.iter_messages(datagram):
@@ -469,8 +475,18 @@ class SockDiagDestroyEvents:
                     continue
                 record = parse(payload, None, destroyed=True)
                 if record is not None:
-                    records.append(record)
+                    records.append(self._without_fin(record))
         return records
+
+    def _without_fin(self, record: SocketRecord) -> SocketRecord:
+        """bytes_received without the peer's FIN, when it came (or, where nothing says,
+        as a graceful close would have it)."""
+        if record.transport is not Transport.TCP or not record.bytes_received:
+            return record
+        fin = self.peer_fin(record.cookie) if self.peer_fin and record.cookie else None
+        if fin is False:
+            return record
+        return dataclasses.replace(record, bytes_received=record.bytes_received - 1)
 
     def close(self) -> None:
         self._sock.close()
