@@ -70,6 +70,17 @@ static int patch(program_t *p) {
 
 enum { OUT, COUNT, INET, ADD };
 
+/* r7: the tracepoint's socket (ctx in r6), unless NULL or of another namespace. */
+static void socket_in_namespace(program_t *p, const offsets_t *o, uint32_t netns) {
+    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_6, 0));
+    jump(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0), OUT);
+    if (netns != 0) {
+        op(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net));
+        op(p, LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
+        jump(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns), OUT);
+    }
+}
+
 #define ATOMIC_ADD(d, s, o) INSN(BPF_STX | BPF_ATOMIC | BPF_DW, d, s, o, BPF_ADD)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
@@ -79,13 +90,7 @@ enum { OUT, COUNT, INET, ADD };
 static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, short counter) {
     memset(p, 0, sizeof *p);
     op(p, MOV(BPF_REG_6, BPF_REG_1));
-    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_6, 0));
-    jump(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0), OUT);
-    if (netns != 0) {
-        op(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net));
-        op(p, LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
-        jump(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns), OUT);
-    }
+    socket_in_namespace(p, o, netns);
     op(p, LDX(BPF_H, BPF_REG_8, BPF_REG_7, (short)o->family));
     op(p, LDX(BPF_H, BPF_REG_9, BPF_REG_7, (short)o->protocol));
     jump(p, JUMPI(BPF_JEQ, BPF_REG_8, AF_PACKET, 0), COUNT);
@@ -161,13 +166,7 @@ static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int m
     op(p, MOV(BPF_REG_6, BPF_REG_1));
     op(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 16));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, TCP_CLOSE_STATE, 0), OUT);
-    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_6, 0));
-    jump(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0), OUT);
-    if (netns != 0) {
-        op(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net));
-        op(p, LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
-        jump(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns), OUT);
-    }
+    socket_in_namespace(p, o, netns);
     op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->protocol));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0), OUT);
     op(p, LDX(BPF_DW, BPF_REG_8, BPF_REG_7, (short)o->flags));
