@@ -34,7 +34,16 @@ Event = dict[str, Any]
 class Watch:
     def __init__(self, host: Host) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "netwarden", "monitor", "--watch", "--netns", host.netns],
+            [
+                sys.executable,
+                "-m",
+                "netwarden",
+                "monitor",
+                "--watch",
+                "--no-history",
+                "--netns",
+                host.netns,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
