@@ -133,6 +133,17 @@ def test_a_book_counts_what_each_flow_moved_since_it_was_last_seen(tmp_path: Pat
     assert book.report()[0]["used"] == 1150
 
 
+def test_bytes_before_the_program_is_named_count_against_its_quota(tmp_path: Path) -> None:
+    clock = Clock("2026-12-02T10:00+00:00")
+    book = QuotaBook([CURL_QUOTA], tmp_path, clock, clock)
+    later = clock.now + 1
+    nobody = ProcessInfo(pid=0)
+    book.on_events([_event(FlowEventKind.OPENED, 1, nobody, 600, 0, later)])
+    assert book.report()[0]["used"] == 0  # not known to be curl's yet
+    book.on_events([_event(FlowEventKind.UPDATED, 1, CURL, 600, 500, later)])
+    assert book.report()[0]["used"] == 1100
+
+
 def test_usage_survives_a_restart_ends_with_its_period_and_resets(tmp_path: Path) -> None:
     clock = Clock("2026-12-02T10:00+00:00")
     book = QuotaBook([CURL_QUOTA], tmp_path, clock, clock)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from netwarden.engine.bus import CalloutFailed, DecisionTaken, Inspected
 from netwarden.engine.flow_deltas import FlowDeltas
-from netwarden.model import FlowEvent, FlowEventKind, FlowKey
+from netwarden.model import FlowEvent, FlowEventKind
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"  # the program of a flow no one could attribute
@@ -54,11 +54,7 @@ class Metrics:
             registry=self.registry,
         )
         self.lock = threading.Lock()
-        self.deltas = FlowDeltas()
-        # Bytes of open flows whose process is not known yet: counted under it once
-        # known (the monitor may name a process a moment after its flow opened), under
-        # "unknown" if the flow closes first.
-        self.pending: dict[FlowKey, tuple[int, int]] = {}
+        self.deltas = FlowDeltas()  # (holds a flow's bytes until its process is named)
 
     def on_events(self, events: Sequence[object]) -> None:
         """The engine's bus."""
@@ -81,14 +77,6 @@ class Metrics:
         if event.kind is FlowEventKind.OPENED:
             self.connections.labels(program, str(flow.key.transport)).inc()
         sent, received = self.deltas.of(event)
-        closed = event.kind is FlowEventKind.CLOSED
-        if program == UNKNOWN and not closed:
-            before = self.pending.get(flow.key, (0, 0))
-            self.pending[flow.key] = (before[0] + sent, before[1] + received)
-            return
-        held = self.pending.pop(flow.key, None)
-        if held is not None:
-            sent, received = sent + held[0], received + held[1]
         if sent > 0:
             self.bytes.labels(program, "sent").inc(sent)
         if received > 0:
