@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from netwarden.daemon.policy_control import PolicyControl, PolicyRefused
 from netwarden.daemon.web.live import PUSH_SECONDS, LiveView
 from netwarden.engine.prompts import Answer, PromptBook, PromptError
+from netwarden.jsontext import dumps
 from netwarden.monitor.history import HistoryError, HistoryQuery, HistoryStore
 
 COOKIE = "netwarden_token"
@@ -178,8 +179,6 @@ def build_app(daemon: Daemon, token: str) -> ASGIApp:
             try:
                 snapshot = daemon.live.snapshot()
                 snapshot["prompts"] = _prompts(daemon)
-                from netwarden.jsontext import dumps
-
                 yield f"event: snapshot\ndata: {dumps(snapshot)}\n\n".encode()
                 while True:
                     try:

@@ -81,6 +81,16 @@ static void socket_in_namespace(program_t *p, const offsets_t *o, uint32_t netns
     }
 }
 
+/* map[key at fp+key] = value at fp+value (flags: BPF_ANY, BPF_NOEXIST). */
+static void map_update(program_t *p, int map, int key, int value, int flags) {
+    const struct bpf_insn update[] = {
+        LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, key),
+        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, value), MOVI(BPF_REG_4, flags),
+        CALL(BPF_FUNC_map_update_elem)};
+    for (size_t i = 0; i < sizeof update / sizeof update[0]; i++)
+        op(p, update[i]);
+}
+
 #define ATOMIC_ADD(d, s, o) INSN(BPF_STX | BPF_ATOMIC | BPF_DW, d, s, o, BPF_ADD)
 #define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
@@ -134,12 +144,7 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->type));
     op(p, STX(BPF_H, BPF_REG_10, BPF_REG_1, -22));
     op(p, STX(BPF_H, BPF_REG_10, BPF_REG_9, -20));
-    const struct bpf_insn insert[] = {
-        LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -16),
-        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -80), MOVI(BPF_REG_4, BPF_NOEXIST),
-        CALL(BPF_FUNC_map_update_elem)};
-    for (size_t i = 0; i < sizeof insert / sizeof insert[0]; i++)
-        op(p, insert[i]);
+    map_update(p, map, -16, -80, BPF_NOEXIST);
     for (size_t i = 0; i < sizeof lookup / sizeof lookup[0]; i++)
         op(p, lookup[i]);
     jump(p, JUMPI(BPF_JEQ, BPF_REG_0, 0, 0), OUT);
@@ -176,12 +181,7 @@ static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int m
     op(p, MOV(BPF_REG_1, BPF_REG_7));
     op(p, CALL(BPF_FUNC_get_socket_cookie));
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
-    const struct bpf_insn store[] = {
-        LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, -16),
-        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, -8), MOVI(BPF_REG_4, BPF_ANY),
-        CALL(BPF_FUNC_map_update_elem)};
-    for (size_t i = 0; i < sizeof store / sizeof store[0]; i++)
-        op(p, store[i]);
+    map_update(p, map, -16, -8, BPF_ANY);
     label(p, OUT);
     op(p, MOVI(BPF_REG_0, 0));
     op(p, EXIT());

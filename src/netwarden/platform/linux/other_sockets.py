@@ -160,7 +160,7 @@ class OtherSocketTable:
             raise OSError("netwarden's C module is not built")
         self._counters = _native.OtherSockets(netns_api.inode_of(netns))
         self._netns = netns
-        self._last: dict[int, SocketRecord] = {}  # inode -> last record of a live socket
+        self._last: dict[int, SocketRecord] = {}  # inode -> record of each listed last time
         self._reported_gone: set[int] = set()
         # Sockets open before the programs were attached: counted from then.
         self._started = time.time()
@@ -187,6 +187,7 @@ class OtherSocketTable:
         self._counters.forget(self._reported_gone)
         self._reported_gone = set()
         listed = self._listed()
+        last, self._last = self._last, {}
         if self._before is None:
             self._before = set(listed)
         records = []
@@ -205,9 +206,7 @@ class OtherSocketTable:
         ) in self._counters.read():
             record = listed.pop(inode, None)
             if record is None:  # gone: its final counts, once
-                record = self._last.pop(inode, None) or counted_record(
-                    inode, family, kind, protocol, uid
-                )
+                record = last.get(inode) or counted_record(inode, family, kind, protocol, uid)
                 self._reported_gone.add(inode)
                 if record is None:
                     continue
@@ -227,9 +226,6 @@ class OtherSocketTable:
             record = replace(record, counted_since=self._since(inode))
             self._last[inode] = record
             records.append(record)
-        if len(self._last) > 4 * len(records) + 1024:
-            live = {r.inode for r in records}
-            self._last = {i: r for i, r in self._last.items() if i in live}
         return records
 
     def peer_fin(self, cookie: int) -> bool | None:
