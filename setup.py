@@ -20,12 +20,13 @@ PYTHON_PARTS = (
     "_flowreader",
     "_execrecords",
     "_othersocks",
+    "_connectqueue",
 )
 
 native = Extension(
     "netwarden.platform.linux._native",
     sources=[f"{SOURCE}{part}.c" for part in PYTHON_PARTS + PARTS],
-    depends=[f"{SOURCE}{part}.h" for part in ("_native", *PARTS)],
+    depends=[f"{SOURCE}{part}.h" for part in ("_native", "_bpfprog", *PARTS)],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                         "-Wno-unused-parameter"],
     optional=True,

@@ -32,6 +32,9 @@ static PyMethodDef module_methods[] = {
     {"task_socket_owners", nw_task_socket_owners, METH_NOARGS,
      "task_socket_owners() -> {inode: lowest pid}, read in one pass by a BPF task_file "
      "iterator (needs CAP_BPF and kernel BTF; pids as the initial pid namespace sees them)."},
+    {"packet_addresses", nw_packet_addresses, METH_O,
+     "packet_addresses(packet) -> (protocol, source, source port, destination, destination "
+     "port) of a TCP or UDP packet's first bytes, or None (as packet_headers.parse_ip)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -47,18 +50,21 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (module == NULL)
         return NULL;
     if (PyType_Ready(&nw_TcpTrackerType) < 0 || PyType_Ready(&nw_FlowEventsType) < 0 ||
-        PyType_Ready(&nw_ExecRecordsType) < 0 || PyType_Ready(&nw_OtherSocketsType) < 0)
+        PyType_Ready(&nw_ExecRecordsType) < 0 || PyType_Ready(&nw_OtherSocketsType) < 0 ||
+        PyType_Ready(&nw_ConnectReaderType) < 0)
         return NULL;
     Py_INCREF(&nw_TcpBatchType);
     Py_INCREF(&nw_TcpTrackerType);
     Py_INCREF(&nw_FlowEventsType);
     Py_INCREF(&nw_ExecRecordsType);
     Py_INCREF(&nw_OtherSocketsType);
+    Py_INCREF(&nw_ConnectReaderType);
     if (PyModule_AddObject(module, "TcpBatch", (PyObject *)&nw_TcpBatchType) < 0 ||
         PyModule_AddObject(module, "TcpTracker", (PyObject *)&nw_TcpTrackerType) < 0 ||
         PyModule_AddObject(module, "FlowEvents", (PyObject *)&nw_FlowEventsType) < 0 ||
         PyModule_AddObject(module, "ExecRecords", (PyObject *)&nw_ExecRecordsType) < 0 ||
-        PyModule_AddObject(module, "OtherSockets", (PyObject *)&nw_OtherSocketsType) < 0) {
+        PyModule_AddObject(module, "OtherSockets", (PyObject *)&nw_OtherSocketsType) < 0 ||
+        PyModule_AddObject(module, "ConnectReader", (PyObject *)&nw_ConnectReaderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,5 +1,6 @@
 /* Shared between the C module's parts: _batch.c (sock_diag dumps and one-shot rows),
-   _tracker.c (TCP changes), _procscan.c (socket owners), _native.c (the module). */
+   _tracker.c (TCP changes), _procscan.c (socket owners), _connectqueue.c (the CONNECT layer), _native.c (the
+   module). */
 #ifndef NETWARDEN_NATIVE_H
 #define NETWARDEN_NATIVE_H
 
@@ -21,10 +22,12 @@ extern PyTypeObject nw_TcpTrackerType;
 extern PyTypeObject nw_FlowEventsType;
 extern PyTypeObject nw_ExecRecordsType;
 extern PyTypeObject nw_OtherSocketsType;
+extern PyTypeObject nw_ConnectReaderType;
 
 PyObject *nw_dump_tcp(PyObject *self, PyObject *args);
 PyObject *nw_read_destroyed(PyObject *self, PyObject *args);
 PyObject *nw_scan_socket_inodes(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *nw_task_socket_owners(PyObject *self, PyObject *unused);
+PyObject *nw_packet_addresses(PyObject *self, PyObject *packet);
 
 #endif

@@ -5,7 +5,7 @@
    monitor reads the map each refresh, takes each socket's addresses from /proc/net
    (raw, raw6, icmp, icmp6, packet) and forgets the sockets that are gone once their
    final counts were read. TCP and UDP sockets are left to the other sources. */
-#include "_btf.h"
+#include "_bpfprog.h"
 #include "_native.h"
 
 #include <errno.h>
@@ -16,9 +16,6 @@
 
 #define ENTRIES 4096
 #define FIN_ENTRIES 65536
-#define MAX_INSNS 96
-#define MAX_LABELS 8
-
 /* One socket as the program keeps it (64 bytes). */
 typedef struct {
     uint32_t pid, uid;
@@ -36,63 +33,9 @@ typedef struct {
     PyObject_HEAD int map, fins, links[3];
 } OtherSockets;
 
-/* A program with forward jumps to labels, patched when it is done. */
-typedef struct {
-    struct bpf_insn insn[MAX_INSNS];
-    size_t n, label_at[MAX_LABELS], jumps[MAX_INSNS];
-    int jump_to[MAX_INSNS];
-    size_t njumps;
-} program_t;
-
-static void op(program_t *p, struct bpf_insn insn) {
-    if (p->n < MAX_INSNS)
-        p->insn[p->n] = insn;
-    p->n++;
-}
-
-static void jump(program_t *p, struct bpf_insn insn, int label) {
-    if (p->njumps < MAX_INSNS) {
-        p->jumps[p->njumps] = p->n;
-        p->jump_to[p->njumps++] = label;
-    }
-    op(p, insn);
-}
-
-static void label(program_t *p, int which) { p->label_at[which] = p->n; }
-
-static int patch(program_t *p) {
-    if (p->n > MAX_INSNS)
-        return E2BIG;
-    for (size_t i = 0; i < p->njumps; i++)
-        p->insn[p->jumps[i]].off = (short)(p->label_at[p->jump_to[i]] - p->jumps[i] - 1);
-    return 0;
-}
-
 enum { OUT, COUNT, INET, ADD };
 
-/* r7: the tracepoint's socket (ctx in r6), unless NULL or of another namespace. */
-static void socket_in_namespace(program_t *p, const offsets_t *o, uint32_t netns) {
-    op(p, LDX(BPF_DW, BPF_REG_7, BPF_REG_6, 0));
-    jump(p, JUMPI(BPF_JEQ, BPF_REG_7, 0, 0), OUT);
-    if (netns != 0) {
-        op(p, LDX(BPF_DW, BPF_REG_2, BPF_REG_7, (short)o->net));
-        op(p, LDX(BPF_W, BPF_REG_2, BPF_REG_2, (short)o->ns_inum));
-        jump(p, INSN(BPF_JMP32 | BPF_JNE | BPF_K, BPF_REG_2, 0, 0, (int32_t)netns), OUT);
-    }
-}
-
-/* map[key at fp+key] = value at fp+value (flags: BPF_ANY, BPF_NOEXIST). */
-static void map_update(program_t *p, int map, int key, int value, int flags) {
-    const struct bpf_insn update[] = {
-        LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_2, key),
-        MOV(BPF_REG_3, BPF_REG_10), ALUI(BPF_ADD, BPF_REG_3, value), MOVI(BPF_REG_4, flags),
-        CALL(BPF_FUNC_map_update_elem)};
-    for (size_t i = 0; i < sizeof update / sizeof update[0]; i++)
-        op(p, update[i]);
-}
-
 #define ATOMIC_ADD(d, s, o) INSN(BPF_STX | BPF_ATOMIC | BPF_DW, d, s, o, BPF_ADD)
-#define EXIT() INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0)
 
 /* ctx: sk, the length sent or read (negative: an error), flags. `counter`: where in the
    value this tracepoint's bytes go. The key (the inode) at fp-16, the length at fp-8, a
@@ -100,7 +43,7 @@ static void map_update(program_t *p, int map, int key, int value, int flags) {
 static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, short counter) {
     memset(p, 0, sizeof *p);
     op(p, MOV(BPF_REG_6, BPF_REG_1));
-    socket_in_namespace(p, o, netns);
+    socket_in_namespace(p, o->net, o->ns_inum, netns, OUT);
     op(p, LDX(BPF_H, BPF_REG_8, BPF_REG_7, (short)o->family));
     op(p, LDX(BPF_H, BPF_REG_9, BPF_REG_7, (short)o->protocol));
     jump(p, JUMPI(BPF_JEQ, BPF_REG_8, AF_PACKET, 0), COUNT);
@@ -171,7 +114,7 @@ static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int m
     op(p, MOV(BPF_REG_6, BPF_REG_1));
     op(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 16));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, TCP_CLOSE_STATE, 0), OUT);
-    socket_in_namespace(p, o, netns);
+    socket_in_namespace(p, o->net, o->ns_inum, netns, OUT);
     op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)o->protocol));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0), OUT);
     op(p, LDX(BPF_DW, BPF_REG_8, BPF_REG_7, (short)o->flags));
@@ -278,14 +221,6 @@ static void others_dealloc(OtherSockets *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int map_call(int command, int map, const void *key, void *value) {
-    union bpf_attr attr;
-    memset(&attr, 0, sizeof attr);
-    attr.map_fd = (uint32_t)map;
-    attr.key = (uint64_t)(uintptr_t)key;
-    attr.value = (uint64_t)(uintptr_t)value;
-    return bpf_call(command, &attr) < 0 ? -1 : 0;
-}
 
 /* (inode, pid, uid, name, family, type, protocol, sent, received, first ns, last ns) */
 static PyObject *others_read(OtherSockets *self, PyObject *unused) {

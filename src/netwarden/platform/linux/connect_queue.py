@@ -2,6 +2,11 @@
 outgoing and incoming, is queued (NFQUEUE) for a verdict, with the process that owns
 its socket.
 
+The C module's ConnectReader reads the queue, finds each packet's socket and names the
+process that connected a TCP socket from a BPF program (see _connectqueue.c);
+PythonConnectReader does the same work without a compiler, finding every process by
+its descriptors.
+
 Queueing uses the iptables-nft NFQUEUE target in a chain netwarden owns in the
 mangle table (NETWARDEN-CONNECT, jumped to from OUTPUT and INPUT). Connections whose
 conntrack mark already carries a verdict, and those of netwarden's proxy, are not
@@ -15,16 +20,24 @@ import logging
 import os
 import shlex
 import subprocess
+from dataclasses import dataclass
+from typing import Protocol
 
-from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo
+from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo, Transport
 from netwarden.model.connect import ConnectDirection, ConnectRequest
 from netwarden.platform.base import PlatformError
+from netwarden.platform.linux import netns as netns_api
 from netwarden.platform.linux import nftables
 from netwarden.platform.linux.nfqueue import COPY_BYTES, NfQueue, QueuedPacket
 from netwarden.platform.linux.procfs import ProcResolver
 from netwarden.platform.linux.sockdiag import SocketLookup
 from netwarden.platform.packet_headers import Addresses, parse_ip
 from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
+
+try:
+    from netwarden.platform.linux import _native
+except ImportError:  # built without a compiler
+    _native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +47,77 @@ NF_INET_LOCAL_IN = 1
 TOOLS = (("iptables", "ip"), ("ip6tables", "ip6"))
 CREATED_TABLE = "netwarden made this table"
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
+NO_SOCKET = -1
+_TRANSPORTS = {6: Transport.TCP, 17: Transport.UDP}
+
+# (packet id, hook, mark, uid or -1, in interface, out interface, protocol (0: neither
+# TCP nor UDP), source, source port, destination, destination port, socket inode
+# (NO_SOCKET: none), socket uid, pid that connected it (0: unknown))
+Received = tuple[int, int, int, int, int, int, int, str, int, str, int, int, int, int]
+
+
+class ConnectReader(Protocol):
+    def receive(self) -> list[Received]: ...
+
+    def verdict(self, packet_id: int, accept: bool, mark: int = -1, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PythonConnectReader:
+    """The C module's ConnectReader in Python: no process is named (pid 0) but by the
+    walk of descriptors that follows."""
+
+    def __init__(self, queue: NfQueue) -> None:
+        self._queue = queue
+        self._lookup = SocketLookup()
+
+    def receive(self) -> list[Received]:
+        received: list[Received] = []
+        for packet in self._queue.receive():
+            uid = -1 if packet.uid is None else packet.uid
+            head = (packet.packet_id, packet.hook, packet.mark, uid, packet.indev, packet.outdev)
+            addresses = parse_ip(packet.payload)
+            if addresses is None:
+                received.append((*head, 0, "", 0, "", 0, NO_SOCKET, -1, 0))
+                continue
+            transport, source, destination = addresses
+            _direction, local, remote = sides_of(packet, addresses)
+            found = self._lookup.find(transport, local, remote)
+            inode, socket_uid = found if found is not None else (NO_SOCKET, -1)
+            ends = (source.address, source.port, destination.address, destination.port)
+            received.append((*head, transport.number, *ends, inode, socket_uid, 0))
+        return received
+
+    def verdict(self, packet_id: int, accept: bool, mark: int = -1, /) -> None:
+        self._queue.verdict(packet_id, accept, None if mark < 0 else mark)
+
+    def close(self) -> None:
+        self._lookup.close()
+
+
+def open_reader(queue: NfQueue) -> ConnectReader:
+    """The C module's reader where it is built, else the Python one."""
+    if _native is None or not hasattr(_native, "ConnectReader"):
+        return PythonConnectReader(queue)
+    reader = _native.ConnectReader(queue.fileno(), queue.number, netns_api.inode_of(None))
+    if reader.owners_error:
+        log.info(
+            "connecting processes are found by their open files (the BPF program that "
+            "names them could not load: %s)",
+            os.strerror(reader.owners_error),
+        )
+    return reader
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What the reader said of a packet held for its verdict."""
+
+    mark: int
+    inode: int
+    uid: int
+    pid: int
 
 
 def open_queue(number: int, fail_open: bool, copy: int = COPY_BYTES) -> NfQueue:
@@ -164,15 +248,19 @@ class LinuxConnectQueue:
     def __init__(self, layer: ConnectLayer) -> None:
         self.layer = layer
         self._queue = open_queue(layer.queue, layer.fail_open)
-        self._lookup = SocketLookup()
         self._resolver = ProcResolver()
         self._recent: dict[int, list[int]] = {}  # uid -> pids that connected lately
-        self._marks: dict[int, int] = {}  # ticket -> the packet's mark as it came
+        self._held: dict[int, _Held] = {}  # by ticket
+        try:
+            self._reader = open_reader(self._queue)
+        except BaseException:
+            self._queue.close()
+            raise
         try:
             install_queue_rules(layer)
         except BaseException:
+            self._reader.close()
             self._queue.close()
-            self._lookup.close()
             raise
 
     def fileno(self) -> int:
@@ -180,51 +268,62 @@ class LinuxConnectQueue:
 
     def receive(self) -> list[ConnectRequest]:
         requests = []
-        for packet in self._queue.receive():
-            addresses = parse_ip(packet.payload)
-            if addresses is None:  # not TCP or UDP (the rules queue only those)
-                self._queue.verdict(packet.packet_id, True)
+        for received in self._reader.receive():
+            ticket, hook, mark, uid, indev, outdev, protocol = received[:7]
+            transport = _TRANSPORTS.get(protocol)
+            if transport is None:  # not TCP or UDP (the rules queue only those)
+                self._reader.verdict(ticket, True)
                 continue
-            transport = addresses[0]
-            direction, local, remote = sides_of(packet, addresses)
-            self._marks[packet.packet_id] = packet.mark
+            source = Endpoint(received[7], received[8])
+            destination = Endpoint(received[9], received[10])
+            if hook == NF_INET_LOCAL_IN:
+                direction, local, remote = ConnectDirection.IN, destination, source
+            else:
+                direction, local, remote = ConnectDirection.OUT, source, destination
+            self._held[ticket] = _Held(mark, received[11], received[12], received[13])
             requests.append(
                 ConnectRequest(
-                    packet.packet_id,
+                    ticket,
                     transport,
                     direction,
                     local,
                     remote,
-                    packet.uid,
-                    packet.indev or packet.outdev,
+                    None if uid < 0 else uid,
+                    indev or outdev,
                 )
             )
         return requests
 
     def decide(self, request: ConnectRequest, code: int | None) -> None:
         """Release the packet: with the verdict code in its mark, or dropped (None)."""
-        mark = self._marks.pop(request.ticket, 0)
+        held = self._held.pop(request.ticket, None)
+        mark = held.mark if held is not None else 0
         if code is None:
-            self._queue.verdict(request.ticket, False)
+            self._reader.verdict(request.ticket, False)
         else:
-            self._queue.verdict(request.ticket, True, (mark & ~self.layer.mask) | code)
+            self._reader.verdict(request.ticket, True, (mark & ~self.layer.mask) | code)
 
     def owner(self, request: ConnectRequest) -> tuple[ProcessInfo | None, Attribution]:
-        """The process holding the connection's socket, read now (it is waiting for
-        the verdict of its connect, or has just sent its first datagram)."""
-        found = self._lookup.find(request.transport, request.local, request.remote)
-        if found is None:
+        """The process that connected the socket (named by the kernel as it did), or the
+        one holding it, read now (it is waiting for the verdict of its connect, or has
+        just sent its first datagram)."""
+        held = self._held.get(request.ticket)
+        if held is None or held.inode == NO_SOCKET:
             return None, Attribution.unknown("no socket of this host holds the connection")
-        inode, uid = found
-        if not inode:
+        if not held.inode:
             return None, Attribution.unknown("the socket has no file (closed, or the kernel's)")
-        pid = self._owner_of(inode, uid)
+        if held.pid:
+            pid: int | None = held.pid
+            method = AttributionMethod.FLOW_EVENT
+        else:
+            pid = self._owner_of(held.inode, held.uid)
+            method = AttributionMethod.SOCKET_OWNER
         if pid is None:
             return None, Attribution.unknown("no process was found holding the socket")
         info = self._resolver.info(pid)
         if info is None:
             return None, Attribution.unknown(f"process {pid} exited before it was read")
-        return info, Attribution(AttributionMethod.SOCKET_OWNER)
+        return info, Attribution(method)
 
     def parent_of(self, pid: int) -> ProcessInfo | None:
         parent = parent_pid(pid)
@@ -252,5 +351,5 @@ class LinuxConnectQueue:
 
     def close(self) -> None:
         remove_queue_rules()
+        self._reader.close()
         self._queue.close()
-        self._lookup.close()
