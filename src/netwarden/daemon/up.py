@@ -63,7 +63,7 @@ from netwarden.wording import count
 log = logging.getLogger(__name__)
 
 
-CONNECT_SWITCH_INTERVAL = 0.0005  # seconds
+CONNECT_SWITCH_INTERVAL = 0.0001  # seconds
 WEB_INTERVAL = 0.5  # seconds between the monitor's looks at the socket table, with --web
 
 

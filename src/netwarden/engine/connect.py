@@ -80,13 +80,16 @@ class ConnectLoop:
                 # While a connection waits for its flow event, look again soon.
                 timeout = WAIT_STEP if self._waiting else 0.25
                 sources: list[ConnectQueue | PromptBook] = [self.queue]
+                deadline = None
                 if self.prompts is not None:
                     sources.append(self.prompts)
                     deadline = self.prompts.next_deadline()
                     if deadline is not None:
                         timeout = max(0.0, min(timeout, deadline - time.monotonic()))
                 ready, _w, _x = select.select(sources, [], [], timeout)
-                events = self._waited() + self._answered()
+                events = self._waited() if self._waiting else []
+                if self.prompts in ready or (deadline is not None and time.monotonic() >= deadline):
+                    events += self._answered()
                 if self.queue in ready:
                     events += [e for r in self.queue.receive() if (e := self.decide(r))]
             except Exception:  # the loop must go on: connections wait for it
