@@ -330,6 +330,50 @@ def test_a_process_that_connects_and_exits_at_once_is_decided_with_its_exe(
         assert str(a) in decision["process"]
 
 
+HOW_NAMED = """
+import os
+from netwarden.callout.api import Callout
+
+class HowNamed(Callout):
+    def classify(self, connection):
+        process = connection.process
+        with open(os.environ["NETWARDEN_NAMED_LOG"], "a") as log:
+            log.write(f"{connection.transport} {connection.attribution.method} "
+                      f"{process.exe if process else '-'}\\n")
+        return None
+
+callouts = [HowNamed()]
+"""
+
+
+def test_tcp_connections_are_named_by_the_kernel_as_they_connect(
+    pair: tuple[Host, Host], tmp_path: Path, programs: tuple[Path, Path, Path],
+    daemons: list[Daemon],
+) -> None:  # fmt: skip
+    """The C module's BPF program notes which process put each TCP socket into SYN-SENT
+    (no walk of open files); UDP senders are found by their open files."""
+    client, server = pair
+    a, b, script = programs
+    start_server(server, "tcp-server", "--port", "7012", "--send", "5")
+    start_server(server, "udp-server", "--port", "7013", "--reply", "5")
+    callout = tmp_path / "how_named.py"
+    callout.write_text(HOW_NAMED)
+    log = tmp_path / "named.log"
+    env = {"NETWARDEN_NAMED_LOG": str(log), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    daemons.append(Daemon(client, tmp_path, "", "--callouts", str(callout), env=env))
+    for program in (a, b):
+        assert ask(client, program, script, "tcp", server.ipv4, 7012).startswith("answered")
+        assert ask(client, program, script, "tcp", server.ipv6, 7012).startswith("answered")
+    assert ask(client, a, script, "udp", server.ipv4, 7013).startswith("answered")
+    assert log.read_text().splitlines() == [
+        f"tcp flow-event {a}",
+        f"tcp flow-event {a}",
+        f"tcp flow-event {b}",
+        f"tcp flow-event {b}",
+        f"udp socket-owner {a}",
+    ]
+
+
 WATCHER = """
 import os
 from netwarden.callout.api import Callout

@@ -107,3 +107,94 @@ def test_native_destroy_reader_on_garbage() -> None:
                 writer.send(data or b"\0")
             for item in native.read_destroyed(reader.fileno()):
                 assert len(item) == 13
+
+
+def _queued_packet(packet_id: int, hook: int, ip_packet: bytes, uid: int | None = None) -> bytes:
+    from tests.unit.builders import attr
+
+    body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">IHB", packet_id, 0x0800, hook))
+    body += attr(3, struct.pack(">I", 0x1234)) + attr(6, struct.pack(">I", 2))
+    if uid is not None:
+        body += attr(16, struct.pack(">I", uid))
+    return netlink.pack_message(nfqueue.NFQNL_MSG_PACKET, 0, body + attr(10, ip_packet))
+
+
+def test_native_packet_addresses_match_the_python_parser() -> None:
+    """The C module's reading of a packet's first bytes is parse_ip's, on good headers,
+    every truncation and garbled copies (v4 and v6, TCP and UDP, extension headers)."""
+    native = pytest.importorskip("netwarden.platform.linux._native")
+    v4 = (
+        struct.pack(
+            ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 17, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 53
+        )
+        + b"\0" * 16
+    )
+    hop_by_hop = bytes([6, 0]) + b"\0" * 6
+    v6 = (
+        struct.pack(
+            ">IHBB16s16s",
+            0x60000000,
+            28,
+            0,
+            64,
+            socket.inet_pton(socket.AF_INET6, "fd00::1"),
+            socket.inet_pton(socket.AF_INET6, "fd00::2"),
+        )
+        + hop_by_hop
+    )
+    v6 += struct.pack(">HH", 40001, 443) + b"\0" * 16
+    rng = random.Random(7)
+    for good in (v4, v6):
+        for data in _variants(good, rng):
+            python = parse_ip(data)
+            expected = None
+            if python is not None:
+                transport, source, destination = python
+                expected = (transport.number, *source, *destination)
+            assert native.packet_addresses(data) == expected
+
+
+def test_native_connect_reader_on_garbage() -> None:
+    """Queue messages cut short, garbled or mixed with noise: the reader returns what
+    it could read whole and never crashes; a good message reads as the Python side's."""
+    native = pytest.importorskip("netwarden.platform.linux._native")
+    ip_packet = (
+        struct.pack(
+            ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 443
+        )
+        + b"\0" * 16
+    )
+    good = _queued_packet(42, 3, ip_packet, uid=1000)
+    rng = random.Random(8)
+    reader_end, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader_end, writer:
+        reader_end.setblocking(False)
+        reader = native.ConnectReader(reader_end.fileno(), 5)
+        try:
+            writer.send(good)
+            (item,) = reader.receive()
+            # no socket holds 10.0.0.1:40000 here: inode -1 and no process
+            assert item == (
+                42,
+                3,
+                0x1234,
+                1000,
+                0,
+                2,
+                6,
+                "10.0.0.1",
+                40000,
+                "192.0.2.7",
+                443,
+                -1,
+                -1,
+                0,
+            )
+            variants = _variants(good * 2, rng)
+            for start in range(0, len(variants), 50):
+                for data in variants[start : start + 50]:
+                    writer.send(data or b"\0")
+                for item in reader.receive():
+                    assert len(item) == 14
+        finally:
+            reader.close()
