@@ -112,11 +112,13 @@ def test_program_rules_are_decided_at_connect_and_left_out_of_the_kernel_rules()
     assert names == ["web"]
     body = render(compiled)
     chains = {c["add"]["chain"]["name"] for c in body if "chain" in c["add"]}
-    assert {"connect_out", "connect_in", "redirect_out"} <= chains
+    assert {"connect_out", "connect_in"} <= chains
+    assert "redirect_out" not in chains  # made with the first redirect target
     permitted = [c for c in body if c["add"].get("rule", {}).get("comment") == "permitted"]
     assert {c["add"]["rule"]["chain"] for c in permitted} == {"out", "in"}
     target = Endpoint("127.0.0.2", 8080)
     more = connect_target_commands("netwarden", ConnectLayer().with_redirect(target), target)
+    assert more[-2]["add"]["chain"]["name"] == "redirect_out"
     assert more[-1]["add"]["rule"]["expr"][-1] == {
         "dnat": {"family": "ip", "addr": "127.0.0.2", "port": 8080}}  # fmt: skip
 

@@ -45,7 +45,8 @@ CHAIN = "NETWARDEN-CONNECT"
 HOOKS = ("OUTPUT", "INPUT")
 NF_INET_LOCAL_IN = 1
 TOOLS = (("iptables", "ip"), ("ip6tables", "ip6"))
-CREATED_TABLE = "netwarden made this table"
+MADE_TABLE = "NETWARDEN-MADE-TABLE"  # an empty chain in a mangle table netwarden made
+CREATED_TABLE = "netwarden made this table"  # the comment earlier versions left instead
 RECENT_PROCESSES = 8  # per user, looked through before a scan of every process
 NO_SOCKET = -1
 _TRANSPORTS = {6: Transport.TCP, 17: Transport.UDP}
@@ -198,15 +199,16 @@ def remove_queue_rules() -> bool:
         listing = _run(tool, "-S")
         if listing.returncode != 0:
             continue
-        made_table = CREATED_TABLE in listing.stdout
+        made_table = MADE_TABLE in listing.stdout or CREATED_TABLE in listing.stdout
         for line in listing.stdout.splitlines():
             words = shlex.split(line)
             if words[:1] == ["-A"] and words[-2:] == ["-j", CHAIN]:
                 found = True
                 _run(tool, "-D", *words[1:])
-        if _run(tool, "-F", CHAIN).returncode == 0:
-            found = True
-            _run(tool, "-X", CHAIN)
+        for chain in (CHAIN, MADE_TABLE):
+            if _run(tool, "-F", chain).returncode == 0:
+                found = True
+                _run(tool, "-X", chain)
         if made_table and "-A " not in _run(tool, "-S").stdout:
             subprocess.run(
                 ["nft", "delete", "table", family, "mangle"], capture_output=True, check=False
@@ -229,9 +231,13 @@ def install_queue_rules(layer: ConnectLayer) -> None:
                         f"{tool} refused the NFQUEUE rule ({result.stderr.strip()}); "
                         "`netwarden doctor` says whether this kernel can queue packets"
                     )
-            note = ["-m", "comment", "--comment", CREATED_TABLE] if made_table else []
+            if made_table:  # an empty chain says so (a comment would cost every packet)
+                _run(tool, "-N", MADE_TABLE)
+            # Packets of established connections need not enter the chain, unless the
+            # PACKET layer queues every packet of watched ones.
+            new_only = [] if layer.packets else ["-m", "conntrack", "--ctstate", "NEW"]
             for hook in HOOKS:
-                _run(tool, "-I", hook, "1", *note, "-j", CHAIN)
+                _run(tool, "-I", hook, "1", *new_only, "-j", CHAIN)
     except FileNotFoundError:
         remove_queue_rules()
         raise PlatformError("the CONNECT layer needs iptables (iptables-nft)") from None

@@ -104,6 +104,20 @@ def _connect_chains(policy: CompiledPolicy, layer: ConnectLayer) -> list[JSON]:
     commands: list[JSON] = []
     for chain, hook in CONNECT_CHAINS:
         commands.append(_add_chain(where, chain, "filter", hook, CONNECT_PRIORITY))
+        # Almost every packet carries no verdict code and belongs to a connection that
+        # is not blocked: one rule lets it go (instead of a look at each rule below).
+        undecided = [
+            _match({"&": [MARK, layer.mask]}, 0),
+            {
+                "match": {
+                    "op": "!=",
+                    "left": {"&": [CT_MARK, layer.mask]},
+                    "right": layer.block_code,
+                }
+            },
+            {"accept": None},
+        ]
+        commands.append(_add_rule(where, chain, undecided, "no verdict to carry"))
         if layer.packets:  # a watched connection: the bit goes to its conntrack mark too
             watched = [
                 _match({"&": [MARK, WATCH_BIT]}, WATCH_BIT),
@@ -149,13 +163,21 @@ def connect_target_commands(table: str, layer: ConnectLayer, target: Endpoint) -
         _match({"meta": {"key": "nfproto"}}, "ipv4" if address.version == 4 else "ipv6"),
         TCP_ONLY,
         _connect_code(layer, CT_MARK, code),
+        {"match": {"op": "!=", "left": MARK, "right": layer.proxy_mark}},  # the loop guard
         {"counter": None},
         _nat_to(address, target.port),
     ]
-    nat_chain = NAT_CHAINS[Direction.OUT][0]
-    return [*commands, _add_rule(where, nat_chain, redirect, f"redirected at connect to {target}")]
+    nat_chain, hook = NAT_CHAINS[Direction.OUT]
+    # The nat chain is made with the first redirect (adding it again changes nothing).
+    chain = _add_chain(where, nat_chain, "nat", hook, NAT_PRIORITY)
+    return [
+        *commands,
+        chain,
+        _add_rule(where, nat_chain, redirect, f"redirected at connect to {target}"),
+    ]
 
 
+NAT_PRIORITY = -100
 NAT_CHAINS = {Direction.OUT: ("redirect_out", "output"),
               Direction.FORWARD: ("redirect_forward", "prerouting")}  # fmt: skip
 
@@ -167,11 +189,11 @@ def redirect_chains(policy: CompiledPolicy) -> list[JSON]:
     commands: list[JSON] = []
     for direction, (chain, hook) in NAT_CHAINS.items():
         rules = [r for r in policy.redirects.get(direction, ()) if not _is_tproxy(r)]
-        connect = policy.connect if direction is Direction.OUT else None
-        if not rules and connect is None:
+        if not rules:
+            # (connect_target_commands makes it for the CONNECT layer's first target: a
+            # nat chain costs every packet a look at its connection's NAT state)
             continue
-        commands.append({"add": {"chain": {**where, "name": chain, "type": "nat", "hook": hook,
-                                           "prio": -100, "policy": "accept"}}})  # fmt: skip
+        commands.append(_add_chain(where, chain, "nat", hook, NAT_PRIORITY))
         if direction is Direction.OUT:
             guard = [_match({"meta": {"key": "mark"}}, policy.proxy_mark), {"return": None}]
             comment = "the proxy's own connections"
