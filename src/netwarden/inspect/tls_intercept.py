@@ -19,7 +19,7 @@ import html
 import re
 import ssl
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from netwarden.inspect.commands import (
     Close,
@@ -44,7 +44,6 @@ class Layer(Protocol):
     def from_server(self, data: bytes) -> list[Command]: ...
 
 
-@runtime_checkable
 class Starting(Protocol):
     """A layer that speaks first (HTTP/2 sends its settings)."""
 
@@ -178,6 +177,8 @@ class TlsInterception:
         out = self._flush(self.server, Side.SERVER)
         if not done:
             return out
+        if self.server.obj.session_reused:  # the kept ticket served: it is kept on
+            self.session_tries = 0
         self.alpn = self.server.obj.selected_alpn_protocol() or ""
         certificate = self.server.obj.getpeercert(binary_form=True)
         return out + self._start_client(certificate)
@@ -211,8 +212,9 @@ class TlsInterception:
         self.inner = self.make_inner(self.alpn, self.server_name or self.address)
         version = self.server.obj.version() or ""
         out.append(TlsIntercepted(self.server_name, self.alpn, version))
-        if isinstance(self.inner, Starting):
-            out += self._outer(self.inner.start(), Side.CLIENT, b"")
+        start = getattr(self.inner, "start", None)  # a Starting layer (isinstance is slow)
+        if start is not None:
+            out += self._outer(start(), Side.CLIENT, b"")
         # What either side sent right behind its handshake is waiting decrypted already.
         return (
             out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import ipaddress
 import threading
@@ -23,6 +24,7 @@ LEAF_VALIDITY = datetime.timedelta(days=7)
 RENEW_BEFORE = datetime.timedelta(days=1)
 
 
+@functools.lru_cache(maxsize=1024)  # a server presents the same certificate each time
 def names_of(certificate_der: bytes | None, server_name: str | None) -> tuple[str, ...]:
     """The names a leaf must carry: the upstream certificate's subject alternative names
     (copied), and the name the client asked for."""
