@@ -371,9 +371,12 @@ class _Driver:
         self.pace: Buckets | None = None  # the rate limits of the client's program
         self.pace_deadline = time.monotonic() + PACE_LOOKUP  # its process looked up till then
         self.sent_to_server = False
+        self.watched: set[Side] = set()  # sides whose socket has a reader registered
+        self.waiting: dict[Side, asyncio.Future[None]] = {}  # reads waiting for their socket
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
         self.layer = layer
+        self.loop = asyncio.get_running_loop()  # (asking for it costs a getpid() each time)
         for sock in self.sockets.values():  # answers go out in pieces: no Nagle delay
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -435,12 +438,21 @@ class _Driver:
                 )
 
     async def _pump(self, side: Side) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            await self._pump_side(side)
+        finally:
+            self._unwatch(side)
+
+    async def _pump_side(self, side: Side) -> None:
         sock = self.sockets[side]
         while not self.closed.is_set():
             bucket = self._bucket(side)
             most = READ_SIZE if bucket is None else await bucket.allowance(READ_SIZE)
-            data = await loop.sock_recv(sock, most)
+            await self._readable(side)
+            try:
+                data = sock.recv(most)
+            except (BlockingIOError, InterruptedError):
+                continue
             if bucket is not None:
                 bucket.spend(len(data))
             self.stats.last_activity = time.monotonic()
@@ -454,6 +466,36 @@ class _Driver:
             await self._carry_out(commands)
             if not data or self.relay_from is not None:
                 return
+
+    async def _readable(self, side: Side) -> None:
+        """Until the side's socket has something to read. Its reader stays registered
+        between reads (asyncio's sock_recv adds and removes it for every read: two
+        epoll_ctl calls and a failed recv each time)."""
+        loop = self.loop
+        if side not in self.watched:
+            loop.add_reader(self.sockets[side].fileno(), self._ready, side)
+            self.watched.add(side)
+        waiter = loop.create_future()
+        self.waiting[side] = waiter
+        try:
+            await waiter
+        finally:
+            self.waiting.pop(side, None)
+
+    def _ready(self, side: Side) -> None:
+        waiter = self.waiting.get(side)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        else:  # nobody reads this side just now: watched again by the next read
+            self._unwatch(side)
+
+    def _unwatch(self, side: Side) -> None:
+        """Before its socket is closed or handed over."""
+        if side in self.watched:
+            self.watched.discard(side)
+            fd = self.sockets[side].fileno()
+            if fd >= 0:
+                self.loop.remove_reader(fd)
 
     def _bucket(self, side: Side) -> TokenBucket | None:
         """The rate limit this side's reads wait for (the client's: its uploads)."""
@@ -475,7 +517,7 @@ class _Driver:
             return await asyncio.get_running_loop().run_in_executor(workers, step, data)
 
     async def _carry_out(self, commands: list[Command]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         for command in _joined(commands):
             if isinstance(command, Send):
                 await loop.sock_sendall(self.sockets[command.side], command.data)
@@ -565,6 +607,8 @@ class _Driver:
         if self.closed.is_set():
             return
         self.closed.set()
+        for side in Side:
+            self._unwatch(side)
         if reset:
             with contextlib.suppress(OSError):
                 self.sockets[Side.CLIENT].setsockopt(
