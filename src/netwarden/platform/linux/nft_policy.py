@@ -169,10 +169,10 @@ def connect_target_commands(table: str, layer: ConnectLayer, target: Endpoint) -
     ]
     nat_chain, hook = NAT_CHAINS[Direction.OUT]
     # The nat chain is made with the first redirect (adding it again changes nothing).
-    chain = _add_chain(where, nat_chain, "nat", hook, NAT_PRIORITY)
+    made = _add_chain(where, nat_chain, "nat", hook, NAT_PRIORITY)
     return [
         *commands,
-        chain,
+        made,
         _add_rule(where, nat_chain, redirect, f"redirected at connect to {target}"),
     ]
 
