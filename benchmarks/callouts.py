@@ -117,7 +117,9 @@ class Netwarden:
         callout.write_text(TRIVIAL)
         policy = directory / "empty.toml"
         policy.write_text("")
-        self.proc = client.popen([sys.executable, "-m", "netwarden", "up", "--policy",
+        # Its state (the API token) in the scratch directory, not the host's.
+        self.proc = client.popen(["env", f"NETWARDEN_STATE_DIR={directory / 'state'}",
+                                  sys.executable, "-m", "netwarden", "up", "--policy",
                                   str(policy), "--no-history", "--callouts", str(callout)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         assert self.proc.stderr is not None

@@ -264,7 +264,17 @@ def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, fl
     def up(policy: str) -> subprocess.Popen[str]:
         (work / "up.toml").write_text(policy)
         daemon = client.popen(
-            [PY, "-m", "netwarden", "up", "--policy", str(work / "up.toml"), "--no-history"],
+            [
+                "env",
+                f"NETWARDEN_STATE_DIR={work / 'state'}",
+                PY,
+                "-m",
+                "netwarden",
+                "up",
+                "--policy",
+                str(work / "up.toml"),
+                "--no-history",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -275,7 +285,7 @@ def shaping(client: Host, server: Host, work: Path, rounds: int) -> dict[str, fl
         return daemon
 
     def down(daemon: subprocess.Popen[str]) -> None:
-        client.run([PY, "-m", "netwarden", "down"])
+        client.run(["env", f"NETWARDEN_STATE_DIR={work / 'state'}", PY, "-m", "netwarden", "down"])
         daemon.communicate(timeout=30)
 
     daemon = up(SHAPES)
