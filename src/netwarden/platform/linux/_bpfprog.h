@@ -43,6 +43,14 @@ static inline int patch(program_t *p) {
     return 0;
 }
 
+/* The program's end: label `out` (where its jumps out land) returns 0. 0, or E2BIG. */
+static inline int finish_at(program_t *p, int out) {
+    label(p, out);
+    op(p, MOVI(BPF_REG_0, 0));
+    op(p, EXIT());
+    return patch(p);
+}
+
 /* r7: the tracepoint's socket (its first argument; ctx in r6), unless NULL or of another
    namespace than netns (0: any), which jump to `out`. `net` and `ns_inum`: the offsets
    of sock_common's skc_net and of the namespace's inode number in struct net. */

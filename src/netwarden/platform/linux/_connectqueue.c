@@ -304,10 +304,7 @@ static int assemble_owner(program_t *p, long net, long ns_inum, long protocol, u
     op(p, CALL(BPF_FUNC_get_socket_cookie));
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
     map_update(p, map, -8, -16, BPF_ANY);
-    label(p, OUT);
-    op(p, MOVI(BPF_REG_0, 0));
-    op(p, EXIT());
-    return patch(p);
+    return finish_at(p, OUT);
 }
 
 static int attach_owners(ConnectReader *self, uint32_t netns) {

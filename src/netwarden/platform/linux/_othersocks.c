@@ -97,10 +97,7 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     op(p, ATOMIC_ADD(BPF_REG_9, BPF_REG_1, counter));
     op(p, CALL(BPF_FUNC_ktime_get_ns));
     op(p, STX(BPF_DW, BPF_REG_9, BPF_REG_0, (short)offsetof(other_socket_t, last_ns)));
-    label(p, OUT);
-    op(p, MOVI(BPF_REG_0, 0));
-    op(p, EXIT());
-    return patch(p);
+    return finish_at(p, OUT);
 }
 
 #define SOCK_DONE_BIT 1 /* enum sock_flags: set when the peer's FIN came (tcp_fin) */
@@ -125,10 +122,7 @@ static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int m
     op(p, CALL(BPF_FUNC_get_socket_cookie));
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -16));
     map_update(p, map, -16, -8, BPF_ANY);
-    label(p, OUT);
-    op(p, MOVI(BPF_REG_0, 0));
-    op(p, EXIT());
-    return patch(p);
+    return finish_at(p, OUT);
 }
 
 static int find_offsets(const btf_t *b, offsets_t *o) {
