@@ -43,6 +43,15 @@ static inline int patch(program_t *p) {
     return 0;
 }
 
+/* The calling process's pid (its tgid) at fp+at and uid at fp+at+4, 32 bits each. */
+static inline void current_pid_uid(program_t *p, short at) {
+    op(p, CALL(BPF_FUNC_get_current_pid_tgid));
+    op(p, ALUI(BPF_RSH, BPF_REG_0, 32));
+    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, at));
+    op(p, CALL(BPF_FUNC_get_current_uid_gid));
+    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, (short)(at + 4)));
+}
+
 /* The program's end: label `out` (where its jumps out land) returns 0. 0, or E2BIG. */
 static inline int finish_at(program_t *p, int out) {
     label(p, out);

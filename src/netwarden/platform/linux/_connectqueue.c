@@ -295,11 +295,7 @@ static int assemble_owner(program_t *p, long net, long ns_inum, long protocol, u
     socket_in_namespace(p, net, ns_inum, netns, OUT);
     op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)protocol));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0), OUT);
-    op(p, CALL(BPF_FUNC_get_current_pid_tgid));
-    op(p, ALUI(BPF_RSH, BPF_REG_0, 32));
-    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, -16));
-    op(p, CALL(BPF_FUNC_get_current_uid_gid));
-    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, -12));
+    current_pid_uid(p, -16);
     op(p, MOV(BPF_REG_1, BPF_REG_7));
     op(p, CALL(BPF_FUNC_get_socket_cookie));
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));

@@ -72,11 +72,7 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     op(p, MOVI(BPF_REG_1, 0));
     for (short at = -80; at < -16; at += 8)
         op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_1, at));
-    op(p, CALL(BPF_FUNC_get_current_pid_tgid));
-    op(p, ALUI(BPF_RSH, BPF_REG_0, 32));
-    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, -80));
-    op(p, CALL(BPF_FUNC_get_current_uid_gid));
-    op(p, STX(BPF_W, BPF_REG_10, BPF_REG_0, -76));
+    current_pid_uid(p, -80);
     op(p, MOV(BPF_REG_1, BPF_REG_10));
     op(p, ALUI(BPF_ADD, BPF_REG_1, -72));
     op(p, MOVI(BPF_REG_2, 16));
