@@ -347,9 +347,11 @@ callouts = [HowNamed()]
 
 
 def test_tcp_connections_are_named_by_the_kernel_as_they_connect(
-    pair: tuple[Host, Host], tmp_path: Path, programs: tuple[Path, Path, Path],
+    pair: tuple[Host, Host],
+    tmp_path: Path,
+    programs: tuple[Path, Path, Path],
     daemons: list[Daemon],
-) -> None:  # fmt: skip
+) -> None:
     """The C module's BPF program notes which process put each TCP socket into SYN-SENT
     (no walk of open files); UDP senders are found by their open files."""
     client, server = pair
