@@ -338,11 +338,20 @@ class HowNamed(Callout):
     def classify(self, connection):
         process = connection.process
         with open(os.environ["NETWARDEN_NAMED_LOG"], "a") as log:
-            log.write(f"{connection.transport} {connection.attribution.method} "
-                      f"{process.exe if process else '-'}\\n")
+            log.write(f"{connection.transport} {connection.direction} "
+                      f"{connection.attribution.method} {process.exe if process else '-'}\\n")
         return None
 
 callouts = [HowNamed()]
+"""
+
+LISTENER = """
+import socket, sys
+server = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.sendall(b"hello")
+conn.close()
 """
 
 
@@ -353,7 +362,7 @@ def test_tcp_connections_are_named_by_the_kernel_as_they_connect(
     daemons: list[Daemon],
 ) -> None:
     """The C module's BPF program notes which process put each TCP socket into SYN-SENT
-    (no walk of open files); UDP senders are found by their open files."""
+    or LISTEN (no walk of open files); UDP senders are found by their open files."""
     client, server = pair
     a, b, script = programs
     start_server(server, "tcp-server", "--port", "7012", "--send", "5")
@@ -367,12 +376,20 @@ def test_tcp_connections_are_named_by_the_kernel_as_they_connect(
         assert ask(client, program, script, "tcp", server.ipv4, 7012).startswith("answered")
         assert ask(client, program, script, "tcp", server.ipv6, 7012).startswith("answered")
     assert ask(client, a, script, "udp", server.ipv4, 7013).startswith("answered")
+    listener_script = tmp_path / "listener.py"
+    listener_script.write_text(LISTENER)
+    listener = client.popen([str(b), str(listener_script), "7014"], stdout=subprocess.PIPE)
+    assert listener.stdout is not None
+    assert listener.stdout.readline().strip() == "ready"
+    assert ask(server, Path(PY), script, "tcp", client.ipv4, 7014) == "answered hello"
+    listener.wait(timeout=10)
     assert log.read_text().splitlines() == [
-        f"tcp flow-event {a}",
-        f"tcp flow-event {a}",
-        f"tcp flow-event {b}",
-        f"tcp flow-event {b}",
-        f"udp socket-owner {a}",
+        f"tcp out flow-event {a}",
+        f"tcp out flow-event {a}",
+        f"tcp out flow-event {b}",
+        f"tcp out flow-event {b}",
+        f"udp out socket-owner {a}",
+        f"tcp in flow-event {b}",
     ]
 
 

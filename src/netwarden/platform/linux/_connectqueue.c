@@ -1,12 +1,12 @@
 /* ConnectReader: the CONNECT layer's per-connection work in C (connect_queue.py does
    the same in Python, without a compiler): the first packets the NFQUEUE holds read and
-   parsed, each one's socket found through sock_diag, and the process that connected it
-   from a BPF program on inet_sock_set_state, which notes by socket cookie the process
-   that puts a TCP socket of the namespace into SYN-SENT (in connect(), before the SYN
-   is sent). The interpreter lock is held throughout: each step is a non-blocking
-   system call of microseconds, and a verdict's send, which carries the released packet
-   on through the stack, would otherwise hand the lock to the monitor's thread and wait
-   to get it back. */
+   parsed, each one's socket found through sock_diag, and its process from a BPF program
+   on inet_sock_set_state, which notes by socket cookie the process that puts a TCP
+   socket of the namespace into SYN-SENT (in connect(), before the SYN is sent) or
+   LISTEN (the socket an incoming connection's first packet finds). The interpreter lock
+   is held throughout: each step is a non-blocking system call of microseconds, and a
+   verdict's send, which carries the released packet on through the stack, would
+   otherwise hand the lock to the monitor's thread and wait to get it back. */
 #include "_bpfprog.h"
 #include "_native.h"
 
@@ -23,6 +23,7 @@
 
 #define OWNER_ENTRIES 16384
 #define TCP_SYN_SENT_STATE 2
+#define TCP_LISTEN_STATE 10
 #define BUFFER_SIZE (1 << 16)
 #define NO_SOCKET (-1)
 
@@ -284,14 +285,17 @@ static PyObject *reader_verdict(ConnectReader *self, PyObject *args) {
 }
 
 /* inet_sock_set_state (sk, old state, new state): a TCP socket of the namespace entering
-   SYN-SENT, in connect(): map[cookie at fp-8] = (pid, uid) at fp-16. */
+   SYN-SENT, in connect(), or LISTEN, in listen() (an incoming connection's first packet
+   finds its listener): map[cookie at fp-8] = (pid, uid) at fp-16. */
 static int assemble_owner(program_t *p, long net, long ns_inum, long protocol, uint32_t netns,
                           int map) {
-    enum { OUT };
+    enum { OUT, NAMED };
     memset(p, 0, sizeof *p);
     op(p, MOV(BPF_REG_6, BPF_REG_1));
     op(p, LDX(BPF_DW, BPF_REG_1, BPF_REG_6, 16));
-    jump(p, JUMPI(BPF_JNE, BPF_REG_1, TCP_SYN_SENT_STATE, 0), OUT);
+    jump(p, JUMPI(BPF_JEQ, BPF_REG_1, TCP_SYN_SENT_STATE, 0), NAMED);
+    jump(p, JUMPI(BPF_JNE, BPF_REG_1, TCP_LISTEN_STATE, 0), OUT);
+    label(p, NAMED);
     socket_in_namespace(p, net, ns_inum, netns, OUT);
     op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)protocol));
     jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_TCP, 0), OUT);
