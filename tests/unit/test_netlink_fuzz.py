@@ -198,3 +198,61 @@ def test_native_connect_reader_on_garbage() -> None:
                     assert len(item) == 14
         finally:
             reader.close()
+
+
+def test_the_python_connect_reader_reads_as_the_c_one() -> None:
+    """Without a compiler the CONNECT layer reads its queue in Python: the same records
+    from the same queue messages (here no local socket holds the connections)."""
+    native = pytest.importorskip("netwarden.platform.linux._native")
+    from netwarden.platform.linux.connect_queue import PythonConnectReader
+
+    v4 = struct.pack(
+        ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 443
+    )
+    v6 = struct.pack(
+        ">IHBB16s16sHH",
+        0x60000000,
+        8,
+        17,
+        64,
+        socket.inet_pton(socket.AF_INET6, "fd00::1"),
+        socket.inet_pton(socket.AF_INET6, "fd00::2"),
+        5353,
+        53,
+    )
+    messages = [
+        _queued_packet(42, 3, v4 + b"\0" * 16, uid=1000),
+        _queued_packet(43, 1, v6 + b"\0" * 4),
+        _queued_packet(44, 3, b"\x45garbage"),
+    ]
+
+    class Queue:
+        def __init__(self) -> None:
+            self.verdicts: list[tuple[int, bool, int | None]] = []
+
+        def receive(self) -> list[nfqueue.QueuedPacket]:
+            parsed = [nfqueue.parse_packet(memoryview(m)[16:]) for m in messages]
+            return [packet for packet in parsed if packet is not None]
+
+        def verdict(self, packet_id: int, accept: bool, mark: int | None = None) -> None:
+            self.verdicts.append((packet_id, accept, mark))
+
+    queue = Queue()
+    python = PythonConnectReader(queue)  # type: ignore[arg-type]
+    reader_end, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader_end, writer:
+        reader_end.setblocking(False)
+        c = native.ConnectReader(reader_end.fileno(), 5)
+        try:
+            for message in messages:
+                writer.send(message)
+            from_c = c.receive()
+        finally:
+            c.close()
+    from_python = python.receive()
+    python.verdict(42, True)
+    python.verdict(43, False, 0x20000000)
+    python.close()
+    assert from_python == from_c
+    assert [record[6] for record in from_c] == [6, 17, 0]
+    assert queue.verdicts == [(42, True, None), (43, False, 0x20000000)]
