@@ -234,5 +234,9 @@ def test_the_policy_is_shown_tested_and_applied_through_the_api(
     assert status == 200
     assert isinstance(doctor, list)
     assert any(c["name"] == "nftables" for c in doctor)
+    # as root here: netwarden's BPF programs load and name a probe
+    ready = {c["name"]: c["available"] for c in doctor}
+    assert ready["exec records"], doctor
+    assert ready["connect owners"], doctor
     client.run([PY, "-m", "netwarden", "down"])
     daemon.communicate(timeout=20)

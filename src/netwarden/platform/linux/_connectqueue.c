@@ -394,6 +394,16 @@ static PyObject *reader_close(ConnectReader *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *reader_connector(ConnectReader *self, PyObject *arg) {
+    uint64_t cookie = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    owner_t owner;
+    if (self->owners < 0 || map_call(BPF_MAP_LOOKUP_ELEM, self->owners, &cookie, &owner) < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(II)", owner.pid, owner.uid);
+}
+
 static PyObject *reader_owners_error(ConnectReader *self, void *closure) {
     return PyLong_FromLong(self->owners_error);
 }
@@ -422,6 +432,9 @@ static PyMethodDef reader_methods[] = {
      "waiting."},
     {"verdict", (PyCFunction)reader_verdict, METH_VARARGS,
      "verdict(packet_id, accept, mark=-1): release (with a new mark unless -1) or drop."},
+    {"connector", (PyCFunction)reader_connector, METH_O,
+     "connector(cookie) -> (pid, uid) of the process that made the TCP socket with this "
+     "cookie connect or listen, or None."},
     {"close", (PyCFunction)reader_close, METH_NOARGS, "close(): detach and close."},
     {NULL, NULL, 0, NULL},
 };

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +203,38 @@ def probe_exec_records() -> Capability:
     return Capability("exec records", True, detail, enables)
 
 
+SO_COOKIE = 57
+
+
+def probe_connect_owners() -> Capability:
+    enables = "the CONNECT layer names a connecting TCP process without a walk of open files"
+    if not may_load_bpf():
+        return Capability("connect owners", False, "needs root (CAP_BPF)", enables)
+    try:
+        from netwarden.platform.linux import _native
+    except ImportError:
+        return Capability("connect owners", False, "netwarden's C module is not built", enables)
+    reader = _native.ConnectReader(-1, 0, os.stat("/proc/self/ns/net").st_ino)
+    try:
+        if reader.owners_error:
+            why = os.strerror(reader.owners_error)
+            return Capability(
+                "connect owners", False, f"the BPF program did not load: {why}", enables
+            )
+        with (
+            socket.create_server(("127.0.0.1", 0)) as listener,
+            socket.create_connection(listener.getsockname(), timeout=2) as client,
+        ):
+            cookie = struct.unpack("=Q", client.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))
+            named = reader.connector(cookie[0])
+    finally:
+        reader.close()
+    if named is None or named[0] != os.getpid():
+        return Capability("connect owners", False, "the program did not name a probe", enables)
+    detail = "netwarden's BPF program on inet_sock_set_state named this process as it connected"
+    return Capability("connect owners", True, detail, enables)
+
+
 def probe_native_monitor() -> Capability:
     """The C module and the kernel's task_file iterator behind fast socket listings."""
     try:
@@ -276,6 +310,7 @@ PROBES: tuple[Callable[[], Capability], ...] = (
     probe_btf,
     probe_flow_events,
     probe_exec_records,
+    probe_connect_owners,
     probe_native_monitor,
     probe_shaping,
 )
