@@ -43,6 +43,15 @@ static inline int patch(program_t *p) {
     return 0;
 }
 
+/* r0 = map[key at fp+key]: the value, or NULL. */
+static inline void map_lookup(program_t *p, int map, int key) {
+    const struct bpf_insn lookup[] = {LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10),
+                                      ALUI(BPF_ADD, BPF_REG_2, key),
+                                      CALL(BPF_FUNC_map_lookup_elem)};
+    for (size_t i = 0; i < sizeof lookup / sizeof lookup[0]; i++)
+        op(p, lookup[i]);
+}
+
 /* The calling process's pid (its tgid) at fp+at and uid at fp+at+4, 32 bits each. */
 static inline void current_pid_uid(program_t *p, short at) {
     op(p, CALL(BPF_FUNC_get_current_pid_tgid));

@@ -1,9 +1,10 @@
 /* ConnectReader: the CONNECT layer's per-connection work in C (connect_queue.py does
    the same in Python, without a compiler): the first packets the NFQUEUE holds read and
-   parsed, each one's socket found through sock_diag, and its process from a BPF program
-   on inet_sock_set_state, which notes by socket cookie the process that puts a TCP
+   parsed, each one's socket found through sock_diag, and its process from BPF programs
+   that note it by socket cookie: on inet_sock_set_state, the process that puts a TCP
    socket of the namespace into SYN-SENT (in connect(), before the SYN is sent) or
-   LISTEN (the socket an incoming connection's first packet finds). The interpreter lock
+   LISTEN (the socket an incoming connection's first packet finds); on
+   sock_send_length, the process that first sends on a UDP socket. The interpreter lock
    is held throughout: each step is a non-blocking system call of microseconds, and a
    verdict's send, which carries the released packet on through the stack, would
    otherwise hand the lock to the monitor's thread and wait to get it back. */
@@ -34,7 +35,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD int queue; /* the bound queue's netlink socket (the caller's) */
     uint16_t number;
-    int diag, owners, link, owners_error;
+    int diag, owners, links[2], owners_error;
     unsigned char *buffer;
 } ConnectReader;
 
@@ -199,7 +200,7 @@ static PyObject *packet_item(ConnectReader *self, const unsigned char *attrs, si
                         incoming ? a.dport : a.sport, incoming ? a.source : a.destination,
                         incoming ? a.sport : a.dport, self->buffer + BUFFER_SIZE, &inode,
                         &socket_uid, &cookie) == 0 &&
-            self->owners >= 0 && a.protocol == IPPROTO_TCP) {
+            self->owners >= 0) {
             owner_t owner;
             if (map_call(BPF_MAP_LOOKUP_ELEM, self->owners, &cookie, &owner) == 0)
                 pid = owner.pid;
@@ -307,6 +308,28 @@ static int assemble_owner(program_t *p, long net, long ns_inum, long protocol, u
     return finish_at(p, OUT);
 }
 
+/* sock_send_length (sk, length, flags): a UDP socket of the namespace sending for the
+   first time: map[cookie at fp-8] = (pid, uid) at fp-16. The tracepoint fires as
+   sendmsg returns, after the datagram went through netfilter into the queue: the
+   CONNECT layer most often finds it there already, else it looks at open files. */
+static int assemble_udp_sender(program_t *p, long net, long ns_inum, long protocol,
+                               uint32_t netns, int map) {
+    enum { OUT };
+    memset(p, 0, sizeof *p);
+    op(p, MOV(BPF_REG_6, BPF_REG_1));
+    socket_in_namespace(p, net, ns_inum, netns, OUT);
+    op(p, LDX(BPF_H, BPF_REG_1, BPF_REG_7, (short)protocol));
+    jump(p, JUMPI(BPF_JNE, BPF_REG_1, IPPROTO_UDP, 0), OUT);
+    op(p, MOV(BPF_REG_1, BPF_REG_7));
+    op(p, CALL(BPF_FUNC_get_socket_cookie));
+    op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_0, -8));
+    map_lookup(p, map, -8);
+    jump(p, JUMPI(BPF_JNE, BPF_REG_0, 0, 0), OUT);
+    current_pid_uid(p, -16);
+    map_update(p, map, -8, -16, BPF_NOEXIST);
+    return finish_at(p, OUT);
+}
+
 static int attach_owners(ConnectReader *self, uint32_t netns) {
     btf_t b;
     int error = btf_load(&b);
@@ -331,19 +354,33 @@ static int attach_owners(ConnectReader *self, uint32_t netns) {
         error = assemble_owner(&p, net, ns_inum, protocol, netns, self->owners);
     if (error == 0)
         error = bpf_tracing_link(&b, BTF_KIND_TYPEDEF, "btf_trace_inet_sock_set_state",
-                                 BPF_TRACE_RAW_TP, p.insn, p.n, "nw_connect_own", &self->link);
+                                 BPF_TRACE_RAW_TP, p.insn, p.n, "nw_connect_own",
+                                 &self->links[0]);
+    if (error == 0)
+        error = assemble_udp_sender(&p, net, ns_inum, protocol, netns, self->owners);
+    if (error == 0)
+        error = bpf_tracing_link(&b, BTF_KIND_TYPEDEF, "btf_trace_sock_send_length",
+                                 BPF_TRACE_RAW_TP, p.insn, p.n, "nw_udp_sender", &self->links[1]);
     btf_free(&b);
     return error;
 }
 
-static void release(ConnectReader *self) {
-    if (self->link >= 0)
-        close(self->link);
+static void detach(ConnectReader *self) {
+    for (int i = 0; i < 2; i++) {
+        if (self->links[i] >= 0)
+            close(self->links[i]);
+        self->links[i] = -1;
+    }
     if (self->owners >= 0)
         close(self->owners);
+    self->owners = -1;
+}
+
+static void release(ConnectReader *self) {
+    detach(self);
     if (self->diag >= 0)
         close(self->diag);
-    self->link = self->owners = self->diag = -1;
+    self->diag = -1;
     PyMem_Free(self->buffer);
     self->buffer = NULL;
 }
@@ -361,7 +398,7 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         return NULL;
     self->queue = queue;
     self->number = number;
-    self->link = self->owners = -1;
+    self->links[0] = self->links[1] = self->owners = -1;
     self->buffer = PyMem_Malloc(2 * BUFFER_SIZE); /* the queue's datagrams, sock_diag's */
     self->diag = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     if (self->buffer == NULL || self->diag < 0) {
@@ -374,11 +411,7 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     error = attach_owners(self, netns);
     Py_END_ALLOW_THREADS
     if (error != 0) { /* the processes are then found by their descriptors */
-        if (self->link >= 0)
-            close(self->link);
-        if (self->owners >= 0)
-            close(self->owners);
-        self->link = self->owners = -1;
+        detach(self);
         self->owners_error = error;
     }
     return (PyObject *)self;

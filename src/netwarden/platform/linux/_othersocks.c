@@ -63,10 +63,7 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     op(p, LDX(BPF_DW, BPF_REG_3, BPF_REG_3, (short)o->i_ino));
     jump(p, JUMPI(BPF_JEQ, BPF_REG_3, 0, 0), OUT);
     op(p, STX(BPF_DW, BPF_REG_10, BPF_REG_3, -16));
-    const struct bpf_insn lookup[] = {LD_MAP_FD(BPF_REG_1, map), MOV(BPF_REG_2, BPF_REG_10),
-                                      ALUI(BPF_ADD, BPF_REG_2, -16), CALL(BPF_FUNC_map_lookup_elem)};
-    for (size_t i = 0; i < sizeof lookup / sizeof lookup[0]; i++)
-        op(p, lookup[i]);
+    map_lookup(p, map, -16);
     jump(p, JUMPI(BPF_JNE, BPF_REG_0, 0, 0), ADD);
     /* first seen: the process, its name and uid, the socket's kind */
     op(p, MOVI(BPF_REG_1, 0));
@@ -84,8 +81,7 @@ static int assemble(program_t *p, const offsets_t *o, uint32_t netns, int map, s
     op(p, STX(BPF_H, BPF_REG_10, BPF_REG_1, -22));
     op(p, STX(BPF_H, BPF_REG_10, BPF_REG_9, -20));
     map_update(p, map, -16, -80, BPF_NOEXIST);
-    for (size_t i = 0; i < sizeof lookup / sizeof lookup[0]; i++)
-        op(p, lookup[i]);
+    map_lookup(p, map, -16);
     jump(p, JUMPI(BPF_JEQ, BPF_REG_0, 0, 0), OUT);
     label(p, ADD);
     op(p, MOV(BPF_REG_9, BPF_REG_0));
