@@ -67,8 +67,7 @@ def test_queued_packet_messages() -> None:
 
 def test_ip_headers() -> None:
     rng = random.Random(4)
-    good = struct.pack(">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1",
-                       b"\xc0\0\2\7", 40000, 443) + b"\0" * 16  # fmt: skip
+    good = _ipv4(6, 40000, 443)
     for data in _variants(good, rng):
         parse_ip(data)
         transport_payload(data)
@@ -109,6 +108,20 @@ def test_native_destroy_reader_on_garbage() -> None:
                 assert len(item) == 13
 
 
+def _ipv4(protocol: int, sport: int, dport: int) -> bytes:
+    """An IPv4 packet's first bytes, 10.0.0.1 to 192.0.2.7, with 20 bytes of transport."""
+    addresses = (b"\n\0\0\1", b"\xc0\0\2\7")
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, protocol, 0, *addresses)
+    return header + struct.pack(">HH", sport, dport) + b"\0" * 16
+
+
+def _ipv6(next_header: int, extensions: bytes, sport: int, dport: int) -> bytes:
+    """An IPv6 packet's first bytes, fd00::1 to fd00::2, extension headers and ports."""
+    ends = [socket.inet_pton(socket.AF_INET6, a) for a in ("fd00::1", "fd00::2")]
+    header = struct.pack(">IHBB16s16s", 0x60000000, 8, next_header, 64, *ends)
+    return header + extensions + struct.pack(">HH", sport, dport) + b"\0" * 4
+
+
 def _queued_packet(packet_id: int, hook: int, ip_packet: bytes, uid: int | None = None) -> bytes:
     from tests.unit.builders import attr
 
@@ -123,26 +136,8 @@ def test_native_packet_addresses_match_the_python_parser() -> None:
     """The C module's reading of a packet's first bytes is parse_ip's, on good headers,
     every truncation and garbled copies (v4 and v6, TCP and UDP, extension headers)."""
     native = pytest.importorskip("netwarden.platform.linux._native")
-    v4 = (
-        struct.pack(
-            ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 17, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 53
-        )
-        + b"\0" * 16
-    )
-    hop_by_hop = bytes([6, 0]) + b"\0" * 6
-    v6 = (
-        struct.pack(
-            ">IHBB16s16s",
-            0x60000000,
-            28,
-            0,
-            64,
-            socket.inet_pton(socket.AF_INET6, "fd00::1"),
-            socket.inet_pton(socket.AF_INET6, "fd00::2"),
-        )
-        + hop_by_hop
-    )
-    v6 += struct.pack(">HH", 40001, 443) + b"\0" * 16
+    v4 = _ipv4(17, 40000, 53)
+    v6 = _ipv6(0, bytes([6, 0]) + b"\0" * 6, 40001, 443)  # behind a hop-by-hop header
     rng = random.Random(7)
     for good in (v4, v6):
         for data in _variants(good, rng):
@@ -158,12 +153,7 @@ def test_native_connect_reader_on_garbage() -> None:
     """Queue messages cut short, garbled or mixed with noise: the reader returns what
     it could read whole and never crashes; a good message reads as the Python side's."""
     native = pytest.importorskip("netwarden.platform.linux._native")
-    ip_packet = (
-        struct.pack(
-            ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 443
-        )
-        + b"\0" * 16
-    )
+    ip_packet = _ipv4(6, 40000, 443)
     good = _queued_packet(42, 3, ip_packet, uid=1000)
     rng = random.Random(8)
     reader_end, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -206,23 +196,10 @@ def test_the_python_connect_reader_reads_as_the_c_one() -> None:
     native = pytest.importorskip("netwarden.platform.linux._native")
     from netwarden.platform.linux.connect_queue import PythonConnectReader
 
-    v4 = struct.pack(
-        ">BBHHHBBH4s4sHH", 0x45, 0, 40, 0, 0, 64, 6, 0, b"\n\0\0\1", b"\xc0\0\2\7", 40000, 443
-    )
-    v6 = struct.pack(
-        ">IHBB16s16sHH",
-        0x60000000,
-        8,
-        17,
-        64,
-        socket.inet_pton(socket.AF_INET6, "fd00::1"),
-        socket.inet_pton(socket.AF_INET6, "fd00::2"),
-        5353,
-        53,
-    )
+    v4, v6 = _ipv4(6, 40000, 443), _ipv6(17, b"", 5353, 53)
     messages = [
-        _queued_packet(42, 3, v4 + b"\0" * 16, uid=1000),
-        _queued_packet(43, 1, v6 + b"\0" * 4),
+        _queued_packet(42, 3, v4, uid=1000),
+        _queued_packet(43, 1, v6),
         _queued_packet(44, 3, b"\x45garbage"),
     ]
 
