@@ -397,6 +397,46 @@ def test_tcp_connections_are_named_by_the_kernel_as_they_connect(
     ]
 
 
+IN_PID_NAMESPACE = """
+{py} -m netwarden up --policy {policy} --no-history --callouts {callout} 2>{said} &
+up=$!
+for i in $(seq 100); do grep -q "netwarden: up:" {said} && break; sleep 0.1; done
+{program} {script} tcp {address} 7015
+kill -TERM $up
+wait $up
+"""
+
+
+def test_in_a_pid_namespace_of_its_own_processes_are_found_by_their_open_files(
+    pair: tuple[Host, Host], tmp_path: Path, programs: tuple[Path, Path, Path]
+) -> None:
+    """BPF programs number processes as the initial pid namespace does: a daemon in a
+    pid namespace of its own (a container's) does not take their pids for its own, and
+    still names the program behind a connection, from its open files."""
+    client, server = pair
+    a, _b, script = programs
+    start_server(server, "tcp-server", "--port", "7015", "--send", "5")
+    callout = tmp_path / "how_named.py"
+    callout.write_text(HOW_NAMED)
+    (tmp_path / "policy.toml").write_text("")
+    log, said = tmp_path / "named.log", tmp_path / "up.err"
+    shell = IN_PID_NAMESPACE.format(
+        py=PY,
+        policy=tmp_path / "policy.toml",
+        callout=callout,
+        said=said,
+        program=a,
+        script=script,
+        address=server.ipv4,
+    )
+    named_log = f"NETWARDEN_NAMED_LOG={log}"
+    unshared = ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", shell]
+    result = client.run(["env", named_log, *unshared])
+    assert result.stdout.startswith("answered")
+    assert "connecting processes are found by their open files" in said.read_text()
+    assert log.read_text().splitlines() == [f"tcp out socket-owner {a}"]
+
+
 OWNERS_PROBE = """
 import json, os, socket, struct
 from netwarden.platform.linux import _native

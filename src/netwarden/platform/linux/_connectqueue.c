@@ -386,12 +386,12 @@ static void release(ConnectReader *self) {
 }
 
 static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"queue_fd", "queue_number", "netns", NULL};
-    int queue;
+    static char *keywords[] = {"queue_fd", "queue_number", "netns", "owners", NULL};
+    int queue, owners = 1;
     unsigned short number;
     unsigned int netns = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iH|I:ConnectReader", keywords, &queue,
-                                     &number, &netns))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iH|Ip:ConnectReader", keywords, &queue,
+                                     &number, &netns, &owners))
         return NULL;
     ConnectReader *self = (ConnectReader *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -406,10 +406,12 @@ static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         release(self);
         return nw_or_oserror((PyObject *)self, error);
     }
-    int error;
-    Py_BEGIN_ALLOW_THREADS
-    error = attach_owners(self, netns);
-    Py_END_ALLOW_THREADS
+    int error = 0;
+    if (owners) {
+        Py_BEGIN_ALLOW_THREADS
+        error = attach_owners(self, netns);
+        Py_END_ALLOW_THREADS
+    }
     if (error != 0) { /* the processes are then found by their descriptors */
         detach(self);
         self->owners_error = error;
@@ -482,8 +484,9 @@ PyTypeObject nw_ConnectReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netwarden.platform.linux._native.ConnectReader",
     .tp_basicsize = sizeof(ConnectReader),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ConnectReader(queue_fd, queue_number, netns=0): the CONNECT layer's queue "
-              "read with each connection's socket and connecting process.",
+    .tp_doc = "ConnectReader(queue_fd, queue_number, netns=0, owners=True): the CONNECT "
+              "layer's queue read with each connection's socket and (owners: from BPF "
+              "programs) the process that connected it.",
     .tp_new = reader_new,
     .tp_dealloc = (destructor)reader_dealloc,
     .tp_methods = reader_methods,

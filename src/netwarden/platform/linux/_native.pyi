@@ -57,7 +57,9 @@ class OtherSockets:
 
 class ConnectReader:
     owners_error: int
-    def __init__(self, queue_fd: int, queue_number: int, netns: int = 0) -> None: ...
+    def __init__(
+        self, queue_fd: int, queue_number: int, netns: int = 0, owners: bool = True
+    ) -> None: ...
     def receive(
         self,
     ) -> list[tuple[int, int, int, int, int, int, int, str, int, str, int, int, int, int]]: ...

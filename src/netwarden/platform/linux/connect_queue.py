@@ -29,7 +29,7 @@ from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import netns as netns_api
 from netwarden.platform.linux import nftables
 from netwarden.platform.linux.nfqueue import COPY_BYTES, NfQueue, QueuedPacket
-from netwarden.platform.linux.procfs import ProcResolver
+from netwarden.platform.linux.procfs import ProcResolver, bpf_pids_are_ours
 from netwarden.platform.linux.sockdiag import SocketLookup
 from netwarden.platform.packet_headers import Addresses, parse_ip
 from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
@@ -101,8 +101,16 @@ def open_reader(queue: NfQueue) -> ConnectReader:
     """The C module's reader where it is built, else the Python one."""
     if _native is None or not hasattr(_native, "ConnectReader"):
         return PythonConnectReader(queue)
-    reader = _native.ConnectReader(queue.fileno(), queue.number, netns_api.inode_of(None))
-    if reader.owners_error:
+    named = bpf_pids_are_ours()
+    reader = _native.ConnectReader(
+        queue.fileno(), queue.number, netns_api.inode_of(None), owners=named
+    )
+    if not named:
+        log.info(
+            "connecting processes are found by their open files (netwarden runs in a pid "
+            "namespace of its own: BPF programs would name other pids)"
+        )
+    elif reader.owners_error:
         log.info(
             "connecting processes are found by their open files (the BPF program that "
             "names them could not load: %s)",

@@ -19,6 +19,7 @@ from netwarden.platform.linux import netlink, nftables
 from netwarden.platform.linux.conntrack import ACCT_SYSCTL, NETLINK_NETFILTER
 from netwarden.platform.linux.procfs import (
     CAP_NET_ADMIN,
+    bpf_pids_are_ours,
     cgroup2_mount,
     has_capability,
     may_load_bpf,
@@ -204,12 +205,17 @@ def probe_exec_records() -> Capability:
 
 
 SO_COOKIE = 57
+PID_NAMESPACE = (
+    "netwarden runs in a pid namespace of its own (BPF numbers processes as the host does)"
+)
 
 
 def probe_connect_owners() -> Capability:
     enables = "the CONNECT layer names a connecting TCP process without a walk of open files"
     if not may_load_bpf():
         return Capability("connect owners", False, "needs root (CAP_BPF)", enables)
+    if not bpf_pids_are_ours():
+        return Capability("connect owners", False, PID_NAMESPACE, enables)
     try:
         from netwarden.platform.linux import _native
     except ImportError:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 
 from netwarden.model import ProcessInfo
-from netwarden.platform.linux.procfs import user_name
+from netwarden.platform.linux.procfs import bpf_pids_are_ours, user_name
 
 try:
     from netwarden.platform.linux import _native
@@ -47,6 +47,9 @@ class ExecRecords:
 
 
 def open_exec_records() -> ExecRecords | None:
+    if not bpf_pids_are_ours():
+        log.info("exec records unavailable: netwarden runs in a pid namespace of its own")
+        return None
     try:
         return ExecRecords()
     except OSError as exc:

@@ -19,13 +19,13 @@ from netwarden.model import Endpoint, ProcessInfo, Transport
 from netwarden.platform.base import ProcessStamp
 from netwarden.platform.flow_stamps import EventReader, FlowStampThread, Handler
 from netwarden.platform.linux import netns as netns_api
+from netwarden.platform.linux.procfs import bpf_pids_are_ours
 
 try:
     from netwarden.platform.linux import _native
 except ImportError:  # built without a compiler
     _native = None  # type: ignore[assignment]
 
-INITIAL_PID_NAMESPACE = 0xEFFFFFFC  # the inode the kernel gives the initial pid namespace
 PROBE_SECONDS = 1.0
 
 Event = tuple[int, int, int, str, str, int, str, int]
@@ -44,7 +44,7 @@ class KernelFlowStamps(FlowStampThread):
     ) -> None:
         if _native is None or not hasattr(_native, "FlowEvents"):
             raise FlowEventsUnavailable("netwarden's C module is not built")
-        if os.stat("/proc/self/ns/pid").st_ino != INITIAL_PID_NAMESPACE:
+        if not bpf_pids_are_ours():
             # The programs see pids as the initial pid namespace numbers them.
             raise FlowEventsUnavailable("netwarden runs in a pid namespace of its own")
         self._events = _native.FlowEvents(netns_api.inode_of(netns))

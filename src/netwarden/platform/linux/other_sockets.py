@@ -19,6 +19,7 @@ from dataclasses import replace
 from netwarden.model import Endpoint, Transport
 from netwarden.model.observations import SocketRecord
 from netwarden.platform.linux import netns as netns_api
+from netwarden.platform.linux.procfs import bpf_pids_are_ours
 
 try:
     from netwarden.platform.linux import _native
@@ -240,6 +241,9 @@ class OtherSocketTable:
 
 
 def open_other_sockets(netns: str | None) -> OtherSocketTable | None:
+    if not bpf_pids_are_ours():  # the counters' processes would be other pids' here
+        log.info("raw and packet sockets unavailable: netwarden runs in a pid namespace of its own")
+        return None
     try:
         return OtherSocketTable(netns)
     except OSError as exc:

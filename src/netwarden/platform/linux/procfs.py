@@ -147,6 +147,18 @@ def may_load_bpf() -> bool:
     return has_capability(CAP_BPF) or has_capability(CAP_SYS_ADMIN)
 
 
+INITIAL_PID_NAMESPACE = 0xEFFFFFFC  # the inode the kernel gives the initial pid namespace
+
+
+def bpf_pids_are_ours() -> bool:
+    """Whether pids from BPF programs (which number processes as the initial pid
+    namespace does) are the pids this process sees in /proc."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == INITIAL_PID_NAMESPACE
+    except OSError:
+        return False
+
+
 def unit_of(cgroup: str) -> str:
     """The systemd unit a cgroup path belongs to, e.g. nginx.service, or ''."""
     for part in reversed(cgroup.split("/")):
