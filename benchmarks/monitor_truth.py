@@ -175,24 +175,13 @@ def main() -> None:
         def by_port(port: int, remote: int) -> Any:
             return lambda e: e["local_port"] == port and e["remote_port"] == remote
 
-        expected_tcp = [
-            {
-                "pid": tcp["pid"],
-                "sent": 3_000_000,
-                "received": 2_000_000,
-                "match": by_port(tcp["local_port"], 6001),
-            }
-        ]
-        rows.append(_row("tcp", expected_tcp, watch.find(expected_tcp[0]["match"]), PYTHON))
-        expected_udp = [
-            {
-                "pid": udp["pid"],
-                "sent": 48_000,
-                "received": 12_000,
-                "match": by_port(udp["local_port"], 6003),
-            }
-        ]
-        rows.append(_row("udp", expected_udp, watch.find(expected_udp[0]["match"]), PYTHON))
+        for way, client_said, sent, received, port in (
+            ("tcp", tcp, 3_000_000, 2_000_000, 6001),
+            ("udp", udp, 48_000, 12_000, 6003),
+        ):
+            match = by_port(client_said["local_port"], port)
+            want = {"pid": client_said["pid"], "sent": sent, "received": received, "match": match}
+            rows.append(_row(way, [want], watch.find(match), PYTHON))
         for line in zoo.splitlines():
             way = json.loads(line)
             want = {**way, "match": lambda e, inode=way["inode"]: e["remote_port"] == inode}

@@ -87,7 +87,7 @@ class ConnectLoop:
                     if deadline is not None:
                         timeout = max(0.0, min(timeout, deadline - time.monotonic()))
                 ready, _w, _x = select.select(sources, [], [], timeout)
-                events = self._waited() if self._waiting else []
+                events = self._waited()
                 if self.prompts in ready or (deadline is not None and time.monotonic() >= deadline):
                     events += self._answered()
                 if self.queue in ready:

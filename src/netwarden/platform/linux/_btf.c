@@ -181,6 +181,11 @@ long btf_offset(const btf_t *b, const char *type, const char *member) {
     return btf_member_offset(b, btf_find(b, BTF_KIND_STRUCT, type), member);
 }
 
+long btf_netns_inum_offset(const btf_t *b) {
+    long ns = btf_offset(b, "net", "ns"), inum = btf_offset(b, "ns_common", "inum");
+    return ns < 0 || inum < 0 ? -1 : ns + inum;
+}
+
 int bpf_tracing_link(const btf_t *b, uint32_t kind, const char *target,
                      enum bpf_attach_type attach, const struct bpf_insn *prog, size_t count,
                      const char *name, int *link) {

@@ -30,6 +30,9 @@ int32_t btf_find(const btf_t *b, uint32_t kind, const char *name);
 long btf_member_offset(const btf_t *b, int32_t id, const char *name);
 /* Byte offset of a member of the struct named `type`, or -1. */
 long btf_offset(const btf_t *b, const char *type, const char *member);
+/* Offset in struct net of its namespace's inode number (what /proc/PID/ns/net names),
+   or -1. */
+long btf_netns_inum_offset(const btf_t *b);
 
 /* A BPF map (name: at most 15 characters): its descriptor, or -1 with errno. */
 int bpf_create_map(enum bpf_map_type type, uint32_t key, uint32_t value, uint32_t entries,

@@ -102,6 +102,12 @@ static int parse_addresses(const unsigned char *p, size_t n, addresses_t *a) {
     return 0;
 }
 
+/* The addresses as text (as Python's inet_ntop writes them). */
+static void address_texts(const addresses_t *a, char *source, char *destination) {
+    inet_ntop(a->family, a->source, source, ADDR_TEXT);
+    inet_ntop(a->family, a->destination, destination, ADDR_TEXT);
+}
+
 /* The socket of a connection by its addresses (local first), as sock_diag's lookup
    finds it: 0 with inode, uid and cookie, or -1 when there is none. */
 static int find_socket(int diag, int family, int protocol, const uint32_t *local,
@@ -192,14 +198,14 @@ static PyObject *packet_item(ConnectReader *self, const unsigned char *attrs, si
     uint32_t pid = 0;
     char source[ADDR_TEXT] = "", destination[ADDR_TEXT] = "";
     if (payload != NULL && parse_addresses(payload, payload_length, &a) == 0) {
-        inet_ntop(a.family, a.source, source, sizeof source);
-        inet_ntop(a.family, a.destination, destination, sizeof destination);
-        int incoming = h->hook == NF_INET_LOCAL_IN;
+        address_texts(&a, source, destination);
+        int incoming = h->hook == NF_INET_LOCAL_IN; /* this host's end is the destination */
+        const uint32_t *local = incoming ? a.destination : a.source;
+        const uint32_t *remote = incoming ? a.source : a.destination;
+        uint16_t lport = incoming ? a.dport : a.sport, rport = incoming ? a.sport : a.dport;
         uint64_t cookie = 0;
-        if (find_socket(self->diag, a.family, a.protocol, incoming ? a.destination : a.source,
-                        incoming ? a.dport : a.sport, incoming ? a.source : a.destination,
-                        incoming ? a.sport : a.dport, self->buffer + BUFFER_SIZE, &inode,
-                        &socket_uid, &cookie) == 0 &&
+        if (find_socket(self->diag, a.family, a.protocol, local, lport, remote, rport,
+                        self->buffer + BUFFER_SIZE, &inode, &socket_uid, &cookie) == 0 &&
             self->owners >= 0) {
             owner_t owner;
             if (map_call(BPF_MAP_LOOKUP_ELEM, self->owners, &cookie, &owner) == 0)
@@ -335,9 +341,8 @@ static int attach_owners(ConnectReader *self, uint32_t netns) {
     int error = btf_load(&b);
     long net = -1, ns_inum = -1, protocol = -1;
     if (error == 0) {
-        long net_ns = btf_offset(&b, "net", "ns"), inum = btf_offset(&b, "ns_common", "inum");
         net = btf_offset(&b, "sock_common", "skc_net");
-        ns_inum = net_ns < 0 || inum < 0 ? -1 : net_ns + inum;
+        ns_inum = btf_netns_inum_offset(&b);
         protocol = btf_offset(&b, "sock", "sk_protocol");
         if (net < 0 || ns_inum < 0 || protocol < 0 || net > 0x7fff || ns_inum > 0x7fff ||
             protocol > 0x7fff)
@@ -453,8 +458,7 @@ PyObject *nw_packet_addresses(PyObject *module, PyObject *arg) {
     if (parsed < 0)
         Py_RETURN_NONE;
     char source[ADDR_TEXT], destination[ADDR_TEXT];
-    inet_ntop(a.family, a.source, source, sizeof source);
-    inet_ntop(a.family, a.destination, destination, sizeof destination);
+    address_texts(&a, source, destination);
     return Py_BuildValue("(isisi)", a.protocol, source, (int)a.sport, destination,
                          (int)a.dport);
 }

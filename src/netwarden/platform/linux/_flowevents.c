@@ -39,7 +39,6 @@ typedef struct {
 } offsets_t;
 
 static int find_offsets(const btf_t *b, offsets_t *o) {
-    long net_ns = btf_offset(b, "net", "ns"), inum = btf_offset(b, "ns_common", "inum");
     o->family = btf_offset(b, "sock_common", "skc_family");
     o->protocol = btf_offset(b, "sock", "sk_protocol");
     o->num = btf_offset(b, "sock_common", "skc_num");
@@ -49,7 +48,7 @@ static int find_offsets(const btf_t *b, offsets_t *o) {
     o->v6_rcv_saddr = btf_offset(b, "sock_common", "skc_v6_rcv_saddr");
     o->v6_daddr = btf_offset(b, "sock_common", "skc_v6_daddr");
     o->net = btf_offset(b, "sock_common", "skc_net");
-    o->ns_inum = net_ns < 0 || inum < 0 ? -1 : net_ns + inum;
+    o->ns_inum = btf_netns_inum_offset(b);
     const long *all = &o->family;
     for (size_t i = 0; i < sizeof *o / sizeof(long); i++)
         if (all[i] < 0 || all[i] > 0x7fff)

@@ -118,9 +118,8 @@ static int assemble_fins(program_t *p, const offsets_t *o, uint32_t netns, int m
 }
 
 static int find_offsets(const btf_t *b, offsets_t *o) {
-    long net_ns = btf_offset(b, "net", "ns"), inum = btf_offset(b, "ns_common", "inum");
     o->net = btf_offset(b, "sock_common", "skc_net");
-    o->ns_inum = net_ns < 0 || inum < 0 ? -1 : net_ns + inum;
+    o->ns_inum = btf_netns_inum_offset(b);
     o->family = btf_offset(b, "sock_common", "skc_family");
     o->protocol = btf_offset(b, "sock", "sk_protocol");
     o->type = btf_offset(b, "sock", "sk_type");

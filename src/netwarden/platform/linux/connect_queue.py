@@ -20,18 +20,17 @@ import logging
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from netwarden.model import Attribution, AttributionMethod, Endpoint, ProcessInfo, Transport
 from netwarden.model.connect import ConnectDirection, ConnectRequest
 from netwarden.platform.base import PlatformError
 from netwarden.platform.linux import netns as netns_api
 from netwarden.platform.linux import nftables
-from netwarden.platform.linux.nfqueue import COPY_BYTES, NfQueue, QueuedPacket
+from netwarden.platform.linux.nfqueue import COPY_BYTES, NfQueue
 from netwarden.platform.linux.procfs import ProcResolver, bpf_pids_are_ours
 from netwarden.platform.linux.sockdiag import SocketLookup
-from netwarden.platform.packet_headers import Addresses, parse_ip
+from netwarden.platform.packet_headers import parse_ip
 from netwarden.policy.connect_layer import WATCH_BIT, ConnectLayer
 
 try:
@@ -83,7 +82,7 @@ class PythonConnectReader:
                 received.append((*head, 0, "", 0, "", 0, NO_SOCKET, -1, 0))
                 continue
             transport, source, destination = addresses
-            _direction, local, remote = sides_of(packet, addresses)
+            _direction, local, remote = sides_of(packet.hook, source, destination)
             found = self._lookup.find(transport, local, remote)
             inode, socket_uid = found if found is not None else (NO_SOCKET, -1)
             ends = (source.address, source.port, destination.address, destination.port)
@@ -119,8 +118,7 @@ def open_reader(queue: NfQueue) -> ConnectReader:
     return reader
 
 
-@dataclass(frozen=True, slots=True)
-class _Held:
+class _Held(NamedTuple):  # (a named tuple: one is made for every new connection)
     """What the reader said of a packet held for its verdict."""
 
     mark: int
@@ -140,11 +138,11 @@ def open_queue(number: int, fail_open: bool, copy: int = COPY_BYTES) -> NfQueue:
 
 
 def sides_of(
-    packet: QueuedPacket, addresses: Addresses
+    hook: int, source: Endpoint, destination: Endpoint
 ) -> tuple[ConnectDirection, Endpoint, Endpoint]:
-    """A queued packet's direction, and this host's and the peer's ends."""
-    _transport, source, destination = addresses
-    if packet.hook == NF_INET_LOCAL_IN:
+    """A queued packet's direction (by the netfilter hook that queued it), and this
+    host's and the peer's ends."""
+    if hook == NF_INET_LOCAL_IN:
         return ConnectDirection.IN, destination, source
     return ConnectDirection.OUT, source, destination
 
@@ -290,10 +288,7 @@ class LinuxConnectQueue:
                 continue
             source = Endpoint(received[7], received[8])
             destination = Endpoint(received[9], received[10])
-            if hook == NF_INET_LOCAL_IN:
-                direction, local, remote = ConnectDirection.IN, destination, source
-            else:
-                direction, local, remote = ConnectDirection.OUT, source, destination
+            direction, local, remote = sides_of(hook, source, destination)
             self._held[ticket] = _Held(mark, received[11], received[12], received[13])
             requests.append(
                 ConnectRequest(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from netwarden.platform.base import Capability
 from netwarden.platform.linux import netlink, nftables
+from netwarden.platform.linux import netns as netns_api
 from netwarden.platform.linux.conntrack import ACCT_SYSCTL, NETLINK_NETFILTER
 from netwarden.platform.linux.procfs import (
     CAP_NET_ADMIN,
@@ -180,12 +181,18 @@ def probe_flow_events() -> Capability:
     return Capability("flow events", ok, detail, enables)
 
 
+SO_COOKIE = 57
+PID_NAMESPACE = (
+    "netwarden runs in a pid namespace of its own (BPF numbers processes as the host does)"
+)
+
+
 def probe_exec_records() -> Capability:
     enables = "exe and command line of processes that exit before /proc can be read"
     if not may_load_bpf():
         return Capability("exec records", False, "needs root (CAP_BPF)", enables)
-    import subprocess
-
+    if not bpf_pids_are_ours():
+        return Capability("exec records", False, PID_NAMESPACE, enables)
     from netwarden.platform.linux.exec_records import ExecRecords
 
     try:
@@ -204,14 +211,11 @@ def probe_exec_records() -> Capability:
     return Capability("exec records", True, detail, enables)
 
 
-SO_COOKIE = 57
-PID_NAMESPACE = (
-    "netwarden runs in a pid namespace of its own (BPF numbers processes as the host does)"
-)
-
-
 def probe_connect_owners() -> Capability:
-    enables = "the CONNECT layer names a connecting TCP process without a walk of open files"
+    enables = (
+        "the CONNECT layer names the process that connects, listens or sends UDP without a "
+        "walk of open files"
+    )
     if not may_load_bpf():
         return Capability("connect owners", False, "needs root (CAP_BPF)", enables)
     if not bpf_pids_are_ours():
@@ -220,7 +224,7 @@ def probe_connect_owners() -> Capability:
         from netwarden.platform.linux import _native
     except ImportError:
         return Capability("connect owners", False, "netwarden's C module is not built", enables)
-    reader = _native.ConnectReader(-1, 0, os.stat("/proc/self/ns/net").st_ino)
+    reader = _native.ConnectReader(-1, 0, netns_api.inode_of(None))
     try:
         if reader.owners_error:
             why = os.strerror(reader.owners_error)

@@ -29,7 +29,7 @@ class LinuxPacketQueue:
                 self._queue.verdict(queued.packet_id, True)
                 continue
             addresses, header = parsed
-            direction, local, remote = sides_of(queued, addresses)
+            direction, local, remote = sides_of(queued.hook, addresses[1], addresses[2])
             payload = payload_at(data, addresses[0], header)
             packets.append(
                 FlowPacket(
