@@ -24,6 +24,7 @@ from netwarden.inspect.commands import (
     Send,
     Side,
 )
+from netwarden.inspect.http1_heads import NotPlain, request_head, response_head
 from netwarden.inspect.http_rules import (
     RequestVerdict,
     block_page,
@@ -98,8 +99,7 @@ class Http1Filter:
         self.scanning = scanning
         self.observe = observe
         self.default_host = default_host
-        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self._fresh_h11()
         self.exchange: _Exchange | None = None
         self.requests = 0
         self.relaying = False
@@ -109,6 +109,18 @@ class Http1Filter:
         self.counted: int | None = None
         self.keep_alive = False
         self.waiting = bytearray()
+        # Plain exchanges (see http1_heads) pass their heads on as they came, without
+        # h11, while nothing needs to see their bodies: the request head sent (for h11
+        # to take over should the answer not be plain), and whether both h11
+        # connections are between exchanges with nothing unread.
+        self.plain_possible = not observe and scanning is None
+        self.plain_request: bytes | None = None
+        self.h11_idle = True
+
+    def _fresh_h11(self) -> None:
+        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.h11_idle = True
 
     # -- bytes in ----------------------------------------------------------------
 
@@ -120,6 +132,18 @@ class Http1Filter:
                 return [Close(reason="the client left during a response")]
             self.waiting += data
             return []
+        if self.plain_request is not None:
+            if data:
+                self.waiting += data  # the next requests wait for this answer
+                return []
+            refused = self._to_h11()
+            if refused:
+                return refused
+        elif self.h11_idle and self.plain_possible and data:
+            plain = self._plain_request(data)
+            if plain is not None:
+                return plain
+        self.h11_idle = False
         self.client.receive_data(data)
         return self._client_events()
 
@@ -128,10 +152,80 @@ class Http1Filter:
             return [Send(Side.CLIENT, data)] if data else [EndOfData(Side.CLIENT)]
         if self.counted is not None:
             return self._counted_body(data)
+        if self.plain_request is not None:
+            plain = self._plain_response(data)
+            if plain is not None:
+                return plain
+            refused = self._to_h11()
+            if refused:
+                return refused
         if data and self.exchange is not None and self.exchange.held_request is not None:
             return [Close(reason="the server spoke before it had the request")]
         self.server.receive_data(data)
         return self._server_events()
+
+    # -- plain exchanges -----------------------------------------------------------
+
+    def _plain_request(self, data: bytes) -> list[Command] | None:
+        """A whole plain request head, allowed with no rewrite: sent on as it came.
+        None when h11 is to read it."""
+        try:
+            head = request_head(data, MAX_HEAD)
+        except NotPlain:
+            return None
+        if head is None:
+            return None
+        exchange = self._exchange_for(head.method, head.target, head.host)
+        if exchange.blocked or exchange.verdict.rewrites:
+            return None
+        self.requests += 1
+        self.exchange = exchange
+        exchange.request_close = head.close
+        self.plain_request = data[: head.size]
+        self.waiting += data[head.size :]
+        return [Send(Side.SERVER, self.plain_request)]
+
+    def _plain_response(self, data: bytes) -> list[Command] | None:
+        """The answer to a plain request, when it is plain too and all its head came in
+        this piece: sent on as it came, its body by count. None when h11 is to read it."""
+        exchange = self.exchange
+        if not data or exchange is None:
+            return None
+        try:
+            head = response_head(data, MAX_HEAD, to_head=exchange.method == "HEAD")
+        except NotPlain:
+            return None
+        if head is None or blocked_by_content(exchange.verdict, head.content_type):
+            return None
+        self.plain_request = None
+        exchange.status = head.status
+        self.keep_alive = not (exchange.request_close or head.close)
+        end = min(len(data), head.size + head.length)
+        self.counted = head.size + head.length - end
+        out: list[Command] = [exchange.report(head.status), Send(Side.CLIENT, data[:end])]
+        if self.counted:
+            return out
+        return out + self._after_counted_body(data[end:])
+
+    def _to_h11(self) -> list[Command]:
+        """h11 takes over a plain exchange in the middle: it reads the request already
+        sent (and what the client sent since), as though it had read it all along."""
+        request, self.plain_request = self.plain_request, None
+        assert request is not None
+        self.h11_idle = False
+        self.client.receive_data(request)
+        try:
+            for _ in range(2):  # the request and its end (it has no body)
+                event = self.client.next_event()
+                if not isinstance(event, h11.Request | h11.EndOfMessage):
+                    raise h11.LocalProtocolError(f"h11 read the request as {event}")
+                self.server.send(event)  # what it would send went already
+        except h11.ProtocolError as exc:
+            return [Close(reason=f"cannot pass it on: {exc}")]
+        if self.waiting:
+            self.client.receive_data(bytes(self.waiting))
+            self.waiting.clear()
+        return []
 
     # -- bodies passed on by count ------------------------------------------------
 
@@ -205,11 +299,12 @@ class Http1Filter:
         self.counted = None
         if not self.keep_alive or beyond:
             return [Close()]
-        unread, _closed = self.client.trailing_data
-        waiting = bytes(unread) + bytes(self.waiting)
+        waiting = bytes(self.waiting)
         self.waiting.clear()
-        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.server = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        if not self.h11_idle:
+            unread, _closed = self.client.trailing_data
+            waiting = bytes(unread) + waiting
+            self._fresh_h11()
         self.exchange = None
         return self.from_client(waiting) if waiting else []
 
@@ -266,11 +361,9 @@ class Http1Filter:
             return [Close(reason="client closed in the middle of a request")]
         return []
 
-    def _request(self, request: h11.Request) -> list[Command]:
-        self.requests += 1
-        method = request.method.decode("ascii", "replace")
-        target = request.target.decode("ascii", "replace")
-        host = _header(request.headers, b"host") or self.default_host
+    def _exchange_for(self, method: str, target: str, host: str) -> _Exchange:
+        """A request's exchange, decided by the rules."""
+        host = host or self.default_host
         path = target
         if target.startswith(("http://", "https://")):  # absolute form
             rest = target.split("://", 1)[1]
@@ -278,7 +371,16 @@ class Http1Filter:
             path = "/" + tail
         bare_host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host.strip("[]")
         verdict = decide_request(self.rules, method, bare_host, path)
-        exchange = self.exchange = _Exchange(method, bare_host, path, verdict)
+        return _Exchange(method, bare_host, path, verdict)
+
+    def _request(self, request: h11.Request) -> list[Command]:
+        self.requests += 1
+        exchange = self.exchange = self._exchange_for(
+            request.method.decode("ascii", "replace"),
+            request.target.decode("ascii", "replace"),
+            _header(request.headers, b"host"),
+        )
+        verdict = exchange.verdict
         exchange.request_close = request.http_version != b"1.1" or (
             b"close" in _header(request.headers, b"connection").lower().encode()
         )
@@ -498,7 +600,19 @@ class Http1Filter:
         except h11.LocalProtocolError:
             return [Close()]
         self.exchange = None
-        return self._client_events()
+        out = self._client_events()
+        self.h11_idle = self._h11_between_exchanges()
+        return out
+
+    def _h11_between_exchanges(self) -> bool:
+        """Both h11 connections wait for a next exchange, with nothing unread."""
+        idle = (h11.IDLE, h11.IDLE)
+        return (
+            (self.client.our_state, self.client.their_state) == idle
+            and (self.server.our_state, self.server.their_state) == idle
+            and not self.client.trailing_data[0]
+            and not self.server.trailing_data[0]
+        )
 
     def _switch(self) -> list[Command]:
         self.relaying = True

@@ -1,0 +1,137 @@
+"""HTTP/1.1 message heads read without h11 (sans-io), for exchanges that need nothing
+but their framing and the rules' inputs: such a head is passed on as it came.
+
+The reader is stricter than h11: whatever it does not take as plain (another version,
+a body in chunks, a request body, an upgrade, an expectation, a framing header given
+twice, a line it does not read strictly, an informational or unframed response) is
+NotPlain, and h11 reads the same bytes instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1")
+STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+DIGITS = re.compile(rb"[0-9]{1,18}")
+END_OF_HEAD = b"\r\n\r\n"
+# The fields that decide framing or a rule; any other may repeat.
+WATCHED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"upgrade",
+        b"content-type",
+    }
+)
+
+
+class NotPlain(Exception):
+    """A head for h11 to read (it may still be valid HTTP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    size: int  # the head's bytes, its empty line included
+    method: str
+    target: str
+    host: str
+    close: bool  # the client asks to close after this exchange
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    size: int
+    status: int
+    length: int  # of the body
+    close: bool
+    content_type: str
+
+
+def _lines(buffer: bytes | bytearray, limit: int) -> tuple[int, list[bytes]] | None:
+    """The head's size and lines once it is all there, None while it is incomplete."""
+    end = buffer.find(END_OF_HEAD)
+    if end < 0:
+        if len(buffer) >= limit:
+            raise NotPlain("head too long")
+        return None
+    size = end + len(END_OF_HEAD)
+    if size > limit:
+        raise NotPlain("head too long")
+    return size, bytes(buffer[:end]).split(b"\r\n")
+
+
+def _fields(lines: list[bytes]) -> dict[bytes, bytes]:
+    """The watched fields by lower-case name (every line checked)."""
+    found: dict[bytes, bytes] = {}
+    for line in lines:
+        match = FIELD_LINE.fullmatch(line)
+        if match is None:
+            raise NotPlain("field line")
+        name = match[1].lower()
+        if name in WATCHED:
+            if name in found:
+                raise NotPlain(f"{name!r} twice")
+            found[name] = match[2].strip(b" \t")
+    return found
+
+
+def _closes(fields: dict[bytes, bytes]) -> bool:
+    options = fields.get(b"connection", b"").lower().split(b",")
+    return any(option.strip() == b"close" for option in options)
+
+
+def request_head(buffer: bytes | bytearray, limit: int) -> RequestHead | None:
+    """A plain request without a body; None until its head is complete."""
+    found = _lines(buffer, limit)
+    if found is None:
+        return None
+    size, lines = found
+    line = REQUEST_LINE.fullmatch(lines[0])
+    if line is None:
+        raise NotPlain("request line")
+    fields = _fields(lines[1:])
+    if b"host" not in fields or fields.keys() & {b"transfer-encoding", b"expect", b"upgrade"}:
+        raise NotPlain("framing")
+    if fields.get(b"content-length", b"0") != b"0":
+        raise NotPlain("a request body")
+    return RequestHead(
+        size,
+        line[1].decode("ascii"),
+        line[2].decode("ascii"),
+        fields[b"host"].decode("latin-1"),
+        _closes(fields),
+    )
+
+
+def response_head(buffer: bytes | bytearray, limit: int, to_head: bool) -> ResponseHead | None:
+    """A final response whose body's end is known (to_head: it answers a HEAD request);
+    None until its head is complete."""
+    found = _lines(buffer, limit)
+    if found is None:
+        return None
+    size, lines = found
+    line = STATUS_LINE.fullmatch(lines[0])
+    if line is None:
+        raise NotPlain("status line")
+    status = int(line[1])
+    fields = _fields(lines[1:])
+    if status < 200 or fields.keys() & {b"transfer-encoding", b"upgrade"}:
+        raise NotPlain("framing")
+    given = DIGITS.fullmatch(fields.get(b"content-length", b""))
+    if given is None and (b"content-length" in fields or not (to_head or status in (204, 304))):
+        raise NotPlain("no length")  # to the end of the connection, or odd
+    length = 0 if to_head or status in (204, 304) or given is None else int(given[0])
+    return ResponseHead(
+        size,
+        status,
+        length,
+        _closes(fields),
+        fields.get(b"content-type", b"").decode("latin-1"),
+    )
