@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -56,8 +57,11 @@ def _curl(client: Host, ca: Path, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def _requests(client: Host, url: str, ca: Path, count: int, fresh: bool, work: Path) -> float:
-    """Requests per second for count GETs by one curl (keep-alive unless fresh)."""
+def _requests(
+    client: Host, url: str, ca: Path, count: int, fresh: bool, work: Path, failures: int = 0
+) -> tuple[float, int]:
+    """Requests per second for count GETs by one curl (keep-alive unless fresh), and
+    how many were not answered 200 (at most failures of them may be)."""
     config = work / "urls"
     config.write_text(f'url = "{url}"\noutput = "/dev/null"\n' * count)
     extra = ["-H", "Connection: close"] if fresh else []
@@ -65,9 +69,10 @@ def _requests(client: Host, url: str, ca: Path, count: int, fresh: bool, work: P
     result = _curl(client, ca, "-K", str(config), "-w", "%{http_code}\\n", *extra)
     elapsed = time.monotonic() - started
     codes = result.stdout.split()
-    if result.returncode != 0 or codes.count("200") != count:
+    failed = count - codes.count("200")
+    if len(codes) != count or failed > failures:
         raise RuntimeError(f"requests failed: {result.stderr.strip()} {set(codes)}")
-    return count / elapsed
+    return count / elapsed, failed
 
 
 def _download(client: Host, url: str, ca: Path, pid: int | None) -> dict[str, float]:
@@ -121,13 +126,21 @@ def _stop(client: Host, proxy: subprocess.Popen[str]) -> None:
 
 
 def _measure(
-    client: Host, base: str, ca: Path, pid: int | None, requests: int, work: Path
+    client: Host,
+    base: str,
+    ca: Path,
+    pid: int | None,
+    requests: int,
+    work: Path,
+    failures: int = 0,
 ) -> dict[str, float]:
-    return {
-        "fresh_rps": _requests(client, f"{base}/small", ca, requests, True, work),
-        "keepalive_rps": _requests(client, f"{base}/small", ca, requests * 4, False, work),
-        **_download(client, f"{base}/bytes/{BIG}", ca, pid),
-    }
+    figures: dict[str, float] = {}
+    for key, count, fresh in (("fresh", requests, True), ("keepalive", requests * 4, False)):
+        rate, failed = _requests(client, f"{base}/small", ca, count, fresh, work, failures)
+        figures[f"{key}_rps"] = rate
+        if failed:
+            figures[f"{key}_failed"] = failed
+    return figures | _download(client, f"{base}/bytes/{BIG}", ca, pid)
 
 
 def main() -> None:
@@ -138,6 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="nwbench-"))
+    print(f"scratch: {work}", flush=True)
     work.chmod(0o755)
     results: dict[str, dict[str, float]] = {}
     with Lab() as lab:
@@ -186,6 +200,7 @@ def main() -> None:
             confdir.chmod(0o777)
             # As nobody: only root's connections are redirected, so mitmproxy's own
             # upstream connections are not (it cannot set the proxy mark).
+            log = (work / "mitmproxy.log").open("w")
             mitm = client.popen(
                 [
                     "setpriv",
@@ -195,7 +210,10 @@ def main() -> None:
                     args.mitmproxy,
                     "--mode",
                     f"transparent@{MITM_PORT}",
-                    "-q",
+                    "--set",
+                    "termlog_verbosity=warn",
+                    "--set",
+                    "flow_detail=0",
                     "--set",
                     f"confdir={confdir}",
                     "--set",
@@ -203,8 +221,8 @@ def main() -> None:
                     "--set",
                     "stream_large_bodies=1m",
                 ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             deadline = time.monotonic() + 30
             while not (confdir / "mitmproxy-ca-cert.pem").exists():
@@ -213,12 +231,26 @@ def main() -> None:
                 time.sleep(0.2)
             time.sleep(2)
             _redirect(client, MITM_PORT, "--user", "root")
+            # mitmproxy 11.0.2 here fails a few fresh connections' upstream verification
+            # now and then ("unable to get local issuer certificate", in its log): they
+            # are counted, not fatal.
             results["mitmproxy"] = _measure(
-                client, base, confdir / "mitmproxy-ca-cert.pem", mitm.pid, args.requests, work
+                client,
+                base,
+                confdir / "mitmproxy-ca-cert.pem",
+                mitm.pid,
+                args.requests,
+                work,
+                failures=args.requests // 10,
             )
             print("mitmproxy", results["mitmproxy"], flush=True)
             client.run([sys.executable, "-m", "netwarden", "down"])
             mitm.terminate()
+            mitm.wait(timeout=30)
+            log.close()
+            lines = (work / "mitmproxy.log").read_text().splitlines()
+            said = sorted({re.sub(r"^(\[[^]]*\])+ ", "", line) for line in lines})
+            print("mitmproxy said:", *said[:5], sep="\n  ")
         else:
             print(f"(no mitmproxy at {args.mitmproxy}: its column is left out)")
     shutil.rmtree(work, ignore_errors=True)
@@ -238,6 +270,9 @@ def _print(results: dict[str, dict[str, float]]) -> None:
             )
     if "mitmproxy" in results:
         ours, theirs = results["netwarden"], results["mitmproxy"]
+        for key in ("fresh_failed", "keepalive_failed"):
+            if key in theirs:
+                print(f"mitmproxy {key}: {theirs[key]:.0f} requests not answered 200")
         for key, goal in (("fresh_rps", 10), ("keepalive_rps", 5), ("mb_per_s", 5)):
             ratio = ours[key] / theirs[key]
             print(f"{key}: netwarden / mitmproxy = {ratio:.1f}x (goal >= {goal}x)")
