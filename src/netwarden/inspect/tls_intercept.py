@@ -114,6 +114,7 @@ class _Tls:
     def read_all(self) -> tuple[bytes, bool]:
         """Decrypted bytes available, and whether the peer has finished."""
         chunks: list[bytes] = []
+        incoming = self.incoming
         while True:
             try:
                 chunk = self.obj.read(READ_SIZE)
@@ -124,6 +125,8 @@ class _Tls:
             if not chunk:
                 return b"".join(chunks), True
             chunks.append(chunk)
+            if not (incoming.pending or incoming.eof or self.obj.pending()):
+                return b"".join(chunks), False  # all read: no need to be told so
 
 
 class TlsInterception:

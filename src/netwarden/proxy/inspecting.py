@@ -372,7 +372,8 @@ class _Driver:
         self.pace_deadline = time.monotonic() + PACE_LOOKUP  # its process looked up till then
         self.sent_to_server = False
         self.watched: set[Side] = set()  # sides whose socket has a reader registered
-        self.waiting: dict[Side, asyncio.Future[None]] = {}  # reads waiting for their socket
+        # reads waiting for their socket: how much each may take, and for what it read
+        self.waiting: dict[Side, tuple[int, asyncio.Future[bytes]]] = {}
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
         self.layer = layer
@@ -444,15 +445,10 @@ class _Driver:
             self._unwatch(side)
 
     async def _pump_side(self, side: Side) -> None:
-        sock = self.sockets[side]
         while not self.closed.is_set():
             bucket = self._bucket(side)
             most = READ_SIZE if bucket is None else await bucket.allowance(READ_SIZE)
-            await self._readable(side)
-            try:
-                data = sock.recv(most)
-            except (BlockingIOError, InterruptedError):
-                continue
+            data = await self._received(side, most)
             if bucket is not None:
                 bucket.spend(len(data))
             self.stats.last_activity = time.monotonic()
@@ -467,27 +463,37 @@ class _Driver:
             if not data or self.relay_from is not None:
                 return
 
-    async def _readable(self, side: Side) -> None:
-        """Until the side's socket has something to read. Its reader stays registered
-        between reads (asyncio's sock_recv adds and removes it for every read: two
-        epoll_ctl calls and a failed recv each time)."""
+    async def _received(self, side: Side, most: int) -> bytes:
+        """At most `most` bytes from the side's socket, once it has some (b"" at its
+        end). The read is done as the socket becomes readable, by the event loop's
+        callback: the socket's reader stays registered between reads (asyncio's
+        sock_recv adds and removes it for every read: two epoll_ctl calls and a failed
+        recv each time), and is not seen as readable again in the loop's next turn
+        (for a wake-up and a failed recv more) before this coroutine takes its data."""
         loop = self.loop
         if side not in self.watched:
             loop.add_reader(self.sockets[side].fileno(), self._ready, side)
             self.watched.add(side)
-        waiter = loop.create_future()
-        self.waiting[side] = waiter
+        waiter: asyncio.Future[bytes] = loop.create_future()
+        self.waiting[side] = (most, waiter)
         try:
-            await waiter
+            return await waiter
         finally:
             self.waiting.pop(side, None)
 
     def _ready(self, side: Side) -> None:
-        waiter = self.waiting.get(side)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        else:  # nobody reads this side just now: watched again by the next read
-            self._unwatch(side)
+        most, waiter = self.waiting.get(side, (0, None))
+        if waiter is None or waiter.done():  # nobody reads this side just now:
+            self._unwatch(side)  # watched again by the next read
+            return
+        try:
+            data = self.sockets[side].recv(most)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            waiter.set_exception(exc)
+            return
+        waiter.set_result(data)
 
     def _unwatch(self, side: Side) -> None:
         """Before its socket is closed or handed over."""
