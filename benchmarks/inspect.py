@@ -10,7 +10,11 @@ Figures:
   Pass-through (a host the policy never intercepts) against today's splice relay
   (`netwarden proxy` without inspection): 1 GB download MB/s (goal >= 0.95x).
 
-Run as root: python -m benchmarks.inspect [--requests 300] [--rounds 3] [--mitmproxy PATH]
+Every figure is the median of --rounds runs (one run of each swings by 10-20% on a
+busy machine).
+
+Run as root: python -m benchmarks.inspect [--requests 300] [--rounds 3]
+    [--passthrough-rounds 7] [--mitmproxy PATH]
 mitmproxy is not a netwarden dependency: install it in a virtual environment of its own
 (python3 -m venv /tmp/mitm && /tmp/mitm/bin/pip install mitmproxy).
 """
@@ -18,6 +22,7 @@ mitmproxy is not a netwarden dependency: install it in a virtual environment of 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import shutil
@@ -130,23 +135,37 @@ def _measure(
     base: str,
     ca: Path,
     pid: int | None,
-    requests: int,
+    args: argparse.Namespace,
     work: Path,
     failures: int = 0,
 ) -> dict[str, float]:
-    figures: dict[str, float] = {}
-    for key, count, fresh in (("fresh", requests, True), ("keepalive", requests * 4, False)):
-        rate, failed = _requests(client, f"{base}/small", ca, count, fresh, work, failures)
-        figures[f"{key}_rps"] = rate
-        if failed:
-            figures[f"{key}_failed"] = failed
-    return figures | _download(client, f"{base}/bytes/{BIG}", ca, pid)
+    """Medians of args.rounds runs of each figure (the peak memory growth: the largest);
+    the failed requests of all runs."""
+    runs: dict[str, list[float]] = collections.defaultdict(list)
+    requests = args.requests
+    for _round in range(args.rounds):
+        for key, count, fresh in (("fresh", requests, True), ("keepalive", requests * 4, False)):
+            rate, failed = _requests(client, f"{base}/small", ca, count, fresh, work, failures)
+            runs[f"{key}_rps"].append(rate)
+            runs[f"{key}_failed"].append(failed)
+        for key, value in _download(client, f"{base}/bytes/{BIG}", ca, pid).items():
+            runs[key].append(value)
+    figures = {key: statistics.median(values) for key, values in runs.items()}
+    for key in ("fresh_failed", "keepalive_failed"):
+        figures[key] = sum(runs[key])
+        if not figures[key]:
+            del figures[key]
+    if "memory_growth_mb" in runs:
+        figures["memory_growth_mb"] = max(runs["memory_growth_mb"])
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    # Both paths are the same splice: their ratio is the noise of single downloads.
+    parser.add_argument("--passthrough-rounds", type=int, default=7)
     parser.add_argument("--mitmproxy", default=shutil.which("mitmdump") or "/tmp/mitm/bin/mitmdump")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
@@ -160,7 +179,7 @@ def main() -> None:
         test_ca, cert, key = make_server_files(work / "server", [server.ipv4])
         web.start(server, PORT, cert, key)
         base = f"https://{server.ipv4}"
-        results["direct"] = _measure(client, base, test_ca, None, args.requests, work)
+        results["direct"] = _measure(client, base, test_ca, None, args, work)
         print("direct", results["direct"], flush=True)
 
         client.run(
@@ -176,14 +195,14 @@ def main() -> None:
         )
         ours = work / "state" / "ca" / "ca.pem"
         proxy = _netwarden(client, work, POLICY.format(ca=test_ca, passthrough=""))
-        results["netwarden"] = _measure(client, base, ours, proxy.pid, args.requests, work)
+        results["netwarden"] = _measure(client, base, ours, proxy.pid, args, work)
         print("netwarden", results["netwarden"], flush=True)
         _stop(client, proxy)
 
         # Alternated rounds, medians: one download alone swings by 20% on a busy machine.
         passing = POLICY.format(ca=test_ca, passthrough=f'"{server.ipv4}/32"')
         runs: dict[str, list[dict[str, float]]] = {"splice relay": [], "pass-through": []}
-        for _round in range(args.rounds):
+        for _round in range(args.passthrough_rounds):
             for name, policy in (("splice relay", None), ("pass-through", passing)):
                 proxy = _netwarden(client, work, policy)
                 runs[name].append(_download(client, f"{base}/bytes/{BIG}", test_ca, proxy.pid))
@@ -239,7 +258,7 @@ def main() -> None:
                 base,
                 confdir / "mitmproxy-ca-cert.pem",
                 mitm.pid,
-                args.requests,
+                args,
                 work,
                 failures=args.requests // 10,
             )
