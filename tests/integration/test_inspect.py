@@ -22,7 +22,7 @@ from tests.integration.inspecting import Setup, start_inspecting
 
 pytestmark = pytest.mark.root
 
-POLICY = """\
+BLOCKING = """\
 [inspect]
 intercept_tls = true
 {upstream_ca}
@@ -35,13 +35,17 @@ host = ["blocked.test", "*.blocked.test"]
 name = "no-secrets"
 action = "block"
 path_prefix = ["/secret"]
-
+"""
+POLICY = (
+    BLOCKING
+    + """
 [[inspect.http]]
 name = "tag"
 action = "rewrite"
 set_request_headers = {{ "X-Inspected-By" = "netwarden" }}
 remove_response_headers = ["server"]
 """
+)
 
 
 @pytest.fixture
@@ -80,6 +84,44 @@ def test_https_through_interception_with_rules(
     assert flow["app"]["inspected"] is True
     assert flow["app"]["ja4"].startswith("t1")
     assert flow["process"]["name"] == "curl"  # the proxy's engine names the client
+
+
+def test_keep_alive_exchanges_no_rule_rewrites_on_one_connection(
+    pair: tuple[Host, Host], tmp_path: Path
+) -> None:
+    """Without header rewrites, HTTP/1.1 heads pass as they came (no h11): four requests
+    on one intercepted connection, a blocked one among them, a long body by count."""
+    setup = start_inspecting(pair, tmp_path, trust_upstream=True, policy_text=BLOCKING)
+    url = f"https://{setup.server.ipv4}"
+    paths = ["/headers", "/secret/x", "/bytes/300000", "/last"]
+    outputs = [tmp_path / f"answer{number}" for number in range(len(paths))]
+    downloads: list[str] = []
+    for path, output in zip(paths, outputs, strict=True):
+        downloads += ["-o", str(output), url + path]
+    result = setup.curl(
+        "--http1.1",
+        "--cacert",
+        setup.ca,
+        "-H",
+        "X-Mixed-CASE: kept  as is",
+        "-w",
+        "%{num_connects} %{http_code}\\n",
+        *downloads,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = [line.split() for line in result.stdout.splitlines()]
+    assert answers == [["1", "200"], ["0", "403"], ["0", "200"], ["0", "200"]]  # one connection
+    assert json.loads(outputs[0].read_text())["X-Mixed-CASE"] == "kept  as is"
+    assert "no-secrets" in outputs[1].read_text()
+    assert outputs[2].read_bytes() == b"x" * 300_000
+    assert outputs[3].read_text() == "hello from /last\n"
+    exchanges = setup.records("http_exchange", 4)
+    assert [(e["path"], e["verdict"], e["status"]) for e in exchanges] == [
+        ("/headers", "allowed", 200),
+        ("/secret/x", "blocked", 403),
+        ("/bytes/300000", "allowed", 200),
+        ("/last", "allowed", 200),
+    ]
 
 
 def test_http2_streams_on_one_connection_each_decided(inspecting: Setup) -> None:
