@@ -10,34 +10,29 @@ NotPlain, and h11 reads the same bytes instead.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1")
 STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
-FIELD_LINE = re.compile(rb"(" + TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+FIELD_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+FIELD_LINES = re.compile(rb"(?:" + TOKEN + rb":" + FIELD_VALUE + rb"\r\n)*")
+# The fields that decide framing or a rule (any other may repeat), in lines
+# FIELD_LINES took.
+WATCHED = re.compile(
+    rb"^(host|content-length|transfer-encoding|connection|expect|upgrade|content-type):"
+    rb"(" + FIELD_VALUE + rb")\r\n",
+    re.MULTILINE | re.IGNORECASE,
+)
 DIGITS = re.compile(rb"[0-9]{1,18}")
 END_OF_HEAD = b"\r\n\r\n"
-# The fields that decide framing or a rule; any other may repeat.
-WATCHED = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"expect",
-        b"upgrade",
-        b"content-type",
-    }
-)
 
 
 class NotPlain(Exception):
     """A head for h11 to read (it may still be valid HTTP)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     size: int  # the head's bytes, its empty line included
     method: str
     target: str
@@ -45,8 +40,7 @@ class RequestHead:
     close: bool  # the client asks to close after this exchange
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
     size: int
     status: int
     length: int  # of the body
@@ -54,8 +48,9 @@ class ResponseHead:
     content_type: str
 
 
-def _lines(buffer: bytes | bytearray, limit: int) -> tuple[int, list[bytes]] | None:
-    """The head's size and lines once it is all there, None while it is incomplete."""
+def _head(buffer: bytes, limit: int) -> tuple[int, bytes, dict[bytes, bytes]] | None:
+    """The head's size, first line and watched fields (by lower-case name) once it is
+    all there; None while it is incomplete."""
     end = buffer.find(END_OF_HEAD)
     if end < 0:
         if len(buffer) >= limit:
@@ -64,22 +59,17 @@ def _lines(buffer: bytes | bytearray, limit: int) -> tuple[int, list[bytes]] | N
     size = end + len(END_OF_HEAD)
     if size > limit:
         raise NotPlain("head too long")
-    return size, bytes(buffer[:end]).split(b"\r\n")
-
-
-def _fields(lines: list[bytes]) -> dict[bytes, bytes]:
-    """The watched fields by lower-case name (every line checked)."""
+    first = buffer.find(b"\r\n")
+    fields = buffer[first + 2 : end + 2]
+    if FIELD_LINES.fullmatch(fields) is None:
+        raise NotPlain("field line")
     found: dict[bytes, bytes] = {}
-    for line in lines:
-        match = FIELD_LINE.fullmatch(line)
-        if match is None:
-            raise NotPlain("field line")
-        name = match[1].lower()
-        if name in WATCHED:
-            if name in found:
-                raise NotPlain(f"{name!r} twice")
-            found[name] = match[2].strip(b" \t")
-    return found
+    for name, value in WATCHED.findall(fields):
+        name = name.lower()
+        if name in found:
+            raise NotPlain(f"{name!r} twice")
+        found[name] = value.strip(b" \t")
+    return size, buffer[:first], found
 
 
 def _closes(fields: dict[bytes, bytes]) -> bool:
@@ -87,16 +77,15 @@ def _closes(fields: dict[bytes, bytes]) -> bool:
     return any(option.strip() == b"close" for option in options)
 
 
-def request_head(buffer: bytes | bytearray, limit: int) -> RequestHead | None:
+def request_head(buffer: bytes, limit: int) -> RequestHead | None:
     """A plain request without a body; None until its head is complete."""
-    found = _lines(buffer, limit)
-    if found is None:
+    head = _head(buffer, limit)
+    if head is None:
         return None
-    size, lines = found
-    line = REQUEST_LINE.fullmatch(lines[0])
+    size, first, fields = head
+    line = REQUEST_LINE.fullmatch(first)
     if line is None:
         raise NotPlain("request line")
-    fields = _fields(lines[1:])
     if b"host" not in fields or fields.keys() & {b"transfer-encoding", b"expect", b"upgrade"}:
         raise NotPlain("framing")
     if fields.get(b"content-length", b"0") != b"0":
@@ -110,18 +99,17 @@ def request_head(buffer: bytes | bytearray, limit: int) -> RequestHead | None:
     )
 
 
-def response_head(buffer: bytes | bytearray, limit: int, to_head: bool) -> ResponseHead | None:
+def response_head(buffer: bytes, limit: int, to_head: bool) -> ResponseHead | None:
     """A final response whose body's end is known (to_head: it answers a HEAD request);
     None until its head is complete."""
-    found = _lines(buffer, limit)
-    if found is None:
+    head = _head(buffer, limit)
+    if head is None:
         return None
-    size, lines = found
-    line = STATUS_LINE.fullmatch(lines[0])
+    size, first, fields = head
+    line = STATUS_LINE.fullmatch(first)
     if line is None:
         raise NotPlain("status line")
     status = int(line[1])
-    fields = _fields(lines[1:])
     if status < 200 or fields.keys() & {b"transfer-encoding", b"upgrade"}:
         raise NotPlain("framing")
     given = DIGITS.fullmatch(fields.get(b"content-length", b""))
