@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,10 @@ from netwarden.tls.passthrough import PassthroughMemory
 log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
+# Reads land in a buffer of the thread's, and only what came is copied out: recv(n)
+# allocates n bytes for every read (for READ_SIZE: an mmap, an mremap to what came,
+# an munmap, and page faults over the fresh pages).
+_read_buffers = threading.local()
 SCAN_WORKERS = 64  # connections whose layers wait on a scanning daemon at once
 PACE_LOOKUP = 2.0  # seconds a connection's process is looked for (for its rate limits)
 IDLE_CHECK = 5.0
@@ -373,7 +378,15 @@ class _Driver:
         self.sent_to_server = False
         self.watched: set[Side] = set()  # sides whose socket has a reader registered
         # reads waiting for their socket: how much each may take, and for what it read
-        self.waiting: dict[Side, tuple[int, asyncio.Future[bytes]]] = {}
+        # (or, when the read was handled at once, the commands left to carry out)
+        self.waiting: dict[Side, tuple[int, asyncio.Future[bytes | list[Command]]]] = {}
+        # Bytes read are handled in the event loop's callback, with no wake-up of the
+        # side's coroutine, unless a layer call may wait (worker threads) or reads are
+        # paced: then the coroutine handles them.
+        self.at_once = inspector.workers is None and inspector.pacing is None
+        # One sender at a time per socket: a send the socket did not take whole is
+        # finished before anything else goes to it.
+        self.sending = {Side.CLIENT: asyncio.Lock(), Side.SERVER: asyncio.Lock()}
 
     async def run(self, layer: Layer | TlsInterception, first: bytes) -> RelayStats:
         self.layer = layer
@@ -448,33 +461,43 @@ class _Driver:
         while not self.closed.is_set():
             bucket = self._bucket(side)
             most = READ_SIZE if bucket is None else await bucket.allowance(READ_SIZE)
-            data = await self._received(side, most)
-            if bucket is not None:
-                bucket.spend(len(data))
-            self.stats.last_activity = time.monotonic()
-            if side is Side.CLIENT:
-                self.stats.client_to_server += len(data)
-                if not self.sent_to_server:
-                    self.held += data
-            layer = self.layer
-            step = layer.from_client if side is Side.CLIENT else layer.from_server
-            commands = await self._step(step, data)
-            await self._carry_out(commands)
-            if not data or self.relay_from is not None:
+            got = await self._received(side, most)
+            if isinstance(got, list):  # read and handled at once; what is left of it
+                await self._carry_out(got)
+            else:
+                if bucket is not None:
+                    bucket.spend(len(got))
+                self._took(side, got)
+                await self._carry_out(await self._step(self._step_of(side), got))
+                if not got:
+                    return
+            if self.relay_from is not None:
                 return
 
-    async def _received(self, side: Side, most: int) -> bytes:
+    def _took(self, side: Side, data: bytes) -> None:
+        self.stats.last_activity = time.monotonic()
+        if side is Side.CLIENT:
+            self.stats.client_to_server += len(data)
+            if not self.sent_to_server:
+                self.held += data
+
+    def _step_of(self, side: Side) -> Callable[[bytes], list[Command]]:
+        return self.layer.from_client if side is Side.CLIENT else self.layer.from_server
+
+    async def _received(self, side: Side, most: int) -> bytes | list[Command]:
         """At most `most` bytes from the side's socket, once it has some (b"" at its
-        end). The read is done as the socket becomes readable, by the event loop's
-        callback: the socket's reader stays registered between reads (asyncio's
-        sock_recv adds and removes it for every read: two epoll_ctl calls and a failed
-        recv each time), and is not seen as readable again in the loop's next turn
-        (for a wake-up and a failed recv more) before this coroutine takes its data."""
+        end); or, when they were handled at once, the commands left to carry out.
+
+        The read is done as the socket becomes readable, by the event loop's callback:
+        the socket's reader stays registered between reads (asyncio's sock_recv adds
+        and removes it for every read: two epoll_ctl calls and a failed recv each
+        time), and is not seen as readable again in the loop's next turn (for a wake-up
+        and a failed recv more) before this coroutine takes its data."""
         loop = self.loop
         if side not in self.watched:
             loop.add_reader(self.sockets[side].fileno(), self._ready, side)
             self.watched.add(side)
-        waiter: asyncio.Future[bytes] = loop.create_future()
+        waiter: asyncio.Future[bytes | list[Command]] = loop.create_future()
         self.waiting[side] = (most, waiter)
         try:
             return await waiter
@@ -487,13 +510,23 @@ class _Driver:
             self._unwatch(side)  # watched again by the next read
             return
         try:
-            data = self.sockets[side].recv(most)
+            data = _recv(self.sockets[side], most)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             waiter.set_exception(exc)
             return
-        waiter.set_result(data)
+        if not data or not self.at_once:
+            waiter.set_result(data)
+            return
+        self._took(side, data)
+        try:
+            left = self._carry_out_now(self._step_of(side)(data))
+        except Exception as exc:  # the side's coroutine raises it as its own
+            waiter.set_exception(exc)
+            return
+        if left or self.closed.is_set() or self.relay_from is not None:
+            waiter.set_result(left)
 
     def _unwatch(self, side: Side) -> None:
         """Before its socket is closed or handed over."""
@@ -523,15 +556,25 @@ class _Driver:
             return await asyncio.get_running_loop().run_in_executor(workers, step, data)
 
     async def _carry_out(self, commands: list[Command]) -> None:
-        loop = self.loop
-        for command in _joined(commands):
+        left = self._carry_out_now(commands)
+        while left:
+            send = left[0]
+            assert isinstance(send, Send)
+            async with self.sending[send.side]:
+                await self.loop.sock_sendall(self.sockets[send.side], send.data)
+            self._sent(send.side, len(send.data))
+            left = self._carry_out_now(left[1:])
+
+    def _carry_out_now(self, commands: list[Command]) -> list[Command]:
+        """Carry out the commands that need no waiting. Those left, from the first send
+        its socket does not take whole now (with what is left of its data), are for
+        _carry_out."""
+        commands = _joined(commands)
+        for index, command in enumerate(commands):
             if isinstance(command, Send):
-                await loop.sock_sendall(self.sockets[command.side], command.data)
-                if command.side is Side.CLIENT:
-                    self.stats.server_to_client += len(command.data)
-                elif not self.sent_to_server:
-                    self.sent_to_server = True
-                    self.held.clear()
+                sent = self._send_now(command)
+                if sent < len(command.data):
+                    return [Send(command.side, command.data[sent:]), *commands[index + 1 :]]
             elif isinstance(command, EndOfData):
                 with contextlib.suppress(OSError):
                     self.sockets[command.side].shutdown(socket.SHUT_WR)
@@ -539,7 +582,7 @@ class _Driver:
                 if command.reason:
                     log.info("%s:%d -> %s:%d: %s", *self.client, *self.destination, command.reason)
                 self._close_all(command.reset)
-                return
+                return []
             elif isinstance(command, Observed):
                 blocked_by = self._offer(command)
                 if blocked_by:
@@ -549,20 +592,41 @@ class _Driver:
                         )
                     )
                     self._close_all(reset=True)
-                    return
+                    return []
             elif isinstance(command, Relay):
                 if self.inspector.pacing is not None and self.pace != UNLIMITED:
                     # Rate limited (or not known yet): untouched, but still read here.
                     self.layer = Untouched()
-                    if self.held:
-                        await loop.sock_sendall(self.sockets[Side.SERVER], bytes(self.held))
+                    held = bytes(self.held)
                     self.sent_to_server = True
                     self.held.clear()
+                    if held:
+                        return [Send(Side.SERVER, held), *commands[index + 1 :]]
                     continue
                 self.relay_from = bytes(self.held)  # not HTTP after all: untouched from here
-                return
+                return []
             else:
                 self._report(command)
+        return []
+
+    def _send_now(self, command: Send) -> int:
+        """What the socket takes of the send now (nothing while another send to it is
+        under way)."""
+        if self.sending[command.side].locked():
+            return 0
+        try:
+            sent = self.sockets[command.side].send(command.data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        self._sent(command.side, sent)
+        return sent
+
+    def _sent(self, side: Side, count: int) -> None:
+        if side is Side.CLIENT:
+            self.stats.server_to_client += count
+        elif count and not self.sent_to_server:
+            self.sent_to_server = True
+            self.held.clear()
 
     def _offer(self, seen: Observed) -> str:
         """The STREAM layer's verdict: the callout that blocks, or ""."""
@@ -629,6 +693,14 @@ class _Driver:
 
 LINGER = 2.0  # seconds a closed client's last bytes are read and dropped
 _lingering: set[asyncio.Task[None]] = set()
+
+
+def _recv(sock: socket.socket, most: int) -> bytes:
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_SIZE))
+    count = sock.recv_into(view, min(most, READ_SIZE))
+    return view[:count].tobytes()
 
 
 def _joined(commands: list[Command]) -> list[Command]:
