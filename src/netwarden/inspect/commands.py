@@ -11,6 +11,8 @@ class Side(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
 
+    __hash__ = object.__hash__  # Enum's own is Python code, and sides key every lookup
+
     @property
     def other(self) -> Side:
         return Side.SERVER if self is Side.CLIENT else Side.CLIENT

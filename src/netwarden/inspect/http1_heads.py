@@ -73,8 +73,8 @@ def _head(buffer: bytes, limit: int) -> tuple[int, bytes, dict[bytes, bytes]] | 
 
 
 def _closes(fields: dict[bytes, bytes]) -> bool:
-    options = fields.get(b"connection", b"").lower().split(b",")
-    return any(option.strip() == b"close" for option in options)
+    options = fields.get(b"connection", b"").lower()
+    return b"close" in options and any(o.strip() == b"close" for o in options.split(b","))
 
 
 def request_head(buffer: bytes, limit: int) -> RequestHead | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import socket
 import struct
@@ -98,7 +99,7 @@ def event_record(event: InspectEvent) -> dict[str, object] | None:
     }
     for name in event.what.__slots__:
         value = getattr(event.what, name)
-        record[name] = getattr(value, "value", value)  # enums by their value
+        record[name] = value.value if isinstance(value, enum.Enum) else value
     return record
 
 
