@@ -129,7 +129,7 @@ class Host:
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             self.command(argv), capture_output=True, text=True, timeout=timeout, check=False,
-            input=input,
+            input=input, errors="replace",  # a tool may print what the peer sent: any bytes
         )  # fmt: skip
         if check and result.returncode != 0:
             raise LabError(
