@@ -169,6 +169,40 @@ def test_a_callout_redirects_only_one_programs_connections(
     listener.terminate()
 
 
+def test_a_redirect_target_added_at_run_time_stays_when_the_policy_is_applied_live(
+    pair: tuple[Host, Host],
+    tmp_path: Path,
+    programs: tuple[Path, Path, Path],
+    daemons: list[Daemon],
+) -> None:
+    client, server = pair
+    a, _b, _script = programs
+    start_server(server, "tcp-server", "--port", "80", "--send", "7")
+    hello = [PY, "-m", "netwarden.testing.hello_server", "--port", "55555"]
+    listener = client.popen(hello, stdout=subprocess.PIPE)
+    assert listener.stdout is not None
+    assert "listening" in listener.stdout.readline()
+    env = {
+        "NETWARDEN_REDIRECT_EXE": str(a),
+        "NETWARDEN_REDIRECT_TO": "127.0.0.1:55555",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    callout = str(EXAMPLES / "redirect_one_program.py")
+    daemons.append(Daemon(client, tmp_path, "", "--web", "--callouts", callout, env=env))
+    first = client.run([str(a), "-c", HTTP_GET, server.ipv4]).stdout
+    assert "Hello from local server" in first, first  # the target joined the kernel's rules
+    token = (Path(os.environ["NETWARDEN_STATE_DIR"]) / "api-token").read_text().strip()
+    rule = '[[rule]]\naction = "block"\ndirection = "out"\nport = 9\n'
+    post = ["curl", "-s", "-X", "POST", "-H", f"Authorization: Bearer {token}"]
+    post += ["-H", "Content-Type: application/json"]
+    post += ["-d", json.dumps({"text": rule, "dry_run": False})]
+    applied = client.run([*post, "http://127.0.0.1:8470/api/policy/apply"]).stdout
+    assert json.loads(applied)["applied"] is True, applied
+    again = client.run([str(a), "-c", HTTP_GET, server.ipv4]).stdout
+    assert "Hello from local server" in again, again  # still redirected
+    listener.terminate()
+
+
 HTTP_GET = """
 import socket, sys
 sock = socket.create_connection((sys.argv[1], 80), timeout=5)

@@ -16,9 +16,8 @@ from typing import Any
 from netwarden.callout.program_rules import ProgramRules
 from netwarden.daemon.answers import AnswerKeeper
 from netwarden.engine import applied
-from netwarden.engine.enforce import apply_policy
-from netwarden.engine.host import Firewall, PlatformError
-from netwarden.policy.connect_layer import ConnectLayer
+from netwarden.engine.enforce import LiveConnectLayer
+from netwarden.engine.host import PlatformError
 from netwarden.policy.errors import PolicyError
 from netwarden.policy.loader import parse, with_answers
 from netwarden.policy.matcher import FlowSyntaxError, decide, parse_flow
@@ -42,14 +41,13 @@ class PolicyControl:
     def __init__(
         self,
         policy: Policy,
-        firewall: Firewall,
-        layer: ConnectLayer | None,
+        live: LiveConnectLayer,
         program_rules: ProgramRules | None,
         answers: AnswerKeeper | None,
     ) -> None:
         self.policy = policy
-        self.firewall = firewall
-        self.layer = layer
+        self.firewall = live.firewall
+        self.live = live
         self.program_rules = program_rules
         self.answers = answers
         self._applying = threading.Lock()
@@ -149,9 +147,7 @@ class PolicyControl:
                 ]
             )
         with self._applying:
-            _compiled, rules = apply_policy(
-                new.in_force(now()), self.firewall, self.layer, by="netwarden's control API"
-            )
+            _compiled, rules = self.live.apply(new.in_force(now()), by="netwarden's control API")
             partial = self.path.with_name(self.path.name + ".new")
             partial.write_text(text, encoding="utf-8")
             partial.replace(self.path)

@@ -32,7 +32,7 @@ from netwarden.engine.callouts import (
     registry_for,
 )
 from netwarden.engine.core import Engine, EngineError
-from netwarden.engine.enforce import apply_policy, remove_policy
+from netwarden.engine.enforce import LiveConnectLayer, remove_policy
 from netwarden.engine.host import Firewall, PlatformError, ShapeClass, Shaper, is_privileged
 from netwarden.engine.prompts import Answer, PromptBook
 from netwarden.engine.quotas import QuotaBook, QuotaKeeper
@@ -272,8 +272,7 @@ WINDOW_RECHECK = 3600.0  # seconds between looks when no window changes within a
 
 def _follow_windows(
     policy: Policy,
-    firewall: Firewall,
-    layer: ConnectLayer | None,
+    live: LiveConnectLayer,
     by: str,
     publish: Callable[[Sequence[PolicyApplied]], None],
     stop: threading.Event,
@@ -291,7 +290,7 @@ def _follow_windows(
         if names == in_force:
             continue
         try:
-            compiled, rules = apply_policy(current, firewall, layer, by=by)
+            compiled, rules = live.apply(current, by=by)
         except PlatformError as exc:
             log.error("time windows: could not apply the policy (the previous one stays): %s", exc)
             continue
@@ -407,18 +406,19 @@ def run(
             if layer is not None and (problems := connect_mask_problems(policy.settings)):
                 raise PlatformError(problems[0])
             by = f"netwarden up (pid {os.getpid()})"
-            compiled, rules = apply_policy(policy.in_force(now()), firewall, layer, by=by)
+            live = LiveConnectLayer(layer, firewall)
+            compiled, rules = live.apply(policy.in_force(now()), by=by)
             if policy.scheduled:
                 follower = threading.Thread(
                     target=_follow_windows,
-                    args=(policy, firewall, layer, by, engine.publish, stop),
+                    args=(policy, live, by, engine.publish, stop),
                     daemon=True,
                     name="netwarden-windows",
                 )
                 follower.start()
 
             def relayout(new_layer: ConnectLayer, target: Endpoint) -> None:
-                firewall.add_connect_target(compiled.table, new_layer, target)
+                live.add_redirect(compiled.table, new_layer, target)
 
             program_rules = _program_rules(registry)
             answers = AnswerKeeper(policy, program_rules, firewall.environment())
@@ -432,7 +432,7 @@ def run(
                 engine, registry, layer, relayout, state.write_callouts, prompts
             )
             callout_host.start(stop)
-            control = PolicyControl(policy, firewall, layer, program_rules, answers)
+            control = PolicyControl(policy, live, program_rules, answers)
             _web_face(engine, prompts, control, callout_host, history, web, stack)
             if layer is not None:
                 # A held connection waits while another thread (the monitor) holds the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from netwarden.engine import applied, host
@@ -9,6 +10,7 @@ from netwarden.policy.compiler import CompiledPolicy, compile_policy
 from netwarden.policy.connect_layer import ConnectLayer
 
 if TYPE_CHECKING:
+    from netwarden.model import Endpoint
     from netwarden.platform.base import Firewall
     from netwarden.policy.model import Policy
 
@@ -33,3 +35,27 @@ def remove_policy(table: str, firewall: Firewall | None = None) -> bool:
     removed = (firewall or host.firewall()).remove(table)
     applied.forget(table)
     return removed
+
+
+class LiveConnectLayer:
+    """The CONNECT layer as the kernel has it while the daemon runs. Callouts'
+    redirects add targets to it; every later application of the policy (a time
+    window's, the control API's) puts them in force again with the rest. One change
+    at a time."""
+
+    def __init__(self, layer: ConnectLayer | None, firewall: Firewall) -> None:
+        self.layer = layer
+        self.firewall = firewall
+        self._changing = threading.Lock()
+
+    def apply(self, policy: Policy, by: str) -> tuple[CompiledPolicy, int]:
+        """apply_policy with the layer as it is now."""
+        with self._changing:
+            return apply_policy(policy, self.firewall, self.layer, by=by)
+
+    def add_redirect(self, table: str, layer: ConnectLayer, target: Endpoint) -> None:
+        """layer (the current one with target added) in force: target's rule added to
+        the live table. PlatformError when the kernel refuses it (nothing changes)."""
+        with self._changing:
+            self.firewall.add_connect_target(table, layer, target)
+            self.layer = layer
