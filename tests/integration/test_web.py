@@ -73,6 +73,17 @@ def test_a_held_connection_completes_when_allowed_once_and_fails_when_denied(
     out, _err = allowed.communicate(timeout=15)
     assert out == "200"
 
+    # The program's connections to one destination while it is asked: one question.
+    both = [_curl(client, url), _curl(client, url)]
+    prompt = _open_prompt(client, "curl")
+    deadline = time.monotonic() + 10
+    while "2 connections waiting" not in (listing := _netwarden(client, "prompts").stdout):
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.2)
+    assert listing.count("curl (pid") == 1, listing
+    _netwarden(client, "prompts", "answer", str(prompt), "allow")
+    assert [held.communicate(timeout=15)[0] for held in both] == ["200", "200"]
+
     denied = _curl(client, url)
     prompt = _open_prompt(client, "curl")
     _netwarden(client, "prompts", "answer", str(prompt), "deny")

@@ -52,7 +52,7 @@ def test_a_retransmitted_first_packet_joins_its_prompt_and_both_are_released() -
     book = PromptBook(timeout=30, publish=events.extend)
     assert book.hold(request(), CURL, "policy")
     assert not book.hold(request(), CURL, "policy")  # the SYN again
-    assert book.hold(request(port=40001), CURL, "policy")  # another connection
+    assert book.hold(request(remote="192.0.2.8"), CURL, "policy")  # elsewhere: asked too
     prompts = book.pending()
     assert [len(p.held) for p in prompts] == [2, 1]
     assert prompts[0].to_json()["program"] == "curl"
@@ -68,6 +68,30 @@ def test_a_retransmitted_first_packet_joins_its_prompt_and_both_are_released() -
     assert states == ["open", "open", "allow once"]
     with pytest.raises(PromptError, match="no open prompt"):
         book.answer(done.id, Answer(allow=False))
+    book.close()
+
+
+def test_a_programs_connections_to_one_destination_share_the_open_question() -> None:
+    events: list[object] = []
+    book = PromptBook(timeout=30, publish=events.extend)
+    assert book.hold(request(), CURL, "policy")
+    assert not book.hold(request(port=40001), CURL, "policy")  # a second connection joins
+    assert not book.hold(request(port=40001), CURL, "policy")  # and its retransmission
+    other = ProcessInfo(pid=43, name="wget", exe="/usr/bin/wget", uid=0)
+    assert book.hold(request(port=40002), other, "policy")  # another program: its own
+    assert book.hold(request(port=40003), None, "policy")  # an unknown one: each asked
+    assert book.hold(request(port=40004), None, "policy")
+    first, *rest = book.pending()
+    assert len(rest) == 3
+    assert first.to_json()["connections"] == 2
+    assert [r.local.port for r in first.held] == [40000, 40001, 40001]
+    shown = [e.prompt for e in events if isinstance(e, PromptChanged)]
+    assert [p["connections"] for p in shown if p["id"] == first.id] == [1, 2]
+    book.answer(first.id, Answer(allow=False, by="test"))
+    (done,) = book.settled()
+    assert [r.local.port for r in done.joined] == [40001]
+    assert book.hold(request(port=40005), CURL, "policy")  # answered: asked anew
+    assert not book.hold(request(port=40005), CURL, "policy")
     book.close()
 
 

@@ -43,9 +43,11 @@ def describe(prompt: dict[str, Any]) -> str:
     towards = "to" if prompt["direction"] == "out" else "from"
     peer = prompt["destination"] if prompt["direction"] == "out" else prompt["remote"]
     left = max(0, int(prompt["opened"] + prompt["timeout"] - time.time()))
+    many = prompt.get("connections", 1)
+    waiting = f"{many} connections waiting; " if many > 1 else ""
     return (
         f"[{prompt['id']}] {who}{user} wants {prompt['transport']} {towards} {peer} "
-        f"({left}s left; rule {prompt['rule']})"
+        f"({waiting}{left}s left; rule {prompt['rule']})"
     )
 
 

@@ -153,7 +153,8 @@ class ConnectLoop:
             for request in prompt.held:
                 self.queue.decide(request, self.layer.code(verdict))
             by = f"{prompt.rule}, answered by {prompt.answer.by}"
-            events.append(_taken(prompt.request, prompt.process, verdict, by, str(prompt.answer)))
+            for request in (prompt.request, *prompt.joined):
+                events.append(_taken(request, prompt.process, verdict, by, str(prompt.answer)))
         return events
 
     def _finish(

@@ -53,12 +53,18 @@ class Prompt:
     timeout: float
     answer: Answer | None = None
     remembered: str = ""  # the rule an "always" answer wrote ("" when none)
-    held: list[ConnectRequest] = field(default_factory=list)  # the request and its retries
+    # The first packets held: the request's, its retries', and those of the program's
+    # other new connections to the same destination while the question is open.
+    held: list[ConnectRequest] = field(default_factory=list)
+    joined: list[ConnectRequest] = field(default_factory=list)  # those other connections
 
     @property
     def key(self) -> FlowKey:
-        request = self.request
-        return FlowKey(request.transport, request.local, request.remote)
+        return flow_key(self.request)
+
+    @property
+    def keys(self) -> list[FlowKey]:
+        return [self.key, *map(flow_key, self.joined)]
 
     def to_json(self) -> dict[str, object]:
         request, process = self.request, self.process
@@ -89,7 +95,32 @@ class Prompt:
             "rule": self.rule,
             "opened": self.opened,
             "timeout": self.timeout,
+            "connections": 1 + len(self.joined),
         }
+
+
+def flow_key(request: ConnectRequest) -> FlowKey:
+    return FlowKey(request.transport, request.local, request.remote)
+
+
+Question = tuple[str, str, str, str, int]
+
+
+def question(request: ConnectRequest, process: ProcessInfo | None) -> Question | None:
+    """What a prompt asks: may this program open this kind of connection to this
+    address and port (or take one from this address on this port). None when the
+    program is not known: such connections are each asked about."""
+    if process is None or not process.exe:
+        return None
+    outgoing = request.direction is ConnectDirection.OUT
+    port = request.remote.port if outgoing else request.local.port
+    return (
+        process.exe,
+        str(request.transport),
+        str(request.direction),
+        request.remote.address,
+        port,
+    )
 
 
 def user_name(uid: int | None) -> str:
@@ -126,6 +157,7 @@ class PromptBook:
         self._lock = threading.Lock()
         self._open: dict[int, Prompt] = {}
         self._by_key: dict[FlowKey, Prompt] = {}
+        self._by_question: dict[Question, Prompt] = {}  # the unanswered ones
         self._ids = itertools.count(1)
         # A socket pair, not a pipe: select() takes only sockets on Windows.
         self._wake_read, self._wake_write = socket.socketpair()
@@ -141,28 +173,51 @@ class PromptBook:
         self._wake_write.close()
 
     def hold(self, request: ConnectRequest, process: ProcessInfo | None, rule: str) -> bool:
-        """Hold a connection until its prompt is settled; False when it joined the open
-        prompt of the same connection (a retransmitted first packet)."""
-        key = FlowKey(request.transport, request.local, request.remote)
+        """Hold a connection until its prompt is settled; False when it joined an open
+        prompt: its own (a retransmitted first packet), or the unanswered one of the
+        same program and destination (a browser opens several connections at once: one
+        question, one answer for all)."""
+        key = flow_key(request)
+        asked = question(request, process)
         with self._lock:
             known = self._by_key.get(key)
             if known is not None:
                 known.held.append(request)
                 return False
-            prompt = Prompt(
-                next(self._ids),
-                request,
-                process,
-                rule,
-                time.time(),
-                self.clock() + self.timeout,
-                self.timeout,
-                held=[request],
-            )
-            self._open[prompt.id] = prompt
-            self._by_key[key] = prompt
-        self.publish([PromptChanged(prompt.to_json())])
-        return True
+            same = self._by_question.get(asked) if asked is not None else None
+            if same is not None and same.answer is None:
+                same.held.append(request)
+                same.joined.append(request)
+                self._by_key[key] = same
+                changed, new = same.to_json(), False
+            else:
+                prompt = self._open_prompt(request, process, rule, asked)
+                changed, new = prompt.to_json(), True
+        self.publish([PromptChanged(changed)])
+        return new
+
+    def _open_prompt(
+        self,
+        request: ConnectRequest,
+        process: ProcessInfo | None,
+        rule: str,
+        asked: Question | None,
+    ) -> Prompt:
+        prompt = Prompt(
+            next(self._ids),
+            request,
+            process,
+            rule,
+            time.time(),
+            self.clock() + self.timeout,
+            self.timeout,
+            held=[request],
+        )
+        self._open[prompt.id] = prompt
+        self._by_key[prompt.key] = prompt
+        if asked is not None:
+            self._by_question[asked] = prompt
+        return prompt
 
     def pending(self) -> list[Prompt]:
         with self._lock:
@@ -200,7 +255,11 @@ class PromptBook:
                 if prompt.answer is not None:
                     done.append(prompt)
                     del self._open[prompt.id]
-                    self._by_key.pop(prompt.key, None)
+                    for key in prompt.keys:
+                        self._by_key.pop(key, None)
+                    asked = question(prompt.request, prompt.process)
+                    if asked is not None and self._by_question.get(asked) is prompt:
+                        del self._by_question[asked]
         if done:
             self.publish([PromptChanged(p.to_json()) for p in done])
         return done

@@ -184,7 +184,8 @@ function promptText(p) {
   const left = Math.max(0, Math.round(p.opened + p.timeout - Date.now() / 1000));
   const who = p.program ? `${p.program} (pid ${p.pid}, ${p.exe || "exe unknown"})` : "an unknown program";
   const towards = p.direction === "out" ? `to ${p.destination}` : `from ${p.remote} to port ${p.port}`;
-  return `${who}${p.user ? " as " + p.user : ""} wants ${p.transport} ${towards} (${left}s left)`;
+  const waiting = p.connections > 1 ? `${p.connections} connections waiting; ` : "";
+  return `${who}${p.user ? " as " + p.user : ""} wants ${p.transport} ${towards} (${waiting}${left}s left)`;
 }
 
 function promptNode(p) {
