@@ -101,8 +101,9 @@ def test_http1_reset_rule_and_body_streaming() -> None:
     assert _sent(out, Side.SERVER) == b"0\r\n\r\n"
 
 
-def test_http1_blocked_by_response_content_type() -> None:
-    layer = Http1Filter(RULES, "h")
+@pytest.mark.parametrize("rules", [RULES, RULES[:-1]], ids=["through h11", "plain heads"])
+def test_http1_blocked_by_response_content_type(rules: tuple[HttpRule, ...]) -> None:
+    layer = Http1Filter(rules, "h")
     layer.from_client(b"GET /file HTTP/1.1\r\nHost: h\r\n\r\n")
     out = layer.from_server(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nContent-Length: 4\r\n\r\nPK\x03\x04"

@@ -48,9 +48,11 @@ class ResponseHead(NamedTuple):
     content_type: str
 
 
-def _head(buffer: bytes, limit: int) -> tuple[int, bytes, dict[bytes, bytes]] | None:
-    """The head's size, first line and watched fields (by lower-case name) once it is
-    all there; None while it is incomplete."""
+def _head(
+    buffer: bytes, limit: int, first_line: re.Pattern[bytes]
+) -> tuple[int, re.Match[bytes], dict[bytes, bytes]] | None:
+    """The head's size, first line (matched) and watched fields (by lower-case name)
+    once it is all there; None while it is incomplete."""
     end = buffer.find(END_OF_HEAD)
     if end < 0:
         if len(buffer) >= limit:
@@ -60,6 +62,9 @@ def _head(buffer: bytes, limit: int) -> tuple[int, bytes, dict[bytes, bytes]] | 
     if size > limit:
         raise NotPlain("head too long")
     first = buffer.find(b"\r\n")
+    line = first_line.fullmatch(buffer[:first])
+    if line is None:
+        raise NotPlain("first line")
     fields = buffer[first + 2 : end + 2]
     if FIELD_LINES.fullmatch(fields) is None:
         raise NotPlain("field line")
@@ -69,7 +74,7 @@ def _head(buffer: bytes, limit: int) -> tuple[int, bytes, dict[bytes, bytes]] | 
         if name in found:
             raise NotPlain(f"{name!r} twice")
         found[name] = value.strip(b" \t")
-    return size, buffer[:first], found
+    return size, line, found
 
 
 def _closes(fields: dict[bytes, bytes]) -> bool:
@@ -79,13 +84,10 @@ def _closes(fields: dict[bytes, bytes]) -> bool:
 
 def request_head(buffer: bytes, limit: int) -> RequestHead | None:
     """A plain request without a body; None until its head is complete."""
-    head = _head(buffer, limit)
+    head = _head(buffer, limit, REQUEST_LINE)
     if head is None:
         return None
-    size, first, fields = head
-    line = REQUEST_LINE.fullmatch(first)
-    if line is None:
-        raise NotPlain("request line")
+    size, line, fields = head
     if b"host" not in fields or fields.keys() & {b"transfer-encoding", b"expect", b"upgrade"}:
         raise NotPlain("framing")
     if fields.get(b"content-length", b"0") != b"0":
@@ -102,13 +104,10 @@ def request_head(buffer: bytes, limit: int) -> RequestHead | None:
 def response_head(buffer: bytes, limit: int, to_head: bool) -> ResponseHead | None:
     """A final response whose body's end is known (to_head: it answers a HEAD request);
     None until its head is complete."""
-    head = _head(buffer, limit)
+    head = _head(buffer, limit, STATUS_LINE)
     if head is None:
         return None
-    size, first, fields = head
-    line = STATUS_LINE.fullmatch(first)
-    if line is None:
-        raise NotPlain("status line")
+    size, line, fields = head
     status = int(line[1])
     if status < 200 or fields.keys() & {b"transfer-encoding", b"upgrade"}:
         raise NotPlain("framing")
