@@ -95,6 +95,22 @@ def test_a_programs_connections_to_one_destination_share_the_open_question() -> 
     book.close()
 
 
+def test_an_always_answer_for_any_destination_settles_the_programs_other_prompts() -> None:
+    book = PromptBook(timeout=30)
+    for remote in ("192.0.2.7", "192.0.2.8", "192.0.2.9"):
+        book.hold(request(remote=remote), CURL, "policy")
+    wget = ProcessInfo(pid=43, name="wget", exe="/usr/bin/wget", uid=0)
+    book.hold(request(port=40009), wget, "policy")
+    first, second, third, theirs = book.pending()
+    book.answer(first.id, Answer(allow=True, always=True, by="test"))  # this destination
+    assert [p.id for p in book.pending()] == [second.id, third.id, theirs.id]
+    book.answer(second.id, Answer(allow=True, always=True, any_destination=True, by="test"))
+    assert [p.id for p in book.pending()] == [theirs.id]  # wget is still asked
+    settled = {p.id: p.answer for p in book.settled()}
+    assert settled[third.id] == Answer(allow=True, by=f"test, always for prompt {second.id}")
+    book.close()
+
+
 def test_the_default_answers_when_the_time_is_up() -> None:
     clock = Clock()
     book = PromptBook(timeout=30, clock=clock)

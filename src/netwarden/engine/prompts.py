@@ -231,11 +231,25 @@ class PromptBook:
             if prompt.answer is not None:
                 raise PromptError(f"prompt {prompt_id} is answered already ({prompt.answer})")
             prompt.answer = answer
+            if answer.always and answer.any_destination:
+                self._settle_covered(prompt, answer)
         if answer.always and self.remember is not None:
             prompt.remembered = self.remember(prompt, answer)
         with contextlib.suppress(BlockingIOError):
             self._wake_write.send(b"!")
         return prompt
+
+    def _settle_covered(self, prompt: Prompt, answer: Answer) -> None:
+        """The program's other open prompts that the rule of an "always, any
+        destination" answer decides get its answer (once: the rule is written once)."""
+        asked = question(prompt.request, prompt.process)
+        if asked is None:
+            return
+        covered = Answer(allow=answer.allow, by=f"{answer.by}, always for prompt {prompt.id}")
+        for other in self._open.values():
+            theirs = question(other.request, other.process)
+            if other.answer is None and theirs is not None and theirs[:3] == asked[:3]:
+                other.answer = covered
 
     def next_deadline(self) -> float | None:
         with self._lock:
