@@ -8,6 +8,7 @@ ClientHello or that grows past `MAX_HELLO` bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -105,38 +106,68 @@ class ClientHello:
         return tuple(p.decode("ascii", "replace") for p in self.alpn)
 
     def ja3_text(self) -> str:
-        def joined(values: tuple[int, ...]) -> str:
-            return "-".join(str(v) for v in values if not is_grease(v))
-
-        return ",".join(
-            (
-                str(self.legacy_version),
-                joined(self.cipher_suites),
-                joined(self.extensions),
-                joined(self.groups),
-                joined(self.point_formats),
-            )
+        return _ja3_text(
+            self.legacy_version,
+            self.cipher_suites,
+            self.extensions,
+            self.groups,
+            self.point_formats,
         )
 
     def ja3(self) -> str:
         return hashlib.md5(self.ja3_text().encode(), usedforsecurity=False).hexdigest()
 
     def ja4(self) -> str:
-        ciphers = [c for c in self.cipher_suites if not is_grease(c)]
-        extensions = [e for e in self.extensions if not is_grease(e)]
-        prefix = "t{}{}{:02d}{:02d}{}".format(
-            JA4_VERSIONS.get(self.version, "00"),
-            "d" if self.server_name is not None else "i",
-            min(len(ciphers), 99),
-            min(len(extensions), 99),
-            _ja4_alpn(self.alpn[0] if self.alpn else b""),
+        return _ja4(
+            self.version,
+            self.server_name is not None,
+            self.cipher_suites,
+            self.extensions,
+            self.alpn[0] if self.alpn else b"",
+            self.signature_algorithms,
         )
-        cipher_hash = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers)))
-        hashed = ",".join(f"{e:04x}" for e in sorted(extensions) if e not in (SERVER_NAME, ALPN))
-        algorithms = [a for a in self.signature_algorithms if not is_grease(a)]
-        if hashed and algorithms:
-            hashed += "_" + ",".join(f"{a:04x}" for a in algorithms)
-        return f"{prefix}_{cipher_hash}_{_ja4_hash(hashed)}"
+
+
+# A client sends the same lists in every hello: fingerprints are computed once for them.
+@functools.lru_cache(maxsize=1024)
+def _ja3_text(
+    legacy_version: int,
+    ciphers: tuple[int, ...],
+    extensions: tuple[int, ...],
+    groups: tuple[int, ...],
+    point_formats: tuple[int, ...],
+) -> str:
+    def joined(values: tuple[int, ...]) -> str:
+        return "-".join(str(v) for v in values if not is_grease(v))
+
+    lists = (ciphers, extensions, groups, point_formats)
+    return ",".join((str(legacy_version), *map(joined, lists)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ja4(
+    version: int,
+    named: bool,
+    cipher_suites: tuple[int, ...],
+    all_extensions: tuple[int, ...],
+    first_alpn: bytes,
+    signature_algorithms: tuple[int, ...],
+) -> str:
+    ciphers = [c for c in cipher_suites if not is_grease(c)]
+    extensions = [e for e in all_extensions if not is_grease(e)]
+    prefix = "t{}{}{:02d}{:02d}{}".format(
+        JA4_VERSIONS.get(version, "00"),
+        "d" if named else "i",
+        min(len(ciphers), 99),
+        min(len(extensions), 99),
+        _ja4_alpn(first_alpn),
+    )
+    cipher_hash = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers)))
+    hashed = ",".join(f"{e:04x}" for e in sorted(extensions) if e not in (SERVER_NAME, ALPN))
+    algorithms = [a for a in signature_algorithms if not is_grease(a)]
+    if hashed and algorithms:
+        hashed += "_" + ",".join(f"{a:04x}" for a in algorithms)
+    return f"{prefix}_{cipher_hash}_{_ja4_hash(hashed)}"
 
 
 def _ja4_alpn(value: bytes) -> str:
