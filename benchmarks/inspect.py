@@ -269,7 +269,8 @@ def main() -> None:
             log.close()
             lines = (work / "mitmproxy.log").read_text().splitlines()
             said = sorted({re.sub(r"^(\[[^]]*\])+ ", "", line) for line in lines})
-            print("mitmproxy said:", *said[:5], sep="\n  ")
+            if said:
+                print("mitmproxy said:", *said[:5], sep="\n  ")
         else:
             print(f"(no mitmproxy at {args.mitmproxy}: its column is left out)")
     shutil.rmtree(work, ignore_errors=True)

@@ -5,7 +5,9 @@ while a send waits for a slow reader."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
+from collections.abc import Callable
 
 from netwarden.inspect.commands import Close, Command, Send, Side
 from netwarden.policy.inspect_model import InspectPolicy
@@ -38,6 +40,14 @@ async def _read(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the driver never got there")
+
+
 async def _scenario() -> bytes:
     client_app, conn = socket.socketpair()
     upstream, server_app = socket.socketpair()
@@ -50,9 +60,10 @@ async def _scenario() -> bytes:
     running = asyncio.ensure_future(driver.run(_Scripted(), b"hello"))
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(server_app, b"big")
-    await asyncio.sleep(0.2)  # the large answer waits for the client to read
+    # The large answer is under way (it cannot all fit: the client does not read yet).
+    await _until(lambda: bool(select.select([client_app], [], [], 0)[0]))
     await loop.sock_sendall(client_app, b"ping")
-    await asyncio.sleep(0.2)
+    await _until(lambda: driver.stats.client_to_server == len(b"hello" + b"ping"))
     received = await _read(client_app, BIG + 10)
     server_app.close()
     await asyncio.wait_for(running, 10)

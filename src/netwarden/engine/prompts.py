@@ -157,7 +157,7 @@ class PromptBook:
         self._lock = threading.Lock()
         self._open: dict[int, Prompt] = {}
         self._by_key: dict[FlowKey, Prompt] = {}
-        self._by_question: dict[Question, Prompt] = {}  # the unanswered ones
+        self._by_question: dict[Question, Prompt] = {}  # the open ones, by what they ask
         self._ids = itertools.count(1)
         # A socket pair, not a pipe: select() takes only sockets on Windows.
         self._wake_read, self._wake_write = socket.socketpair()

@@ -554,7 +554,7 @@ class _Driver:
         if workers is None:
             return step(data)
         async with self.turn:
-            return await asyncio.get_running_loop().run_in_executor(workers, step, data)
+            return await self.loop.run_in_executor(workers, step, data)
 
     async def _carry_out(self, commands: list[Command]) -> None:
         left = self._carry_out_now(commands)
